@@ -1,0 +1,237 @@
+//! The commands, from validated arguments to results. `main` maps the errors to exit codes:
+//! 2 for a bad pipeline file, 1 for a failed stage or any other error.
+
+use crate::cache::Store;
+use crate::cli::{Cli, Command, PipelineArgs};
+use crate::diagnostic::PipelineError;
+use crate::executor::{self, ExecOptions, LocalLauncher};
+use crate::key::{self, FileDigests, KeyRecord};
+use crate::pipeline::{self, DeviceSetting, Pipeline};
+use crate::plan::{self, PlanView};
+use crate::progress::Output;
+use anyhow::{bail, Context, Result};
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+/// Stages failed during a run. Exit code 1.
+#[derive(Debug, thiserror::Error)]
+#[error("{failed} stage(s) failed in `{pipeline}`; the run record is in {record}")]
+pub struct StagesFailed {
+    pub pipeline: String,
+    pub failed: usize,
+    pub record: String,
+}
+
+/// The exit code for an error.
+pub fn exit_code(e: &anyhow::Error) -> i32 {
+    if e.downcast_ref::<PipelineError>().is_some() {
+        2
+    } else {
+        1
+    }
+}
+
+pub struct Project {
+    pub root: PathBuf,
+    pub store: Store,
+}
+
+impl Project {
+    pub fn at(root: &Path) -> Self {
+        Project {
+            root: root.to_path_buf(),
+            store: Store::new(&root.join("outputs")),
+        }
+    }
+}
+
+struct Loaded {
+    pipeline: Pipeline,
+    records: Vec<KeyRecord>,
+    device: String,
+}
+
+fn load(project: &Project, args: &PipelineArgs) -> Result<Loaded> {
+    let mut pipeline = pipeline::load(&args.file, &args.sets)?;
+    if let Some(d) = &args.device {
+        pipeline.device = DeviceSetting::parse(d).expect("clap checked the value");
+    }
+    let device = pipeline.device.resolve().to_string();
+    if device == "cuda" && !cfg!(feature = "cuda") {
+        bail!("device `cuda` needs a build with the `cuda` feature (scripts/build-cuda.sh); use `--device cpu`");
+    }
+    let records = key::compute(
+        &pipeline,
+        &project.root,
+        &device,
+        &mut FileDigests::default(),
+    )?;
+    Ok(Loaded {
+        pipeline,
+        records,
+        device,
+    })
+}
+
+pub fn run(cli: Cli, root: &Path) -> Result<()> {
+    let project = Project::at(root);
+    let out = Output::detect(cli.quiet);
+    match cli.command {
+        Command::Run {
+            pipeline: args,
+            targets,
+            force,
+            dry_run,
+            jobs,
+            keep_going,
+        } => {
+            let l = load(&project, &args)?;
+            let p = &l.pipeline;
+            let targets = p.resolve_names(&targets)?;
+            let force = p.resolve_names(&force)?;
+            let store = &project.store;
+            let plan = plan::make_plan(
+                p,
+                &l.records,
+                &|k| executor::cached_state(store, k),
+                &targets,
+                &force,
+            );
+            if dry_run {
+                print!("{}", PlanView(p, &plan));
+                return Ok(());
+            }
+            let _lock = store.lock(|path| {
+                eprintln!(
+                    "waiting for another seqpipe run to finish (lock {})...",
+                    path.display()
+                )
+            })?;
+            // Re-plan under the lock: another process may have committed meanwhile.
+            let plan = plan::make_plan(
+                p,
+                &l.records,
+                &|k| executor::cached_state(store, k),
+                &targets,
+                &force,
+            );
+            for s in &plan.steps {
+                if let plan::Action::Run(plan::Reason::Corrupt(why)) = &s.action {
+                    eprintln!("warning: {why}");
+                }
+            }
+            out.println(&format!(
+                "{}: {} stages, {} to run",
+                p.name,
+                plan.steps.len(),
+                plan.to_run()
+            ));
+            let opts = ExecOptions {
+                jobs,
+                keep_going,
+                root: project.root.clone(),
+                device: l.device.clone(),
+            };
+            let record =
+                executor::execute(p, &l.records, &plan, store, &opts, &LocalLauncher, &out)?;
+            let ran = record
+                .stages
+                .iter()
+                .filter(|s| s.status == executor::Status::Ran)
+                .count();
+            let hits = record
+                .stages
+                .iter()
+                .filter(|s| s.status == executor::Status::Hit)
+                .count();
+            if record.failed() > 0 {
+                return Err(StagesFailed {
+                    pipeline: p.name.clone(),
+                    failed: record.failed(),
+                    record: store.runs_dir(&p.name).display().to_string(),
+                }
+                .into());
+            }
+            println!(
+                "{}: {ran} ran, {hits} cached, in {:.2} s; outputs in {}",
+                p.name,
+                record.seconds,
+                store.outputs().join(&p.name).display()
+            );
+            Ok(())
+        }
+        Command::Status { pipeline: args } => {
+            let l = load(&project, &args)?;
+            let st = crate::status::status(&l.pipeline, &l.records, &project.store);
+            print!("{}", crate::status::StatusView(&l.pipeline, &st));
+            Ok(())
+        }
+        Command::Dag {
+            pipeline: args,
+            format,
+        } => {
+            let p = pipeline::load(&args.file, &args.sets)?;
+            print!("{}", crate::dag::render(&p, format));
+            Ok(())
+        }
+        Command::Gc { dry_run } => gc(&project, dry_run),
+        Command::Kinds => {
+            for k in crate::stages::registry() {
+                println!("{:<16} v{}  {}", k.name, k.version, k.about);
+                if let crate::stages::Roles::Fixed(r) = k.roles {
+                    if !r.is_empty() {
+                        println!("{:<16}     inputs: {}", "", r.join(", "));
+                    }
+                } else {
+                    println!("{:<16}     inputs: any stages", "");
+                }
+                if !k.params.is_empty() {
+                    println!("{:<16}     params: {}", "", k.params.join(", "));
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+/// The pipeline files shipped in `pipelines/`.
+pub fn shipped_pipelines(root: &Path) -> Result<Vec<PathBuf>> {
+    let dir = root.join("pipelines");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml"))
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+fn gc(project: &Project, dry_run: bool) -> Result<()> {
+    let mut keep = HashSet::new();
+    let mut digests = FileDigests::default();
+    for f in shipped_pipelines(&project.root)? {
+        // A pipeline that does not load would lose its entries: refuse rather than guess.
+        let p = pipeline::load(&f, &[])
+            .with_context(|| format!("gc needs every pipeline to load; fix {}", f.display()))?;
+        let device = p.device.resolve();
+        for r in key::compute(&p, &project.root, device, &mut digests)? {
+            keep.insert(r.key());
+        }
+    }
+    let _lock = project.store.lock(|path| {
+        eprintln!(
+            "waiting for another seqpipe run to finish (lock {})...",
+            path.display()
+        )
+    })?;
+    let (removed, bytes) = project.store.gc(&keep, dry_run)?;
+    let verb = if dry_run { "would remove" } else { "removed" };
+    println!(
+        "gc: {verb} {} entries, {} bytes ({:.1} MiB); kept {} reachable",
+        removed.len(),
+        bytes,
+        bytes as f64 / 1048576.0,
+        keep.len()
+    );
+    Ok(())
+}

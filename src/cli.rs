@@ -1,0 +1,75 @@
+//! Command-line flags, as parsed by clap. `app` turns them into validated work.
+
+use crate::dag::DagFormat;
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "seqpipe",
+    version,
+    about = "Reproducible sequence-model experiments: YAML pipelines of cached stages"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+    /// Print only errors and the final summary.
+    #[arg(long, short, global = true)]
+    pub quiet: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct PipelineArgs {
+    /// The pipeline file, e.g. pipelines/ex8_2_2.yaml
+    pub file: PathBuf,
+    /// Override a param for this run: `stage.param=value` (typed like YAML), `*.param=value` for
+    /// every stage that sets it, or `seed=N`.
+    #[arg(long = "set", value_name = "STAGE.PARAM=VALUE")]
+    pub sets: Vec<String>,
+    /// Device for model stages (overrides the pipeline's `device:`).
+    #[arg(long, value_parser = ["cpu", "cuda", "auto"])]
+    pub device: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a pipeline (or TARGETS and what they need), reusing cached stages.
+    Run {
+        #[command(flatten)]
+        pipeline: PipelineArgs,
+        /// Stages to bring up to date (with their ancestors); all when none are given.
+        targets: Vec<String>,
+        /// Recompute this stage and everything downstream of it, even if cached.
+        #[arg(long, value_name = "STAGE")]
+        force: Vec<String>,
+        /// Print the plan (order, hit or miss per stage) and run nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Run up to N independent stages at once.
+        #[arg(short = 'j', long, default_value_t = 1)]
+        jobs: usize,
+        /// After a failure, still run the stages that do not depend on it.
+        #[arg(long)]
+        keep_going: bool,
+    },
+    /// Show which stages are fresh or stale, and why.
+    Status {
+        #[command(flatten)]
+        pipeline: PipelineArgs,
+    },
+    /// Show the stage graph.
+    Dag {
+        #[command(flatten)]
+        pipeline: PipelineArgs,
+        #[arg(long, value_enum, default_value_t = DagFormat::Text)]
+        format: DagFormat,
+    },
+    /// Drop cache entries that no pipeline in pipelines/ reaches.
+    Gc {
+        /// Show what would be removed, remove nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// List the stage kinds and their params.
+    Kinds,
+}

@@ -1,0 +1,182 @@
+//! Source positions for key paths. The YAML parser gives positions for syntax errors only; this
+//! index maps a dotted key path (`stages.vocab.params.min_freq`) to the line and column where
+//! that key is written, for block mappings and one-line flow mappings (`{ a: 1, b: 2 }`).
+
+use std::collections::HashMap;
+
+#[derive(Debug, Clone, Default)]
+pub struct Locator {
+    positions: HashMap<String, (usize, usize)>,
+}
+
+impl Locator {
+    pub fn new(text: &str) -> Self {
+        let mut positions = HashMap::new();
+        // Stack of (indent, key) for the open block mappings.
+        let mut stack: Vec<(usize, String)> = Vec::new();
+        for (ln, line) in text.lines().enumerate() {
+            let content = strip_comment(line);
+            if content.trim().is_empty() || content.trim_start().starts_with("---") {
+                continue;
+            }
+            let mut indent = content.len() - content.trim_start().len();
+            let mut rest = content.trim_start();
+            // A list item: its mapping keys sit two columns further in.
+            while let Some(r) = rest.strip_prefix("- ") {
+                indent += 2;
+                rest = r.trim_start();
+            }
+            while stack.last().is_some_and(|(i, _)| *i >= indent) {
+                stack.pop();
+            }
+            let Some((key, after)) = split_key(rest) else {
+                continue;
+            };
+            let mut path: Vec<&str> = stack.iter().map(|(_, k)| k.as_str()).collect();
+            path.push(&key);
+            let full = path.join(".");
+            positions
+                .entry(full.clone())
+                .or_insert((ln + 1, indent + 1));
+            let after_trim = after.trim();
+            if after_trim.starts_with('{') {
+                let base = content.len() - after.len() + (after.len() - after.trim_start().len());
+                index_flow(&mut positions, &full, after_trim, ln + 1, base + 1);
+            }
+            stack.push((indent, key));
+        }
+        Locator { positions }
+    }
+
+    /// (line, column), both 1-based, of the key at `path`; the nearest written parent otherwise.
+    pub fn find(&self, path: &str) -> Option<(usize, usize)> {
+        let mut p = path;
+        loop {
+            if let Some(pos) = self.positions.get(p) {
+                return Some(*pos);
+            }
+            p = &p[..p.rfind('.')?];
+        }
+    }
+}
+
+fn strip_comment(line: &str) -> &str {
+    let mut in_s = false;
+    let mut in_d = false;
+    for (i, c) in line.char_indices() {
+        match c {
+            '\'' if !in_d => in_s = !in_s,
+            '"' if !in_s => in_d = !in_d,
+            '#' if !in_s && !in_d && (i == 0 || line[..i].ends_with(' ')) => return &line[..i],
+            _ => {}
+        }
+    }
+    line
+}
+
+/// `key: rest` → (key, rest), for plain or quoted keys.
+fn split_key(s: &str) -> Option<(String, &str)> {
+    let (key, rest) = if let Some(r) = s.strip_prefix('"').or_else(|| s.strip_prefix('\'')) {
+        let q = s.as_bytes()[0] as char;
+        let end = r.find(q)?;
+        (r[..end].to_string(), r[end + 1..].strip_prefix(':')?)
+    } else {
+        let i = s.find(':')?;
+        let key = &s[..i];
+        if key.is_empty()
+            || key.contains(' ') && !key.trim().chars().all(|c| c.is_alphanumeric() || c == '_')
+        {
+            return None;
+        }
+        (key.trim().to_string(), &s[i + 1..])
+    };
+    if !(rest.is_empty() || rest.starts_with(' ')) {
+        return None;
+    }
+    Some((key, rest))
+}
+
+/// Keys of a one-line flow mapping `{ a: 1, b: { c: 2 } }` starting at column `col`.
+fn index_flow(
+    positions: &mut HashMap<String, (usize, usize)>,
+    parent: &str,
+    s: &str,
+    line: usize,
+    col: usize,
+) {
+    let mut stack: Vec<String> = vec![parent.to_string()];
+    let mut token_start: Option<usize> = None;
+    let mut last_key: Option<String> = None;
+    let bytes: Vec<char> = s.chars().collect();
+    let mut i = 0;
+    while i < bytes.len() {
+        let c = bytes[i];
+        match c {
+            '{' => {
+                if let Some(k) = last_key.take() {
+                    stack.push(format!("{}.{}", stack.last().unwrap(), k));
+                } else if i > 0 {
+                    stack.push(stack.last().unwrap().clone());
+                }
+                token_start = Some(i + 1);
+            }
+            '}' => {
+                stack.pop();
+                token_start = None;
+            }
+            '[' => {
+                // Lists of scalars hold no keys; skip to the matching bracket.
+                let mut depth = 0;
+                while i < bytes.len() {
+                    match bytes[i] {
+                        '[' => depth += 1,
+                        ']' => {
+                            depth -= 1;
+                            if depth == 0 {
+                                break;
+                            }
+                        }
+                        _ => {}
+                    }
+                    i += 1;
+                }
+                token_start = None;
+            }
+            ',' => token_start = Some(i + 1),
+            ':' => {
+                if let Some(st) = token_start.take() {
+                    let raw: String = bytes[st..i].iter().collect();
+                    let key = raw.trim().trim_matches('"').trim_matches('\'').to_string();
+                    let offset = st + (raw.len() - raw.trim_start().len());
+                    if let Some(p) = stack.last() {
+                        positions
+                            .entry(format!("{p}.{key}"))
+                            .or_insert((line, col + offset));
+                    }
+                    last_key = Some(key);
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_block_and_flow_keys() {
+        let text = "name: x\nstages:\n  vocab:\n    kind: build_vocab   # comment\n    inputs: { tokens: words }\n    params:\n      min_freq: 10\n";
+        let l = Locator::new(text);
+        assert_eq!(l.find("name"), Some((1, 1)));
+        assert_eq!(l.find("stages.vocab"), Some((3, 3)));
+        assert_eq!(l.find("stages.vocab.kind"), Some((4, 5)));
+        assert_eq!(l.find("stages.vocab.inputs.tokens"), Some((5, 15)));
+        assert_eq!(l.find("stages.vocab.params.min_freq"), Some((7, 7)));
+        // Unknown keys fall back to the nearest parent that is written.
+        assert_eq!(l.find("stages.vocab.params.nope"), Some((6, 5)));
+        assert_eq!(l.find("other"), None);
+    }
+}

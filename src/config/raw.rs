@@ -1,0 +1,292 @@
+//! The serde mirror of a pipeline file.
+
+use super::locator::Locator;
+use crate::diagnostic::{Diagnostic, PipelineError};
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+/// The top level of a pipeline file, as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileMirror {
+    name: String,
+    #[serde(default)]
+    description: Option<String>,
+    #[serde(default)]
+    seed: Option<u64>,
+    #[serde(default)]
+    device: Option<String>,
+    stages: serde_yaml::Mapping,
+}
+
+/// One stage, as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StageMirror {
+    kind: String,
+    #[serde(default)]
+    description: Option<String>,
+    #[serde(default)]
+    inputs: Option<serde_yaml::Value>,
+    #[serde(default)]
+    params: Option<serde_yaml::Mapping>,
+    #[serde(default)]
+    matrix: Option<serde_yaml::Mapping>,
+}
+
+const TOP_FIELDS: &[&str] = &["name", "description", "seed", "device", "stages"];
+const STAGE_FIELDS: &[&str] = &["kind", "description", "inputs", "params", "matrix"];
+
+/// A parsed pipeline file: plain values, not yet checked against the stage kinds.
+#[derive(Debug, Clone)]
+pub struct RawPipeline {
+    pub file: PathBuf,
+    pub name: String,
+    pub description: Option<String>,
+    pub seed: Option<u64>,
+    pub device: Option<String>,
+    pub stages: Vec<RawStage>,
+    pub locator: Locator,
+}
+
+#[derive(Debug, Clone)]
+pub struct RawStage {
+    pub name: String,
+    pub kind: String,
+    pub description: Option<String>,
+    /// (role, upstream stage name), in file order.
+    pub inputs: Vec<(String, String)>,
+    pub params: serde_json::Map<String, serde_json::Value>,
+    /// Sweep axes: param name → values.
+    pub matrix: Vec<(String, Vec<serde_json::Value>)>,
+}
+
+fn yaml_error(path: &Path, e: &serde_yaml::Error, at: &str) -> Diagnostic {
+    let msg = e.to_string();
+    // serde_yaml appends " at line L column C"; keep the message, put the place in the header.
+    let msg = match msg.find(" at line ") {
+        Some(i) => msg[..i].to_string(),
+        None => msg,
+    };
+    let mut d = Diagnostic::new(path, at, msg.clone());
+    if let Some(loc) = e.location() {
+        d = d.at(loc.line(), loc.column());
+    }
+    if let Some(field) = msg
+        .strip_prefix("unknown field `")
+        .and_then(|r| r.split('`').next())
+    {
+        let fields = if at.is_empty() {
+            TOP_FIELDS
+        } else {
+            STAGE_FIELDS
+        };
+        d.path = if at.is_empty() {
+            field.to_string()
+        } else {
+            format!("{at}.{field}")
+        };
+        d = d.with_help(crate::diagnostic::suggest(field, fields, "fields"));
+    }
+    d
+}
+
+pub(super) fn parse(path: &Path, text: &str) -> Result<RawPipeline, PipelineError> {
+    let fail = |d: Diagnostic| PipelineError {
+        diagnostics: vec![d],
+    };
+    let locator = Locator::new(text);
+    // Syntax first: a clear position for broken YAML.
+    let doc: serde_yaml::Value =
+        serde_yaml::from_str(text).map_err(|e| fail(yaml_error(path, &e, "")))?;
+    if doc.is_null() {
+        return Err(fail(
+            Diagnostic::new(path, "", "the pipeline file is empty")
+                .with_help("a pipeline needs at least `name:` and `stages:`"),
+        ));
+    }
+    let top: FileMirror = serde_yaml::from_value(doc).map_err(|e| {
+        // from_value has no positions: re-run on the text to get one.
+        let e2 = serde_yaml::from_str::<FileMirror>(text).err();
+        fail(yaml_error(path, e2.as_ref().unwrap_or(&e), ""))
+    })?;
+
+    let mut diags = Vec::new();
+    let mut stages = Vec::new();
+    let mut seen: Vec<String> = Vec::new();
+    for (k, v) in top.stages {
+        let name = match k.as_str() {
+            Some(s) => s.to_string(),
+            None => {
+                diags.push(Diagnostic::new(
+                    path,
+                    "stages",
+                    format!("stage names must be strings, found {k:?}"),
+                ));
+                continue;
+            }
+        };
+        let at = format!("stages.{name}");
+        let pos = locator.find(&at);
+        let place = |d: Diagnostic| match pos {
+            Some((l, c)) => d.at(l, c),
+            None => d,
+        };
+        if seen.contains(&name) {
+            diags.push(place(
+                Diagnostic::new(path, &at, format!("duplicate stage `{name}`"))
+                    .with_help("stage names must be unique within a pipeline; rename one of them"),
+            ));
+            continue;
+        }
+        seen.push(name.clone());
+        if !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            || name.is_empty()
+        {
+            diags.push(place(Diagnostic::new(path, &at, format!("invalid stage name `{name}`"))
+                .with_help("use letters, digits, `_` and `-` only (the name becomes a folder under outputs/)")));
+            continue;
+        }
+        let sm: StageMirror = match serde_yaml::from_value(v) {
+            Ok(s) => s,
+            Err(e) => {
+                let mut d = yaml_error(path, &e, &at);
+                if let Some((l, c)) = locator.find(&d.path).or(pos) {
+                    d = d.at(l, c);
+                }
+                diags.push(d);
+                continue;
+            }
+        };
+        let mut inputs = Vec::new();
+        match sm.inputs {
+            None | Some(serde_yaml::Value::Null) => {}
+            Some(serde_yaml::Value::Mapping(m)) => {
+                for (role, up) in m {
+                    match (role.as_str(), up.as_str()) {
+                        (Some(r), Some(u)) => inputs.push((r.to_string(), u.to_string())),
+                        _ => diags.push(place(Diagnostic::new(
+                            path,
+                            format!("{at}.inputs"),
+                            "each input must be `role: stage_name`",
+                        ))),
+                    }
+                }
+            }
+            Some(serde_yaml::Value::Sequence(seq)) => {
+                for up in seq {
+                    match up.as_str() {
+                        Some(u) => inputs.push((u.to_string(), u.to_string())),
+                        None => diags.push(place(Diagnostic::new(
+                            path,
+                            format!("{at}.inputs"),
+                            "each input must be a stage name",
+                        ))),
+                    }
+                }
+            }
+            Some(other) => diags.push(place(
+                Diagnostic::new(
+                    path,
+                    format!("{at}.inputs"),
+                    format!(
+                        "`inputs` must be a mapping or a list, found {}",
+                        kind_of(&other)
+                    ),
+                )
+                .with_help("write `inputs: { corpus: load }` (role: stage) or `inputs: [a, b]`"),
+            )),
+        }
+        let mut params = serde_json::Map::new();
+        for (k, v) in sm.params.unwrap_or_default() {
+            let Some(key) = k.as_str() else {
+                diags.push(place(Diagnostic::new(
+                    path,
+                    format!("{at}.params"),
+                    "param names must be strings",
+                )));
+                continue;
+            };
+            match serde_json::to_value(&v) {
+                Ok(j) => {
+                    params.insert(key.to_string(), j);
+                }
+                Err(e) => diags.push(place(Diagnostic::new(
+                    path,
+                    format!("{at}.params.{key}"),
+                    format!("unsupported value: {e}"),
+                ))),
+            }
+        }
+        let mut matrix = Vec::new();
+        for (k, v) in sm.matrix.unwrap_or_default() {
+            let key = k.as_str().unwrap_or_default().to_string();
+            let mpath = format!("{at}.matrix.{key}");
+            match v {
+                serde_yaml::Value::Sequence(items) if !items.is_empty() => {
+                    let vals: Result<Vec<_>, _> = items.iter().map(serde_json::to_value).collect();
+                    match vals {
+                        Ok(vals) => matrix.push((key, vals)),
+                        Err(e) => diags.push(place(Diagnostic::new(
+                            path,
+                            mpath,
+                            format!("unsupported value: {e}"),
+                        ))),
+                    }
+                }
+                _ => {
+                    let d = Diagnostic::new(
+                        path,
+                        &mpath,
+                        "a matrix axis must be a non-empty list of values",
+                    )
+                    .with_help(format!("write `{key}: [a, b, c]`"));
+                    diags.push(match locator.find(&mpath) {
+                        Some((l, c)) => d.at(l, c),
+                        None => d,
+                    });
+                }
+            }
+        }
+        stages.push(RawStage {
+            name,
+            kind: sm.kind,
+            description: sm.description,
+            inputs,
+            params,
+            matrix,
+        });
+    }
+    if stages.is_empty() && diags.is_empty() {
+        diags.push(
+            Diagnostic::new(path, "stages", "the pipeline has no stages")
+                .with_help("add at least one stage under `stages:`"),
+        );
+    }
+    if !diags.is_empty() {
+        return Err(PipelineError { diagnostics: diags });
+    }
+    Ok(RawPipeline {
+        file: path.to_path_buf(),
+        name: top.name,
+        description: top.description,
+        seed: top.seed,
+        device: top.device,
+        stages,
+        locator,
+    })
+}
+
+fn kind_of(v: &serde_yaml::Value) -> &'static str {
+    match v {
+        serde_yaml::Value::Null => "nothing",
+        serde_yaml::Value::Bool(_) => "a boolean",
+        serde_yaml::Value::Number(_) => "a number",
+        serde_yaml::Value::String(_) => "a string",
+        serde_yaml::Value::Sequence(_) => "a list",
+        serde_yaml::Value::Mapping(_) => "a mapping",
+        serde_yaml::Value::Tagged(_) => "a tagged value",
+    }
+}

@@ -1,0 +1,146 @@
+//! What a running stage sees: its params' seed, its inputs' artifact folders, the folder it
+//! writes into, a progress handle and a log. Artifacts are plain files (JSON, CSV, text,
+//! safetensors) so users can read them and later stages can load them.
+
+use crate::progress::StageProgress;
+use anyhow::{anyhow, Context, Result};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+pub struct StageCtx {
+    pub stage: String,
+    pub seed: u64,
+    /// The project root: relative paths in params resolve against it.
+    pub root: PathBuf,
+    pub device: String,
+    inputs: BTreeMap<String, (String, PathBuf)>,
+    out: PathBuf,
+    pub progress: StageProgress,
+    summary: serde_json::Map<String, serde_json::Value>,
+    log: Vec<String>,
+}
+
+impl StageCtx {
+    pub fn new(
+        stage: &str,
+        seed: u64,
+        root: &Path,
+        device: &str,
+        inputs: BTreeMap<String, (String, PathBuf)>,
+        out: PathBuf,
+        progress: StageProgress,
+    ) -> Self {
+        StageCtx {
+            stage: stage.to_string(),
+            seed,
+            root: root.to_path_buf(),
+            device: device.to_string(),
+            inputs,
+            out,
+            progress,
+            summary: Default::default(),
+            log: Vec::new(),
+        }
+    }
+
+    /// The artifact folder of the input in `role`.
+    pub fn input(&self, role: &str) -> Result<&Path> {
+        self.inputs
+            .get(role)
+            .map(|(_, p)| p.as_path())
+            .ok_or_else(|| anyhow!("stage `{}` has no input `{role}`", self.stage))
+    }
+
+    /// The kind of the stage that feeds `role`.
+    pub fn input_kind(&self, role: &str) -> Option<&str> {
+        self.inputs.get(role).map(|(k, _)| k.as_str())
+    }
+
+    /// All inputs: role → folder, in role order.
+    pub fn inputs(&self) -> impl Iterator<Item = (&str, &Path)> {
+        self.inputs
+            .iter()
+            .map(|(r, (_, p))| (r.as_str(), p.as_path()))
+    }
+
+    pub fn read_json<T: DeserializeOwned>(&self, role: &str, file: &str) -> Result<T> {
+        read_json(&self.input(role)?.join(file))
+    }
+
+    pub fn out_path(&self, file: &str) -> PathBuf {
+        self.out.join(file)
+    }
+
+    pub fn write_json<T: Serialize>(&self, file: &str, value: &T) -> Result<()> {
+        let mut bytes = serde_json::to_vec_pretty(value)?;
+        bytes.push(b'\n');
+        self.write_bytes(file, &bytes)
+    }
+
+    /// Compact JSON, for large data (token lists, index sequences).
+    pub fn write_json_compact<T: Serialize>(&self, file: &str, value: &T) -> Result<()> {
+        self.write_bytes(file, &serde_json::to_vec(value)?)
+    }
+
+    pub fn write_text(&self, file: &str, text: &str) -> Result<()> {
+        self.write_bytes(file, text.as_bytes())
+    }
+
+    pub fn write_bytes(&self, file: &str, bytes: &[u8]) -> Result<()> {
+        let path = self.out.join(file);
+        std::fs::write(&path, bytes).with_context(|| format!("writing {}", path.display()))
+    }
+
+    /// Write rows as CSV with a header.
+    pub fn write_csv<R: Serialize>(
+        &self,
+        file: &str,
+        rows: impl IntoIterator<Item = R>,
+    ) -> Result<()> {
+        let path = self.out.join(file);
+        let mut w =
+            csv::Writer::from_path(&path).with_context(|| format!("writing {}", path.display()))?;
+        for r in rows {
+            w.serialize(r)?;
+        }
+        w.flush()?;
+        Ok(())
+    }
+
+    /// A headline number or string of this stage's result; reports and tables collect these.
+    pub fn summary(&mut self, key: &str, value: impl Into<serde_json::Value>) {
+        self.summary.insert(key.to_string(), value.into());
+    }
+
+    /// A line for the stage's log (`log.txt` in its artifact folder).
+    pub fn log(&mut self, line: impl Into<String>) {
+        let line = line.into();
+        self.progress.println(&format!("  [{}] {line}", self.stage));
+        self.log.push(line);
+    }
+
+    /// Write `summary.json` and `log.txt`. Called by the executor after `run` succeeds.
+    pub fn finish(&self) -> Result<()> {
+        self.write_json("summary.json", &self.summary)?;
+        if !self.log.is_empty() {
+            let mut f = std::fs::File::create(self.out.join("log.txt"))?;
+            for l in &self.log {
+                writeln!(f, "{l}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    serde_json::from_slice(&bytes).with_context(|| format!("parsing {}", path.display()))
+}
+
+/// The summary of an artifact folder.
+pub fn read_summary(dir: &Path) -> Result<serde_json::Map<String, serde_json::Value>> {
+    read_json(&dir.join("summary.json"))
+}

@@ -1,0 +1,207 @@
+//! Cache keys. A stage's key is the blake3 hash of a [`KeyRecord`]: everything that determines
+//! its output and nothing else (not the stage's name, not the file's layout or key order).
+
+use crate::diagnostic::PipelineError;
+use crate::pipeline::Pipeline;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// Bump when the record's layout or meaning changes: every key changes with it.
+pub const KEY_SCHEMA: u32 = 1;
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Key(pub String);
+
+impl fmt::Display for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl Key {
+    pub fn short(&self) -> &str {
+        &self.0[..12.min(self.0.len())]
+    }
+}
+
+/// What an input contributes to a key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InputRef {
+    /// Another stage's output, by its key.
+    Stage { key: Key },
+}
+
+/// Everything that determines a stage's output.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KeyRecord {
+    pub schema: u32,
+    pub kind: String,
+    pub version: u32,
+    /// The typed params with defaults filled in, serialized canonically.
+    pub params: serde_json::Value,
+    /// Present for kinds whose output depends on randomness.
+    pub seed: Option<u64>,
+    /// Present for kinds that compute on a device.
+    pub device: Option<String>,
+    /// Input role → upstream key.
+    pub inputs: BTreeMap<String, InputRef>,
+    /// Project-relative path → blake3 of the file's content.
+    pub files: BTreeMap<String, String>,
+}
+
+impl KeyRecord {
+    pub fn key(&self) -> Key {
+        let bytes = serde_json::to_vec(self).expect("key record serializes");
+        Key(blake3::hash(&bytes).to_hex().to_string())
+    }
+}
+
+/// blake3 digests of input files by content (never by mtime), each file read once per process.
+#[derive(Default)]
+pub struct FileDigests {
+    cache: HashMap<PathBuf, String>,
+}
+
+impl FileDigests {
+    pub fn digest(&mut self, path: &Path) -> std::io::Result<String> {
+        if let Some(d) = self.cache.get(path) {
+            return Ok(d.clone());
+        }
+        let mut h = blake3::Hasher::new();
+        h.update_reader(std::fs::File::open(path)?)?;
+        let d = h.finalize().to_hex().to_string();
+        self.cache.insert(path.to_path_buf(), d.clone());
+        Ok(d)
+    }
+}
+
+/// Key records for every stage of a pipeline (indexed like `pipeline.stages`). A missing input
+/// file is a pipeline error pointing at the param that names it.
+pub fn compute(
+    p: &Pipeline,
+    root: &Path,
+    device: &str,
+    files: &mut FileDigests,
+) -> Result<Vec<KeyRecord>, PipelineError> {
+    let mut records: Vec<Option<KeyRecord>> = vec![None; p.stages.len()];
+    let mut diags = Vec::new();
+    for &i in &p.order {
+        let s = &p.stages[i];
+        let mut digests = BTreeMap::new();
+        for f in s.params.files() {
+            match files.digest(&root.join(&f)) {
+                Ok(d) => {
+                    digests.insert(f, d);
+                }
+                Err(e) => {
+                    let path = format!("stages.{}.params.path", s.name);
+                    diags.push(
+                        p.diag(&path, format!("cannot read input file `{f}`: {e}"))
+                            .with_help(format!(
+                        "paths are relative to the project folder ({}); check the file exists",
+                        root.display()
+                    )),
+                    );
+                }
+            }
+        }
+        let inputs = s
+            .inputs
+            .iter()
+            .filter_map(|(role, up)| {
+                records[*up]
+                    .as_ref()
+                    .map(|r| (role.clone(), InputRef::Stage { key: r.key() }))
+            })
+            .collect();
+        records[i] = Some(KeyRecord {
+            schema: KEY_SCHEMA,
+            kind: s.kind.name.to_string(),
+            version: s.kind.version,
+            params: s.params.canonical_params(),
+            seed: s.kind.stochastic.then_some(p.seed),
+            device: s.kind.uses_device.then(|| device.to_string()),
+            inputs,
+            files: digests,
+        });
+    }
+    if !diags.is_empty() {
+        return Err(PipelineError { diagnostics: diags });
+    }
+    Ok(records
+        .into_iter()
+        .map(|r| r.expect("every stage is in the order"))
+        .collect())
+}
+
+/// Human-readable differences between an old and a new record: why a stage is stale.
+pub fn explain_change(old: &KeyRecord, new: &KeyRecord) -> Vec<String> {
+    let mut why = Vec::new();
+    if old.schema != new.schema {
+        why.push(format!("key schema {} → {}", old.schema, new.schema));
+    }
+    if old.kind != new.kind {
+        why.push(format!("kind {} → {}", old.kind, new.kind));
+    } else if old.version != new.version {
+        why.push(format!(
+            "implementation version {} → {}",
+            old.version, new.version
+        ));
+    }
+    diff_json("params", &old.params, &new.params, &mut why);
+    if old.seed != new.seed {
+        why.push(format!(
+            "seed {} → {}",
+            show_opt(old.seed),
+            show_opt(new.seed)
+        ));
+    }
+    if old.device != new.device {
+        why.push(format!(
+            "device {} → {}",
+            show_opt(old.device.clone()),
+            show_opt(new.device.clone())
+        ));
+    }
+    for (f, d) in &new.files {
+        match old.files.get(f) {
+            Some(od) if od == d => {}
+            Some(_) => why.push(format!("input {f} changed")),
+            None => why.push(format!("input {f} is new")),
+        }
+    }
+    for role in old.inputs.keys().filter(|r| !new.inputs.contains_key(*r)) {
+        why.push(format!("input `{role}` removed"));
+    }
+    for role in new.inputs.keys().filter(|r| !old.inputs.contains_key(*r)) {
+        why.push(format!("input `{role}` added"));
+    }
+    why
+}
+
+fn show_opt<T: fmt::Display>(v: Option<T>) -> String {
+    v.map(|x| x.to_string()).unwrap_or_else(|| "none".into())
+}
+
+fn diff_json(path: &str, a: &serde_json::Value, b: &serde_json::Value, out: &mut Vec<String>) {
+    use serde_json::Value::Object;
+    match (a, b) {
+        (Object(x), Object(y)) => {
+            for (k, vb) in y {
+                match x.get(k) {
+                    Some(va) => diff_json(&format!("{path}.{k}"), va, vb, out),
+                    None => out.push(format!("{path}.{k} added ({vb})")),
+                }
+            }
+            for k in x.keys().filter(|k| !y.contains_key(*k)) {
+                out.push(format!("{path}.{k} removed"));
+            }
+        }
+        _ if a != b => out.push(format!("{path} {a} → {b}")),
+        _ => {}
+    }
+}

@@ -1,0 +1,20 @@
+//! seqpipe: YAML pipelines of cached stages for sequence-model experiments.
+//!
+//! Data flow: config → pipeline (analyzer) → graph → key → plan → cache → executor →
+//! stages/* → nn (the only code that imports dfdx).
+
+pub mod app;
+pub mod cache;
+pub mod cli;
+pub mod config;
+pub mod context;
+pub mod dag;
+pub mod diagnostic;
+pub mod executor;
+pub mod graph;
+pub mod key;
+pub mod pipeline;
+pub mod plan;
+pub mod progress;
+pub mod stages;
+pub mod status;

@@ -1,0 +1,378 @@
+//! The analyzer: a [`RawPipeline`] checked against the stage kinds becomes a [`Pipeline`], whose
+//! stages hold typed params and whose inputs are indices that cannot dangle. Every problem in
+//! the file is reported at once.
+
+use crate::config::{RawPipeline, RawStage};
+use crate::diagnostic::{suggest, Diagnostic, PipelineError};
+use crate::graph;
+use crate::stages::{find_kind, registry, DynStage, KindInfo, Roles};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+pub const DEFAULT_SEED: u64 = 0;
+
+/// Where a pipeline's stages run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeviceSetting {
+    Cpu,
+    Cuda,
+    Auto,
+}
+
+impl DeviceSetting {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "cpu" => Some(Self::Cpu),
+            "cuda" => Some(Self::Cuda),
+            "auto" => Some(Self::Auto),
+            _ => None,
+        }
+    }
+
+    /// The device actually used: `auto` is cuda when built with it, else cpu.
+    pub fn resolve(self) -> &'static str {
+        match self {
+            Self::Cpu => "cpu",
+            Self::Cuda => "cuda",
+            Self::Auto if cfg!(feature = "cuda") => "cuda",
+            Self::Auto => "cpu",
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct StageDef {
+    pub name: String,
+    pub kind: &'static KindInfo,
+    pub description: Option<String>,
+    pub params: Arc<dyn DynStage>,
+    /// (role, index of the upstream stage in `Pipeline::stages`).
+    pub inputs: Vec<(String, usize)>,
+}
+
+impl std::fmt::Debug for StageDef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} ({}) {}",
+            self.name,
+            self.kind.name,
+            self.params.canonical_params()
+        )
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Pipeline {
+    pub name: String,
+    pub file: PathBuf,
+    pub description: Option<String>,
+    pub seed: u64,
+    pub device: DeviceSetting,
+    pub stages: Vec<StageDef>,
+    /// Stage indices in a topological order (inputs first; file order among equals).
+    pub order: Vec<usize>,
+    pub locator: crate::config::Locator,
+}
+
+impl Pipeline {
+    pub fn index(&self, name: &str) -> Option<usize> {
+        self.stages.iter().position(|s| s.name == name)
+    }
+
+    /// Resolve user-given stage names, with "did you mean" for typos.
+    pub fn resolve_names(&self, names: &[String]) -> Result<Vec<usize>, PipelineError> {
+        let all: Vec<&str> = self.stages.iter().map(|s| s.name.as_str()).collect();
+        let mut out = Vec::new();
+        let mut diags = Vec::new();
+        for n in names {
+            match self.index(n) {
+                Some(i) => out.push(i),
+                None => diags.push(
+                    Diagnostic::new(
+                        &self.file,
+                        "",
+                        format!("no stage named `{n}` in pipeline `{}`", self.name),
+                    )
+                    .with_help(suggest(n, &all, "stages")),
+                ),
+            }
+        }
+        if diags.is_empty() {
+            Ok(out)
+        } else {
+            Err(PipelineError { diagnostics: diags })
+        }
+    }
+
+    /// A diagnostic pointing at `path` in the pipeline file.
+    pub fn diag(&self, path: &str, message: impl Into<String>) -> Diagnostic {
+        locate(&self.file, &self.locator, path, message)
+    }
+}
+
+fn locate(
+    file: &Path,
+    locator: &crate::config::Locator,
+    path: &str,
+    message: impl Into<String>,
+) -> Diagnostic {
+    let d = Diagnostic::new(file, path, message);
+    match locator.find(path) {
+        Some((l, c)) => d.at(l, c),
+        None => d,
+    }
+}
+
+/// Apply `--set stage.param=value` overrides to the raw file (typed like YAML).
+pub fn apply_overrides(raw: &mut RawPipeline, sets: &[String]) -> Result<(), PipelineError> {
+    let mut diags = Vec::new();
+    let names: Vec<String> = raw.stages.iter().map(|s| s.name.clone()).collect();
+    for s in sets {
+        let err = |m: String, h: String| Diagnostic::new(&raw.file, "", m).with_help(h);
+        let Some((lhs, value)) = s.split_once('=') else {
+            diags.push(err(
+                format!("bad --set `{s}`"),
+                "write `--set stage.param=value`, e.g. `--set train.epochs=5`".into(),
+            ));
+            continue;
+        };
+        let Some((stage, key)) = lhs.split_once('.') else {
+            if lhs == "seed" {
+                match value.trim().parse::<u64>() {
+                    Ok(v) => raw.seed = Some(v),
+                    Err(_) => diags.push(err(
+                        format!("bad --set `{s}`: seed must be a non-negative integer"),
+                        "e.g. `--set seed=7`".into(),
+                    )),
+                }
+                continue;
+            }
+            diags.push(err(
+                format!("bad --set `{s}`"),
+                "write `--set stage.param=value` (or `--set seed=N`)".into(),
+            ));
+            continue;
+        };
+        let v = match crate::config::parse_scalar(value) {
+            Ok(v) => v,
+            Err(e) => {
+                diags.push(err(
+                    format!("bad value in --set `{s}`: {e}"),
+                    "values are typed like YAML: `10`, `1e-3`, `true`, `[1, 2]`, `text`".into(),
+                ));
+                continue;
+            }
+        };
+        let targets: Vec<&mut RawStage> = if stage == "*" {
+            raw.stages
+                .iter_mut()
+                .filter(|st| st.params.contains_key(key))
+                .collect()
+        } else {
+            raw.stages
+                .iter_mut()
+                .filter(|st| st.name == stage)
+                .collect()
+        };
+        if targets.is_empty() {
+            let ns: Vec<&str> = names.iter().map(String::as_str).collect();
+            diags.push(err(
+                format!("--set `{s}`: no stage named `{stage}`"),
+                suggest(stage, &ns, "stages"),
+            ));
+            continue;
+        }
+        for t in targets {
+            t.params.insert(key.to_string(), v.clone());
+        }
+    }
+    if diags.is_empty() {
+        Ok(())
+    } else {
+        Err(PipelineError { diagnostics: diags })
+    }
+}
+
+/// Check a raw pipeline against the kinds; build the validated pipeline.
+pub fn analyze(raw: RawPipeline) -> Result<Pipeline, PipelineError> {
+    let file = raw.file.clone();
+    let at = |path: &str, msg: String| locate(&file, &raw.locator, path, msg);
+    let mut diags = Vec::new();
+    if raw.name.is_empty()
+        || !raw
+            .name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
+        diags.push(
+            at("name", format!("invalid pipeline name `{}`", raw.name)).with_help(
+                "use letters, digits, `_` and `-` (it names the folder outputs/<name>/)",
+            ),
+        );
+    }
+    let device = match raw.device.as_deref() {
+        None => DeviceSetting::Cpu,
+        Some(d) => DeviceSetting::parse(d).unwrap_or_else(|| {
+            diags.push(
+                at("device", format!("unknown device `{d}`")).with_help(suggest(
+                    d,
+                    &["cpu", "cuda", "auto"],
+                    "devices",
+                )),
+            );
+            DeviceSetting::Cpu
+        }),
+    };
+    let kinds: Vec<&str> = registry().iter().map(|k| k.name).collect();
+    let names: Vec<&str> = raw.stages.iter().map(|s| s.name.as_str()).collect();
+    let mut stages = Vec::new();
+    for st in &raw.stages {
+        let base = format!("stages.{}", st.name);
+        if !st.matrix.is_empty() {
+            diags.push(
+                at(
+                    &format!("{base}.matrix"),
+                    "`matrix` sweeps are not supported yet".into(),
+                )
+                .with_help("write one stage per variant for now"),
+            );
+        }
+        let Some(kind) = find_kind(&st.kind) else {
+            diags.push(
+                at(
+                    &format!("{base}.kind"),
+                    format!("unknown stage kind `{}`", st.kind),
+                )
+                .with_help(suggest(&st.kind, &kinds, "kinds")),
+            );
+            continue;
+        };
+        // Inputs: every role known for the kind, every referenced stage defined.
+        let mut inputs = Vec::new();
+        for (role, up) in &st.inputs {
+            let ipath = format!("{base}.inputs.{role}");
+            if let Roles::Fixed(roles) = kind.roles {
+                if !roles.contains(&role.as_str()) {
+                    diags.push(
+                        at(
+                            &ipath,
+                            format!("kind `{}` has no input `{role}`", kind.name),
+                        )
+                        .with_help(suggest(role, roles, "inputs")),
+                    );
+                    continue;
+                }
+            }
+            match names.iter().position(|n| n == up) {
+                Some(i) => inputs.push((role.clone(), i)),
+                None => {
+                    let others: Vec<&str> =
+                        names.iter().copied().filter(|n| *n != st.name).collect();
+                    diags.push(
+                        at(
+                            &ipath,
+                            format!("input `{role}` refers to unknown stage `{up}`"),
+                        )
+                        .with_help(suggest(up, &others, "stages")),
+                    );
+                }
+            }
+        }
+        match kind.roles {
+            Roles::Fixed(roles) => {
+                for r in roles {
+                    if !st.inputs.iter().any(|(role, _)| role == r) {
+                        diags.push(
+                            at(
+                                &format!("{base}.inputs"),
+                                format!(
+                                    "stage `{}` (kind `{}`) is missing its input `{r}`",
+                                    st.name, kind.name
+                                ),
+                            )
+                            .with_help(format!("add `inputs: {{ {r}: <stage> }}`")),
+                        );
+                    }
+                }
+            }
+            Roles::AnyNonEmpty => {
+                if st.inputs.is_empty() {
+                    diags.push(
+                        at(
+                            &base,
+                            format!(
+                                "stage `{}` (kind `{}`) needs at least one input",
+                                st.name, kind.name
+                            ),
+                        )
+                        .with_help("add `inputs: [stage_a, stage_b]`"),
+                    );
+                }
+            }
+        }
+        let params = match (kind.parse)(&st.params) {
+            Ok(p) => Some(p),
+            Err(issues) => {
+                for i in issues {
+                    let mut d = at(&format!("{base}.params.{}", i.key), i.message);
+                    d.help = i.help;
+                    diags.push(d);
+                }
+                None
+            }
+        };
+        if let Some(params) = params {
+            stages.push(StageDef {
+                name: st.name.clone(),
+                kind,
+                description: st.description.clone(),
+                params,
+                inputs,
+            });
+        }
+    }
+    if !diags.is_empty() {
+        return Err(PipelineError { diagnostics: diags });
+    }
+    let edges: Vec<(usize, usize)> = stages
+        .iter()
+        .enumerate()
+        .flat_map(|(i, s)| s.inputs.iter().map(move |(_, u)| (*u, i)))
+        .collect();
+    let order = match graph::topo_order(stages.len(), &edges) {
+        Ok(o) => o,
+        Err(cycle) => {
+            let loop_names: Vec<&str> = cycle.iter().map(|&i| stages[i].name.as_str()).collect();
+            let first = loop_names[0];
+            return Err(PipelineError {
+                diagnostics: vec![at(
+                    &format!("stages.{first}.inputs"),
+                    format!(
+                        "the stages form a cycle: {} → {first}",
+                        loop_names.join(" → ")
+                    ),
+                )
+                .with_help("a stage cannot depend on its own output; remove one of these inputs")],
+            });
+        }
+    };
+    Ok(Pipeline {
+        name: raw.name,
+        file: raw.file,
+        description: raw.description,
+        seed: raw.seed.unwrap_or(DEFAULT_SEED),
+        device,
+        stages,
+        order,
+        locator: raw.locator,
+    })
+}
+
+/// Load, override and check a pipeline file.
+pub fn load(path: &Path, sets: &[String]) -> Result<Pipeline, PipelineError> {
+    let mut raw = crate::config::load(path)?;
+    apply_overrides(&mut raw, sets)?;
+    analyze(raw)
+}

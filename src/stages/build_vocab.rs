@@ -1,0 +1,192 @@
+//! `build_vocab`: the book's `Vocab` — `<unk>` is 0, then reserved tokens, then tokens by
+//! frequency (descending; ties in first-occurrence order) down to `min_freq`.
+
+use super::tokenize::Tokens;
+use super::{Roles, Stage};
+use crate::context::StageCtx;
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::path::Path;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BuildVocab {
+    #[serde(default)]
+    pub min_freq: usize,
+    #[serde(default)]
+    pub reserved: Vec<String>,
+}
+
+/// A vocabulary: index → token, with counts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Vocab {
+    pub tokens: Vec<String>,
+    pub counts: Vec<usize>,
+    index: HashMap<String, u32>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct VocabRow {
+    token: String,
+    index: u32,
+    count: usize,
+}
+
+impl Vocab {
+    pub fn build<'a>(
+        tokens: impl IntoIterator<Item = &'a str>,
+        min_freq: usize,
+        reserved: &[String],
+    ) -> Self {
+        // Count in first-occurrence order (a Counter keeps insertion order).
+        let mut order: Vec<&str> = Vec::new();
+        let mut counts: HashMap<&str, usize> = HashMap::new();
+        for t in tokens {
+            let c = counts.entry(t).or_insert(0);
+            if *c == 0 {
+                order.push(t);
+            }
+            *c += 1;
+        }
+        // Stable sort by descending count keeps ties in first-occurrence order.
+        order.sort_by(|a, b| counts[b].cmp(&counts[a]));
+        let mut v = Vocab {
+            tokens: Vec::new(),
+            counts: Vec::new(),
+            index: HashMap::new(),
+        };
+        v.push("<unk>", 0);
+        for r in reserved {
+            v.push(r, 0);
+        }
+        for t in order {
+            let c = counts[t];
+            if c < min_freq {
+                break;
+            }
+            if !v.index.contains_key(t) {
+                v.push(t, c);
+            } else if let Some(&i) = v.index.get(t) {
+                v.counts[i as usize] = c;
+            }
+        }
+        v
+    }
+
+    fn push(&mut self, t: &str, count: usize) {
+        if !self.index.contains_key(t) {
+            self.index.insert(t.to_string(), self.tokens.len() as u32);
+            self.tokens.push(t.to_string());
+            self.counts.push(count);
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.tokens.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tokens.is_empty()
+    }
+
+    /// Index of a token, `<unk>` (0) when unknown.
+    pub fn get(&self, t: &str) -> u32 {
+        self.index.get(t).copied().unwrap_or(0)
+    }
+
+    pub fn token(&self, i: u32) -> &str {
+        self.tokens
+            .get(i as usize)
+            .map(String::as_str)
+            .unwrap_or("<unk>")
+    }
+
+    pub fn write_csv(&self, path: &Path) -> Result<()> {
+        let mut w = csv::Writer::from_path(path)?;
+        for (i, (t, c)) in self.tokens.iter().zip(&self.counts).enumerate() {
+            w.serialize(VocabRow {
+                token: t.clone(),
+                index: i as u32,
+                count: *c,
+            })?;
+        }
+        w.flush()?;
+        Ok(())
+    }
+
+    pub fn read_csv(path: &Path) -> Result<Self> {
+        let mut r =
+            csv::Reader::from_path(path).with_context(|| format!("reading {}", path.display()))?;
+        let mut v = Vocab {
+            tokens: Vec::new(),
+            counts: Vec::new(),
+            index: HashMap::new(),
+        };
+        for row in r.deserialize() {
+            let row: VocabRow = row?;
+            v.index.insert(row.token.clone(), row.index);
+            v.tokens.push(row.token);
+            v.counts.push(row.count);
+        }
+        Ok(v)
+    }
+}
+
+/// The artifact of a `build_vocab` (or `toy_sequence`) stage.
+pub struct Encoded {
+    pub vocab: Option<Vocab>,
+    pub corpus: Vec<u32>,
+}
+
+impl Encoded {
+    pub fn read(dir: &Path) -> Result<Self> {
+        let corpus: Vec<u32> = crate::context::read_json(&dir.join("corpus.json"))?;
+        let vp = dir.join("vocab.csv");
+        let vocab = if vp.exists() {
+            Some(Vocab::read_csv(&vp)?)
+        } else {
+            None
+        };
+        Ok(Encoded { vocab, corpus })
+    }
+}
+
+impl Stage for BuildVocab {
+    const KIND: &'static str = "build_vocab";
+    const VERSION: u32 = 1;
+    const ABOUT: &'static str =
+        "Vocabulary (CSV: token, index, count) and the corpus as indices (book 8.2 `Vocab`)";
+    const ROLES: Roles = Roles::Fixed(&["tokens"]);
+
+    fn run(&self, ctx: &mut StageCtx) -> Result<()> {
+        let tokens = Tokens::read(ctx.input("tokens")?)?;
+        let vocab = Vocab::build(
+            tokens.lines.iter().flatten().map(String::as_str),
+            self.min_freq,
+            &self.reserved,
+        );
+        let corpus: Vec<u32> = tokens.corpus().map(|t| vocab.get(t)).collect();
+        vocab.write_csv(&ctx.out_path("vocab.csv"))?;
+        ctx.write_json_compact("corpus.json", &corpus)?;
+        ctx.summary("corpus_len", corpus.len());
+        ctx.summary("vocab_size", vocab.len());
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frequency_order_with_stable_ties() {
+        let toks = ["b", "a", "c", "a", "b", "d"];
+        let v = Vocab::build(toks.iter().copied(), 0, &[]);
+        assert_eq!(v.tokens, ["<unk>", "b", "a", "c", "d"]);
+        assert_eq!(v.counts, [0, 2, 2, 1, 1]);
+        let v = Vocab::build(toks.iter().copied(), 2, &["<pad>".to_string()]);
+        assert_eq!(v.tokens, ["<unk>", "<pad>", "b", "a"]);
+        assert_eq!(v.get("zzz"), 0);
+    }
+}

@@ -1,0 +1,232 @@
+//! Stage kinds. Each kind is a typed params struct (unknown fields rejected, defaults filled in)
+//! plus a `run` that reads its inputs' artifacts and writes its own. The registry below is the
+//! list the pipeline analyzer checks `kind:` against.
+
+mod build_vocab;
+mod encode;
+mod fields;
+mod load_corpus;
+mod ngram_stats;
+mod sample_batches;
+mod summary_table;
+mod tokenize;
+mod toy_sequence;
+
+pub use sample_batches::{partition_random, partition_sequential, Batch};
+
+use crate::context::StageCtx;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::sync::Arc;
+
+/// A problem with one param, found while checking a stage's params.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ParamIssue {
+    /// Key path below `params`, e.g. `min_freq`.
+    pub key: String,
+    pub message: String,
+    pub help: Option<String>,
+}
+
+impl ParamIssue {
+    pub fn new(key: &str, message: impl Into<String>, help: impl Into<String>) -> Self {
+        ParamIssue {
+            key: key.to_string(),
+            message: message.into(),
+            help: Some(help.into()),
+        }
+    }
+}
+
+/// Which input roles a kind takes.
+#[derive(Debug, Clone, Copy)]
+pub enum Roles {
+    /// Exactly these roles, all required.
+    Fixed(&'static [&'static str]),
+    /// Any number (at least one) of inputs under any role names.
+    AnyNonEmpty,
+}
+
+/// A stage kind: its params struct is the kind.
+pub trait Stage: Serialize + DeserializeOwned + Send + Sync + 'static {
+    const KIND: &'static str;
+    /// Bump when the output for the same params changes: it is part of every key.
+    const VERSION: u32;
+    const ABOUT: &'static str;
+    const ROLES: Roles;
+    /// Whether the output depends on the seed (then the seed is part of the key).
+    const STOCHASTIC: bool = false;
+    /// Whether it computes on the pipeline's device (then the device is part of the key).
+    const USES_DEVICE: bool = false;
+    fn validate(&self, _issues: &mut Vec<ParamIssue>) {}
+    /// Project-relative paths of the files this stage reads; their contents are part of the key.
+    fn files(&self) -> Vec<String> {
+        Vec::new()
+    }
+    fn run(&self, ctx: &mut StageCtx) -> anyhow::Result<()>;
+}
+
+/// A stage with its params, type-erased for the executor.
+pub trait DynStage: Send + Sync {
+    fn canonical_params(&self) -> serde_json::Value;
+    fn files(&self) -> Vec<String>;
+    fn run(&self, ctx: &mut StageCtx) -> anyhow::Result<()>;
+}
+
+impl<S: Stage> DynStage for S {
+    fn canonical_params(&self) -> serde_json::Value {
+        serde_json::to_value(self).expect("params serialize to JSON")
+    }
+    fn files(&self) -> Vec<String> {
+        Stage::files(self)
+    }
+    fn run(&self, ctx: &mut StageCtx) -> anyhow::Result<()> {
+        Stage::run(self, ctx)
+    }
+}
+
+/// What the analyzer knows of a kind.
+pub struct KindInfo {
+    pub name: &'static str,
+    pub version: u32,
+    pub about: &'static str,
+    pub roles: Roles,
+    pub stochastic: bool,
+    pub uses_device: bool,
+    pub params: &'static [&'static str],
+    pub parse: fn(
+        &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<Arc<dyn DynStage>, Vec<ParamIssue>>,
+}
+
+impl std::fmt::Debug for KindInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}@{}", self.name, self.version)
+    }
+}
+
+fn kind<S: Stage>() -> KindInfo {
+    KindInfo {
+        name: S::KIND,
+        version: S::VERSION,
+        about: S::ABOUT,
+        roles: S::ROLES,
+        stochastic: S::STOCHASTIC,
+        uses_device: S::USES_DEVICE,
+        params: fields::struct_fields::<S>(),
+        parse: parse_params::<S>,
+    }
+}
+
+/// Unknown params first (all of them, with suggestions), then types, then value checks.
+fn parse_params<S: Stage>(
+    map: &serde_json::Map<String, serde_json::Value>,
+) -> Result<Arc<dyn DynStage>, Vec<ParamIssue>> {
+    let fields = fields::struct_fields::<S>();
+    let mut issues: Vec<ParamIssue> = map
+        .keys()
+        .filter(|k| !fields.contains(&k.as_str()))
+        .map(|k| ParamIssue {
+            key: k.clone(),
+            message: format!("unknown param `{k}` for kind `{}`", S::KIND),
+            help: Some(crate::diagnostic::suggest(k, fields, "params")),
+        })
+        .collect();
+    if !issues.is_empty() {
+        return Err(issues);
+    }
+    let value = serde_json::Value::Object(map.clone());
+    let parsed: S = match serde_path_to_error::deserialize(value) {
+        Ok(p) => p,
+        Err(e) => {
+            let key = e.path().to_string();
+            let inner = e.into_inner().to_string();
+            let (message, help) = explain_serde(&key, &inner);
+            return Err(vec![ParamIssue { key, message, help }]);
+        }
+    };
+    parsed.validate(&mut issues);
+    if issues.is_empty() {
+        Ok(Arc::new(parsed))
+    } else {
+        Err(issues)
+    }
+}
+
+fn explain_serde(key: &str, inner: &str) -> (String, Option<String>) {
+    if let Some(rest) = inner.strip_prefix("missing field `") {
+        let f = rest.split('`').next().unwrap_or(rest);
+        return (
+            format!("missing required param `{f}`"),
+            Some(format!("add `{f}:` under `params`")),
+        );
+    }
+    if inner.starts_with("invalid type") || inner.starts_with("invalid value") {
+        let expected = inner.split(", expected ").nth(1).unwrap_or("another type");
+        let found = inner
+            .split(':')
+            .nth(1)
+            .and_then(|s| s.split(", expected").next())
+            .unwrap_or("")
+            .trim();
+        let hint = if expected == "usize" || expected == "u64" || expected == "u32" {
+            "a non-negative integer, e.g. `10`".to_string()
+        } else if expected == "f64" || expected == "f32" {
+            "a number, e.g. `0.5` or `1e-3`".to_string()
+        } else {
+            expected.to_string()
+        };
+        return (
+            format!("wrong type for param `{key}`: found {found}"),
+            Some(format!("expected {hint}")),
+        );
+    }
+    if let Some(rest) = inner.strip_prefix("unknown variant `") {
+        let given = rest.split('`').next().unwrap_or("");
+        let expected: Vec<&str> = rest
+            .split("expected ")
+            .nth(1)
+            .unwrap_or("")
+            .split(['`', ',', ' '])
+            .filter(|s| !s.is_empty() && *s != "one" && *s != "of" && *s != "or")
+            .collect();
+        return (
+            format!("invalid value `{given}` for param `{key}`"),
+            Some(crate::diagnostic::suggest(given, &expected, "values")),
+        );
+    }
+    (format!("invalid param `{key}`: {inner}"), None)
+}
+
+/// Every stage kind seqpipe knows.
+pub fn registry() -> &'static [KindInfo] {
+    use std::sync::OnceLock;
+    static REG: OnceLock<Vec<KindInfo>> = OnceLock::new();
+    REG.get_or_init(|| {
+        vec![
+            kind::<load_corpus::LoadCorpus>(),
+            kind::<tokenize::Tokenize>(),
+            kind::<build_vocab::BuildVocab>(),
+            kind::<encode::Encode>(),
+            kind::<toy_sequence::ToySequence>(),
+            kind::<sample_batches::SampleBatches>(),
+            kind::<ngram_stats::NgramStats>(),
+            kind::<summary_table::SummaryTable>(),
+        ]
+    })
+}
+
+pub fn find_kind(name: &str) -> Option<&'static KindInfo> {
+    registry().iter().find(|k| k.name == name)
+}
+
+/// Helpers for `validate`.
+pub(crate) fn require_positive(issues: &mut Vec<ParamIssue>, key: &str, v: usize) {
+    if v == 0 {
+        issues.push(ParamIssue::new(
+            key,
+            format!("param `{key}` must be at least 1, found 0"),
+            format!("set `{key}` to a positive integer"),
+        ));
+    }
+}

@@ -1,0 +1,371 @@
+//! `sample_batches`: the book's two ways of cutting a corpus into minibatches of subsequences
+//! (`seq_data_iter_sequential`, `seq_data_iter_random`), with a coverage table.
+
+use super::build_vocab::Encoded;
+use super::{ParamIssue, Roles, Stage};
+use crate::context::StageCtx;
+use anyhow::{bail, Result};
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Strategy {
+    Sequential,
+    Random,
+}
+
+/// How batches are drawn; `train` reads this from a `sample_batches` input.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SamplerSpec {
+    pub strategy: Strategy,
+    pub batch_size: usize,
+    pub num_steps: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SampleBatches {
+    pub strategy: Strategy,
+    pub batch_size: usize,
+    pub num_steps: usize,
+    /// Epochs to draw for the coverage table.
+    #[serde(default = "one")]
+    pub epochs: usize,
+    /// A fixed offset instead of a random one (for checking the partitioning by hand).
+    #[serde(default)]
+    pub offset: Option<usize>,
+}
+
+fn one() -> usize {
+    1
+}
+
+/// One minibatch: `x` and `y` are `batch × steps`, row-major; `starts` are the corpus positions
+/// where each row begins.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Batch {
+    pub batch: usize,
+    pub steps: usize,
+    pub x: Vec<u32>,
+    pub y: Vec<u32>,
+    pub starts: Vec<usize>,
+}
+
+impl Batch {
+    pub fn row(&self, r: usize) -> &[u32] {
+        &self.x[r * self.steps..(r + 1) * self.steps]
+    }
+}
+
+impl SamplerSpec {
+    /// The least corpus length that gives one full batch whatever the offset.
+    pub fn min_len(&self) -> usize {
+        match self.strategy {
+            Strategy::Sequential => self.batch_size * self.num_steps + self.num_steps + 1,
+            Strategy::Random => self.batch_size * self.num_steps + self.num_steps,
+        }
+    }
+
+    pub fn check_len(&self, len: usize) -> Result<()> {
+        if len < self.min_len() {
+            bail!(
+                "the corpus has {len} tokens, shorter than one batch: {:?} batches of batch_size {} × num_steps {} need at least {} tokens; use a longer corpus or smaller sizes",
+                self.strategy, self.batch_size, self.num_steps, self.min_len()
+            );
+        }
+        Ok(())
+    }
+
+    /// The batches of one epoch, offset and order drawn from `rng` (the book's iterators).
+    pub fn epoch(&self, corpus: &[u32], rng: &mut impl Rng) -> Vec<Batch> {
+        match self.strategy {
+            Strategy::Sequential => {
+                let off = rng.gen_range(0..=self.num_steps);
+                partition_sequential(corpus, self.batch_size, self.num_steps, off)
+            }
+            Strategy::Random => {
+                let off = rng.gen_range(0..self.num_steps);
+                partition_random(corpus, self.batch_size, self.num_steps, off, rng)
+            }
+        }
+    }
+}
+
+/// `seq_data_iter_sequential` with a given offset: rows are consecutive slices, so batch i+1
+/// continues batch i row by row.
+pub fn partition_sequential(
+    corpus: &[u32],
+    batch: usize,
+    steps: usize,
+    offset: usize,
+) -> Vec<Batch> {
+    if corpus.len() < offset + 1 || batch == 0 || steps == 0 {
+        return Vec::new();
+    }
+    let num_tokens = ((corpus.len() - offset - 1) / batch) * batch;
+    let cols = num_tokens / batch;
+    let num_batches = cols / steps;
+    (0..num_batches)
+        .map(|i| {
+            let mut b = Batch {
+                batch,
+                steps,
+                x: Vec::with_capacity(batch * steps),
+                y: Vec::with_capacity(batch * steps),
+                starts: Vec::new(),
+            };
+            for r in 0..batch {
+                let s = offset + r * cols + i * steps;
+                b.x.extend_from_slice(&corpus[s..s + steps]);
+                b.y.extend_from_slice(&corpus[s + 1..s + 1 + steps]);
+                b.starts.push(s);
+            }
+            b
+        })
+        .collect()
+}
+
+/// `seq_data_iter_random` with a given offset: subsequence starts are shuffled, so neighbouring
+/// batches are not adjacent in the corpus.
+pub fn partition_random(
+    corpus: &[u32],
+    batch: usize,
+    steps: usize,
+    offset: usize,
+    rng: &mut impl Rng,
+) -> Vec<Batch> {
+    if corpus.len() < offset + 1 || batch == 0 || steps == 0 {
+        return Vec::new();
+    }
+    let c = &corpus[offset..];
+    let num_subseqs = (c.len() - 1) / steps;
+    let mut starts: Vec<usize> = (0..num_subseqs).map(|i| i * steps).collect();
+    starts.shuffle(rng);
+    let num_batches = num_subseqs / batch;
+    (0..num_batches)
+        .map(|i| {
+            let mut b = Batch {
+                batch,
+                steps,
+                x: Vec::new(),
+                y: Vec::new(),
+                starts: Vec::new(),
+            };
+            for &s in &starts[i * batch..(i + 1) * batch] {
+                b.x.extend_from_slice(&c[s..s + steps]);
+                b.y.extend_from_slice(&c[s + 1..s + 1 + steps]);
+                b.starts.push(s + offset);
+            }
+            b
+        })
+        .collect()
+}
+
+#[derive(Serialize)]
+struct BatchRow {
+    epoch: usize,
+    batch: usize,
+    row: usize,
+    start: usize,
+    x: String,
+    y: String,
+}
+
+#[derive(Serialize)]
+struct CoverageRow {
+    position: usize,
+    starts: usize,
+    covered: usize,
+}
+
+const MAX_BATCH_ROWS: usize = 10_000;
+
+impl Stage for SampleBatches {
+    const KIND: &'static str = "sample_batches";
+    const VERSION: u32 = 1;
+    const ABOUT: &'static str =
+        "Cut a corpus into minibatches (sequential or random, book 8.3) and tabulate coverage";
+    const ROLES: Roles = Roles::Fixed(&["corpus"]);
+    const STOCHASTIC: bool = true;
+
+    fn validate(&self, issues: &mut Vec<ParamIssue>) {
+        super::require_positive(issues, "batch_size", self.batch_size);
+        super::require_positive(issues, "num_steps", self.num_steps);
+        super::require_positive(issues, "epochs", self.epochs);
+        if let Some(o) = self.offset {
+            let max = if self.strategy == Strategy::Sequential {
+                self.num_steps
+            } else {
+                self.num_steps.saturating_sub(1)
+            };
+            if o > max {
+                issues.push(ParamIssue::new(
+                    "offset",
+                    format!("offset {o} is larger than the book's range allows"),
+                    format!("use an offset in 0..={max}"),
+                ));
+            }
+        }
+    }
+
+    fn run(&self, ctx: &mut StageCtx) -> Result<()> {
+        let corpus = Encoded::read(ctx.input("corpus")?)?.corpus;
+        let spec = SamplerSpec {
+            strategy: self.strategy,
+            batch_size: self.batch_size,
+            num_steps: self.num_steps,
+        };
+        spec.check_len(corpus.len())?;
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(ctx.seed);
+        let mut starts = vec![0usize; corpus.len()];
+        let mut covered = vec![0usize; corpus.len()];
+        let mut rows = Vec::new();
+        let mut batches_per_epoch = 0;
+        for epoch in 0..self.epochs {
+            let batches = match (self.offset, self.strategy) {
+                (Some(o), Strategy::Sequential) => {
+                    partition_sequential(&corpus, self.batch_size, self.num_steps, o)
+                }
+                (Some(o), Strategy::Random) => {
+                    partition_random(&corpus, self.batch_size, self.num_steps, o, &mut rng)
+                }
+                (None, _) => spec.epoch(&corpus, &mut rng),
+            };
+            batches_per_epoch = batches.len();
+            for (bi, b) in batches.iter().enumerate() {
+                for (r, &s) in b.starts.iter().enumerate() {
+                    starts[s] += 1;
+                    for c in &mut covered[s..s + self.num_steps] {
+                        *c += 1;
+                    }
+                    if rows.len() < MAX_BATCH_ROWS {
+                        let y = &b.y[r * b.steps..(r + 1) * b.steps];
+                        rows.push(BatchRow {
+                            epoch,
+                            batch: bi,
+                            row: r,
+                            start: s,
+                            x: join(b.row(r)),
+                            y: join(y),
+                        });
+                    }
+                }
+            }
+        }
+        ctx.write_json("sampler.json", &spec)?;
+        ctx.write_csv("batches.csv", rows)?;
+        ctx.write_csv(
+            "coverage.csv",
+            starts
+                .iter()
+                .zip(&covered)
+                .enumerate()
+                .map(|(position, (&s, &c))| CoverageRow {
+                    position,
+                    starts: s,
+                    covered: c,
+                }),
+        )?;
+        let n = covered.len() as f64;
+        let mean = covered.iter().sum::<usize>() as f64 / n;
+        let var = covered
+            .iter()
+            .map(|&c| (c as f64 - mean).powi(2))
+            .sum::<f64>()
+            / n;
+        ctx.summary("batches_per_epoch", batches_per_epoch);
+        ctx.summary("never_covered", covered.iter().filter(|&&c| c == 0).count());
+        ctx.summary("coverage_mean", mean);
+        ctx.summary(
+            "coverage_cv",
+            if mean > 0.0 { var.sqrt() / mean } else { 0.0 },
+        );
+        Ok(())
+    }
+}
+
+fn join(v: &[u32]) -> String {
+    v.iter().map(u32::to_string).collect::<Vec<_>>().join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rows(b: &Batch) -> Vec<Vec<u32>> {
+        (0..b.batch).map(|r| b.row(r).to_vec()).collect()
+    }
+
+    #[test]
+    fn sequential_offset_0_matches_the_book() {
+        let corpus: Vec<u32> = (0..35).collect();
+        let bs = partition_sequential(&corpus, 2, 5, 0);
+        assert_eq!(bs.len(), 3);
+        assert_eq!(
+            rows(&bs[0]),
+            vec![vec![0, 1, 2, 3, 4], vec![17, 18, 19, 20, 21]]
+        );
+        assert_eq!(
+            rows(&bs[1]),
+            vec![vec![5, 6, 7, 8, 9], vec![22, 23, 24, 25, 26]]
+        );
+        assert_eq!(
+            rows(&bs[2]),
+            vec![vec![10, 11, 12, 13, 14], vec![27, 28, 29, 30, 31]]
+        );
+        for b in &bs {
+            let shifted: Vec<u32> = b.x.iter().map(|v| v + 1).collect();
+            assert_eq!(b.y, shifted);
+        }
+    }
+
+    #[test]
+    fn sequential_offset_5_matches_the_book() {
+        let corpus: Vec<u32> = (0..35).collect();
+        let bs = partition_sequential(&corpus, 2, 5, 5);
+        assert_eq!(bs.len(), 2);
+        assert_eq!(
+            rows(&bs[0]),
+            vec![vec![5, 6, 7, 8, 9], vec![19, 20, 21, 22, 23]]
+        );
+        assert_eq!(
+            rows(&bs[1]),
+            vec![vec![10, 11, 12, 13, 14], vec![24, 25, 26, 27, 28]]
+        );
+    }
+
+    #[test]
+    fn random_covers_disjoint_subsequences() {
+        let corpus: Vec<u32> = (0..35).collect();
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+        let bs = partition_random(&corpus, 2, 5, 3, &mut rng);
+        // (35 - 3 - 1) / 5 = 6 subsequences → 3 batches of 2.
+        assert_eq!(bs.len(), 3);
+        let mut starts: Vec<usize> = bs.iter().flat_map(|b| b.starts.clone()).collect();
+        starts.sort();
+        assert_eq!(starts, vec![3, 8, 13, 18, 23, 28]);
+        for b in &bs {
+            for r in 0..2 {
+                assert_eq!(b.row(r)[0] as usize, b.starts[r]);
+            }
+        }
+    }
+
+    #[test]
+    fn too_short_corpus_is_an_error() {
+        let spec = SamplerSpec {
+            strategy: Strategy::Sequential,
+            batch_size: 32,
+            num_steps: 35,
+        };
+        assert!(spec.check_len(100).is_err());
+        assert!(spec.check_len(spec.min_len()).is_ok());
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+        for _ in 0..20 {
+            assert!(!spec.epoch(&vec![0; spec.min_len()], &mut rng).is_empty());
+        }
+    }
+}
