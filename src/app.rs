@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 /// Stages failed during a run. Exit code 1.
 #[derive(Debug, thiserror::Error)]
-#[error("{failed} stage(s) failed in `{pipeline}`; the run record is in {record}")]
+#[error("{failed} stage(s) failed in `{pipeline}`; the run record is in {record}/")]
 pub struct StagesFailed {
     pub pipeline: String,
     pub failed: usize,
@@ -148,7 +148,7 @@ pub fn run(cli: Cli, root: &Path) -> Result<()> {
                 return Err(StagesFailed {
                     pipeline: p.name.clone(),
                     failed: record.failed(),
-                    record: store.runs_dir(&p.name).display().to_string(),
+                    record: format!("outputs/{}/runs", p.name),
                 }
                 .into());
             }

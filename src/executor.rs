@@ -146,6 +146,8 @@ pub fn execute(
     let mut status: Vec<Option<Status>> = vec![None; n];
     let mut seconds = vec![0.0; n];
     let mut errors: Vec<Option<String>> = vec![None; n];
+    // Finished and usable as an input (a hit, or ran and committed).
+    let mut done = vec![false; n];
     let pos_of = |stage: usize| plan.steps.iter().position(|s| s.stage == stage);
     let w = plan
         .steps
@@ -158,6 +160,7 @@ pub fn execute(
         if s.action == Action::Hit {
             store.publish(&p.name, &p.stages[s.stage].name, &s.key)?;
             status[i] = Some(Status::Hit);
+            done[i] = true;
             out.println(&format!(
                 "  hit     {:<w$}  {}",
                 p.stages[s.stage].name,
@@ -181,11 +184,10 @@ pub fn execute(
                         continue;
                     }
                     let st = &p.stages[plan.steps[i].stage];
-                    let ready = st.inputs.iter().all(|(_, u)| {
-                        pos_of(*u)
-                            .map(|j| matches!(status[j], Some(Status::Hit) | Some(Status::Ran)))
-                            .unwrap_or(false)
-                    });
+                    let ready = st
+                        .inputs
+                        .iter()
+                        .all(|(_, u)| pos_of(*u).is_some_and(|j| done[j]));
                     if !ready {
                         continue;
                     }
@@ -239,7 +241,10 @@ pub fn execute(
                 })
                 .and_then(|_| store.publish(&p.name, &st.name, &plan.steps[i].key));
             match committed {
-                Ok(_) => out.println(&format!("  ran     {:<w$}  in {}", st.name, fmt_secs(secs))),
+                Ok(_) => {
+                    done[i] = true;
+                    out.println(&format!("  ran     {:<w$}  in {}", st.name, fmt_secs(secs)))
+                }
                 Err(e) => {
                     let _ = std::fs::remove_dir_all(&staging);
                     status[i] = Some(Status::Failed);
@@ -262,17 +267,17 @@ pub fn execute(
                         }
                     }
                     out.println(&format!(
-                        "  FAILED  {:<w$}  after {}\nerror in stage `{}`: {e:#}",
+                        "  FAILED  {:<w$}  after {}",
                         st.name,
-                        fmt_secs(secs),
-                        st.name
+                        fmt_secs(secs)
                     ));
+                    eprintln!("error in stage `{}`: {e:#}", st.name);
                     if !skipped.is_empty() {
-                        out.println(&format!(
+                        eprintln!(
                             "  skipping downstream of `{}`: {}",
                             st.name,
                             skipped.join(", ")
-                        ));
+                        );
                     }
                     if !opts.keep_going {
                         stop = true;
@@ -302,10 +307,10 @@ pub fn execute(
         .map(|(r, _)| r.name.as_str())
         .collect();
     if !not_started.is_empty() {
-        out.println(&format!(
+        eprintln!(
             "  not started after the failure (use --keep-going to run independent stages): {}",
             not_started.join(", ")
-        ));
+        );
     }
     let resolved = p
         .stages

@@ -101,10 +101,7 @@ pub fn compute(
                     let path = format!("stages.{}.params.path", s.name);
                     diags.push(
                         p.diag(&path, format!("cannot read input file `{f}`: {e}"))
-                            .with_help(format!(
-                        "paths are relative to the project folder ({}); check the file exists",
-                        root.display()
-                    )),
+                            .with_help("paths are relative to the project folder (where seqpipe runs); check the file exists"),
                     );
                 }
             }
@@ -203,5 +200,90 @@ fn diff_json(path: &str, a: &serde_json::Value, b: &serde_json::Value, out: &mut
         }
         _ if a != b => out.push(format!("{path} {a} → {b}")),
         _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = "name: t\nseed: 1\nstages:\n  corpus:\n    kind: load_corpus\n    params: { path: c.txt }\n  tokens:\n    kind: tokenize\n    inputs: { corpus: corpus }\n    params: { unit: word }\n  vocab:\n    kind: build_vocab\n    inputs: { tokens: tokens }\n    params: { min_freq: 0 }\n  batches:\n    kind: sample_batches\n    inputs: { corpus: vocab }\n    params: { strategy: random, batch_size: 2, num_steps: 3 }\n";
+
+    fn keys(text: &str, corpus: &str) -> BTreeMap<String, Key> {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("c.txt"), corpus).unwrap();
+        let raw = crate::config::parse(Path::new("t.yaml"), text).unwrap();
+        let p = crate::pipeline::analyze(raw).unwrap();
+        let recs = compute(&p, dir.path(), "cpu", &mut FileDigests::default()).unwrap();
+        p.stages
+            .iter()
+            .zip(recs)
+            .map(|(s, r)| (s.name.clone(), r.key()))
+            .collect()
+    }
+
+    /// (description, pipeline text, corpus, stages whose key must change; all others must not).
+    #[test]
+    fn keys_change_exactly_when_the_output_would() {
+        let base = keys(BASE, "a b c\n");
+        let all = ["corpus", "tokens", "vocab", "batches"];
+        let cases: Vec<(&str, String, &str, Vec<&str>)> = vec![
+            ("reordered keys and reformatting", BASE.replace("params: { strategy: random, batch_size: 2, num_steps: 3 }", "params:\n      num_steps: 3\n      batch_size: 2   # comment\n      strategy: random"), "a b c\n", vec![]),
+            ("default written out", BASE.replace("{ path: c.txt }", "{ path: c.txt, preprocess: d2l }"), "a b c\n", vec![]),
+            ("unrelated stage renamed", BASE.replace("  batches:", "  sampled:"), "a b c\n", vec![]),
+            ("upstream stage renamed", BASE.replace("  tokens:\n", "  toks:\n").replace("{ tokens: tokens }", "{ tokens: toks }"), "a b c\n", vec![]),
+            ("effective param changed", BASE.replace("min_freq: 0", "min_freq: 2"), "a b c\n", vec!["vocab", "batches"]),
+            ("one byte of the input file", BASE.to_string(), "a b d\n", vec!["corpus", "tokens", "vocab", "batches"]),
+            ("the seed", BASE.replace("seed: 1", "seed: 2"), "a b c\n", vec!["batches"]),
+            ("unit changed", BASE.replace("unit: word", "unit: char"), "a b c\n", vec!["tokens", "vocab", "batches"]),
+        ];
+        for (what, text, corpus, changed) in cases {
+            let k = keys(&text, corpus);
+            for s in all {
+                let name = if what.contains("renamed") && s == "batches" && text.contains("sampled")
+                {
+                    "sampled"
+                } else if s == "tokens" && text.contains("toks:") {
+                    "toks"
+                } else {
+                    s
+                };
+                let differs = k[name] != base[s];
+                assert_eq!(
+                    differs,
+                    changed.contains(&s),
+                    "{what}: key of `{s}` {}",
+                    if differs { "changed" } else { "did not change" }
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn float_spellings_are_the_same_param() {
+        let a = crate::config::parse_scalar("1e-3").unwrap();
+        let b = crate::config::parse_scalar("0.001").unwrap();
+        assert_eq!(a.as_f64(), b.as_f64());
+    }
+
+    #[test]
+    fn implementation_version_is_in_the_key() {
+        let r = KeyRecord {
+            schema: KEY_SCHEMA,
+            kind: "k".into(),
+            version: 1,
+            params: serde_json::json!({}),
+            seed: None,
+            device: None,
+            inputs: BTreeMap::new(),
+            files: BTreeMap::new(),
+        };
+        let mut r2 = r.clone();
+        r2.version = 2;
+        assert_ne!(r.key(), r2.key());
+        assert_eq!(
+            explain_change(&r, &r2),
+            vec!["implementation version 1 → 2"]
+        );
     }
 }

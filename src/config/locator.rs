@@ -7,11 +7,14 @@ use std::collections::HashMap;
 #[derive(Debug, Clone, Default)]
 pub struct Locator {
     positions: HashMap<String, (usize, usize)>,
+    /// Where a key written twice under the same parent appears the second time.
+    repeats: HashMap<String, (usize, usize)>,
 }
 
 impl Locator {
     pub fn new(text: &str) -> Self {
         let mut positions = HashMap::new();
+        let mut repeats = HashMap::new();
         // Stack of (indent, key) for the open block mappings.
         let mut stack: Vec<(usize, String)> = Vec::new();
         for (ln, line) in text.lines().enumerate() {
@@ -35,9 +38,11 @@ impl Locator {
             let mut path: Vec<&str> = stack.iter().map(|(_, k)| k.as_str()).collect();
             path.push(&key);
             let full = path.join(".");
-            positions
-                .entry(full.clone())
-                .or_insert((ln + 1, indent + 1));
+            if positions.contains_key(&full) {
+                repeats.entry(full.clone()).or_insert((ln + 1, indent + 1));
+            } else {
+                positions.insert(full.clone(), (ln + 1, indent + 1));
+            }
             let after_trim = after.trim();
             if after_trim.starts_with('{') {
                 let base = content.len() - after.len() + (after.len() - after.trim_start().len());
@@ -45,7 +50,12 @@ impl Locator {
             }
             stack.push((indent, key));
         }
-        Locator { positions }
+        Locator { positions, repeats }
+    }
+
+    /// Where `path` is written a second time, if it is.
+    pub fn repeat(&self, path: &str) -> Option<(usize, usize)> {
+        self.repeats.get(path).copied()
     }
 
     /// (line, column), both 1-based, of the key at `path`; the nearest written parent otherwise.

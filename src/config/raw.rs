@@ -61,13 +61,33 @@ pub struct RawStage {
     pub matrix: Vec<(String, Vec<serde_json::Value>)>,
 }
 
-fn yaml_error(path: &Path, e: &serde_yaml::Error, at: &str) -> Diagnostic {
+fn yaml_error(
+    path: &Path,
+    e: &serde_yaml::Error,
+    at: &str,
+    locator: Option<&Locator>,
+) -> Diagnostic {
     let msg = e.to_string();
     // serde_yaml appends " at line L column C"; keep the message, put the place in the header.
     let msg = match msg.find(" at line ") {
         Some(i) => msg[..i].to_string(),
         None => msg,
     };
+    if let Some(name) = msg
+        .strip_prefix("stages: duplicate entry with key \"")
+        .and_then(|r| r.strip_suffix('"'))
+    {
+        let mut d = Diagnostic::new(
+            path,
+            format!("stages.{name}"),
+            format!("duplicate stage `{name}`"),
+        )
+        .with_help("stage names must be unique within a pipeline; rename one of them");
+        if let Some((l, c)) = locator.and_then(|l| l.repeat(&format!("stages.{name}"))) {
+            d = d.at(l, c);
+        }
+        return d;
+    }
     let mut d = Diagnostic::new(path, at, msg.clone());
     if let Some(loc) = e.location() {
         d = d.at(loc.line(), loc.column());
@@ -98,7 +118,7 @@ pub(super) fn parse(path: &Path, text: &str) -> Result<RawPipeline, PipelineErro
     let locator = Locator::new(text);
     // Syntax first: a clear position for broken YAML.
     let doc: serde_yaml::Value =
-        serde_yaml::from_str(text).map_err(|e| fail(yaml_error(path, &e, "")))?;
+        serde_yaml::from_str(text).map_err(|e| fail(yaml_error(path, &e, "", Some(&locator))))?;
     if doc.is_null() {
         return Err(fail(
             Diagnostic::new(path, "", "the pipeline file is empty")
@@ -108,7 +128,12 @@ pub(super) fn parse(path: &Path, text: &str) -> Result<RawPipeline, PipelineErro
     let top: FileMirror = serde_yaml::from_value(doc).map_err(|e| {
         // from_value has no positions: re-run on the text to get one.
         let e2 = serde_yaml::from_str::<FileMirror>(text).err();
-        fail(yaml_error(path, e2.as_ref().unwrap_or(&e), ""))
+        fail(yaml_error(
+            path,
+            e2.as_ref().unwrap_or(&e),
+            "",
+            Some(&locator),
+        ))
     })?;
 
     let mut diags = Vec::new();
@@ -152,7 +177,7 @@ pub(super) fn parse(path: &Path, text: &str) -> Result<RawPipeline, PipelineErro
         let sm: StageMirror = match serde_yaml::from_value(v) {
             Ok(s) => s,
             Err(e) => {
-                let mut d = yaml_error(path, &e, &at);
+                let mut d = yaml_error(path, &e, &at, Some(&locator));
                 if let Some((l, c)) = locator.find(&d.path).or(pos) {
                     d = d.at(l, c);
                 }
