@@ -147,6 +147,12 @@ impl Store {
         read_entry(&self.object_dir(key)).ok()
     }
 
+    /// Checkpoints of the stage computing `key`: they belong to the key, so a changed param
+    /// never resumes a stale one.
+    pub fn checkpoint_dir(&self, key: &Key) -> PathBuf {
+        self.meta().join("checkpoints").join(&key.0)
+    }
+
     /// A fresh folder for a stage to write into.
     pub fn staging(&self, key: &Key) -> Result<PathBuf> {
         let nanos = std::time::SystemTime::now()
@@ -303,6 +309,19 @@ impl Store {
             }
             removed.push(key);
             bytes += size;
+        }
+        let ckpts = self.meta().join("checkpoints");
+        if ckpts.exists() {
+            for e in fs::read_dir(&ckpts)? {
+                let e = e?;
+                let key = Key(e.file_name().to_string_lossy().into_owned());
+                if !keep.contains(&key) {
+                    bytes += dir_size(&e.path());
+                    if !dry_run {
+                        fs::remove_dir_all(e.path())?;
+                    }
+                }
+            }
         }
         Ok((removed, bytes))
     }

@@ -16,6 +16,10 @@ pub struct Cli {
     /// Print only errors and the final summary.
     #[arg(long, short, global = true)]
     pub quiet: bool,
+    /// Threads for matrix products. 1 is fastest at the book's sizes on a 2-core machine
+    /// (measured with `seqpipe bench`).
+    #[arg(long, global = true, default_value_t = 1, env = "SEQPIPE_THREADS")]
+    pub threads: usize,
 }
 
 #[derive(Debug, clap::Args)]

@@ -19,6 +19,8 @@ pub struct StageCtx {
     inputs: BTreeMap<String, (String, PathBuf)>,
     out: PathBuf,
     pub progress: StageProgress,
+    /// Where a long stage keeps its checkpoints; it belongs to the stage's key.
+    pub checkpoints: PathBuf,
     summary: serde_json::Map<String, serde_json::Value>,
     log: Vec<String>,
 }
@@ -41,6 +43,7 @@ impl StageCtx {
             inputs,
             out,
             progress,
+            checkpoints: PathBuf::from(".checkpoints"),
             summary: Default::default(),
             log: Vec::new(),
         }
@@ -68,6 +71,14 @@ impl StageCtx {
 
     pub fn read_json<T: DeserializeOwned>(&self, role: &str, file: &str) -> Result<T> {
         read_json(&self.input(role)?.join(file))
+    }
+
+    /// Copy a file of an input's artifact into this stage's output.
+    pub fn copy_from_input(&self, role: &str, file: &str) -> Result<()> {
+        let src = self.input(role)?.join(file);
+        std::fs::copy(&src, self.out.join(file))
+            .with_context(|| format!("copying {}", src.display()))?;
+        Ok(())
     }
 
     pub fn out_path(&self, file: &str) -> PathBuf {

@@ -26,6 +26,8 @@ pub struct Job<'a> {
     pub inputs: BTreeMap<String, (String, PathBuf)>,
     /// The folder to write the stage's files into.
     pub out: PathBuf,
+    /// Where the stage may keep checkpoints (kept across crashes, dropped once committed).
+    pub checkpoints: PathBuf,
 }
 
 /// How a stage is launched. The local launcher runs it in this process; a cluster launcher
@@ -49,6 +51,7 @@ impl Launcher for LocalLauncher {
             job.out.clone(),
             progress.clone(),
         );
+        ctx.checkpoints = job.checkpoints.clone();
         let params = st.params.clone();
         let result =
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| params.run(&mut ctx)));
@@ -206,9 +209,11 @@ pub fn execute(
                             )
                         })
                         .collect();
+                    let checkpoints = store.checkpoint_dir(&key);
                     let job = Job {
                         pipeline: p,
                         stage: plan.steps[i].stage,
+                        checkpoints,
                         key,
                         seed: p.seed,
                         device: opts.device.clone(),
@@ -243,6 +248,7 @@ pub fn execute(
             match committed {
                 Ok(_) => {
                     done[i] = true;
+                    let _ = std::fs::remove_dir_all(store.checkpoint_dir(&plan.steps[i].key));
                     out.println(&format!("  ran     {:<w$}  in {}", st.name, fmt_secs(secs)))
                 }
                 Err(e) => {

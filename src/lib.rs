@@ -13,6 +13,7 @@ pub mod diagnostic;
 pub mod executor;
 pub mod graph;
 pub mod key;
+pub mod nn;
 pub mod pipeline;
 pub mod plan;
 pub mod progress;

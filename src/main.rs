@@ -2,6 +2,9 @@ use clap::Parser;
 
 fn main() {
     let cli = seqpipe::cli::Cli::parse();
+    if let Err(e) = seqpipe::nn::set_num_threads(cli.threads) {
+        eprintln!("warning: {e:#}");
+    }
     let root = match std::env::current_dir() {
         Ok(d) => d,
         Err(e) => {

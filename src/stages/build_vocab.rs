@@ -102,6 +102,33 @@ impl Vocab {
             .unwrap_or("<unk>")
     }
 
+    /// Whether the tokens are characters (every token but `<...>` specials is one character).
+    pub fn is_char_level(&self) -> bool {
+        self.tokens
+            .iter()
+            .filter(|t| !(t.starts_with('<') && t.ends_with('>') && t.len() > 2))
+            .all(|t| t.chars().count() == 1)
+    }
+
+    /// Text → indices, by characters or words as the vocabulary is.
+    pub fn encode(&self, text: &str) -> Vec<u32> {
+        if self.is_char_level() {
+            text.chars().map(|c| self.get(&c.to_string())).collect()
+        } else {
+            text.split_whitespace().map(|w| self.get(w)).collect()
+        }
+    }
+
+    /// Indices → text.
+    pub fn decode(&self, idx: &[u32]) -> String {
+        let toks: Vec<&str> = idx.iter().map(|&i| self.token(i)).collect();
+        if self.is_char_level() {
+            toks.concat()
+        } else {
+            toks.join(" ")
+        }
+    }
+
     pub fn write_csv(&self, path: &Path) -> Result<()> {
         let mut w = csv::Writer::from_path(path)?;
         for (i, (t, c)) in self.tokens.iter().zip(&self.counts).enumerate() {

@@ -4,13 +4,18 @@
 
 mod build_vocab;
 mod encode;
+mod evaluate;
 mod fields;
+mod generate;
 mod load_corpus;
+pub mod model;
 mod ngram_stats;
 mod sample_batches;
+mod series;
 mod summary_table;
 mod tokenize;
 mod toy_sequence;
+mod train;
 
 pub use sample_batches::{partition_random, partition_sequential, Batch};
 
@@ -212,6 +217,12 @@ pub fn registry() -> &'static [KindInfo] {
             kind::<sample_batches::SampleBatches>(),
             kind::<ngram_stats::NgramStats>(),
             kind::<summary_table::SummaryTable>(),
+            kind::<series::SyntheticSeries>(),
+            kind::<series::WindowFeatures>(),
+            kind::<model::BuildModel>(),
+            kind::<train::Train>(),
+            kind::<evaluate::Evaluate>(),
+            kind::<generate::Generate>(),
         ]
     })
 }

@@ -185,7 +185,7 @@ const MAX_BATCH_ROWS: usize = 10_000;
 
 impl Stage for SampleBatches {
     const KIND: &'static str = "sample_batches";
-    const VERSION: u32 = 1;
+    const VERSION: u32 = 2;
     const ABOUT: &'static str =
         "Cut a corpus into minibatches (sequential or random, book 8.3) and tabulate coverage";
     const ROLES: Roles = Roles::Fixed(&["corpus"]);
@@ -256,6 +256,11 @@ impl Stage for SampleBatches {
             }
         }
         ctx.write_json("sampler.json", &spec)?;
+        // Training reads the corpus (and the vocabulary, to print samples) from here.
+        ctx.copy_from_input("corpus", "corpus.json")?;
+        if ctx.input("corpus")?.join("vocab.csv").exists() {
+            ctx.copy_from_input("corpus", "vocab.csv")?;
+        }
         ctx.write_csv("batches.csv", rows)?;
         ctx.write_csv(
             "coverage.csv",

@@ -1,0 +1,123 @@
+//! `crate::nn` — the neural-network module of seqpipe (the only code that imports dfdx).
+//!
+//! Public API: plain Rust types only (no dfdx types).
+//!
+//! Deviations from / additions to the brief (all additive):
+//! * `Optimizer::new(spec, model)` takes any `&impl ParamSet` (`LanguageModel`, `Mlp`, `SeriesRnn`).
+//! * `predict` returns the prefix followed by the `num_preds` generated tokens (like d2l's
+//!   `predict_ch8`, which returns the whole string).
+//! * `HiddenState` has `batch()`, `shapes()` and `reset()`.
+//! * `set_num_threads(n)` sets the global rayon pool (dfdx's CPU matmul threads); 1 is fastest on
+//!   a 2-core machine at these sizes. Needs the `rayon = "1"` dependency in Cargo.toml.
+//! * `Activation` applies to `RnnScratch` and `Rnn` (nn.RNN's `nonlinearity`); GRU/LSTM ignore it.
+//! * `SeriesRnn` (exercise 8.6.3): input windows [batch][tau] are fed as tau steps of a scalar,
+//!   the last step's hidden state goes through a linear head to one output; MSE loss.
+//!   Names as the LM (`rnn.*`, `linear.weight` [1, H], `linear.bias`).
+//! * `Mlp` names follow `nn.Sequential(Linear, act, Linear, ..., Linear)`: `net.0.weight`, `net.0.bias`,
+//!   `net.2.weight`, ... PyTorch layout [out, in]. Weights Xavier-uniform, biases like nn.Linear.
+//!
+//! Implementation: parameters live on the host (`Vec<f32>`, PyTorch layout); each call uploads the
+//! matrices it multiplies with to the dfdx device and runs all matrix products through dfdx
+//! (CPU: `gemm` crate). Forward and BPTT are written by hand (no dfdx tape): per time step only
+//! `h_t·[W_hh;W_lin]^T` and `[dG,dY]·[W_hh;W_lin]` are matmuls; the weight gradients are one matmul
+//! over all steps; element-wise math (fast rational tanh, sigmoid, softmax-CE, gate math) runs in
+//! plain loops. The same generic code runs on `Cuda` (feature `cuda`), there with a host round trip
+//! per matmul (correct, not fast). The fast path is `DeviceKind::Cpu`.
+
+pub(crate) mod backend;
+mod core;
+mod lm;
+mod math;
+mod mlp;
+mod params;
+#[cfg(test)]
+mod tests;
+
+pub use self::core::HiddenState;
+pub use self::lm::{LanguageModel, SeriesRnn};
+pub use self::mlp::Mlp;
+pub use self::params::{Optimizer, ParamSet};
+
+use serde::{Deserialize, Serialize};
+
+/// Where tensors live. `Cuda` only with feature `cuda`; otherwise constructors return an error.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DeviceKind {
+    Cpu,
+    Cuda,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Activation {
+    Tanh,
+    Relu,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CellKind {
+    /// d2l 8.5 from-scratch RNN (one layer, W_xh/W_hh/b_h/W_hq/b_q, N(0,1)*0.01 init).
+    RnnScratch,
+    Rnn,
+    Gru,
+    Lstm,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum InputMode {
+    OneHot,
+    /// Learned embedding of the given dimension.
+    Embedding(usize),
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LmSpec {
+    pub cell: CellKind,
+    pub vocab: usize,
+    pub hidden: usize,
+    pub num_layers: usize,
+    pub input: InputMode,
+    pub activation: Activation,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum OptimSpec {
+    Sgd {
+        lr: f32,
+        weight_decay: f32,
+    },
+    Adam {
+        lr: f32,
+        beta1: f32,
+        beta2: f32,
+        eps: f32,
+        weight_decay: f32,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StepStats {
+    /// Sum of the per-token losses (CE) or of squared errors (MSE).
+    pub loss_sum: f64,
+    /// Number of terms in `loss_sum`.
+    pub tokens: usize,
+    /// Global L2 norm of the gradient before clipping.
+    pub grad_norm: f32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Sampling {
+    Greedy,
+    /// Sample from p^alpha, renormalised.
+    Sample {
+        alpha: f32,
+    },
+}
+
+/// Set the number of threads dfdx's CPU matmuls use (global rayon pool). Must be called before
+/// any model computes; errors if the pool was already initialised.
+pub fn set_num_threads(n: usize) -> anyhow::Result<()> {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(n.max(1))
+        .build_global()
+        .map_err(|e| anyhow::anyhow!("set_num_threads({n}): {e}"))
+}

@@ -1,0 +1,289 @@
+//! `build_model`, and the glue between stage artifacts and `crate::nn`: a model is `spec.json`
+//! (what to build) plus `model.safetensors` (its weights, PyTorch names and layouts).
+
+use super::{ParamIssue, Roles, Stage};
+use crate::context::StageCtx;
+use crate::nn::{
+    self, Activation, CellKind, InputMode, LanguageModel, LmSpec, Mlp, Optimizer, SeriesRnn,
+};
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Arch {
+    RnnScratch,
+    Rnn,
+    Gru,
+    Lstm,
+    Mlp,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum Hidden {
+    One(usize),
+    Layers(Vec<usize>),
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum InputParam {
+    OneHot,
+    Embedding(usize),
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ActParam {
+    Tanh,
+    Relu,
+}
+
+impl From<ActParam> for Activation {
+    fn from(a: ActParam) -> Self {
+        match a {
+            ActParam::Tanh => Activation::Tanh,
+            ActParam::Relu => Activation::Relu,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BuildModel {
+    pub arch: Arch,
+    /// Hidden units: one number for recurrent models, a list of layer widths for `mlp`.
+    pub hidden: Hidden,
+    #[serde(default = "one")]
+    pub num_layers: usize,
+    #[serde(default = "one_hot")]
+    pub input: InputParam,
+    #[serde(default = "tanh")]
+    pub activation: ActParam,
+}
+
+fn one() -> usize {
+    1
+}
+fn one_hot() -> InputParam {
+    InputParam::OneHot
+}
+fn tanh() -> ActParam {
+    ActParam::Tanh
+}
+
+/// What `spec.json` holds: enough to rebuild the model before loading its weights.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "snake_case")]
+pub enum ModelSpec {
+    Lm(LmSpec),
+    Mlp {
+        input: usize,
+        hidden: Vec<usize>,
+        activation: Activation,
+    },
+    Series {
+        hidden: usize,
+        cell: CellKind,
+    },
+}
+
+pub enum AnyModel {
+    Lm(LanguageModel),
+    Mlp(Mlp),
+    Series(SeriesRnn),
+}
+
+pub fn device_kind(device: &str) -> nn::DeviceKind {
+    if device == "cuda" {
+        nn::DeviceKind::Cuda
+    } else {
+        nn::DeviceKind::Cpu
+    }
+}
+
+impl AnyModel {
+    pub fn create(spec: &ModelSpec, device: &str, seed: u64) -> Result<Self> {
+        let d = device_kind(device);
+        Ok(match spec {
+            ModelSpec::Lm(s) => AnyModel::Lm(LanguageModel::new(s, d, seed)?),
+            ModelSpec::Mlp {
+                input,
+                hidden,
+                activation,
+            } => AnyModel::Mlp(Mlp::new(*input, hidden, *activation, d, seed)?),
+            ModelSpec::Series { hidden, cell } => {
+                AnyModel::Series(SeriesRnn::new(*hidden, *cell, d, seed)?)
+            }
+        })
+    }
+
+    /// Rebuild a model from an artifact folder (`spec.json` + `model.safetensors`).
+    pub fn load(dir: &Path, device: &str) -> Result<(ModelSpec, Self)> {
+        let spec: ModelSpec = crate::context::read_json(&dir.join("spec.json"))
+            .context("this input is not a model (no spec.json)")?;
+        let mut m = Self::create(&spec, device, 0)?;
+        m.load_weights(&dir.join("model.safetensors"))?;
+        Ok((spec, m))
+    }
+
+    pub fn load_weights(&mut self, path: &Path) -> Result<()> {
+        match self {
+            AnyModel::Lm(m) => m.load_safetensors(path),
+            AnyModel::Mlp(m) => m.load_safetensors(path),
+            AnyModel::Series(m) => m.load_safetensors(path),
+        }
+    }
+
+    pub fn save_weights(&self, path: &Path) -> Result<()> {
+        match self {
+            AnyModel::Lm(m) => m.save_safetensors(path),
+            AnyModel::Mlp(m) => m.save_safetensors(path),
+            AnyModel::Series(m) => m.save_safetensors(path),
+        }
+    }
+
+    pub fn num_params(&self) -> usize {
+        match self {
+            AnyModel::Lm(m) => m.num_params(),
+            AnyModel::Mlp(m) => m.num_params(),
+            AnyModel::Series(m) => m.num_params(),
+        }
+    }
+
+    pub fn optimizer(&self, spec: &nn::OptimSpec) -> Optimizer {
+        match self {
+            AnyModel::Lm(m) => Optimizer::new(spec, m),
+            AnyModel::Mlp(m) => Optimizer::new(spec, m),
+            AnyModel::Series(m) => Optimizer::new(spec, m),
+        }
+    }
+
+    pub fn named_tensors(&self) -> Vec<(String, Vec<usize>, Vec<f32>)> {
+        match self {
+            AnyModel::Lm(m) => m.named_tensors(),
+            AnyModel::Mlp(m) => m.named_tensors(),
+            AnyModel::Series(m) => m.named_tensors(),
+        }
+    }
+}
+
+/// What a model's data input offers: a vocabulary (language models) or windows of a series.
+pub enum DataShape {
+    Vocab(usize),
+    Windows(usize),
+}
+
+pub fn data_shape(dir: &Path) -> Result<DataShape> {
+    if dir.join("vocab.csv").exists() {
+        let v = super::build_vocab::Vocab::read_csv(&dir.join("vocab.csv"))?;
+        return Ok(DataShape::Vocab(v.len()));
+    }
+    if dir.join("features.json").exists() {
+        let f: super::series::Features = crate::context::read_json(&dir.join("features.json"))?;
+        return Ok(DataShape::Windows(f.tau));
+    }
+    bail!("the `data` input has neither a vocabulary (vocab.csv) nor series windows (features.json); use a build_vocab, sample_batches or window_features stage")
+}
+
+impl BuildModel {
+    fn cell(&self) -> Option<CellKind> {
+        match self.arch {
+            Arch::RnnScratch => Some(CellKind::RnnScratch),
+            Arch::Rnn => Some(CellKind::Rnn),
+            Arch::Gru => Some(CellKind::Gru),
+            Arch::Lstm => Some(CellKind::Lstm),
+            Arch::Mlp => None,
+        }
+    }
+
+    pub fn spec(&self, data: &DataShape) -> Result<ModelSpec> {
+        Ok(match (self.cell(), data, &self.hidden) {
+            (Some(cell), DataShape::Vocab(vocab), Hidden::One(h)) => ModelSpec::Lm(LmSpec {
+                cell,
+                vocab: *vocab,
+                hidden: *h,
+                num_layers: self.num_layers,
+                input: match self.input {
+                    InputParam::OneHot => InputMode::OneHot,
+                    InputParam::Embedding(d) => InputMode::Embedding(d),
+                },
+                activation: self.activation.into(),
+            }),
+            (Some(cell), DataShape::Windows(_), Hidden::One(h)) => {
+                ModelSpec::Series { hidden: *h, cell }
+            }
+            (None, DataShape::Windows(tau), hidden) => ModelSpec::Mlp {
+                input: *tau,
+                hidden: match hidden {
+                    Hidden::One(h) => vec![*h],
+                    Hidden::Layers(l) => l.clone(),
+                },
+                activation: self.activation.into(),
+            },
+            (None, DataShape::Vocab(_), _) => {
+                bail!("arch `mlp` models a series: give it a window_features stage as `data`")
+            }
+            (Some(_), _, Hidden::Layers(_)) => {
+                bail!("recurrent models take one `hidden` size, not a list")
+            }
+        })
+    }
+}
+
+impl Stage for BuildModel {
+    const KIND: &'static str = "build_model";
+    const VERSION: u32 = 1;
+    const ABOUT: &'static str =
+        "Initialise a model (rnn_scratch, rnn, gru, lstm, mlp) sized from its data input";
+    const ROLES: Roles = Roles::Fixed(&["data"]);
+    const STOCHASTIC: bool = true;
+    const USES_DEVICE: bool = true;
+
+    fn validate(&self, issues: &mut Vec<ParamIssue>) {
+        super::require_positive(issues, "num_layers", self.num_layers);
+        match &self.hidden {
+            Hidden::One(h) => super::require_positive(issues, "hidden", *h),
+            Hidden::Layers(l) if l.is_empty() || l.contains(&0) => issues.push(ParamIssue::new(
+                "hidden",
+                "every hidden layer needs at least one unit",
+                "e.g. `hidden: [10, 10]`",
+            )),
+            Hidden::Layers(_) if self.arch != Arch::Mlp => issues.push(ParamIssue::new(
+                "hidden",
+                "a list of layer widths is for `arch: mlp` only",
+                "give one number, e.g. `hidden: 256`; stack layers with `num_layers`",
+            )),
+            Hidden::Layers(_) => {}
+        }
+        if self.arch == Arch::RnnScratch
+            && (self.num_layers != 1 || self.input != InputParam::OneHot)
+        {
+            issues.push(ParamIssue::new(
+                "arch",
+                "the from-scratch RNN has one layer and one-hot inputs",
+                "use `arch: rnn` for stacks or embeddings",
+            ));
+        }
+        if let InputParam::Embedding(0) = self.input {
+            issues.push(ParamIssue::new(
+                "input",
+                "embedding size must be at least 1",
+                "e.g. `input: { embedding: 32 }`",
+            ));
+        }
+    }
+
+    fn run(&self, ctx: &mut StageCtx) -> Result<()> {
+        let shape = data_shape(ctx.input("data")?)?;
+        let spec = self.spec(&shape)?;
+        let model = AnyModel::create(&spec, &ctx.device, ctx.seed)?;
+        model.save_weights(&ctx.out_path("model.safetensors"))?;
+        ctx.write_json("spec.json", &spec)?;
+        ctx.summary("params", model.num_params());
+        ctx.log(format!("{} parameters", model.num_params()));
+        Ok(())
+    }
+}

@@ -1,0 +1,147 @@
+//! The 8.1 series: `synthetic_series` (sin(0.01·t) + noise) and `window_features` (tau past
+//! values predict the next one, with a train/test split).
+
+use super::{ParamIssue, Roles, Stage};
+use crate::context::StageCtx;
+use anyhow::{bail, Result};
+use rand::SeedableRng;
+use rand_distr::{Distribution, Normal};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SyntheticSeries {
+    /// Number of points T (t = 1..=T).
+    #[serde(default = "t_default")]
+    pub length: usize,
+    /// Standard deviation of the Gaussian noise (0 for a clean sine).
+    #[serde(default = "sigma_default")]
+    pub sigma: f64,
+    #[serde(default = "freq_default")]
+    pub frequency: f64,
+}
+
+fn t_default() -> usize {
+    1000
+}
+fn sigma_default() -> f64 {
+    0.2
+}
+fn freq_default() -> f64 {
+    0.01
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Series {
+    pub x: Vec<f32>,
+}
+
+#[derive(Serialize)]
+struct Point {
+    t: usize,
+    x: f32,
+}
+
+impl Stage for SyntheticSeries {
+    const KIND: &'static str = "synthetic_series";
+    const VERSION: u32 = 1;
+    const ABOUT: &'static str = "sin(frequency·t) + N(0, sigma) for t = 1..length (book 8.1)";
+    const ROLES: Roles = Roles::Fixed(&[]);
+    const STOCHASTIC: bool = true;
+
+    fn validate(&self, issues: &mut Vec<ParamIssue>) {
+        super::require_positive(issues, "length", self.length);
+        if !(self.sigma >= 0.0 && self.sigma.is_finite()) {
+            issues.push(ParamIssue::new(
+                "sigma",
+                format!("sigma must be a finite number ≥ 0, found {}", self.sigma),
+                "e.g. `sigma: 0.2`, or 0 for no noise",
+            ));
+        }
+    }
+
+    fn run(&self, ctx: &mut StageCtx) -> Result<()> {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(ctx.seed);
+        let noise =
+            Normal::new(0.0, self.sigma.max(0.0)).map_err(|e| anyhow::anyhow!("noise: {e}"))?;
+        let x: Vec<f32> = (1..=self.length)
+            .map(|t| {
+                ((self.frequency * t as f64).sin()
+                    + if self.sigma > 0.0 {
+                        noise.sample(&mut rng)
+                    } else {
+                        0.0
+                    }) as f32
+            })
+            .collect();
+        ctx.write_csv(
+            "series.csv",
+            x.iter().enumerate().map(|(i, &x)| Point { t: i + 1, x }),
+        )?;
+        ctx.write_json_compact("series.json", &Series { x })?;
+        ctx.summary("length", self.length);
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WindowFeatures {
+    pub tau: usize,
+    /// Rows (windows) used for training; the rest are the test set.
+    #[serde(default = "n_train_default")]
+    pub n_train: usize,
+}
+
+fn n_train_default() -> usize {
+    600
+}
+
+/// Windows of a series: row i is x[i..i+tau], its label x[i+tau].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Features {
+    pub tau: usize,
+    pub n_train: usize,
+    pub series: Vec<f32>,
+}
+
+impl Features {
+    pub fn rows(&self) -> usize {
+        self.series.len() - self.tau
+    }
+    pub fn window(&self, i: usize) -> &[f32] {
+        &self.series[i..i + self.tau]
+    }
+    pub fn label(&self, i: usize) -> f32 {
+        self.series[i + self.tau]
+    }
+}
+
+impl Stage for WindowFeatures {
+    const KIND: &'static str = "window_features";
+    const VERSION: u32 = 1;
+    const ABOUT: &'static str =
+        "Windows of tau past values as features, the next value as label; a train/test split";
+    const ROLES: Roles = Roles::Fixed(&["series"]);
+
+    fn validate(&self, issues: &mut Vec<ParamIssue>) {
+        super::require_positive(issues, "tau", self.tau);
+        super::require_positive(issues, "n_train", self.n_train);
+    }
+
+    fn run(&self, ctx: &mut StageCtx) -> Result<()> {
+        let s: Series = ctx.read_json("series", "series.json")?;
+        if s.x.len() <= self.tau + self.n_train {
+            bail!("the series has {} points: too short for tau {} and n_train {} (needs more than {})", s.x.len(), self.tau, self.n_train, self.tau + self.n_train);
+        }
+        let f = Features {
+            tau: self.tau,
+            n_train: self.n_train,
+            series: s.x,
+        };
+        ctx.summary("rows", f.rows());
+        ctx.summary("train_rows", f.n_train);
+        ctx.write_json_compact("features.json", &f)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,479 @@
+//! `train`: fit a model to its data. Language models train on the batches of a
+//! `sample_batches` stage (the book's `train_ch8`), series models on `window_features`.
+//!
+//! Files: `metrics.csv` (epoch, loss, perplexity, gradient norm before clipping; identical
+//! across runs), `speed.csv` (seconds and tokens/s per epoch: the only file that varies between
+//! runs), `samples.txt` (text generated from `prefix` every `sample_every` epochs),
+//! `model.safetensors` and `spec.json`. A diverged run (NaN or infinite loss) stops and is
+//! recorded as diverged: that is a result, not a failure. Checkpoints every `checkpoint_every`
+//! epochs let a killed run resume where it stopped and end bit-identical.
+
+use super::build_vocab::Vocab;
+use super::model::{AnyModel, ModelSpec};
+use super::sample_batches::{SamplerSpec, Strategy};
+use super::series::Features;
+use super::{ParamIssue, Roles, Stage};
+use crate::context::StageCtx;
+use crate::nn::{self, OptimSpec, Sampling};
+use anyhow::{bail, Context, Result};
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use std::path::Path;
+use std::time::Instant;
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum OptimizerParam {
+    #[default]
+    Sgd,
+    Adam,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum StateMode {
+    /// Carry the hidden state across batches, detached (truncated BPTT).
+    Detach,
+    /// A fresh zero state for every batch.
+    Reinit,
+}
+
+/// `clip_grad_norm: 1` or `clip_grad_norm: none`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Clip {
+    Norm(f64),
+    Off,
+}
+
+impl Serialize for Clip {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Clip::Norm(v) => s.serialize_f64(*v),
+            Clip::Off => s.serialize_str("none"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Clip {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Num(f64),
+            Word(String),
+        }
+        match Raw::deserialize(d).map_err(|_| {
+            serde::de::Error::custom(
+                "invalid value: expected a number (the max gradient norm) or `none`, expected clip",
+            )
+        })? {
+            Raw::Num(v) => Ok(Clip::Norm(v)),
+            Raw::Word(w) if w == "none" => Ok(Clip::Off),
+            Raw::Word(w) => Err(serde::de::Error::custom(format!(
+                "invalid value: `{w}`, expected a number or `none`, expected clip"
+            ))),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Train {
+    pub epochs: usize,
+    pub lr: f64,
+    #[serde(default)]
+    pub optimizer: OptimizerParam,
+    #[serde(default)]
+    pub weight_decay: f64,
+    /// The book's `grad_clipping(net, 1)` is the default.
+    #[serde(default = "clip_default")]
+    pub clip_grad_norm: Clip,
+    /// Default: the book's choice — `detach` for sequential batches, `reinit` for random ones.
+    #[serde(default)]
+    pub state: Option<StateMode>,
+    /// Minibatch size for series models (language models take theirs from `sample_batches`).
+    #[serde(default)]
+    pub batch_size: Option<usize>,
+    /// Generate text from `prefix` every this many epochs (and at the end); 0: only at the end.
+    #[serde(default = "sample_every_default")]
+    pub sample_every: usize,
+    #[serde(default = "prefix_default")]
+    pub prefix: String,
+    #[serde(default = "num_preds_default")]
+    pub num_preds: usize,
+    /// Save a checkpoint every this many epochs (0: never). Not part of the key.
+    #[serde(default = "checkpoint_default", skip_serializing)]
+    pub checkpoint_every: usize,
+}
+
+fn clip_default() -> Clip {
+    Clip::Norm(1.0)
+}
+fn sample_every_default() -> usize {
+    50
+}
+fn prefix_default() -> String {
+    "time traveller".into()
+}
+fn num_preds_default() -> usize {
+    50
+}
+fn checkpoint_default() -> usize {
+    10
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct MetricRow {
+    pub epoch: usize,
+    pub loss: f64,
+    /// exp(loss) for language models; empty for series.
+    pub perplexity: Option<f64>,
+    pub grad_norm: f64,
+    pub grad_norm_max: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SpeedRow {
+    pub epoch: usize,
+    pub seconds: f64,
+    pub tokens_per_s: f64,
+}
+
+/// Everything needed to continue a run exactly where it stopped.
+#[derive(Serialize, Deserialize)]
+struct Progress {
+    epochs_done: usize,
+    rng: ChaCha8Rng,
+    metrics: Vec<MetricRow>,
+    speed: Vec<SpeedRow>,
+    samples: Vec<String>,
+    diverged: Option<usize>,
+}
+
+impl Train {
+    fn optim_spec(&self) -> OptimSpec {
+        let (lr, weight_decay) = (self.lr as f32, self.weight_decay as f32);
+        match self.optimizer {
+            OptimizerParam::Sgd => OptimSpec::Sgd { lr, weight_decay },
+            OptimizerParam::Adam => OptimSpec::Adam {
+                lr,
+                beta1: 0.9,
+                beta2: 0.999,
+                eps: 1e-8,
+                weight_decay,
+            },
+        }
+    }
+
+    fn clip(&self) -> Option<f32> {
+        match self.clip_grad_norm {
+            Clip::Norm(v) => Some(v as f32),
+            Clip::Off => None,
+        }
+    }
+}
+
+impl Stage for Train {
+    const KIND: &'static str = "train";
+    const VERSION: u32 = 1;
+    const ABOUT: &'static str = "Train a model: SGD or Adam, gradient clipping, detached or fresh state; metrics, samples, checkpoints";
+    const ROLES: Roles = Roles::Fixed(&["model", "data"]);
+    const STOCHASTIC: bool = true;
+    const USES_DEVICE: bool = true;
+
+    fn validate(&self, issues: &mut Vec<ParamIssue>) {
+        super::require_positive(issues, "epochs", self.epochs);
+        if !(self.lr > 0.0 && self.lr.is_finite()) {
+            issues.push(ParamIssue::new(
+                "lr",
+                format!("lr must be a positive number, found {}", self.lr),
+                "e.g. `lr: 1` or `lr: 1e-3`",
+            ));
+        }
+        if let Clip::Norm(v) = self.clip_grad_norm {
+            if !(v > 0.0 && v.is_finite()) {
+                issues.push(ParamIssue::new(
+                    "clip_grad_norm",
+                    format!("clip_grad_norm must be positive, found {v}"),
+                    "e.g. `clip_grad_norm: 1`, or `none` to switch clipping off",
+                ));
+            }
+        }
+        if let Some(b) = self.batch_size {
+            super::require_positive(issues, "batch_size", b);
+        }
+        if self.weight_decay < 0.0 {
+            issues.push(ParamIssue::new(
+                "weight_decay",
+                "weight_decay must be ≥ 0",
+                "e.g. `weight_decay: 1e-4`",
+            ));
+        }
+    }
+
+    fn run(&self, ctx: &mut StageCtx) -> Result<()> {
+        let (spec, mut model) = AnyModel::load(ctx.input("model")?, &ctx.device)?;
+        let mut opt = model.optimizer(&self.optim_spec());
+        let mut rng = ChaCha8Rng::seed_from_u64(ctx.seed);
+        rng.set_stream(1); // independent of the stream that initialised the weights
+        let mut prog = Progress {
+            epochs_done: 0,
+            rng,
+            metrics: vec![],
+            speed: vec![],
+            samples: vec![],
+            diverged: None,
+        };
+        if let Some(p) = load_checkpoint(&ctx.checkpoints, &mut model, &mut opt) {
+            ctx.log(format!(
+                "resuming from the checkpoint after epoch {}",
+                p.epochs_done
+            ));
+            prog = p;
+        }
+        ctx.write_json("spec.json", &spec)?;
+        let data = ctx.input("data")?.to_path_buf();
+        match (&spec, &mut model) {
+            (ModelSpec::Lm(_), AnyModel::Lm(lm)) => {
+                self.train_lm(ctx, lm, &mut opt, &data, &mut prog)?
+            }
+            (_, AnyModel::Mlp(_)) | (_, AnyModel::Series(_)) => {
+                self.train_series(ctx, &mut model, &mut opt, &data, &mut prog)?
+            }
+            _ => bail!("model and spec disagree"),
+        }
+        model.save_weights(&ctx.out_path("model.safetensors"))?;
+        ctx.write_csv("metrics.csv", prog.metrics.iter())?;
+        ctx.write_csv("speed.csv", prog.speed.iter())?;
+        if !prog.samples.is_empty() {
+            ctx.write_text("samples.txt", &(prog.samples.join("\n") + "\n"))?;
+        }
+        let last = prog.metrics.last();
+        ctx.summary("epochs_run", prog.metrics.len());
+        ctx.summary("final_loss", last.map(|m| m.loss));
+        if matches!(spec, ModelSpec::Lm(_)) {
+            ctx.summary("final_perplexity", last.and_then(|m| m.perplexity));
+        }
+        ctx.summary("diverged", prog.diverged.is_some());
+        ctx.summary("diverged_epoch", prog.diverged);
+        if let Some(e) = prog.diverged {
+            ctx.log(format!(
+                "diverged at epoch {e}: the loss is no longer finite"
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Train {
+    fn train_lm(
+        &self,
+        ctx: &mut StageCtx,
+        lm: &mut nn::LanguageModel,
+        opt: &mut nn::Optimizer,
+        data: &Path,
+        prog: &mut Progress,
+    ) -> Result<()> {
+        if self.batch_size.is_some() {
+            bail!("`batch_size` is for series models; a language model takes its batches from its `sample_batches` input");
+        }
+        let sampler: SamplerSpec = crate::context::read_json(&data.join("sampler.json"))
+            .context("the `data` input of a language model must be a sample_batches stage")?;
+        let corpus: Vec<u32> = crate::context::read_json(&data.join("corpus.json"))?;
+        sampler.check_len(corpus.len())?;
+        let vocab = if data.join("vocab.csv").exists() {
+            ctx.copy_from_input("data", "vocab.csv")?;
+            Some(Vocab::read_csv(&data.join("vocab.csv"))?)
+        } else {
+            None
+        };
+        let mode = self.state.unwrap_or(match sampler.strategy {
+            Strategy::Sequential => StateMode::Detach,
+            Strategy::Random => StateMode::Reinit,
+        });
+        let clip = self.clip();
+        ctx.progress.start(self.epochs as u64, "epochs");
+        ctx.progress.inc(prog.epochs_done as u64);
+        for epoch in prog.epochs_done + 1..=self.epochs {
+            if prog.diverged.is_some() {
+                break;
+            }
+            let t = Instant::now();
+            let batches = sampler.epoch(&corpus, &mut prog.rng);
+            let mut state = lm.zero_state(sampler.batch_size);
+            let (mut loss_sum, mut tokens, mut gsum, mut gmax) = (0.0f64, 0usize, 0.0f64, 0.0f64);
+            for b in &batches {
+                if mode == StateMode::Reinit {
+                    state = lm.zero_state(b.batch);
+                }
+                let s = lm.train_step(opt, &b.x, &b.y, b.batch, b.steps, &mut state, clip)?;
+                loss_sum += s.loss_sum;
+                tokens += s.tokens;
+                gsum += s.grad_norm as f64;
+                gmax = gmax.max(s.grad_norm as f64);
+                if !s.loss_sum.is_finite() {
+                    break;
+                }
+            }
+            let loss = loss_sum / tokens.max(1) as f64;
+            let ppl = loss.exp();
+            let secs = t.elapsed().as_secs_f64();
+            prog.metrics.push(MetricRow {
+                epoch,
+                loss,
+                perplexity: Some(ppl),
+                grad_norm: gsum / batches.len().max(1) as f64,
+                grad_norm_max: gmax,
+            });
+            prog.speed.push(SpeedRow {
+                epoch,
+                seconds: secs,
+                tokens_per_s: tokens as f64 / secs.max(1e-9),
+            });
+            if !loss.is_finite() || !ppl.is_finite() {
+                prog.diverged = Some(epoch);
+            }
+            ctx.progress.set_message(&format!(
+                "perplexity {ppl:.2}, {:.0} tokens/s",
+                tokens as f64 / secs.max(1e-9)
+            ));
+            let sample_now = epoch == self.epochs
+                || prog.diverged.is_some()
+                || (self.sample_every > 0 && epoch % self.sample_every == 0);
+            if let (true, Some(v)) = (sample_now, &vocab) {
+                if prog.diverged.is_none() {
+                    let out = lm.predict(
+                        &v.encode(&self.prefix),
+                        self.num_preds,
+                        Sampling::Greedy,
+                        &mut prog.rng.clone(),
+                    )?;
+                    let line = format!("epoch {epoch} (perplexity {ppl:.2}): {}", v.decode(&out));
+                    ctx.log(line.clone());
+                    prog.samples.push(line);
+                }
+            }
+            ctx.progress.inc(1);
+            if self.checkpoint_every > 0
+                && epoch % self.checkpoint_every == 0
+                && epoch < self.epochs
+            {
+                save_checkpoint(&ctx.checkpoints, &AnyRef::Lm(lm), opt, prog)?;
+            }
+        }
+        ctx.progress.finish();
+        Ok(())
+    }
+
+    fn train_series(
+        &self,
+        ctx: &mut StageCtx,
+        model: &mut AnyModel,
+        opt: &mut nn::Optimizer,
+        data: &Path,
+        prog: &mut Progress,
+    ) -> Result<()> {
+        let f: Features = crate::context::read_json(&data.join("features.json"))
+            .context("the `data` input of a series model must be a window_features stage")?;
+        let batch = self.batch_size.unwrap_or(16);
+        let mut order: Vec<usize> = (0..f.n_train).collect();
+        ctx.progress.start(self.epochs as u64, "epochs");
+        ctx.progress.inc(prog.epochs_done as u64);
+        for epoch in prog.epochs_done + 1..=self.epochs {
+            if prog.diverged.is_some() {
+                break;
+            }
+            let t = Instant::now();
+            order.sort_unstable();
+            order.shuffle(&mut prog.rng);
+            let (mut sq, mut n, mut gsum, mut gmax, mut steps) =
+                (0.0f64, 0usize, 0.0f64, 0.0f64, 0usize);
+            for chunk in order.chunks(batch) {
+                let x: Vec<f32> = chunk
+                    .iter()
+                    .flat_map(|&i| f.window(i).iter().copied())
+                    .collect();
+                let y: Vec<f32> = chunk.iter().map(|&i| f.label(i)).collect();
+                let s = match model {
+                    AnyModel::Mlp(m) => m.train_step(opt, &x, &y, chunk.len())?,
+                    AnyModel::Series(m) => m.train_step(opt, &x, &y, chunk.len())?,
+                    AnyModel::Lm(_) => bail!("a language model cannot train on series windows"),
+                };
+                sq += s.loss_sum;
+                n += s.tokens;
+                gsum += s.grad_norm as f64;
+                gmax = gmax.max(s.grad_norm as f64);
+                steps += 1;
+            }
+            let loss = sq / n.max(1) as f64;
+            let secs = t.elapsed().as_secs_f64();
+            prog.metrics.push(MetricRow {
+                epoch,
+                loss,
+                perplexity: None,
+                grad_norm: gsum / steps.max(1) as f64,
+                grad_norm_max: gmax,
+            });
+            prog.speed.push(SpeedRow {
+                epoch,
+                seconds: secs,
+                tokens_per_s: n as f64 / secs.max(1e-9),
+            });
+            if !loss.is_finite() {
+                prog.diverged = Some(epoch);
+            }
+            ctx.progress.set_message(&format!("loss {loss:.4}"));
+            ctx.progress.inc(1);
+            if self.checkpoint_every > 0
+                && epoch % self.checkpoint_every == 0
+                && epoch < self.epochs
+            {
+                save_checkpoint(&ctx.checkpoints, &AnyRef::Any(model), opt, prog)?;
+            }
+        }
+        ctx.progress.finish();
+        Ok(())
+    }
+}
+
+enum AnyRef<'a> {
+    Lm(&'a nn::LanguageModel),
+    Any(&'a AnyModel),
+}
+
+impl AnyRef<'_> {
+    fn save(&self, path: &Path) -> Result<()> {
+        match self {
+            AnyRef::Lm(m) => m.save_safetensors(path),
+            AnyRef::Any(m) => m.save_weights(path),
+        }
+    }
+}
+
+/// Write a checkpoint next to the old one, then swap: a crash leaves one complete checkpoint.
+fn save_checkpoint(dir: &Path, model: &AnyRef, opt: &nn::Optimizer, prog: &Progress) -> Result<()> {
+    let new = dir.with_extension("new");
+    if new.exists() {
+        std::fs::remove_dir_all(&new)?;
+    }
+    std::fs::create_dir_all(&new)?;
+    model.save(&new.join("model.safetensors"))?;
+    opt.save(&new.join("optimizer.bin"))?;
+    crate::cache::write_synced(&new.join("progress.json"), &serde_json::to_vec(prog)?)?;
+    let old = dir.with_extension("old");
+    if dir.exists() {
+        std::fs::rename(dir, &old)?;
+    }
+    std::fs::rename(&new, dir)?;
+    let _ = std::fs::remove_dir_all(&old);
+    Ok(())
+}
+
+fn load_checkpoint(dir: &Path, model: &mut AnyModel, opt: &mut nn::Optimizer) -> Option<Progress> {
+    let prog: Progress = crate::context::read_json(&dir.join("progress.json")).ok()?;
+    model.load_weights(&dir.join("model.safetensors")).ok()?;
+    opt.load(&dir.join("optimizer.bin")).ok()?;
+    Some(prog)
+}
