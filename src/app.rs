@@ -175,6 +175,27 @@ pub fn run(cli: Cli, root: &Path) -> Result<()> {
             Ok(())
         }
         Command::Gc { dry_run } => gc(&project, dry_run),
+        Command::Bench {
+            cell,
+            hidden,
+            epochs,
+            device,
+            corpus,
+        } => {
+            if device == "cuda" && !cfg!(feature = "cuda") {
+                bail!(
+                    "`--device cuda` needs a build with the `cuda` feature (scripts/build-cuda.sh)"
+                );
+            }
+            crate::bench::run(&crate::bench::BenchArgs {
+                cells: cell,
+                hidden,
+                epochs,
+                device,
+                corpus: project.root.join(corpus),
+                threads: cli.threads,
+            })
+        }
         Command::Kinds => {
             for k in crate::stages::registry() {
                 println!("{:<16} v{}  {}", k.name, k.version, k.about);

@@ -76,4 +76,18 @@ pub enum Command {
     },
     /// List the stage kinds and their params.
     Kinds,
+    /// Training throughput (tokens/s) on the book's parity config.
+    Bench {
+        /// Cells to measure: rnn_scratch, rnn, gru, lstm.
+        #[arg(long, value_delimiter = ',', default_value = "rnn")]
+        cell: Vec<String>,
+        #[arg(long, value_delimiter = ',', default_value = "256")]
+        hidden: Vec<usize>,
+        #[arg(long, default_value_t = 5)]
+        epochs: usize,
+        #[arg(long, default_value = "cpu", value_parser = ["cpu", "cuda"])]
+        device: String,
+        #[arg(long, default_value = "data/timemachine.txt")]
+        corpus: PathBuf,
+    },
 }

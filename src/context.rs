@@ -6,7 +6,6 @@ use crate::progress::StageProgress;
 use anyhow::{anyhow, Context, Result};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -16,7 +15,8 @@ pub struct StageCtx {
     /// The project root: relative paths in params resolve against it.
     pub root: PathBuf,
     pub device: String,
-    inputs: BTreeMap<String, (String, PathBuf)>,
+    /// (role, (upstream kind, artifact folder)), in the order the pipeline file lists them.
+    inputs: Vec<(String, (String, PathBuf))>,
     out: PathBuf,
     pub progress: StageProgress,
     /// Where a long stage keeps its checkpoints; it belongs to the stage's key.
@@ -31,7 +31,7 @@ impl StageCtx {
         seed: u64,
         root: &Path,
         device: &str,
-        inputs: BTreeMap<String, (String, PathBuf)>,
+        inputs: Vec<(String, (String, PathBuf))>,
         out: PathBuf,
         progress: StageProgress,
     ) -> Self {
@@ -52,14 +52,18 @@ impl StageCtx {
     /// The artifact folder of the input in `role`.
     pub fn input(&self, role: &str) -> Result<&Path> {
         self.inputs
-            .get(role)
-            .map(|(_, p)| p.as_path())
+            .iter()
+            .find(|(r, _)| r == role)
+            .map(|(_, (_, p))| p.as_path())
             .ok_or_else(|| anyhow!("stage `{}` has no input `{role}`", self.stage))
     }
 
     /// The kind of the stage that feeds `role`.
     pub fn input_kind(&self, role: &str) -> Option<&str> {
-        self.inputs.get(role).map(|(k, _)| k.as_str())
+        self.inputs
+            .iter()
+            .find(|(r, _)| r == role)
+            .map(|(_, (k, _))| k.as_str())
     }
 
     /// All inputs: role → folder, in role order.

@@ -23,7 +23,7 @@ pub struct Job<'a> {
     pub device: String,
     pub root: PathBuf,
     /// role → (upstream kind, upstream artifact folder)
-    pub inputs: BTreeMap<String, (String, PathBuf)>,
+    pub inputs: Vec<(String, (String, PathBuf))>,
     /// The folder to write the stage's files into.
     pub out: PathBuf,
     /// Where the stage may keep checkpoints (kept across crashes, dropped once committed).

@@ -4,6 +4,7 @@
 //! stages/* → nn (the only code that imports dfdx).
 
 pub mod app;
+pub mod bench;
 pub mod cache;
 pub mod cli;
 pub mod config;

@@ -442,3 +442,177 @@ impl Spawn for Command {
             .unwrap()
     }
 }
+
+/// A tiny character language model: fast enough for tests, big enough to learn.
+fn tiny_lm(epochs: usize, extra: &str) -> String {
+    format!(
+        "name: tiny\nseed: 7\nstages:\n  corpus:\n    kind: load_corpus\n    params: {{ path: data/timemachine.txt }}\n  chars:\n    kind: tokenize\n    inputs: {{ corpus: corpus }}\n    params: {{ unit: char, max_tokens: 3000 }}\n  vocab:\n    kind: build_vocab\n    inputs: {{ tokens: chars }}\n  batches:\n    kind: sample_batches\n    inputs: {{ corpus: vocab }}\n    params: {{ strategy: sequential, batch_size: 8, num_steps: 10 }}\n  model:\n    kind: build_model\n    inputs: {{ data: batches }}\n    params: {{ arch: rnn, hidden: 48 }}\n  train:\n    kind: train\n    inputs: {{ model: model, data: batches }}\n    params: {{ epochs: {epochs}, lr: 1, sample_every: 5, num_preds: 10, checkpoint_every: 1{extra} }}\n"
+    )
+}
+
+fn round3(x: f64) -> String {
+    if !x.is_finite() {
+        return format!("{x}");
+    }
+    format!("{:.2e}", x)
+}
+
+#[test]
+fn training_is_deterministic_and_snapshotted() {
+    let (a, b) = (project(), project());
+    for t in [&a, &b] {
+        std::fs::write(t.path().join("tiny.yaml"), tiny_lm(6, "")).unwrap();
+        ok(t.path(), &["run", "-q", "tiny.yaml"]);
+    }
+    let files = |t: &tempfile::TempDir| {
+        tree(&t.path().join("outputs"))
+            .into_iter()
+            .filter(|(n, _)| !n.ends_with("speed.csv"))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        files(&a),
+        files(&b),
+        "same seed, same bytes (weights and metrics)"
+    );
+    let metrics = std::fs::read_to_string(a.path().join("outputs/tiny/train/metrics.csv")).unwrap();
+    let mut rows = String::new();
+    for line in metrics.lines().skip(1) {
+        let c: Vec<f64> = line.split(',').map(|v| v.parse().unwrap()).collect();
+        rows.push_str(&format!(
+            "epoch {} loss {} ppl {} grad {}\n",
+            c[0],
+            round3(c[1]),
+            round3(c[2]),
+            round3(c[3])
+        ));
+    }
+    insta::assert_snapshot!("tiny_training_metrics", rows);
+    let last: f64 = metrics
+        .lines()
+        .last()
+        .unwrap()
+        .split(',')
+        .nth(2)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let first: f64 = metrics
+        .lines()
+        .nth(1)
+        .unwrap()
+        .split(',')
+        .nth(2)
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        last < first,
+        "training lowers the perplexity: {first} → {last}"
+    );
+    // The weights carry PyTorch's names.
+    let w = std::fs::read(a.path().join("outputs/tiny/train/model.safetensors")).unwrap();
+    let header_len = u64::from_le_bytes(w[..8].try_into().unwrap()) as usize;
+    let header = String::from_utf8_lossy(&w[8..8 + header_len]);
+    for name in [
+        "rnn.weight_ih_l0",
+        "rnn.weight_hh_l0",
+        "rnn.bias_ih_l0",
+        "rnn.bias_hh_l0",
+        "linear.weight",
+        "linear.bias",
+    ] {
+        assert!(header.contains(name), "{name} missing in {header}");
+    }
+}
+
+#[test]
+fn divergence_is_recorded_not_a_crash() {
+    let t = project();
+    std::fs::write(
+        t.path().join("tiny.yaml"),
+        tiny_lm(30, ", clip_grad_norm: none")
+            .replace("lr: 1,", "lr: 10,")
+            .replace(
+                "arch: rnn, hidden: 48",
+                "arch: rnn_scratch, hidden: 64, activation: relu",
+            ),
+    )
+    .unwrap();
+    let out = ok(t.path(), &["run", "tiny.yaml"]);
+    let s: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(t.path().join("outputs/tiny/train/summary.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(s["diverged"], true, "{out}\n{s}");
+    let e = s["diverged_epoch"].as_u64().unwrap();
+    assert!(e >= 1 && e < 30, "{s}");
+    assert_eq!(s["epochs_run"].as_u64().unwrap(), e);
+}
+
+#[test]
+fn a_killed_training_resumes_bit_identical() {
+    let epochs = 80;
+    let reference = project();
+    std::fs::write(reference.path().join("tiny.yaml"), tiny_lm(epochs, "")).unwrap();
+    ok(reference.path(), &["run", "-q", "tiny.yaml"]);
+
+    let t = project();
+    let p = t.path();
+    std::fs::write(p.join("tiny.yaml"), tiny_lm(epochs, "")).unwrap();
+    let mut child = Command::new(BIN)
+        .args(["run", "-q", "tiny.yaml"])
+        .current_dir(p)
+        .spawn()
+        .unwrap();
+    // Wait for a checkpoint a few epochs in, then SIGKILL.
+    let ckpts = p.join("outputs/.seqpipe/checkpoints");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let done = std::fs::read_dir(&ckpts)
+            .into_iter()
+            .flatten()
+            .filter_map(|e| std::fs::read(e.ok()?.path().join("progress.json")).ok())
+            .any(|bytes| {
+                let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+                v["epochs_done"].as_u64().unwrap_or(0) >= 3
+            });
+        if done {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no checkpoint appeared"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // A changed param never resumes that checkpoint.
+    let other = ok(
+        p,
+        &[
+            "run",
+            "tiny.yaml",
+            "--set",
+            "train.lr=0.5",
+            "--set",
+            "train.epochs=2",
+        ],
+    );
+    assert!(!other.contains("resuming"), "{other}");
+    let out = ok(p, &["run", "tiny.yaml"]);
+    assert!(
+        out.contains("resuming from the checkpoint after epoch"),
+        "{out}"
+    );
+    for f in ["metrics.csv", "model.safetensors", "samples.txt"] {
+        let a = std::fs::read(reference.path().join("outputs/tiny/train").join(f)).unwrap();
+        let b = std::fs::read(p.join("outputs/tiny/train").join(f)).unwrap();
+        assert!(a == b, "{f} differs after resuming");
+    }
+    assert!(
+        !ckpts.join("x").exists() && std::fs::read_dir(&ckpts).unwrap().count() == 0,
+        "checkpoints are dropped once the stage is committed"
+    );
+}

@@ -44,6 +44,14 @@ impl<D: Device<f32>> Ctx<D> {
         DMat { t, rows, cols }
     }
 
+    /// Upload a row-major matrix by moving the buffer (no zeroing, and on Cpu no copy). The
+    /// buffer later lands in the device cache, which is emptied regularly by the callers.
+    pub fn mat_owned(&self, data: Vec<f32>, rows: usize, cols: usize) -> DMat<D> {
+        assert_eq!(data.len(), rows * cols, "internal: mat upload size");
+        let t: M<D> = self.dev.tensor_from_vec(data, (rows, cols));
+        DMat { t, rows, cols }
+    }
+
     /// out = op(a) * op(b), where op(x) = x^T when the flag is set. `out` is row-major and
     /// overwritten. Shapes are checked here (dfdx would assert).
     pub fn mm(&self, a: &DMat<D>, ta: bool, b: &DMat<D>, tb: bool, out: &mut [f32]) {

@@ -377,27 +377,22 @@ impl Core {
                         _ => unreachable!("input kind checked at the boundary"),
                     }
                 };
-                let xm = ctx.mat(&xin, t * b, li.in_dim);
-                ctx.mm(&xm, false, ld.w_ih_t.as_ref().unwrap(), false, &mut gi);
                 if l == 0 {
-                    x_in = Some(xin);
+                    x_in = Some(xin.clone());
                 }
+                let xm = ctx.mat_owned(xin, t * b, li.in_dim);
+                ctx.mm(&xm, false, ld.w_ih_t.as_ref().unwrap(), false, &mut gi);
             }
             let bih = &p[li.b_ih].data;
             let fold_bhh = self.cell != CellKind::Gru;
-            for r in 0..t * b {
-                let row = &mut gi[r * gh..(r + 1) * gh];
-                for j in 0..gh {
-                    row[j] += bih[j];
+            let mut bias = bih.clone();
+            if fold_bhh {
+                if let Some(bh) = li.b_hh {
+                    bias.iter_mut().zip(&p[bh].data).for_each(|(a, &c)| *a += c);
                 }
-                if fold_bhh {
-                    if let Some(bh) = li.b_hh {
-                        let bh = &p[bh].data;
-                        for j in 0..gh {
-                            row[j] += bh[j];
-                        }
-                    }
-                }
+            }
+            for row in gi.chunks_exact_mut(gh) {
+                row.iter_mut().zip(&bias).for_each(|(a, &c)| *a += c);
             }
             let bhh_gru: Option<&Vec<f32>> = if fold_bhh {
                 None
@@ -442,20 +437,14 @@ impl Core {
                     match self.cell {
                         CellKind::Rnn | CellKind::RnnScratch => match self.act {
                             Activation::Tanh => {
-                                for j in 0..h {
-                                    hc[j] = tanh_f(gir[j] + ghr[j]);
+                                for ((o, &a), &c) in hc.iter_mut().zip(gir).zip(ghr) {
+                                    *o = tanh_f(a + c);
                                 }
                             }
                             Activation::Relu => {
-                                for j in 0..h {
-                                    let v = gir[j] + ghr[j];
-                                    hc[j] = if v > 0.0 {
-                                        v
-                                    } else if v.is_nan() {
-                                        v
-                                    } else {
-                                        0.0
-                                    };
+                                for ((o, &a), &c) in hc.iter_mut().zip(gir).zip(ghr) {
+                                    let v = a + c;
+                                    *o = if v > 0.0 || v.is_nan() { v } else { 0.0 };
                                 }
                             }
                         },
@@ -507,8 +496,8 @@ impl Core {
                         for bb in 0..b {
                             let dst = &mut logits[(s * b + bb) * o..(s * b + bb + 1) * o];
                             let src = &out[bb * w + gh..(bb + 1) * w];
-                            for j in 0..o {
-                                dst[j] = src[j] + bl[j];
+                            for ((d, &a), &c) in dst.iter_mut().zip(src).zip(bl) {
+                                *d = a + c;
                             }
                         }
                     }
@@ -583,7 +572,7 @@ impl Core {
         ctx: &Ctx<D>,
         dw: &DevW<D>,
         inp: &Inputs,
-        fwd: &Fwd,
+        fwd: &mut Fwd,
         dy: &[f32],
         b: usize,
         t: usize,
@@ -594,7 +583,6 @@ impl Core {
         let gh = g * h;
         let nl = self.layers.len();
         let o = self.out_dim;
-        let p = &self.store.params;
         let mut grads = self.store.zeros_like();
         let mut d_above: Option<Vec<f32>> = None;
         for l in (0..nl).rev() {
@@ -617,24 +605,23 @@ impl Core {
             let mut carry_h = vec![0.0f32; b * h];
             let mut carry_c = vec![0.0f32; b * h];
             let mut dh = vec![0.0f32; b * h];
-            let mut tmp = vec![0.0f32; b * h];
             let mut dm = ctx.mat(&d[..b * w], b, w);
             let mut norms = Vec::new();
             for tt in (1..=t).rev() {
                 let s = tt - 1;
-                dh.copy_from_slice(&carry_h);
+                let has_mm = top || tt < t;
+                if has_mm {
+                    dm.set(&d[tt * b * w..(tt + 1) * b * w]);
+                    ctx.mm(&dm, false, &ld.wext, false, &mut dh);
+                } else {
+                    dh.fill(0.0);
+                }
+                if self.cell == CellKind::Gru {
+                    dh.iter_mut().zip(&carry_h).for_each(|(a, &c)| *a += c);
+                }
                 if let Some(da) = &d_above {
                     let src = &da[s * b * h..(s + 1) * b * h];
-                    for j in 0..b * h {
-                        dh[j] += src[j];
-                    }
-                }
-                if top || tt < t {
-                    dm.set(&d[tt * b * w..(tt + 1) * b * w]);
-                    ctx.mm(&dm, false, &ld.wext, false, &mut tmp);
-                    for j in 0..b * h {
-                        dh[j] += tmp[j];
-                    }
+                    dh.iter_mut().zip(src).for_each(|(a, &c)| *a += c);
                 }
                 if top && record.is_some() {
                     norms.push(
@@ -655,13 +642,13 @@ impl Core {
                         CellKind::Rnn | CellKind::RnnScratch => {
                             match self.act {
                                 Activation::Tanh => {
-                                    for j in 0..h {
-                                        dg[j] = dhr[j] * (1.0 - hcur[j] * hcur[j]);
+                                    for ((g, &dv), &hv) in dg.iter_mut().zip(dhr).zip(hcur) {
+                                        *g = dv * (1.0 - hv * hv);
                                     }
                                 }
                                 Activation::Relu => {
-                                    for j in 0..h {
-                                        dg[j] = if hcur[j] > 0.0 { dhr[j] } else { 0.0 };
+                                    for ((g, &dv), &hv) in dg.iter_mut().zip(dhr).zip(hcur) {
+                                        *g = if hv > 0.0 { dv } else { 0.0 };
                                     }
                                 }
                             }
@@ -721,11 +708,19 @@ impl Core {
                     r.extend_from_slice(&norms);
                 }
             }
+            if let Some(bh) = li.b_hh {
+                let gb = &mut grads[bh];
+                for row in d.chunks_exact(w) {
+                    gb.iter_mut().zip(&row[..gh]).for_each(|(a, &c)| *a += c);
+                }
+            }
             // ---- weight gradients over all steps at once: [dW_hh; dW_lin]^T = Hs^T D
-            let hsm = ctx.mat(&c.hs, (t + 1) * b, h);
-            let dmat = ctx.mat(&d, (t + 1) * b, w);
+            let hs_owned = std::mem::take(&mut fwd.caches[l].hs);
+            let hsm = ctx.mat_owned(hs_owned, (t + 1) * b, h);
+            let dmat = ctx.mat_owned(std::mem::take(&mut d), (t + 1) * b, w);
             let mut dwt = vec![0.0f32; h * w];
             ctx.mm(&hsm, true, &dmat, false, &mut dwt);
+            drop((hsm, dmat));
             {
                 let gw = &mut grads[li.w_hh];
                 for gi_ in 0..gh {
@@ -748,22 +743,10 @@ impl Core {
                     }
                 }
             }
-            if let Some(bh) = li.b_hh {
-                let gb = &mut grads[bh];
-                for r in 0..(t + 1) * b {
-                    let row = &d[r * w..r * w + gh];
-                    for j in 0..gh {
-                        gb[j] += row[j];
-                    }
-                }
-            }
             {
                 let gb = &mut grads[li.b_ih];
-                for r in 0..t * b {
-                    let row = &dgi[r * gh..(r + 1) * gh];
-                    for j in 0..gh {
-                        gb[j] += row[j];
-                    }
+                for row in dgi.chunks_exact(gh) {
+                    gb.iter_mut().zip(row).for_each(|(a, &c)| *a += c);
                 }
             }
             // ---- input weights and input gradient
@@ -774,13 +757,10 @@ impl Core {
                 };
                 let v = li.in_dim;
                 let mut acc = vec![0.0f32; v * gh];
-                for (r, &tok) in x.iter().enumerate() {
+                for (&tok, src) in x.iter().zip(dgi.chunks_exact(gh)) {
                     let tok = tok as usize;
                     let dst = &mut acc[tok * gh..(tok + 1) * gh];
-                    let src = &dgi[r * gh..(r + 1) * gh];
-                    for j in 0..gh {
-                        dst[j] += src[j];
-                    }
+                    dst.iter_mut().zip(src).for_each(|(a, &c)| *a += c);
                 }
                 transpose(&acc, v, gh, &mut grads[li.w_ih]);
                 d_above = None;
@@ -788,10 +768,10 @@ impl Core {
                 let xin: &[f32] = if l > 0 {
                     &fwd.caches[l - 1].hs[b * h..]
                 } else {
-                    c.x_in.as_ref().unwrap()
+                    fwd.caches[0].x_in.as_ref().unwrap()
                 };
                 let xm = ctx.mat(xin, t * b, li.in_dim);
-                let dgm = ctx.mat(&dgi, t * b, gh);
+                let dgm = ctx.mat_owned(std::mem::take(&mut dgi), t * b, gh);
                 let mut dwi_t = vec![0.0f32; li.in_dim * gh];
                 ctx.mm(&xm, true, &dgm, false, &mut dwi_t);
                 transpose(&dwi_t, li.in_dim, gh, &mut grads[li.w_ih]);
@@ -816,7 +796,6 @@ impl Core {
                     }
                 }
             }
-            let _ = p;
         }
         grads
     }

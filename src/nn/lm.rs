@@ -13,7 +13,7 @@ use super::params::{clip_scale, global_norm, load_named, write_safetensors, Opti
 use super::{Activation, CellKind, DeviceKind, InputMode, LmSpec, Sampling, StepStats};
 
 /// How often (in train steps) the device allocation cache is emptied.
-const EMPTY_CACHE_EVERY: u64 = 200;
+const EMPTY_CACHE_EVERY: u64 = 8;
 
 /// (exported name, exported shape, internal param index, transposed on export)
 type Layout = Vec<(String, Vec<usize>, usize, bool)>;
@@ -121,9 +121,9 @@ fn core_train(
 ) -> Result<StepStats> {
     let (loss_sum, tokens, grads) = with_ctx!(be, ctx => {
         let dw = core.upload(ctx);
-        let fwd = core.forward(ctx, &dw, inp, b, t, state);
+        let mut fwd = core.forward(ctx, &dw, inp, b, t, state);
         let (sum, n, dy) = core.loss(&fwd, tg, b, t, true);
-        let grads = core.backward(ctx, &dw, inp, &fwd, &dy, b, t, None);
+        let grads = core.backward(ctx, &dw, inp, &mut fwd, &dy, b, t, None);
         (sum, n, grads)
     });
     let grad_norm = global_norm(&grads);
@@ -291,6 +291,7 @@ impl LanguageModel {
             let (s, n, _) = core.loss(&fwd, &Targets::Tokens(&yt), batch, steps, false);
             (s, n)
         });
+        self.be.empty_cache();
         Ok((s, n))
     }
 
@@ -343,6 +344,7 @@ impl LanguageModel {
             }
             outputs
         });
+        self.be.empty_cache();
         Ok(out)
     }
 
@@ -362,6 +364,7 @@ impl LanguageModel {
             let f = core.forward(ctx, &dw, &Inputs::Tokens(&xt), batch, steps, &mut state);
             f.logits.len() / self.spec.vocab
         });
+        self.be.empty_cache();
         Ok(((rows, self.spec.vocab), state.shapes()))
     }
 
@@ -382,10 +385,11 @@ impl LanguageModel {
         with_ctx!(&self.be, ctx => {
             let dw = core.upload(ctx);
             let inp = Inputs::Tokens(&xt);
-            let fwd = core.forward(ctx, &dw, &inp, batch, steps, &mut state);
+            let mut fwd = core.forward(ctx, &dw, &inp, batch, steps, &mut state);
             let (_, _, dy) = core.loss(&fwd, &Targets::Tokens(&yt), batch, steps, true);
-            core.backward(ctx, &dw, &inp, &fwd, &dy, batch, steps, Some(&mut norms));
+            core.backward(ctx, &dw, &inp, &mut fwd, &dy, batch, steps, Some(&mut norms));
         });
+        self.be.empty_cache();
         Ok(norms)
     }
 
@@ -502,6 +506,7 @@ impl SeriesRnn {
             let dw = core.upload(ctx);
             core.forward(ctx, &dw, &Inputs::Dense(&xt), batch, tau, &mut state).logits
         });
+        self.be.empty_cache();
         Ok(logits[(tau - 1) * batch..].to_vec())
     }
 

@@ -60,17 +60,21 @@ pub(super) fn softmax_ce(
         }
         return f64::NAN;
     }
-    let mut s = 0.0f64;
-    for &v in logits {
-        s += ((v - m) as f64).exp();
-    }
-    let lse = m as f64 + s.ln();
+    let lse;
     if let Some(g) = grad {
-        let inv = 1.0 / s;
+        let mut s = 0.0f32;
         for (gi, &v) in g.iter_mut().zip(logits) {
-            *gi = ((((v - m) as f64).exp() * inv) as f32) * scale;
+            let e = (v - m).exp();
+            *gi = e;
+            s += e;
         }
+        let k = scale / s;
+        g.iter_mut().for_each(|x| *x *= k);
         g[target] -= scale;
+        lse = m as f64 + (s as f64).ln();
+    } else {
+        let s: f32 = logits.iter().map(|&v| (v - m).exp()).sum();
+        lse = m as f64 + (s as f64).ln();
     }
     lse - logits[target] as f64
 }

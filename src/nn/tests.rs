@@ -65,9 +65,9 @@ fn analytic_grads(
     with_ctx!(m.backend(), ctx => {
         let dw = core.upload(ctx);
         let inp = Inputs::Tokens(&xt);
-        let fwd = core.forward(ctx, &dw, &inp, b, t, &mut st);
+        let mut fwd = core.forward(ctx, &dw, &inp, b, t, &mut st);
         let (_, _, dy) = core.loss(&fwd, &Targets::Tokens(&yt), b, t, true);
-        core.backward(ctx, &dw, &inp, &fwd, &dy, b, t, None)
+        core.backward(ctx, &dw, &inp, &mut fwd, &dy, b, t, None)
     })
 }
 

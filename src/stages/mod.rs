@@ -2,22 +2,23 @@
 //! plus a `run` that reads its inputs' artifacts and writes its own. The registry below is the
 //! list the pipeline analyzer checks `kind:` against.
 
-mod build_vocab;
+pub mod build_vocab;
 mod encode;
 mod evaluate;
 mod fields;
 mod generate;
-mod load_corpus;
+pub mod load_corpus;
 pub mod model;
 mod ngram_stats;
 mod sample_batches;
 mod series;
 mod summary_table;
-mod tokenize;
+pub mod tokenize;
 mod toy_sequence;
 mod train;
 
-pub use sample_batches::{partition_random, partition_sequential, Batch};
+pub use build_vocab::Vocab;
+pub use sample_batches::{partition_random, partition_sequential, Batch, SamplerSpec, Strategy};
 
 use crate::context::StageCtx;
 use serde::de::DeserializeOwned;

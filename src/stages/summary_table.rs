@@ -30,7 +30,7 @@ pub fn fmt_value(v: &serde_json::Value) -> String {
 
 impl Stage for SummaryTable {
     const KIND: &'static str = "summary_table";
-    const VERSION: u32 = 1;
+    const VERSION: u32 = 2;
     const ABOUT: &'static str =
         "A table (CSV and Markdown) of the summaries of its inputs, one row per input";
     const ROLES: Roles = Roles::AnyNonEmpty;

@@ -355,6 +355,7 @@ impl Train {
                     prog.samples.push(line);
                 }
             }
+            prog.epochs_done = epoch;
             ctx.progress.inc(1);
             if self.checkpoint_every > 0
                 && epoch % self.checkpoint_every == 0
@@ -425,6 +426,7 @@ impl Train {
                 prog.diverged = Some(epoch);
             }
             ctx.progress.set_message(&format!("loss {loss:.4}"));
+            prog.epochs_done = epoch;
             ctx.progress.inc(1);
             if self.checkpoint_every > 0
                 && epoch % self.checkpoint_every == 0

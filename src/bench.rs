@@ -1,0 +1,117 @@
+//! `seqpipe bench`: training throughput on the book's parity config (first 10,000 characters of
+//! The Time Machine, batch 32, 35 steps, SGD lr 1, clipping 1, sequential batches).
+
+use crate::nn::{self, CellKind, InputMode, LmSpec, OptimSpec};
+use crate::stages::model::device_kind;
+use crate::stages::{load_corpus::preprocess_d2l, tokenize::tokenize_line, tokenize::Unit, Vocab};
+use anyhow::{Context, Result};
+use rand::SeedableRng;
+use std::path::Path;
+use std::time::Instant;
+
+pub struct BenchArgs {
+    pub cells: Vec<String>,
+    pub hidden: Vec<usize>,
+    pub epochs: usize,
+    pub device: String,
+    pub corpus: std::path::PathBuf,
+    pub threads: usize,
+}
+
+fn parse_cell(s: &str) -> Result<CellKind> {
+    Ok(match s {
+        "rnn_scratch" => CellKind::RnnScratch,
+        "rnn" => CellKind::Rnn,
+        "gru" => CellKind::Gru,
+        "lstm" => CellKind::Lstm,
+        other => anyhow::bail!("unknown cell `{other}`: use rnn_scratch, rnn, gru or lstm"),
+    })
+}
+
+/// The parity corpus: the book's char tokens, vocabulary over all of them, first 10,000 kept.
+pub fn parity_corpus(path: &Path) -> Result<(Vocab, Vec<u32>)> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let lines: Vec<Vec<String>> = text
+        .lines()
+        .map(|l| tokenize_line(&preprocess_d2l(l), Unit::Char))
+        .collect();
+    let vocab = Vocab::build(lines.iter().flatten().map(String::as_str), 0, &[]);
+    let corpus = lines
+        .iter()
+        .flatten()
+        .take(10_000)
+        .map(|t| vocab.get(t))
+        .collect();
+    Ok((vocab, corpus))
+}
+
+pub fn run(args: &BenchArgs) -> Result<()> {
+    let (vocab, corpus) = parity_corpus(&args.corpus)?;
+    let sampler = crate::stages::SamplerSpec {
+        strategy: crate::stages::Strategy::Sequential,
+        batch_size: 32,
+        num_steps: 35,
+    };
+    println!("bench: parity config (10,000 chars, batch 32 × 35 steps, sgd lr 1, clip 1), device {}, {} thread(s), {} epochs each", args.device, args.threads, args.epochs);
+    println!(
+        "{:<12} {:>6}  {:>12}  {:>12}  {:>10}",
+        "cell", "hidden", "tokens/s", "(min..max)", "final ppl"
+    );
+    for cell in &args.cells {
+        for &hidden in &args.hidden {
+            let spec = LmSpec {
+                cell: parse_cell(cell)?,
+                vocab: vocab.len(),
+                hidden,
+                num_layers: 1,
+                input: InputMode::OneHot,
+                activation: nn::Activation::Tanh,
+            };
+            let mut lm = nn::LanguageModel::new(&spec, device_kind(&args.device), 0)?;
+            let mut opt = nn::Optimizer::new(
+                &OptimSpec::Sgd {
+                    lr: 1.0,
+                    weight_decay: 0.0,
+                },
+                &lm,
+            );
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+            let mut speeds = Vec::new();
+            let mut ppl = f64::NAN;
+            for _ in 0..args.epochs {
+                let t = Instant::now();
+                let mut state = lm.zero_state(32);
+                let (mut loss, mut n) = (0.0, 0);
+                for b in sampler.epoch(&corpus, &mut rng) {
+                    let s = lm.train_step(
+                        &mut opt,
+                        &b.x,
+                        &b.y,
+                        b.batch,
+                        b.steps,
+                        &mut state,
+                        Some(1.0),
+                    )?;
+                    loss += s.loss_sum;
+                    n += s.tokens;
+                }
+                speeds.push(n as f64 / t.elapsed().as_secs_f64());
+                ppl = (loss / n as f64).exp();
+            }
+            let mut sorted = speeds.clone();
+            sorted.sort_by(|a, b| a.total_cmp(b));
+            let median = sorted[sorted.len() / 2];
+            println!(
+                "{:<12} {:>6}  {:>12.0}  {:>5.0}..{:<6.0}  {:>10.2}",
+                cell,
+                hidden,
+                median,
+                sorted[0],
+                sorted[sorted.len() - 1],
+                ppl
+            );
+        }
+    }
+    Ok(())
+}
