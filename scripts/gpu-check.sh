@@ -7,7 +7,7 @@
 #     SMOKE_BIN  optional dfdx smoke binary, run first (carry it and SMOKE_BIN.cuda/ too)
 #
 # Env: OUT (logs go there when set), GPU_CHECK_TIMEOUT (seconds per command, default 180),
-#      GPU_CHECK_EPOCHS (default 20), GPU_CHECK_BENCH_ARGS (extra args for both bench runs),
+#      GPU_CHECK_EPOCHS (default 20), GPU_CHECK_PIPELINE (a pipeline to run on cuda with 3 epochs), GPU_CHECK_BENCH_ARGS (extra args for both bench runs),
 #      GPU_CHECK_SKIP_CPU=1 (skip the cpu bench), GPU_CHECK_LIB_DIRS (extra library dirs to try first).
 #
 # What it does: prints the GPU/driver, finds the CUDA 13 runtime libraries present there
@@ -189,10 +189,24 @@ fi
 if prepare_bin "$BIN"; then
   hdr "bench cuda"
   step bench-cuda "$BIN" bench --device cuda --epochs "$EPOCHS" "${EXTRA[@]}"
+  if [ -n "${GPU_CHECK_PIPELINE:-}" ]; then
+    hdr "pipeline on cuda"
+    step pipeline-cuda "$BIN" run "$GPU_CHECK_PIPELINE" --device cuda --set '*.epochs=3'
+  fi
   if [ "${GPU_CHECK_SKIP_CPU:-0}" != 1 ]; then
     hdr "bench cpu"
     step bench-cpu "$BIN" bench --device cpu --epochs "$EPOCHS" "${EXTRA[@]}"
   fi
+fi
+
+# ---- compare the per-epoch losses of the two devices -------------------------------------------
+if [ -n "$LOGDIR" ] && [ -f "$LOGDIR/bench-cuda.log" ] && [ -f "$LOGDIR/bench-cpu.log" ]; then
+  hdr "cuda vs cpu losses"
+  paste <(grep '^losses' "$LOGDIR/bench-cuda.log" | cut -d: -f2 | tr ' ' '\n' | grep .) \
+        <(grep '^losses' "$LOGDIR/bench-cpu.log" | cut -d: -f2 | tr ' ' '\n' | grep .) |
+    awk '{d=$1-$2; if(d<0)d=-d; r=d/($2>0?$2:1); if(r>m)m=r; n++; printf "epoch %d  cuda %s  cpu %s  rel.diff %.2e\n", n, $1, $2, r}
+         END {printf "max relative difference over %d epochs: %.3e\n", n, m; exit (n>0 && m<2e-2)?0:1}' | tee -a "$LOGDIR/gpu-check.log"
+  RESULTS+=("compare=${PIPESTATUS[1]}")
 fi
 
 hdr "summary"

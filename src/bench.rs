@@ -78,6 +78,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             );
             let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
             let mut speeds = Vec::new();
+            let mut losses = Vec::new();
             let mut ppl = f64::NAN;
             for _ in 0..args.epochs {
                 let t = Instant::now();
@@ -97,6 +98,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
                     n += s.tokens;
                 }
                 speeds.push(n as f64 / t.elapsed().as_secs_f64());
+                losses.push(loss / n as f64);
                 ppl = (loss / n as f64).exp();
             }
             let mut sorted = speeds.clone();
@@ -111,6 +113,9 @@ pub fn run(args: &BenchArgs) -> Result<()> {
                 sorted[sorted.len() - 1],
                 ppl
             );
+            // Per-epoch mean loss, for comparing devices (scripts/gpu-check.sh).
+            let l: Vec<String> = losses.iter().map(|l| format!("{l:.6}")).collect();
+            println!("losses {cell} {hidden}: {}", l.join(" "));
         }
     }
     Ok(())
