@@ -9,6 +9,15 @@ use serde::Serialize;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+/// An input as a stage sees it: the upstream stage's name, kind, typed params and files.
+#[derive(Debug, Clone)]
+pub struct InputInfo {
+    pub stage: String,
+    pub kind: String,
+    pub params: serde_json::Value,
+    pub dir: PathBuf,
+}
+
 pub struct StageCtx {
     pub stage: String,
     pub seed: u64,
@@ -16,7 +25,7 @@ pub struct StageCtx {
     pub root: PathBuf,
     pub device: String,
     /// (role, (upstream kind, artifact folder)), in the order the pipeline file lists them.
-    inputs: Vec<(String, (String, PathBuf))>,
+    inputs: Vec<(String, InputInfo)>,
     out: PathBuf,
     pub progress: StageProgress,
     /// Where a long stage keeps its checkpoints; it belongs to the stage's key.
@@ -31,7 +40,7 @@ impl StageCtx {
         seed: u64,
         root: &Path,
         device: &str,
-        inputs: Vec<(String, (String, PathBuf))>,
+        inputs: Vec<(String, InputInfo)>,
         out: PathBuf,
         progress: StageProgress,
     ) -> Self {
@@ -54,7 +63,7 @@ impl StageCtx {
         self.inputs
             .iter()
             .find(|(r, _)| r == role)
-            .map(|(_, (_, p))| p.as_path())
+            .map(|(_, i)| i.dir.as_path())
             .ok_or_else(|| anyhow!("stage `{}` has no input `{role}`", self.stage))
     }
 
@@ -63,14 +72,19 @@ impl StageCtx {
         self.inputs
             .iter()
             .find(|(r, _)| r == role)
-            .map(|(_, (k, _))| k.as_str())
+            .map(|(_, i)| i.kind.as_str())
     }
 
     /// All inputs: role → folder, in role order.
     pub fn inputs(&self) -> impl Iterator<Item = (&str, &Path)> {
         self.inputs
             .iter()
-            .map(|(r, (_, p))| (r.as_str(), p.as_path()))
+            .map(|(r, i)| (r.as_str(), i.dir.as_path()))
+    }
+
+    /// All inputs with what produced them.
+    pub fn input_infos(&self) -> impl Iterator<Item = (&str, &InputInfo)> {
+        self.inputs.iter().map(|(r, i)| (r.as_str(), i))
     }
 
     pub fn read_json<T: DeserializeOwned>(&self, role: &str, file: &str) -> Result<T> {

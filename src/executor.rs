@@ -23,7 +23,7 @@ pub struct Job<'a> {
     pub device: String,
     pub root: PathBuf,
     /// role → (upstream kind, upstream artifact folder)
-    pub inputs: Vec<(String, (String, PathBuf))>,
+    pub inputs: Vec<(String, crate::context::InputInfo)>,
     /// The folder to write the stage's files into.
     pub out: PathBuf,
     /// Where the stage may keep checkpoints (kept across crashes, dropped once committed).
@@ -200,13 +200,14 @@ pub fn execute(
                         .inputs
                         .iter()
                         .map(|(role, u)| {
-                            (
-                                role.clone(),
-                                (
-                                    p.stages[*u].kind.name.to_string(),
-                                    store.object_dir(&plan.steps[pos_of(*u).unwrap()].key),
-                                ),
-                            )
+                            let up = &p.stages[*u];
+                            let info = crate::context::InputInfo {
+                                stage: up.name.clone(),
+                                kind: up.kind.name.to_string(),
+                                params: up.params.canonical_params(),
+                                dir: store.object_dir(&plan.steps[pos_of(*u).unwrap()].key),
+                            };
+                            (role.clone(), info)
                         })
                         .collect();
                     let checkpoints = store.checkpoint_dir(&key);

@@ -20,3 +20,4 @@ pub mod plan;
 pub mod progress;
 pub mod stages;
 pub mod status;
+pub mod sweep;

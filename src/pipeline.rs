@@ -229,16 +229,7 @@ pub fn analyze(raw: RawPipeline) -> Result<Pipeline, PipelineError> {
     let names: Vec<&str> = raw.stages.iter().map(|s| s.name.as_str()).collect();
     let mut stages = Vec::new();
     for st in &raw.stages {
-        let base = format!("stages.{}", st.name);
-        if !st.matrix.is_empty() {
-            diags.push(
-                at(
-                    &format!("{base}.matrix"),
-                    "`matrix` sweeps are not supported yet".into(),
-                )
-                .with_help("write one stage per variant for now"),
-            );
-        }
+        let base = format!("stages.{}", st.origin);
         let Some(kind) = find_kind(&st.kind) else {
             diags.push(
                 at(
@@ -374,5 +365,6 @@ pub fn analyze(raw: RawPipeline) -> Result<Pipeline, PipelineError> {
 pub fn load(path: &Path, sets: &[String]) -> Result<Pipeline, PipelineError> {
     let mut raw = crate::config::load(path)?;
     apply_overrides(&mut raw, sets)?;
+    let raw = crate::sweep::expand(raw)?;
     analyze(raw)
 }

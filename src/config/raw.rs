@@ -52,6 +52,8 @@ pub struct RawPipeline {
 #[derive(Debug, Clone)]
 pub struct RawStage {
     pub name: String,
+    /// The stage as written in the file (differs from `name` for sweep variants).
+    pub origin: String,
     pub kind: String,
     pub description: Option<String>,
     /// (role, upstream stage name), in file order.
@@ -276,6 +278,7 @@ pub(super) fn parse(path: &Path, text: &str) -> Result<RawPipeline, PipelineErro
             }
         }
         stages.push(RawStage {
+            origin: name.clone(),
             name,
             kind: sm.kind,
             description: sm.description,
