@@ -175,6 +175,10 @@ pub fn run(cli: Cli, root: &Path) -> Result<()> {
             Ok(())
         }
         Command::Gc { dry_run } => gc(&project, dry_run),
+        Command::Compare {
+            pipeline: args,
+            stage,
+        } => compare(&project, &args, stage.as_deref()),
         Command::Bench {
             cell,
             hidden,
@@ -213,6 +217,67 @@ pub fn run(cli: Cli, root: &Path) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// `seqpipe compare`: one table per swept stage, from the stages' current outputs.
+fn compare(project: &Project, args: &PipelineArgs, only: Option<&str>) -> Result<()> {
+    let l = load(project, args)?;
+    let p = &l.pipeline;
+    let mut origins: Vec<&str> = Vec::new();
+    for s in &p.stages {
+        if !origins.contains(&s.origin.as_str()) {
+            origins.push(&s.origin);
+        }
+    }
+    if let Some(o) = only {
+        if !origins.contains(&o) {
+            let d = crate::diagnostic::Diagnostic::new(
+                &p.file,
+                "",
+                format!("no stage `{o}` in `{}`", p.name),
+            )
+            .with_help(crate::diagnostic::suggest(o, &origins, "stages"));
+            return Err(PipelineError {
+                diagnostics: vec![d],
+            }
+            .into());
+        }
+    }
+    let mut shown = 0;
+    for o in origins {
+        let variants: Vec<usize> = (0..p.stages.len())
+            .filter(|&i| p.stages[i].origin == o)
+            .collect();
+        if only.is_some_and(|x| x != o) || (only.is_none() && variants.len() < 2) {
+            continue;
+        }
+        let rows: Vec<crate::results::RowSource> = variants
+            .iter()
+            .map(|&i| {
+                let key = l.records[i].key();
+                let dir = match project.store.lookup(&key) {
+                    crate::cache::Lookup::Hit(d) => Some(d),
+                    _ => None,
+                };
+                crate::results::RowSource {
+                    name: p.stages[i].name.clone(),
+                    params: p.stages[i].params.canonical_params(),
+                    dir,
+                }
+            })
+            .collect();
+        println!("{o} ({} variants)", rows.len());
+        print!("{}", crate::results::table(&rows, &[]).text());
+        println!();
+        shown += 1;
+    }
+    if shown == 0 {
+        println!(
+            "`{}` has no swept stages (add `matrix:` to a stage, or name one with --stage)",
+            p.name
+        );
+    }
+    Ok(())
 }
 
 /// The pipeline files shipped in `pipelines/`.

@@ -68,6 +68,14 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t = DagFormat::Text)]
         format: DagFormat,
     },
+    /// Compare the variants of swept stages: the params that differ and their results.
+    Compare {
+        #[command(flatten)]
+        pipeline: PipelineArgs,
+        /// Only this stage (as written in the file); every swept stage when omitted.
+        #[arg(long)]
+        stage: Option<String>,
+    },
     /// Drop cache entries that no pipeline in pipelines/ reaches.
     Gc {
         /// Show what would be removed, remove nothing.

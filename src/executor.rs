@@ -161,7 +161,7 @@ pub fn execute(
 
     for (i, s) in plan.steps.iter().enumerate() {
         if s.action == Action::Hit {
-            store.publish(&p.name, &p.stages[s.stage].name, &s.key)?;
+            publish(store, p, s.stage, &s.key)?;
             status[i] = Some(Status::Hit);
             done[i] = true;
             out.println(&format!(
@@ -210,7 +210,7 @@ pub fn execute(
                             (role.clone(), info)
                         })
                         .collect();
-                    let checkpoints = store.checkpoint_dir(&key);
+                    let checkpoints = store.checkpoint_dir(&key).join("ckpt");
                     let job = Job {
                         pipeline: p,
                         stage: plan.steps[i].stage,
@@ -245,7 +245,7 @@ pub fn execute(
                 .and_then(|()| {
                     store.commit(&staging, &records[plan.steps[i].stage], &st.name, secs)
                 })
-                .and_then(|_| store.publish(&p.name, &st.name, &plan.steps[i].key));
+                .and_then(|_| publish(store, p, plan.steps[i].stage, &plan.steps[i].key));
             match committed {
                 Ok(_) => {
                     done[i] = true;
@@ -350,6 +350,17 @@ fn write_run_record(store: &Store, record: &RunRecord) -> Result<()> {
         std::process::id()
     ));
     crate::cache::write_synced(&path, &serde_json::to_vec_pretty(record)?)
+}
+
+/// Show a stage's entry in `outputs/<pipeline>/<stage>/`; a report also becomes the pipeline's
+/// page, `outputs/<pipeline>/report.md`.
+fn publish(store: &Store, p: &Pipeline, stage: usize, key: &Key) -> Result<PathBuf> {
+    let view = store.publish(&p.name, &p.stages[stage].name, key)?;
+    if p.stages[stage].kind.name == "report" {
+        let md = std::fs::read(view.join("report.md"))?;
+        crate::cache::write_synced(&store.outputs().join(&p.name).join("report.md"), &md)?;
+    }
+    Ok(view)
 }
 
 /// Whether the store can serve a key, as the planner needs it (warns on broken entries).

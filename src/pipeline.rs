@@ -44,6 +44,8 @@ impl DeviceSetting {
 #[derive(Clone)]
 pub struct StageDef {
     pub name: String,
+    /// The stage as written in the file; sweep variants share it.
+    pub origin: String,
     pub kind: &'static KindInfo,
     pub description: Option<String>,
     pub params: Arc<dyn DynStage>,
@@ -317,6 +319,7 @@ pub fn analyze(raw: RawPipeline) -> Result<Pipeline, PipelineError> {
         if let Some(params) = params {
             stages.push(StageDef {
                 name: st.name.clone(),
+                origin: st.origin.clone(),
                 kind,
                 description: st.description.clone(),
                 params,

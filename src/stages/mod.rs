@@ -10,6 +10,8 @@ mod generate;
 pub mod load_corpus;
 pub mod model;
 mod ngram_stats;
+mod plot_stage;
+mod report;
 mod sample_batches;
 mod series;
 mod summary_table;
@@ -224,6 +226,8 @@ pub fn registry() -> &'static [KindInfo] {
             kind::<train::Train>(),
             kind::<evaluate::Evaluate>(),
             kind::<generate::Generate>(),
+            kind::<report::Report>(),
+            kind::<plot_stage::Plot>(),
         ]
     })
 }

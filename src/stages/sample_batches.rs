@@ -14,6 +14,9 @@ use serde::{Deserialize, Serialize};
 pub enum Strategy {
     Sequential,
     Random,
+    /// Random partitioning of the corpus rotated by a random shift in 0..len: every position
+    /// is equally likely to be covered (one subsequence per epoch wraps from the end to the start).
+    RandomCircular,
 }
 
 /// How batches are drawn; `train` reads this from a `sample_batches` input.
@@ -66,6 +69,7 @@ impl SamplerSpec {
         match self.strategy {
             Strategy::Sequential => self.batch_size * self.num_steps + self.num_steps + 1,
             Strategy::Random => self.batch_size * self.num_steps + self.num_steps,
+            Strategy::RandomCircular => self.batch_size * self.num_steps + 1,
         }
     }
 
@@ -89,6 +93,22 @@ impl SamplerSpec {
             Strategy::Random => {
                 let off = rng.gen_range(0..self.num_steps);
                 partition_random(corpus, self.batch_size, self.num_steps, off, rng)
+            }
+            Strategy::RandomCircular => {
+                let shift = rng.gen_range(0..corpus.len());
+                let rotated: Vec<u32> = corpus[shift..]
+                    .iter()
+                    .chain(&corpus[..shift])
+                    .copied()
+                    .collect();
+                let mut batches =
+                    partition_random(&rotated, self.batch_size, self.num_steps, 0, rng);
+                for b in &mut batches {
+                    for s in &mut b.starts {
+                        *s = (*s + shift) % corpus.len();
+                    }
+                }
+                batches
             }
         }
     }
@@ -229,7 +249,7 @@ impl Stage for SampleBatches {
                 (Some(o), Strategy::Sequential) => {
                     partition_sequential(&corpus, self.batch_size, self.num_steps, o)
                 }
-                (Some(o), Strategy::Random) => {
+                (Some(o), Strategy::Random | Strategy::RandomCircular) => {
                     partition_random(&corpus, self.batch_size, self.num_steps, o, &mut rng)
                 }
                 (None, _) => spec.epoch(&corpus, &mut rng),
@@ -238,8 +258,8 @@ impl Stage for SampleBatches {
             for (bi, b) in batches.iter().enumerate() {
                 for (r, &s) in b.starts.iter().enumerate() {
                     starts[s] += 1;
-                    for c in &mut covered[s..s + self.num_steps] {
-                        *c += 1;
+                    for k in 0..self.num_steps {
+                        covered[(s + k) % corpus.len()] += 1;
                     }
                     if rows.len() < MAX_BATCH_ROWS {
                         let y = &b.y[r * b.steps..(r + 1) * b.steps];

@@ -291,7 +291,7 @@ impl Train {
         };
         let mode = self.state.unwrap_or(match sampler.strategy {
             Strategy::Sequential => StateMode::Detach,
-            Strategy::Random => StateMode::Reinit,
+            Strategy::Random | Strategy::RandomCircular => StateMode::Reinit,
         });
         let clip = self.clip();
         ctx.progress.start(self.epochs as u64, "epochs");
@@ -456,26 +456,43 @@ impl AnyRef<'_> {
 
 /// Write a checkpoint next to the old one, then swap: a crash leaves one complete checkpoint.
 fn save_checkpoint(dir: &Path, model: &AnyRef, opt: &nn::Optimizer, prog: &Progress) -> Result<()> {
-    let new = dir.with_extension("new");
-    if new.exists() {
-        std::fs::remove_dir_all(&new)?;
-    }
-    std::fs::create_dir_all(&new)?;
-    model.save(&new.join("model.safetensors"))?;
-    opt.save(&new.join("optimizer.bin"))?;
-    crate::cache::write_synced(&new.join("progress.json"), &serde_json::to_vec(prog)?)?;
+    // Write a complete copy beside the current one (progress.json last), then swap them. A
+    // kill at any point leaves at least one complete checkpoint among dir, .tmp and .old.
+    let tmp = dir.with_extension("tmp");
     let old = dir.with_extension("old");
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp)?;
+    }
+    std::fs::create_dir_all(&tmp)?;
+    model.save(&tmp.join("model.safetensors"))?;
+    opt.save(&tmp.join("optimizer.bin"))?;
+    crate::cache::write_synced(&tmp.join("progress.json"), &serde_json::to_vec(prog)?)?;
     if dir.exists() {
+        if old.exists() {
+            std::fs::remove_dir_all(&old)?;
+        }
         std::fs::rename(dir, &old)?;
     }
-    std::fs::rename(&new, dir)?;
+    std::fs::rename(&tmp, dir)?;
     let _ = std::fs::remove_dir_all(&old);
     Ok(())
 }
 
+/// The newest complete checkpoint, if any. Nothing is changed when none loads.
 fn load_checkpoint(dir: &Path, model: &mut AnyModel, opt: &mut nn::Optimizer) -> Option<Progress> {
-    let prog: Progress = crate::context::read_json(&dir.join("progress.json")).ok()?;
-    model.load_weights(&dir.join("model.safetensors")).ok()?;
-    opt.load(&dir.join("optimizer.bin")).ok()?;
-    Some(prog)
+    for d in [
+        dir.to_path_buf(),
+        dir.with_extension("tmp"),
+        dir.with_extension("old"),
+    ] {
+        let Ok(prog) = crate::context::read_json::<Progress>(&d.join("progress.json")) else {
+            continue;
+        };
+        if model.load_weights(&d.join("model.safetensors")).is_ok()
+            && opt.load(&d.join("optimizer.bin")).is_ok()
+        {
+            return Some(prog);
+        }
+    }
+    None
 }

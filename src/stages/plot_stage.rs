@@ -1,0 +1,400 @@
+//! `plot`: charts (SVG and PNG) from its inputs' files or summaries. One series per input (and
+//! per file and y column when there are several); sweep variants become series or points.
+//!
+//! - `source: file` (default): `x` and `y` are columns of `file` (or each of `files`) in every
+//!   input, e.g. perplexity against epoch from `metrics.csv`.
+//! - `source: summary`: one point per input — `x` is a sweep axis of the input's name
+//!   (`vocab[min_freq=5]`) or one of its params, `y` a key of its `summary.json`; `series_by`
+//!   splits the points into series by another axis.
+
+use super::{ParamIssue, Roles, Stage};
+use crate::context::{InputInfo, StageCtx};
+use crate::plot::{self, BarChart, Chart, LineChart, Scale, Series, Style};
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ChartKind {
+    Line,
+    Points,
+    Bar,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    File,
+    Summary,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ScaleParam {
+    Linear,
+    Log,
+}
+
+impl From<ScaleParam> for Scale {
+    fn from(s: ScaleParam) -> Self {
+        match s {
+            ScaleParam::Linear => Scale::Linear,
+            ScaleParam::Log => Scale::Log,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Plot {
+    pub title: String,
+    #[serde(default = "line")]
+    pub chart: ChartKind,
+    #[serde(default = "file_source")]
+    pub source: Source,
+    /// The file to read in each input (`source: file`).
+    #[serde(default)]
+    pub file: Option<String>,
+    /// Several files per input, each its own series (e.g. `ngrams_1.csv`, `ngrams_2.csv`).
+    #[serde(default)]
+    pub files: Vec<String>,
+    pub x: String,
+    /// One or more y columns (or summary keys).
+    pub y: OneOrMany,
+    #[serde(default)]
+    pub series_by: Option<String>,
+    #[serde(default = "linear")]
+    pub x_scale: ScaleParam,
+    #[serde(default = "linear")]
+    pub y_scale: ScaleParam,
+    #[serde(default)]
+    pub x_label: Option<String>,
+    #[serde(default)]
+    pub y_label: Option<String>,
+    /// Dashed Zipf fits from each input's `zipf.csv` (for n-gram rank/count plots).
+    #[serde(default)]
+    pub zipf_fit: bool,
+    #[serde(default = "width")]
+    pub width: u32,
+    #[serde(default = "height")]
+    pub height: u32,
+    /// File name (without extension) of the chart.
+    #[serde(default = "name")]
+    pub name: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    fn list(&self) -> Vec<String> {
+        match self {
+            OneOrMany::One(s) => vec![s.clone()],
+            OneOrMany::Many(v) => v.clone(),
+        }
+    }
+}
+
+fn line() -> ChartKind {
+    ChartKind::Line
+}
+fn file_source() -> Source {
+    Source::File
+}
+fn linear() -> ScaleParam {
+    ScaleParam::Linear
+}
+fn width() -> u32 {
+    800
+}
+fn height() -> u32 {
+    500
+}
+fn name() -> String {
+    "chart".into()
+}
+
+/// The sweep axes in a stage name: `train[lr=1,hidden=256]` → {lr: 1, hidden: 256}.
+pub fn axes(name: &str) -> BTreeMap<String, String> {
+    let Some(start) = name.find('[') else {
+        return BTreeMap::new();
+    };
+    name[start + 1..]
+        .trim_end_matches(']')
+        .split(',')
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn lookup(info: &InputInfo, key: &str) -> Option<String> {
+    if let Some(v) = axes(&info.stage).get(key) {
+        return Some(v.clone());
+    }
+    let mut v = &info.params;
+    for part in key.split('.') {
+        v = v.get(part)?;
+    }
+    Some(match v {
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    })
+}
+
+/// Columns `x` and `y` of a CSV file as numbers (rows where either is not a number are skipped).
+fn read_xy(path: &Path, x: &str, y: &str) -> Result<Vec<(f64, f64)>> {
+    let mut r =
+        csv::Reader::from_path(path).with_context(|| format!("reading {}", path.display()))?;
+    let h = r.headers()?.clone();
+    let col = |c: &str| {
+        h.iter().position(|n| n == c).with_context(|| {
+            format!(
+                "{} has no column `{c}` (columns: {})",
+                path.display(),
+                h.iter().collect::<Vec<_>>().join(", ")
+            )
+        })
+    };
+    let (xi, yi) = (col(x)?, col(y)?);
+    let mut pts = Vec::new();
+    for rec in r.records() {
+        let rec = rec?;
+        let parse = |i: usize| rec.get(i).and_then(|s| s.trim().parse::<f64>().ok());
+        if let (Some(a), Some(b)) = (parse(xi), parse(yi)) {
+            pts.push((a, b));
+        }
+    }
+    Ok(pts)
+}
+
+impl Stage for Plot {
+    const KIND: &'static str = "plot";
+    const VERSION: u32 = 1;
+    const ABOUT: &'static str =
+        "A chart (SVG and PNG) of its inputs' files (columns x, y) or summaries";
+    const ROLES: Roles = Roles::AnyNonEmpty;
+
+    fn validate(&self, issues: &mut Vec<ParamIssue>) {
+        if self.source == Source::File && self.file.is_none() && self.files.is_empty() {
+            issues.push(ParamIssue::new(
+                "file",
+                "a file plot needs `file` (or `files`)",
+                "e.g. `file: metrics.csv`",
+            ));
+        }
+        if self.y.list().is_empty() {
+            issues.push(ParamIssue::new(
+                "y",
+                "`y` names no column",
+                "e.g. `y: perplexity`",
+            ));
+        }
+        if !(200..=4000).contains(&self.width) || !(150..=4000).contains(&self.height) {
+            issues.push(ParamIssue::new(
+                "width",
+                format!(
+                    "size {}x{} is outside 200..4000 x 150..4000",
+                    self.width, self.height
+                ),
+                "e.g. `width: 800, height: 500`",
+            ));
+        }
+        if self.name.is_empty()
+            || !self
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            issues.push(ParamIssue::new(
+                "name",
+                format!("invalid file name `{}`", self.name),
+                "letters, digits, `_` and `-`",
+            ));
+        }
+    }
+
+    fn run(&self, ctx: &mut StageCtx) -> Result<()> {
+        let ys = self.y.list();
+        let infos: Vec<InputInfo> = ctx.input_infos().map(|(_, i)| i.clone()).collect();
+        let mut series: Vec<Series> = Vec::new();
+        let style = if self.chart == ChartKind::Points {
+            Style::Points
+        } else {
+            Style::Line
+        };
+        match self.source {
+            Source::File => {
+                let files: Vec<String> = if self.files.is_empty() {
+                    self.file.iter().cloned().collect()
+                } else {
+                    self.files.clone()
+                };
+                for info in &infos {
+                    for f in &files {
+                        for y in &ys {
+                            let mut name = Vec::new();
+                            if infos.len() > 1 {
+                                name.push(info.stage.clone());
+                            }
+                            if files.len() > 1 {
+                                name.push(f.trim_end_matches(".csv").to_string());
+                            }
+                            if ys.len() > 1 || name.is_empty() {
+                                name.push(y.clone());
+                            }
+                            series.push(Series {
+                                name: name.join(" "),
+                                points: read_xy(&info.dir.join(f), &self.x, y)?,
+                                style,
+                            });
+                        }
+                        if self.zipf_fit {
+                            let zipf = info.dir.join("zipf.csv");
+                            let mut r = csv::Reader::from_path(&zipf)
+                                .with_context(|| format!("`zipf_fit` needs {}", zipf.display()))?;
+                            let stem = f.trim_end_matches(".csv");
+                            let n: String = stem.chars().filter(|c| c.is_ascii_digit()).collect();
+                            for rec in r.deserialize::<super::ngram_stats::ZipfRow>() {
+                                let z = rec?;
+                                if z.n.to_string() == n && z.fit_over == "all" {
+                                    let last =
+                                        series.last().map(|s| s.name.clone()).unwrap_or_default();
+                                    let max_rank = z.distinct as f64;
+                                    let pts = [1.0, max_rank.sqrt(), max_rank]
+                                        .iter()
+                                        .map(|&r| (r, (z.intercept - z.exponent * r.ln()).exp()))
+                                        .collect();
+                                    series.push(Series {
+                                        name: format!("{last} fit (exponent {:.2})", z.exponent),
+                                        points: pts,
+                                        style: Style::Dashed,
+                                    });
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            Source::Summary => {
+                let mut groups: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
+                for info in &infos {
+                    let s = crate::context::read_summary(&info.dir)?;
+                    let xv = lookup(info, &self.x).with_context(|| {
+                        format!("input `{}` has no axis or param `{}`", info.stage, self.x)
+                    })?;
+                    let Ok(x) = xv.parse::<f64>() else {
+                        bail!("`{}` of `{}` is `{xv}`, not a number", self.x, info.stage)
+                    };
+                    for y in &ys {
+                        let yv = s.get(y).and_then(|v| v.as_f64()).unwrap_or(f64::NAN);
+                        let mut key = self
+                            .series_by
+                            .as_ref()
+                            .and_then(|a| lookup(info, a))
+                            .unwrap_or_default();
+                        if ys.len() > 1 {
+                            key = format!("{key} {y}").trim().to_string();
+                        }
+                        groups.entry(key).or_default().push((x, yv));
+                    }
+                }
+                for (name, mut pts) in groups {
+                    pts.sort_by(|a, b| a.0.total_cmp(&b.0));
+                    series.push(Series {
+                        name: if name.is_empty() { ys.join(", ") } else { name },
+                        points: pts,
+                        style: Style::LineAndPoints,
+                    });
+                }
+            }
+        }
+        let x_label = self.x_label.clone().unwrap_or_else(|| self.x.clone());
+        let y_label = self.y_label.clone().unwrap_or_else(|| ys.join(", "));
+        let chart = match self.chart {
+            ChartKind::Line | ChartKind::Points => Chart::Line(LineChart {
+                title: self.title.clone(),
+                x_label,
+                y_label,
+                x_scale: self.x_scale.into(),
+                y_scale: self.y_scale.into(),
+                series: series.clone(),
+            }),
+            ChartKind::Bar => {
+                let mut xs: Vec<f64> = series
+                    .iter()
+                    .flat_map(|s| s.points.iter().map(|p| p.0))
+                    .collect();
+                xs.sort_by(|a, b| a.total_cmp(b));
+                xs.dedup();
+                let groups = xs.iter().map(|x| format!("{x}")).collect();
+                let bars = series
+                    .iter()
+                    .map(|s| {
+                        (
+                            s.name.clone(),
+                            xs.iter()
+                                .map(|x| {
+                                    s.points
+                                        .iter()
+                                        .find(|p| p.0 == *x)
+                                        .map(|p| p.1)
+                                        .unwrap_or(f64::NAN)
+                                })
+                                .collect(),
+                        )
+                    })
+                    .collect();
+                Chart::Bar(BarChart {
+                    title: self.title.clone(),
+                    x_label,
+                    y_label,
+                    y_scale: self.y_scale.into(),
+                    groups,
+                    bars,
+                })
+            }
+        };
+        plot::render(
+            &chart,
+            &ctx.out_path(&format!("{}.svg", self.name)),
+            self.width,
+            self.height,
+        )?;
+        plot::render(
+            &chart,
+            &ctx.out_path(&format!("{}.png", self.name)),
+            self.width,
+            self.height,
+        )?;
+        // The plotted numbers, for readers who want them.
+        let mut w = csv::Writer::from_path(ctx.out_path(&format!("{}.csv", self.name)))?;
+        w.write_record(["series", "x", "y"])?;
+        for s in &series {
+            for (x, y) in &s.points {
+                w.write_record([s.name.clone(), x.to_string(), y.to_string()])?;
+            }
+        }
+        w.flush()?;
+        ctx.summary("series", series.len());
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn axes_from_variant_names() {
+        let a = axes("vocab[unit=char,min_freq=5]");
+        assert_eq!(a.get("unit").map(String::as_str), Some("char"));
+        assert_eq!(a.get("min_freq").map(String::as_str), Some("5"));
+        assert!(axes("plain").is_empty());
+    }
+}

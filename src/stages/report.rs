@@ -1,0 +1,121 @@
+//! `report`: the page a user reads after a run, `outputs/<pipeline>/report.md`: what was run, a
+//! results table (the params that differ, headline numbers, tokens/s, generated text) and the
+//! plots of its `plot` inputs.
+
+use super::{Roles, Stage};
+use crate::context::StageCtx;
+use crate::results::{table, RowSource};
+use anyhow::Result;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Report {
+    pub title: String,
+    /// A paragraph under the title: what the experiment asks.
+    #[serde(default)]
+    pub text: Option<String>,
+    /// Summary keys to show; all numeric ones when empty.
+    #[serde(default)]
+    pub columns: Vec<String>,
+}
+
+impl Stage for Report {
+    const KIND: &'static str = "report";
+    const VERSION: u32 = 1;
+    const ABOUT: &'static str = "A Markdown report (outputs/<pipeline>/report.md): results table across its inputs, plots embedded";
+    const ROLES: Roles = Roles::AnyNonEmpty;
+
+    fn run(&self, ctx: &mut StageCtx) -> Result<()> {
+        let mut md = format!("# {}\n\n", self.title);
+        if let Some(t) = &self.text {
+            md.push_str(t.trim());
+            md.push_str("\n\n");
+        }
+        let mut rows = Vec::new();
+        let mut plots = Vec::new();
+        let mut tables = 0;
+        for (_, info) in ctx.input_infos() {
+            if info.dir.join("table.md").exists() {
+                // A stage that made its own table (summary_table, encode): show it as it is.
+                let t = std::fs::read_to_string(info.dir.join("table.md"))?;
+                md.push_str(&format!(
+                    "## {}\n\n{}\n",
+                    info.stage,
+                    t.trim_start_matches(|c| c == '#').trim_start()
+                ));
+                tables += 1;
+            } else if info.kind == "plot" {
+                let mut files: Vec<String> = std::fs::read_dir(&info.dir)?
+                    .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+                    .filter(|n| n.ends_with(".svg"))
+                    .collect();
+                files.sort();
+                for f in files {
+                    plots.push((info.stage.clone(), f));
+                }
+            } else {
+                rows.push(RowSource {
+                    name: info.stage.clone(),
+                    params: info.params.clone(),
+                    dir: Some(info.dir.clone()),
+                });
+            }
+        }
+        if !rows.is_empty() {
+            // Rows of different kinds do not share params: compare within each kind.
+            let own =
+                |i: &crate::context::InputInfo| i.kind == "plot" || i.dir.join("table.md").exists();
+            let mut kinds: Vec<String> = ctx
+                .input_infos()
+                .filter(|(_, i)| !own(i))
+                .map(|(_, i)| i.kind.clone())
+                .collect();
+            kinds.dedup();
+            md.push_str("## Results\n\n");
+            let all: Vec<(String, RowSource)> = ctx
+                .input_infos()
+                .filter(|(_, i)| !own(i))
+                .map(|(_, i)| {
+                    (
+                        i.kind.clone(),
+                        RowSource {
+                            name: i.stage.clone(),
+                            params: i.params.clone(),
+                            dir: Some(i.dir.clone()),
+                        },
+                    )
+                })
+                .collect();
+            for k in &kinds {
+                let group: Vec<RowSource> = all
+                    .iter()
+                    .filter(|(kk, _)| kk == k)
+                    .map(|(_, r)| RowSource {
+                        name: r.name.clone(),
+                        params: r.params.clone(),
+                        dir: r.dir.clone(),
+                    })
+                    .collect();
+                let t = table(&group, &self.columns);
+                if kinds.len() > 1 {
+                    md.push_str(&format!("### `{k}` stages\n\n"));
+                }
+                md.push_str(&t.markdown());
+                md.push('\n');
+                t.write_csv(&ctx.out_path(&format!("results_{k}.csv")))?;
+            }
+        }
+        if !plots.is_empty() {
+            md.push_str("## Plots\n\n");
+            for (stage, f) in &plots {
+                // Paths are relative to outputs/<pipeline>/, where report.md is published.
+                md.push_str(&format!("![{stage}]({stage}/{f})\n\n"));
+            }
+        }
+        ctx.summary("rows", rows.len());
+        ctx.summary("plots", plots.len());
+        ctx.summary("tables", tables);
+        ctx.write_text("report.md", &md)
+    }
+}
