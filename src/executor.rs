@@ -178,6 +178,7 @@ pub fn execute(
     std::thread::scope(|scope| -> Result<()> {
         loop {
             // Start every ready step, up to the job limit.
+            let mut progressed = false;
             if !stop {
                 for i in 0..n {
                     if running >= opts.jobs.max(1) {
@@ -192,6 +193,25 @@ pub fn execute(
                         .iter()
                         .all(|(_, u)| pos_of(*u).is_some_and(|j| done[j]));
                     if !ready {
+                        continue;
+                    }
+                    // Two stages with the same key are the same computation: run it once.
+                    let twin = (0..n).find(|&j| {
+                        j != i && plan.steps[j].key == plan.steps[i].key && status[j].is_some()
+                    });
+                    if let Some(j) = twin {
+                        if done[j] {
+                            publish(store, p, plan.steps[i].stage, &plan.steps[i].key)?;
+                            status[i] = Some(Status::Hit);
+                            done[i] = true;
+                            progressed = true;
+                            out.println(&format!(
+                                "  hit     {:<w$}  {} (same as {})",
+                                st.name,
+                                plan.steps[i].key.short(),
+                                p.stages[plan.steps[j].stage].name
+                            ));
+                        }
                         continue;
                     }
                     let key = plan.steps[i].key.clone();
@@ -233,6 +253,9 @@ pub fn execute(
                         let _ = tx.send((i, r, t.elapsed().as_secs_f64(), staging));
                     });
                 }
+            }
+            if progressed {
+                continue;
             }
             if running == 0 {
                 break;

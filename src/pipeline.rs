@@ -178,7 +178,7 @@ pub fn apply_overrides(raw: &mut RawPipeline, sets: &[String]) -> Result<(), Pip
                 .filter(|st| st.name == stage)
                 .collect()
         };
-        if targets.is_empty() {
+        if targets.is_empty() && stage != "*" {
             let ns: Vec<&str> = names.iter().map(String::as_str).collect();
             diags.push(err(
                 format!("--set `{s}`: no stage named `{stage}`"),

@@ -638,3 +638,195 @@ fn a_killed_training_resumes_bit_identical() {
         "checkpoints are dropped once the stage is committed"
     );
 }
+
+/// Numbers of a summary, rounded to 3 significant digits (strings, such as generated text,
+/// depend on every bit of the weights and are left out).
+fn rounded_summary(dir: &Path) -> String {
+    let s: serde_json::Value = match std::fs::read(dir.join("summary.json")) {
+        Ok(b) => serde_json::from_slice(&b).unwrap(),
+        Err(_) => return String::new(),
+    };
+    let mut out = Vec::new();
+    for (k, v) in s.as_object().unwrap() {
+        match v {
+            serde_json::Value::Number(n) if n.is_f64() => {
+                out.push(format!("{k}={}", round3(n.as_f64().unwrap())))
+            }
+            serde_json::Value::Number(n) => out.push(format!("{k}={n}")),
+            serde_json::Value::Bool(b) => out.push(format!("{k}={b}")),
+            serde_json::Value::Null => out.push(format!("{k}=null")),
+            _ => {}
+        }
+    }
+    out.join(" ")
+}
+
+fn png_size(bytes: &[u8]) -> (u32, u32) {
+    assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n", "not a PNG");
+    assert_eq!(&bytes[12..16], b"IHDR");
+    (
+        u32::from_be_bytes(bytes[16..20].try_into().unwrap()),
+        u32::from_be_bytes(bytes[20..24].try_into().unwrap()),
+    )
+}
+
+fn last_record(dir: &Path, pipeline: &str) -> serde_json::Value {
+    let runs = dir.join("outputs").join(pipeline).join("runs");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(runs)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    serde_json::from_slice(&std::fs::read(files.last().unwrap()).unwrap()).unwrap()
+}
+
+/// Every shipped pipeline, in its quick variant: it runs, its numbers match the snapshot, its
+/// plots are real images of the stated size, and its report has its table.
+#[test]
+fn every_pipeline_runs_quick_with_plots_and_report() {
+    let t = project();
+    let p = t.path();
+    let mut files: Vec<String> = std::fs::read_dir(p.join("pipelines"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .collect();
+    files.sort();
+    for f in files {
+        let name = f.trim_end_matches(".yaml").to_string();
+        ok(
+            p,
+            &[
+                "run",
+                "-q",
+                &format!("pipelines/{f}"),
+                "--set",
+                "*.epochs=2",
+            ],
+        );
+        let record = last_record(p, &name);
+        let mut numbers = String::new();
+        let mut plots = 0;
+        for s in record["stages"].as_array().unwrap() {
+            let stage = s["name"].as_str().unwrap();
+            let view = p.join("outputs").join(&name).join(stage);
+            numbers.push_str(&format!("{stage}: {}\n", rounded_summary(&view)));
+            if s["kind"] == "plot" {
+                let params = &record["resolved"][stage]["params"];
+                let (w, h) = png_size(&std::fs::read(view.join("chart.png")).unwrap());
+                assert_eq!(
+                    (w as u64, h as u64),
+                    (
+                        params["width"].as_u64().unwrap(),
+                        params["height"].as_u64().unwrap()
+                    ),
+                    "{name}/{stage}"
+                );
+                let svg = std::fs::read_to_string(view.join("chart.svg")).unwrap();
+                let title_word = params["title"]
+                    .as_str()
+                    .unwrap()
+                    .split_whitespace()
+                    .find(|x| x.chars().all(char::is_alphanumeric))
+                    .unwrap();
+                assert!(
+                    svg.starts_with("<svg")
+                        && svg.contains(&format!("width=\"{w}\""))
+                        && svg.contains(title_word),
+                    "{name}/{stage}: svg"
+                );
+                plots += 1;
+            }
+        }
+        insta::assert_snapshot!(format!("quick_{name}"), numbers);
+        let report = std::fs::read_to_string(p.join("outputs").join(&name).join("report.md"))
+            .unwrap_or_else(|_| panic!("{name} has no report.md"));
+        assert!(report.contains("|---|"), "{name}: the report has no table");
+        assert_eq!(
+            report.matches("![").count(),
+            plots,
+            "{name}: every plot is in the report"
+        );
+    }
+}
+
+#[test]
+fn a_sweep_shares_upstream_stages_and_resumes_after_a_kill() {
+    let t = project();
+    let p = t.path();
+    ok(
+        p,
+        &["run", "-q", "pipelines/ex8_5_2.yaml", "--set", "*.epochs=2"],
+    );
+    let r = last_record(p, "ex8_5_2");
+    let loads: Vec<&str> = r["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["kind"] == "load_corpus" && s["status"] == "ran")
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        loads.len(),
+        2,
+        "one load per distinct book, however many stages name it: {loads:?}"
+    );
+
+    // Kill a sweep once its first variant is committed; the rerun reuses that variant.
+    let mut child = Command::new(BIN)
+        .args([
+            "run",
+            "-q",
+            "pipelines/ex8_6_2.yaml",
+            "--set",
+            "train.epochs=3",
+        ])
+        .current_dir(p)
+        .spawn()
+        .unwrap();
+    let first = p.join("outputs/ex8_6_2/train[num_layers=1]/.key");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while !first.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first variant never finished"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    ok(
+        p,
+        &[
+            "run",
+            "-q",
+            "pipelines/ex8_6_2.yaml",
+            "--set",
+            "train.epochs=3",
+        ],
+    );
+    let status: Vec<(String, String)> = last_run(p, "ex8_6_2");
+    let get = |n: &str| {
+        status
+            .iter()
+            .find(|(s, _)| s == n)
+            .map(|(_, st)| st.clone())
+            .unwrap()
+    };
+    assert_eq!(get("train[num_layers=1]"), "hit");
+    assert_eq!(get("train[num_layers=20]"), "ran");
+    let cmp = ok(
+        p,
+        &[
+            "compare",
+            "pipelines/ex8_6_2.yaml",
+            "--set",
+            "train.epochs=3",
+            "--stage",
+            "train",
+        ],
+    );
+    assert!(
+        cmp.contains("train[num_layers=20]") && cmp.contains("final_perplexity"),
+        "{cmp}"
+    );
+}

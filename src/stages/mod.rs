@@ -2,6 +2,7 @@
 //! plus a `run` that reads its inputs' artifacts and writes its own. The registry below is the
 //! list the pipeline analyzer checks `kind:` against.
 
+mod analysis;
 pub mod build_vocab;
 mod encode;
 mod evaluate;
@@ -9,6 +10,7 @@ mod fields;
 mod generate;
 pub mod load_corpus;
 pub mod model;
+mod ngram_generate;
 mod ngram_stats;
 mod plot_stage;
 mod report;
@@ -228,6 +230,10 @@ pub fn registry() -> &'static [KindInfo] {
             kind::<generate::Generate>(),
             kind::<report::Report>(),
             kind::<plot_stage::Plot>(),
+            kind::<ngram_generate::NgramGenerate>(),
+            kind::<analysis::RnnShapes>(),
+            kind::<analysis::MatrixPowers>(),
+            kind::<analysis::HiddenGrads>(),
         ]
     })
 }
