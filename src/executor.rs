@@ -196,8 +196,12 @@ pub fn execute(
                         continue;
                     }
                     // Two stages with the same key are the same computation: run it once.
+                    let forced = plan.steps[i].action == Action::Run(crate::plan::Reason::Forced);
                     let twin = (0..n).find(|&j| {
-                        j != i && plan.steps[j].key == plan.steps[i].key && status[j].is_some()
+                        !forced
+                            && j != i
+                            && plan.steps[j].key == plan.steps[i].key
+                            && status[j].is_some()
                     });
                     if let Some(j) = twin {
                         if done[j] {
