@@ -22,7 +22,7 @@ pub struct Report {
 
 impl Stage for Report {
     const KIND: &'static str = "report";
-    const VERSION: u32 = 1;
+    const VERSION: u32 = 2;
     const ABOUT: &'static str = "A Markdown report (outputs/<pipeline>/report.md): results table across its inputs, plots embedded";
     const ROLES: Roles = Roles::AnyNonEmpty;
 
@@ -32,6 +32,7 @@ impl Stage for Report {
             md.push_str(t.trim());
             md.push_str("\n\n");
         }
+        md.push_str("Each row is a stage; its files are in the folder of the same name beside this page, and the resolved pipeline of every run (seed, params, keys, timings) is in `runs/`.\n\n");
         let mut rows = Vec::new();
         let mut plots = Vec::new();
         let mut tables = 0;

@@ -3,6 +3,7 @@
 
 use super::{Roles, Stage};
 use crate::context::{read_summary, StageCtx};
+use crate::results::fmt_value;
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
@@ -16,21 +17,9 @@ pub struct SummaryTable {
     pub title: Option<String>,
 }
 
-pub fn fmt_value(v: &serde_json::Value) -> String {
-    match v {
-        serde_json::Value::Number(n) => match n.as_f64() {
-            Some(f) if n.is_f64() => format!("{}", (f * 1e4).round() / 1e4),
-            _ => n.to_string(),
-        },
-        serde_json::Value::String(s) => s.clone(),
-        serde_json::Value::Null => String::new(),
-        other => other.to_string(),
-    }
-}
-
 impl Stage for SummaryTable {
     const KIND: &'static str = "summary_table";
-    const VERSION: u32 = 2;
+    const VERSION: u32 = 3;
     const ABOUT: &'static str =
         "A table (CSV and Markdown) of the summaries of its inputs, one row per input";
     const ROLES: Roles = Roles::AnyNonEmpty;

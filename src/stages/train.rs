@@ -152,7 +152,56 @@ struct Progress {
     diverged: Option<usize>,
 }
 
+/// Sums over the steps of one epoch.
+#[derive(Default)]
+struct EpochTotals {
+    loss_sum: f64,
+    count: usize,
+    grad_sum: f64,
+    grad_max: f64,
+    steps: usize,
+}
+
+impl EpochTotals {
+    fn add(&mut self, s: &nn::StepStats) {
+        self.loss_sum += s.loss_sum;
+        self.count += s.tokens;
+        self.grad_sum += s.grad_norm as f64;
+        self.grad_max = self.grad_max.max(s.grad_norm as f64);
+        self.steps += 1;
+    }
+}
+
+impl Progress {
+    /// Record an epoch's metrics and speed; mark divergence. Returns the mean loss.
+    fn record(&mut self, epoch: usize, t: &EpochTotals, secs: f64, perplexity: bool) -> f64 {
+        let loss = t.loss_sum / t.count.max(1) as f64;
+        let ppl = perplexity.then(|| loss.exp());
+        self.metrics.push(MetricRow {
+            epoch,
+            loss,
+            perplexity: ppl,
+            grad_norm: t.grad_sum / t.steps.max(1) as f64,
+            grad_norm_max: t.grad_max,
+        });
+        self.speed.push(SpeedRow {
+            epoch,
+            seconds: secs,
+            tokens_per_s: t.count as f64 / secs.max(1e-9),
+        });
+        if !loss.is_finite() || ppl.is_some_and(|p| !p.is_finite()) {
+            self.diverged = Some(epoch);
+        }
+        self.epochs_done = epoch;
+        loss
+    }
+}
+
 impl Train {
+    fn checkpoint_due(&self, epoch: usize) -> bool {
+        self.checkpoint_every > 0 && epoch % self.checkpoint_every == 0 && epoch < self.epochs
+    }
+
     fn optim_spec(&self) -> OptimSpec {
         let (lr, weight_decay) = (self.lr as f32, self.weight_decay as f32);
         match self.optimizer {
@@ -303,41 +352,22 @@ impl Train {
             let t = Instant::now();
             let batches = sampler.epoch(&corpus, &mut prog.rng);
             let mut state = lm.zero_state(sampler.batch_size);
-            let (mut loss_sum, mut tokens, mut gsum, mut gmax) = (0.0f64, 0usize, 0.0f64, 0.0f64);
+            let mut totals = EpochTotals::default();
             for b in &batches {
                 if mode == StateMode::Reinit {
                     state = lm.zero_state(b.batch);
                 }
                 let s = lm.train_step(opt, &b.x, &b.y, b.batch, b.steps, &mut state, clip)?;
-                loss_sum += s.loss_sum;
-                tokens += s.tokens;
-                gsum += s.grad_norm as f64;
-                gmax = gmax.max(s.grad_norm as f64);
+                totals.add(&s);
                 if !s.loss_sum.is_finite() {
                     break;
                 }
             }
-            let loss = loss_sum / tokens.max(1) as f64;
-            let ppl = loss.exp();
             let secs = t.elapsed().as_secs_f64();
-            prog.metrics.push(MetricRow {
-                epoch,
-                loss,
-                perplexity: Some(ppl),
-                grad_norm: gsum / batches.len().max(1) as f64,
-                grad_norm_max: gmax,
-            });
-            prog.speed.push(SpeedRow {
-                epoch,
-                seconds: secs,
-                tokens_per_s: tokens as f64 / secs.max(1e-9),
-            });
-            if !loss.is_finite() || !ppl.is_finite() {
-                prog.diverged = Some(epoch);
-            }
+            let ppl = prog.record(epoch, &totals, secs, true).exp();
             ctx.progress.set_message(&format!(
                 "perplexity {ppl:.2}, {:.0} tokens/s",
-                tokens as f64 / secs.max(1e-9)
+                totals.count as f64 / secs.max(1e-9)
             ));
             let sample_now = epoch == self.epochs
                 || prog.diverged.is_some()
@@ -355,12 +385,8 @@ impl Train {
                     prog.samples.push(line);
                 }
             }
-            prog.epochs_done = epoch;
             ctx.progress.inc(1);
-            if self.checkpoint_every > 0
-                && epoch % self.checkpoint_every == 0
-                && epoch < self.epochs
-            {
+            if self.checkpoint_due(epoch) {
                 save_checkpoint(&ctx.checkpoints, &AnyRef::Lm(lm), opt, prog)?;
             }
         }
@@ -389,8 +415,7 @@ impl Train {
             let t = Instant::now();
             order.sort_unstable();
             order.shuffle(&mut prog.rng);
-            let (mut sq, mut n, mut gsum, mut gmax, mut steps) =
-                (0.0f64, 0usize, 0.0f64, 0.0f64, 0usize);
+            let mut totals = EpochTotals::default();
             for chunk in order.chunks(batch) {
                 let x: Vec<f32> = chunk
                     .iter()
@@ -402,36 +427,12 @@ impl Train {
                     AnyModel::Series(m) => m.train_step(opt, &x, &y, chunk.len())?,
                     AnyModel::Lm(_) => bail!("a language model cannot train on series windows"),
                 };
-                sq += s.loss_sum;
-                n += s.tokens;
-                gsum += s.grad_norm as f64;
-                gmax = gmax.max(s.grad_norm as f64);
-                steps += 1;
+                totals.add(&s);
             }
-            let loss = sq / n.max(1) as f64;
-            let secs = t.elapsed().as_secs_f64();
-            prog.metrics.push(MetricRow {
-                epoch,
-                loss,
-                perplexity: None,
-                grad_norm: gsum / steps.max(1) as f64,
-                grad_norm_max: gmax,
-            });
-            prog.speed.push(SpeedRow {
-                epoch,
-                seconds: secs,
-                tokens_per_s: n as f64 / secs.max(1e-9),
-            });
-            if !loss.is_finite() {
-                prog.diverged = Some(epoch);
-            }
+            let loss = prog.record(epoch, &totals, t.elapsed().as_secs_f64(), false);
             ctx.progress.set_message(&format!("loss {loss:.4}"));
-            prog.epochs_done = epoch;
             ctx.progress.inc(1);
-            if self.checkpoint_every > 0
-                && epoch % self.checkpoint_every == 0
-                && epoch < self.epochs
-            {
+            if self.checkpoint_due(epoch) {
                 save_checkpoint(&ctx.checkpoints, &AnyRef::Any(model), opt, prog)?;
             }
         }
