@@ -102,7 +102,7 @@ pub fn did_you_mean<'a>(
 }
 
 /// A help line: a suggestion if one is close, and always the valid choices.
-pub fn suggest<'a>(given: &str, candidates: &[&'a str], what: &str) -> String {
+pub fn suggest(given: &str, candidates: &[&str], what: &str) -> String {
     let list = candidates
         .iter()
         .map(|c| format!("`{c}`"))

@@ -264,7 +264,7 @@ impl Core {
             && st.h.len() == self.layers.len()
             && st.h.iter().all(|v| v.len() == batch * self.hidden)
             && (self.cell == CellKind::Lstm) == st.c.is_some()
-            && st.c.as_ref().map_or(true, |c| {
+            && st.c.as_ref().is_none_or(|c| {
                 c.len() == self.layers.len() && c.iter().all(|v| v.len() == batch * self.hidden)
             });
         if !ok {

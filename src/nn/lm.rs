@@ -129,7 +129,7 @@ fn core_train(
     let grad_norm = global_norm(&grads);
     let scale = clip_scale(grad_norm, clip);
     opt.apply(&mut core.store, &grads, scale)?;
-    if opt.steps() % EMPTY_CACHE_EVERY == 0 {
+    if opt.steps().is_multiple_of(EMPTY_CACHE_EVERY) {
         be.empty_cache();
     }
     Ok(StepStats {
@@ -460,7 +460,7 @@ impl SeriesRnn {
     }
 
     fn dims(x: &[f32], batch: usize) -> Result<usize> {
-        if batch == 0 || x.is_empty() || x.len() % batch != 0 {
+        if batch == 0 || x.is_empty() || !x.len().is_multiple_of(batch) {
             bail!(
                 "x has {} values, not a non-empty multiple of batch {batch}",
                 x.len()

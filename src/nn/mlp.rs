@@ -37,7 +37,7 @@ impl Mlp {
         let mut dims = vec![input];
         dims.extend_from_slice(hidden);
         dims.push(1);
-        if dims.iter().any(|&d| d == 0) {
+        if dims.contains(&0) {
             bail!("Mlp sizes must be > 0 (got {dims:?})");
         }
         let mut rng = ChaCha8Rng::seed_from_u64(seed);

@@ -43,7 +43,7 @@ impl Stage for Report {
                 md.push_str(&format!(
                     "## {}\n\n{}\n",
                     info.stage,
-                    t.trim_start_matches(|c| c == '#').trim_start()
+                    t.trim_start_matches('#').trim_start()
                 ));
                 tables += 1;
             } else if info.kind == "plot" {

@@ -199,7 +199,9 @@ impl Progress {
 
 impl Train {
     fn checkpoint_due(&self, epoch: usize) -> bool {
-        self.checkpoint_every > 0 && epoch % self.checkpoint_every == 0 && epoch < self.epochs
+        self.checkpoint_every > 0
+            && epoch.is_multiple_of(self.checkpoint_every)
+            && epoch < self.epochs
     }
 
     fn optim_spec(&self) -> OptimSpec {
