@@ -4,7 +4,8 @@
 //! Files: `metrics.csv` (epoch, loss, perplexity, gradient norm before clipping; identical
 //! across runs), `speed.csv` (seconds and tokens/s per epoch: the only file that varies between
 //! runs), `samples.txt` (text generated from `prefix` every `sample_every` epochs),
-//! `model.safetensors` and `spec.json`. A diverged run (NaN or infinite loss) stops and is
+//! `model.safetensors` and `spec.json`. A diverged run (NaN or infinite loss, or a perplexity
+//! beyond the f32 range the model computes in) stops and is
 //! recorded as diverged: that is a result, not a failure. Checkpoints every `checkpoint_every`
 //! epochs let a killed run resume where it stopped and end bit-identical.
 
@@ -189,7 +190,9 @@ impl Progress {
             seconds: secs,
             tokens_per_s: t.count as f64 / secs.max(1e-9),
         });
-        if !loss.is_finite() || ppl.is_some_and(|p| !p.is_finite()) {
+        // The model computes in f32: a perplexity beyond f32's range (loss above ~88.7) has
+        // overflowed there, even though it still fits the f64 it is reported in.
+        if !loss.is_finite() || ppl.is_some_and(|p| !p.is_finite() || p > f32::MAX as f64) {
             self.diverged = Some(epoch);
         }
         self.epochs_done = epoch;
@@ -228,7 +231,7 @@ impl Train {
 
 impl Stage for Train {
     const KIND: &'static str = "train";
-    const VERSION: u32 = 1;
+    const VERSION: u32 = 2;
     const ABOUT: &'static str = "Train a model: SGD or Adam, gradient clipping, detached or fresh state; metrics, samples, checkpoints";
     const ROLES: Roles = Roles::Fixed(&["model", "data"]);
     const STOCHASTIC: bool = true;
