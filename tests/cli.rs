@@ -716,7 +716,10 @@ fn every_pipeline_runs_quick_with_plots_and_report() {
             numbers.push_str(&format!("{stage}: {}\n", rounded_summary(&view)));
             if s["kind"] == "plot" {
                 let params = &record["resolved"][stage]["params"];
-                let (w, h) = png_size(&std::fs::read(view.join("chart.png")).unwrap());
+                let (w, h) = png_size(
+                    &std::fs::read(view.join(format!("{}.png", params["name"].as_str().unwrap())))
+                        .unwrap(),
+                );
                 assert_eq!(
                     (w as u64, h as u64),
                     (
@@ -725,7 +728,10 @@ fn every_pipeline_runs_quick_with_plots_and_report() {
                     ),
                     "{name}/{stage}"
                 );
-                let svg = std::fs::read_to_string(view.join("chart.svg")).unwrap();
+                let svg = std::fs::read_to_string(
+                    view.join(format!("{}.svg", params["name"].as_str().unwrap())),
+                )
+                .unwrap();
                 let title_word = params["title"]
                     .as_str()
                     .unwrap()

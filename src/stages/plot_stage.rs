@@ -21,6 +21,8 @@ pub enum ChartKind {
     Line,
     Points,
     Bar,
+    /// The distribution of each series' y values, in `bins` equal-width bins.
+    Histogram,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -83,6 +85,56 @@ pub struct Plot {
     /// File name (without extension) of the chart.
     #[serde(default = "name")]
     pub name: String,
+    /// Bins of a histogram.
+    #[serde(default = "bins")]
+    pub bins: usize,
+}
+
+fn bins() -> usize {
+    20
+}
+
+/// Equal-width bins over the finite values of all series (one shared range, so the
+/// distributions compare): (name, [(start, end, count)]).
+pub fn histogram(series: &[Series], bins: usize) -> Vec<(String, plot::Bins)> {
+    let vals = |s: &Series| {
+        s.points
+            .iter()
+            .map(|p| p.1)
+            .filter(|v| v.is_finite())
+            .collect::<Vec<f64>>()
+    };
+    let all: Vec<f64> = series.iter().flat_map(vals).collect();
+    let (lo, hi) = all
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &v| {
+            (a.min(v), b.max(v))
+        });
+    let (lo, hi) = if all.is_empty() {
+        (0.0, 1.0)
+    } else if hi > lo {
+        (lo, hi)
+    } else {
+        (lo - 0.5, hi + 0.5)
+    };
+    let w = (hi - lo) / bins as f64;
+    series
+        .iter()
+        .map(|s| {
+            let mut counts = vec![0.0; bins];
+            for v in vals(s) {
+                counts[(((v - lo) / w) as usize).min(bins - 1)] += 1.0;
+            }
+            (
+                s.name.clone(),
+                counts
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &c)| (lo + i as f64 * w, lo + (i + 1) as f64 * w, c))
+                    .collect(),
+            )
+        })
+        .collect()
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -181,6 +233,7 @@ impl Stage for Plot {
     const ROLES: Roles = Roles::AnyNonEmpty;
 
     fn validate(&self, issues: &mut Vec<ParamIssue>) {
+        super::require_positive(issues, "bins", self.bins);
         if self.source == Source::File && self.file.is_none() && self.files.is_empty() {
             issues.push(ParamIssue::new(
                 "file",
@@ -325,6 +378,15 @@ impl Stage for Plot {
                 y_scale: self.y_scale.into(),
                 series: series.clone(),
             }),
+            ChartKind::Histogram => Chart::Histogram(plot::Histogram {
+                title: self.title.clone(),
+                x_label: self.x_label.clone().unwrap_or_else(|| ys.join(", ")),
+                y_label: self
+                    .y_label
+                    .clone()
+                    .unwrap_or_else(|| format!("count of {}", self.x)),
+                series: histogram(&series, self.bins),
+            }),
             ChartKind::Bar => {
                 let mut xs: Vec<f64> = series
                     .iter()
@@ -389,6 +451,22 @@ impl Stage for Plot {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn histogram_counts_every_finite_value_once() {
+        let s = |name: &str, ys: &[f64]| Series {
+            name: name.into(),
+            points: ys.iter().map(|&y| (0.0, y)).collect(),
+            style: Style::Line,
+        };
+        let h = histogram(
+            &[s("a", &[0.0, 1.0, 2.0, 3.0, f64::NAN]), s("b", &[3.0, 3.0])],
+            3,
+        );
+        assert_eq!(h[0].1.iter().map(|b| b.2).sum::<f64>(), 4.0);
+        assert_eq!(h[1].1[2].2, 2.0, "the maximum falls in the last bin");
+        assert_eq!((h[0].1[0].0, h[0].1[2].1), (0.0, 3.0));
+    }
 
     #[test]
     fn axes_from_variant_names() {
