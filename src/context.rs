@@ -42,6 +42,7 @@ impl StageCtx {
         device: &str,
         inputs: Vec<(String, InputInfo)>,
         out: PathBuf,
+        checkpoints: PathBuf,
         progress: StageProgress,
     ) -> Self {
         StageCtx {
@@ -52,7 +53,7 @@ impl StageCtx {
             inputs,
             out,
             progress,
-            checkpoints: PathBuf::from(".checkpoints"),
+            checkpoints,
             summary: Default::default(),
             log: Vec::new(),
         }
@@ -65,14 +66,6 @@ impl StageCtx {
             .find(|(r, _)| r == role)
             .map(|(_, i)| i.dir.as_path())
             .ok_or_else(|| anyhow!("stage `{}` has no input `{role}`", self.stage))
-    }
-
-    /// The kind of the stage that feeds `role`.
-    pub fn input_kind(&self, role: &str) -> Option<&str> {
-        self.inputs
-            .iter()
-            .find(|(r, _)| r == role)
-            .map(|(_, i)| i.kind.as_str())
     }
 
     /// All inputs: role → folder, in role order.

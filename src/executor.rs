@@ -49,9 +49,9 @@ impl Launcher for LocalLauncher {
             &job.device,
             job.inputs.clone(),
             job.out.clone(),
+            job.checkpoints.clone(),
             progress.clone(),
         );
-        ctx.checkpoints = job.checkpoints.clone();
         let params = st.params.clone();
         let result =
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| params.run(&mut ctx)));

@@ -63,14 +63,6 @@ pub struct StageProgress {
 }
 
 impl StageProgress {
-    pub fn hidden() -> Self {
-        Output {
-            multi: None,
-            quiet: true,
-        }
-        .stage("")
-    }
-
     pub fn start(&self, len: u64, unit: &str) {
         let mut s = self.state.lock().unwrap();
         s.len = len;

@@ -43,8 +43,3 @@ pub fn parse_scalar(text: &str) -> Result<serde_json::Value, String> {
     };
     serde_json::to_value(&v).map_err(|e| e.to_string())
 }
-
-/// Serialize any value as YAML, for showing a resolved pipeline to a user.
-pub fn to_yaml_string<T: serde::Serialize>(value: &T) -> anyhow::Result<String> {
-    Ok(serde_yaml::to_string(value)?)
-}

@@ -160,23 +160,9 @@ impl Vocab {
     }
 }
 
-/// The artifact of a `build_vocab` (or `toy_sequence`) stage.
-pub struct Encoded {
-    pub vocab: Option<Vocab>,
-    pub corpus: Vec<u32>,
-}
-
-impl Encoded {
-    pub fn read(dir: &Path) -> Result<Self> {
-        let corpus: Vec<u32> = crate::context::read_json(&dir.join("corpus.json"))?;
-        let vp = dir.join("vocab.csv");
-        let vocab = if vp.exists() {
-            Some(Vocab::read_csv(&vp)?)
-        } else {
-            None
-        };
-        Ok(Encoded { vocab, corpus })
-    }
+/// The corpus (as indices) of a `build_vocab` or `toy_sequence` artifact.
+pub fn read_corpus(dir: &Path) -> Result<Vec<u32>> {
+    crate::context::read_json(&dir.join("corpus.json"))
 }
 
 impl Stage for BuildVocab {

@@ -33,7 +33,8 @@ impl Stage for Report {
             md.push_str("\n\n");
         }
         md.push_str("Each row is a stage; its files are in the folder of the same name beside this page, and the resolved pipeline of every run (seed, params, keys, timings) is in `runs/`.\n\n");
-        let mut rows = Vec::new();
+        // Rows of different kinds do not share params: one table per kind, in input order.
+        let mut groups: Vec<(String, Vec<RowSource>)> = Vec::new();
         let mut plots = Vec::new();
         let mut tables = 0;
         for (_, info) in ctx.input_infos() {
@@ -56,50 +57,22 @@ impl Stage for Report {
                     plots.push((info.stage.clone(), f));
                 }
             } else {
-                rows.push(RowSource {
+                let row = RowSource {
                     name: info.stage.clone(),
                     params: info.params.clone(),
                     dir: Some(info.dir.clone()),
-                });
+                };
+                match groups.iter_mut().find(|(k, _)| *k == info.kind) {
+                    Some((_, g)) => g.push(row),
+                    None => groups.push((info.kind.clone(), vec![row])),
+                }
             }
         }
-        if !rows.is_empty() {
-            // Rows of different kinds do not share params: compare within each kind.
-            let own =
-                |i: &crate::context::InputInfo| i.kind == "plot" || i.dir.join("table.md").exists();
-            let mut kinds: Vec<String> = ctx
-                .input_infos()
-                .filter(|(_, i)| !own(i))
-                .map(|(_, i)| i.kind.clone())
-                .collect();
-            kinds.dedup();
+        if !groups.is_empty() {
             md.push_str("## Results\n\n");
-            let all: Vec<(String, RowSource)> = ctx
-                .input_infos()
-                .filter(|(_, i)| !own(i))
-                .map(|(_, i)| {
-                    (
-                        i.kind.clone(),
-                        RowSource {
-                            name: i.stage.clone(),
-                            params: i.params.clone(),
-                            dir: Some(i.dir.clone()),
-                        },
-                    )
-                })
-                .collect();
-            for k in &kinds {
-                let group: Vec<RowSource> = all
-                    .iter()
-                    .filter(|(kk, _)| kk == k)
-                    .map(|(_, r)| RowSource {
-                        name: r.name.clone(),
-                        params: r.params.clone(),
-                        dir: r.dir.clone(),
-                    })
-                    .collect();
-                let t = table(&group, &self.columns);
-                if kinds.len() > 1 {
+            for (k, group) in &groups {
+                let t = table(group, &self.columns);
+                if groups.len() > 1 {
                     md.push_str(&format!("### `{k}` stages\n\n"));
                 }
                 md.push_str(&t.markdown());
@@ -114,7 +87,7 @@ impl Stage for Report {
                 md.push_str(&format!("![{stage}]({stage}/{f})\n\n"));
             }
         }
-        ctx.summary("rows", rows.len());
+        ctx.summary("rows", groups.iter().map(|(_, g)| g.len()).sum::<usize>());
         ctx.summary("plots", plots.len());
         ctx.summary("tables", tables);
         ctx.write_text("report.md", &md)

@@ -1,7 +1,7 @@
 //! `sample_batches`: the book's two ways of cutting a corpus into minibatches of subsequences
 //! (`seq_data_iter_sequential`, `seq_data_iter_random`), with a coverage table.
 
-use super::build_vocab::Encoded;
+use super::build_vocab::read_corpus;
 use super::{ParamIssue, Roles, Stage};
 use crate::context::StageCtx;
 use anyhow::{bail, Result};
@@ -232,7 +232,7 @@ impl Stage for SampleBatches {
     }
 
     fn run(&self, ctx: &mut StageCtx) -> Result<()> {
-        let corpus = Encoded::read(ctx.input("corpus")?)?.corpus;
+        let corpus = read_corpus(ctx.input("corpus")?)?;
         let spec = SamplerSpec {
             strategy: self.strategy,
             batch_size: self.batch_size,
