@@ -4,7 +4,8 @@
 use crate::cache::Store;
 use crate::cli::{Cli, Command, PipelineArgs};
 use crate::diagnostic::PipelineError;
-use crate::executor::{self, ExecOptions, LocalLauncher};
+use crate::executor::{self, ExecOptions};
+use crate::launcher::{ExecutorKind, Launcher, LocalLauncher, ProcessLauncher};
 use crate::key::{self, FileDigests, KeyRecord};
 use crate::pipeline::{self, DeviceSetting, Pipeline};
 use crate::plan::{self, PlanView};
@@ -12,6 +13,7 @@ use crate::progress::Output;
 use anyhow::{bail, Context, Result};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// Stages failed during a run. Exit code 1.
 #[derive(Debug, thiserror::Error)]
@@ -33,17 +35,22 @@ pub fn exit_code(e: &anyhow::Error) -> i32 {
 
 pub struct Project {
     pub root: PathBuf,
-    pub store: Store,
+    pub store: Arc<Store>,
 }
 
 impl Project {
     pub fn at(root: &Path) -> Self {
         Project {
             root: root.to_path_buf(),
-            store: Store::new(&root.join("outputs")),
+            store: Arc::new(Store::new(&root.join("outputs"))),
         }
     }
 }
+
+/// Damage found by `seqpipe verify`. Exit code 1.
+#[derive(Debug, thiserror::Error)]
+#[error("{0} damaged entries or views (run `seqpipe verify --repair` to remove them)")]
+pub struct Damaged(pub usize);
 
 struct Loaded {
     pipeline: Pipeline,
@@ -84,30 +91,31 @@ pub fn run(cli: Cli, root: &Path) -> Result<()> {
             dry_run,
             jobs,
             keep_going,
+            executor,
         } => {
             let l = load(&project, &args)?;
             let p = &l.pipeline;
             let targets = p.resolve_names(&targets)?;
             let force = p.resolve_names(&force)?;
             let store = &project.store;
-            let plan = plan::make_plan(
-                p,
-                &l.records,
-                &|k| executor::cached_state(store, k),
-                &targets,
-                &force,
-            );
+            let executor = match executor.as_deref() {
+                Some(e) => ExecutorKind::parse(e).expect("clap checked the value"),
+                None => p.executor.unwrap_or(ExecutorKind::Local),
+            };
             if dry_run {
+                let plan = plan::make_plan(
+                    p,
+                    &l.records,
+                    &|k| executor::cached_state(store, k),
+                    &targets,
+                    &force,
+                );
                 print!("{}", PlanView(p, &plan));
                 return Ok(());
             }
-            let _lock = store.lock(|path| {
-                eprintln!(
-                    "waiting for another seqpipe run to finish (lock {})...",
-                    path.display()
-                )
-            })?;
-            // Re-plan under the lock: another process may have committed meanwhile.
+            // What crashed runs left behind (their owners are gone) goes first.
+            store.clean_leftovers();
+            crate::view::clean_leftovers(store.outputs(), &p.name);
             let plan = plan::make_plan(
                 p,
                 &l.records,
@@ -117,7 +125,7 @@ pub fn run(cli: Cli, root: &Path) -> Result<()> {
             );
             for s in &plan.steps {
                 if let plan::Action::Run(plan::Reason::Corrupt(why)) = &s.action {
-                    eprintln!("warning: {why}");
+                    eprintln!("warning: {why}; it will be quarantined and recomputed");
                 }
             }
             out.println(&format!(
@@ -126,24 +134,35 @@ pub fn run(cli: Cli, root: &Path) -> Result<()> {
                 plan.steps.len(),
                 plan.to_run()
             ));
+            let started_unix_ms = crate::claim::now_ms();
+            let run_id = format!("{started_unix_ms}-{}", std::process::id());
+            install_interrupt_handler();
+            let mut launcher: Box<dyn Launcher> = match executor {
+                ExecutorKind::Local => Box::new(LocalLauncher::new(store.clone(), out.clone())),
+                ExecutorKind::Process => Box::new(ProcessLauncher::new(
+                    store.runs_dir(&p.name).join(&run_id),
+                    cli.threads,
+                )?),
+            };
             let opts = ExecOptions {
                 jobs,
                 keep_going,
                 root: project.root.clone(),
                 device: l.device.clone(),
+                threads: cli.threads,
+                executor,
+                run_id,
+                started_unix_ms,
             };
-            let record =
-                executor::execute(p, &l.records, &plan, store, &opts, &LocalLauncher, &out)?;
-            let ran = record
-                .stages
-                .iter()
-                .filter(|s| s.status == executor::Status::Ran)
-                .count();
-            let hits = record
-                .stages
-                .iter()
-                .filter(|s| s.status == executor::Status::Hit)
-                .count();
+            let record = executor::execute(
+                p,
+                &l.records,
+                &plan,
+                store,
+                &opts,
+                launcher.as_mut(),
+                &out,
+            )?;
             if record.failed() > 0 {
                 return Err(StagesFailed {
                     pipeline: p.name.clone(),
@@ -152,6 +171,8 @@ pub fn run(cli: Cli, root: &Path) -> Result<()> {
                 }
                 .into());
             }
+            let ran = record.count(executor::Status::Ran);
+            let hits = record.count(executor::Status::Hit) + record.count(executor::Status::Reused);
             println!(
                 "{}: {ran} ran, {hits} cached, in {:.2} s; outputs in {}",
                 p.name,
@@ -160,6 +181,8 @@ pub fn run(cli: Cli, root: &Path) -> Result<()> {
             );
             Ok(())
         }
+        Command::Verify { repair } => verify(&project, repair),
+        Command::ExecJob { file, result } => exec_job(&file, result.as_deref()),
         Command::Status { pipeline: args } => {
             let l = load(&project, &args)?;
             let st = crate::status::status(&l.pipeline, &l.records, &project.store);
@@ -267,7 +290,7 @@ fn compare(project: &Project, args: &PipelineArgs, only: Option<&str>) -> Result
             })
             .collect();
         println!("{o} ({} variants)", rows.len());
-        print!("{}", crate::results::table(&rows, &[]).text());
+        print!("{}", crate::results::table(&rows, &[], true).text());
         println!();
         shown += 1;
     }
@@ -304,12 +327,6 @@ fn gc(project: &Project, dry_run: bool) -> Result<()> {
             keep.insert(r.key());
         }
     }
-    let _lock = project.store.lock(|path| {
-        eprintln!(
-            "waiting for another seqpipe run to finish (lock {})...",
-            path.display()
-        )
-    })?;
     let (removed, bytes) = project.store.gc(&keep, dry_run)?;
     let verb = if dry_run { "would remove" } else { "removed" };
     println!(
@@ -319,5 +336,71 @@ fn gc(project: &Project, dry_run: bool) -> Result<()> {
         bytes as f64 / 1048576.0,
         keep.len()
     );
+    Ok(())
+}
+
+/// On Ctrl-C: stop the child jobs, release this process's claims, exit 130. Committed entries
+/// are whole and staging folders are removed by a later run, so nothing partial remains.
+fn install_interrupt_handler() {
+    let _ = ctrlc::set_handler(|| {
+        let n = crate::launcher::kill_children();
+        crate::claim::release_all_on_exit();
+        if n > 0 {
+            eprintln!("\ninterrupted: stopped {n} running job(s)");
+        } else {
+            eprintln!("\ninterrupted");
+        }
+        std::process::exit(130);
+    });
+}
+
+fn verify(project: &Project, repair: bool) -> Result<()> {
+    let t = std::time::Instant::now();
+    let r = project.store.verify_all(repair)?;
+    for (what, why) in &r.damaged {
+        println!("damaged  {what}: {why}");
+    }
+    let secs = t.elapsed().as_secs_f64();
+    println!(
+        "verify: {} entries, {:.1} MiB hashed in {secs:.2} s; {} damaged{}",
+        r.entries,
+        r.bytes as f64 / 1048576.0,
+        r.damaged.len(),
+        if repair && r.repaired > 0 {
+            format!(", {} removed (the next run recomputes them)", r.repaired)
+        } else {
+            String::new()
+        }
+    );
+    if r.damaged.is_empty() || (repair && r.repaired == r.damaged.len()) {
+        Ok(())
+    } else {
+        Err(Damaged(r.damaged.len()).into())
+    }
+}
+
+/// `seqpipe exec-job FILE`: run one stage job in this process and commit its entry.
+fn exec_job(file: &Path, result: Option<&Path>) -> Result<()> {
+    let spec = crate::job::JobSpec::read(file)?;
+    let outputs = spec
+        .store
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| spec.root.join("outputs"));
+    let store = Store::with_meta(&outputs, &spec.store);
+    let out = Output::detect(false);
+    install_interrupt_handler();
+    println!(
+        "exec-job: stage `{}` of `{}` ({}), key {}",
+        spec.stage,
+        spec.pipeline,
+        spec.kind,
+        spec.key.short()
+    );
+    let r = crate::job::run_job(&spec, &store, out.stage(&spec.stage))?;
+    println!("exec-job: {:?} in {:.2} s", r.outcome, r.seconds);
+    if let Some(path) = result {
+        crate::cache::write_synced(path, &serde_json::to_vec_pretty(&r)?)?;
+    }
     Ok(())
 }

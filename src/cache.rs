@@ -1,30 +1,44 @@
-//! The content-addressed store under `outputs/.seqpipe/`, and the human view
-//! `outputs/<pipeline>/<stage>/`.
+//! The content-addressed store (`outputs/.seqpipe/` unless another folder is named).
 //!
 //! An entry is a folder `objects/<k0k1>/<key>/` holding the stage's files and `entry.json`, the
-//! record, written last. It is built in `tmp/`, every file fsynced, and renamed into place in one
-//! step: a crash leaves a folder in `tmp/` (cleared by the next run) and never an entry that
-//! looks complete. An entry found broken later is reported and treated as a miss.
+//! record, written last: every file's name, size and blake3 digest. It is built in `tmp/`, every
+//! file fsynced and made read-only, and renamed into place in one step: a crash leaves a folder
+//! in `tmp/` (removed by a later run once its owner is gone) and never an entry that looks
+//! complete.
+//!
+//! A hit is verified before its files are used: every file is re-hashed against its digest
+//! (once per process). An entry that fails is moved to `quarantine/` with a warning naming the
+//! file, and the stage computes again. Computing a key is guarded by a per-key claim
+//! ([`crate::claim`]), not by a lock on the whole store.
 
+use crate::claim::{leftover_is_dead, now_ms, owner_from_tag, Claims, Owner};
 use crate::key::{Key, KeyRecord};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 const ENTRY: &str = "entry.json";
-const VIEW_KEY: &str = ".key";
+/// Bump when the entry record changes meaning; older entries are then misses.
+pub const ENTRY_FORMAT: u32 = 2;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FileInfo {
     pub name: String,
     pub bytes: u64,
+    /// blake3 of the content (absent in entries written before digests: such entries are
+    /// recomputed).
+    #[serde(default)]
+    pub blake3: Option<String>,
 }
 
 /// The record of a committed entry.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Entry {
+    #[serde(default)]
+    pub format: u32,
     pub key: Key,
     pub record: KeyRecord,
     pub files: Vec<FileInfo>,
@@ -41,157 +55,148 @@ pub enum Lookup {
     Corrupt(String),
 }
 
-pub struct Store {
-    outputs: PathBuf,
+/// The blake3 of a file's content.
+pub fn digest_file(path: &Path) -> std::io::Result<String> {
+    let mut h = blake3::Hasher::new();
+    h.update_mmap(path)?;
+    Ok(h.finalize().to_hex().to_string())
 }
 
-/// Holds `outputs/.seqpipe/lock` while alive.
-pub struct LockGuard {
-    _file: File,
+pub struct Store {
+    meta: PathBuf,
+    outputs: PathBuf,
+    /// Keys verified by this process (an entry is immutable once committed).
+    verified: Mutex<HashSet<Key>>,
+    claims: Claims,
 }
 
 impl Store {
+    /// The store of a project: `outputs/.seqpipe`, views under `outputs/`.
     pub fn new(outputs: &Path) -> Self {
+        Store::with_meta(outputs, &outputs.join(".seqpipe"))
+    }
+
+    /// A store in `meta` (for example a shared folder), with views under `outputs`.
+    pub fn with_meta(outputs: &Path, meta: &Path) -> Self {
         Store {
+            meta: meta.to_path_buf(),
             outputs: outputs.to_path_buf(),
+            verified: Mutex::new(HashSet::new()),
+            claims: Claims::new(meta.join("claims")),
         }
     }
 
-    fn meta(&self) -> PathBuf {
-        self.outputs.join(".seqpipe")
+    pub fn meta(&self) -> &Path {
+        &self.meta
+    }
+
+    pub fn claims(&self) -> &Claims {
+        &self.claims
     }
 
     pub fn object_dir(&self, key: &Key) -> PathBuf {
-        self.meta().join("objects").join(&key.0[..2]).join(&key.0)
+        self.meta.join("objects").join(&key.0[..2]).join(&key.0)
     }
 
-    /// Take the store's lock; if another process holds it, say so and wait.
-    pub fn lock(&self, on_wait: impl FnOnce(&Path)) -> Result<LockGuard> {
-        fs::create_dir_all(self.meta())
-            .with_context(|| format!("creating {}", self.meta().display()))?;
-        let path = self.meta().join("lock");
-        let file = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .with_context(|| format!("opening {}", path.display()))?;
-        match file.try_lock() {
-            Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => {
-                on_wait(&path);
-                file.lock()?;
-            }
-            Err(std::fs::TryLockError::Error(e)) => return Err(e).context("locking the store"),
-        }
-        // We hold the lock: no other process is writing, so leftovers of crashed runs can go.
-        for d in ["tmp", "trash"] {
-            let p = self.meta().join(d);
-            if p.exists() {
-                let _ = fs::remove_dir_all(&p);
-            }
-        }
-        Ok(LockGuard { _file: file })
-    }
-
+    /// Look a key up, verifying every file of a hit against its digest.
     pub fn lookup(&self, key: &Key) -> Lookup {
         let dir = self.object_dir(key);
         if !dir.exists() {
             return Lookup::Miss;
         }
-        match self.check(&dir, key) {
-            Ok(()) => Lookup::Hit(dir),
-            Err(why) => Lookup::Corrupt(why),
+        if self.verified.lock().unwrap().contains(key) {
+            return Lookup::Hit(dir);
+        }
+        match verify_entry(&dir, key) {
+            Ok(_) => {
+                self.verified.lock().unwrap().insert(key.clone());
+                Lookup::Hit(dir)
+            }
+            Err(why) => Lookup::Corrupt(format!("entry {}: {why}", key.short())),
         }
     }
 
-    fn check(&self, dir: &Path, key: &Key) -> Result<(), String> {
-        let entry = read_entry(dir).map_err(|e| {
-            format!(
-                "entry {} has no readable record ({e}); treating it as a miss",
-                key.short()
-            )
-        })?;
-        if &entry.key != key {
-            return Err(format!(
-                "entry {} records key {}; treating it as a miss",
-                key.short(),
-                entry.key.short()
-            ));
-        }
-        for f in &entry.files {
-            match fs::metadata(dir.join(&f.name)) {
-                Ok(m) if m.len() == f.bytes => {}
-                Ok(m) => {
-                    return Err(format!(
-                        "entry {}: {} has {} bytes, expected {}; treating it as a miss",
-                        key.short(),
-                        f.name,
-                        m.len(),
-                        f.bytes
-                    ))
-                }
-                Err(_) => {
-                    return Err(format!(
-                        "entry {}: {} is missing; treating it as a miss",
-                        key.short(),
-                        f.name
-                    ))
-                }
-            }
-        }
-        Ok(())
+    /// Forget what this process verified (for `verify`, which re-hashes everything).
+    pub fn forget_verified(&self) {
+        self.verified.lock().unwrap().clear();
     }
 
     pub fn entry(&self, key: &Key) -> Option<Entry> {
         read_entry(&self.object_dir(key)).ok()
     }
 
+    /// Set a damaged entry aside in `quarantine/` (so that it is never served, and can be
+    /// looked at). Returns where it went.
+    pub fn quarantine(&self, key: &Key) -> Result<Option<PathBuf>> {
+        let dir = self.object_dir(key);
+        if !dir.exists() {
+            return Ok(None);
+        }
+        self.verified.lock().unwrap().remove(key);
+        let q = self.meta.join("quarantine");
+        fs::create_dir_all(&q).with_context(|| format!("creating {}", q.display()))?;
+        let to = q.join(format!("{}-{}~{}", key.0, now_ms(), Owner::me().tag()));
+        match fs::rename(&dir, &to) {
+            Ok(()) => Ok(Some(to)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("moving {} to quarantine", dir.display())),
+        }
+    }
+
     /// Checkpoints of the stage computing `key`: they belong to the key, so a changed param
     /// never resumes a stale one.
     pub fn checkpoint_dir(&self, key: &Key) -> PathBuf {
-        self.meta().join("checkpoints").join(&key.0)
+        self.meta.join("checkpoints").join(&key.0)
     }
 
-    /// A fresh folder for a stage to write into.
+    /// A fresh folder for a stage to write into, named for this process so that a later run
+    /// can tell a leftover from work in progress.
     pub fn staging(&self, key: &Key) -> Result<PathBuf> {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
-        let dir =
-            self.meta()
-                .join("tmp")
-                .join(format!("{}-{}-{nanos}", key.short(), std::process::id()));
+        let dir = self.meta.join("tmp").join(format!(
+            "{}-{}~{}",
+            key.short(),
+            now_ms(),
+            Owner::me().tag()
+        ));
         fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         Ok(dir)
     }
 
-    /// Make a staging folder the entry for `record`: fsync its files, write the record last,
-    /// rename it into place. A broken entry already there is replaced only after the new one is
-    /// complete.
+    /// Make a staging folder the entry for `record`: hash and fsync its files, make them
+    /// read-only, write the record last, rename it into place. With `replace` (a forced run)
+    /// the new entry wins over one already there; otherwise an intact entry already there is
+    /// kept and a damaged one is quarantined first. The caller holds the key's claim.
     pub fn commit(
         &self,
         staging: &Path,
         record: &KeyRecord,
         stage: &str,
         seconds: f64,
+        replace: bool,
     ) -> Result<PathBuf> {
         let key = record.key();
         let mut files = Vec::new();
-        let mut names: Vec<PathBuf> = fs::read_dir(staging)?
+        let mut names: Vec<PathBuf> = fs::read_dir(staging)
+            .with_context(|| format!("reading {}", staging.display()))?
             .map(|e| e.map(|e| e.path()))
             .collect::<Result<_, _>>()?;
         names.sort();
         for p in names {
-            let f = File::open(&p)?;
+            let f = File::open(&p).with_context(|| format!("opening {}", p.display()))?;
             f.sync_all()?;
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            if name == ENTRY {
+                anyhow::bail!("a stage may not write a file named `{ENTRY}`");
+            }
             files.push(FileInfo {
-                name: p.file_name().unwrap().to_string_lossy().into_owned(),
+                name,
                 bytes: f.metadata()?.len(),
+                blake3: Some(digest_file(&p)?),
             });
+            set_read_only(&p);
         }
         let entry = Entry {
+            format: ENTRY_FORMAT,
             key: key.clone(),
             record: record.clone(),
             files,
@@ -199,81 +204,66 @@ impl Store {
             seconds,
         };
         write_synced(&staging.join(ENTRY), &serde_json::to_vec_pretty(&entry)?)?;
+        set_read_only(&staging.join(ENTRY));
         sync_dir(staging);
         let target = self.object_dir(&key);
-        fs::create_dir_all(target.parent().unwrap())?;
+        let parent = target.parent().unwrap();
+        fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
         if target.exists() {
-            if self.check(&target, &key).is_ok() {
-                // Same key, same content: keep the one that is there.
+            if !replace && verify_entry(&target, &key).is_ok() {
+                // Same key, intact content: keep the one that is there.
                 let _ = fs::remove_dir_all(staging);
                 return Ok(target);
             }
-            let trash =
-                self.meta()
-                    .join("trash")
-                    .join(format!("{}-{}", key.short(), std::process::id()));
-            fs::create_dir_all(trash.parent().unwrap())?;
-            fs::rename(&target, &trash)?;
-            fs::rename(staging, &target)?;
-            let _ = fs::remove_dir_all(&trash);
+            let trash = self.meta.join("trash");
+            fs::create_dir_all(&trash)?;
+            let old = trash.join(format!("{}-{}~{}", key.short(), now_ms(), Owner::me().tag()));
+            if replace {
+                fs::rename(&target, &old)
+                    .with_context(|| format!("moving the old {} aside", target.display()))?;
+            } else {
+                self.quarantine(&key)?;
+            }
+            fs::rename(staging, &target)
+                .with_context(|| format!("committing {}", target.display()))?;
+            let _ = fs::remove_dir_all(&old);
         } else {
             fs::rename(staging, &target)
                 .with_context(|| format!("committing {}", target.display()))?;
         }
-        sync_dir(target.parent().unwrap());
+        sync_dir(parent);
+        self.verified.lock().unwrap().insert(key);
         Ok(target)
     }
 
-    /// Copy an entry's files to `outputs/<pipeline>/<stage>/` (replacing the old view only once
-    /// the new one is complete). Does nothing if the view already shows this key.
-    pub fn publish(&self, pipeline: &str, stage: &str, key: &Key) -> Result<PathBuf> {
-        let view = self.outputs.join(pipeline).join(stage);
-        if fs::read_to_string(view.join(VIEW_KEY)).ok().as_deref() == Some(key.0.as_str()) {
-            return Ok(view);
+    /// Remove what crashed processes of this host left: staging folders, trash, and claims.
+    /// Returns how many folders went.
+    pub fn clean_leftovers(&self) -> usize {
+        let mut n = 0;
+        for d in ["tmp", "trash"] {
+            n += remove_dead(&self.meta.join(d), |_| true);
         }
-        let src = self.object_dir(key);
-        let tmp = self
-            .outputs
-            .join(pipeline)
-            .join(format!(".tmp-{stage}-{}", std::process::id()));
-        if tmp.exists() {
-            fs::remove_dir_all(&tmp)?;
-        }
-        fs::create_dir_all(&tmp)?;
-        for e in fs::read_dir(&src)? {
-            let e = e?;
-            let name = e.file_name();
-            if name == ENTRY {
-                continue;
-            }
-            fs::copy(e.path(), tmp.join(&name))?;
-        }
-        fs::write(tmp.join(VIEW_KEY), &key.0)?;
-        if view.exists() {
-            let old = self
-                .outputs
-                .join(pipeline)
-                .join(format!(".old-{stage}-{}", std::process::id()));
-            fs::rename(&view, &old)?;
-            fs::rename(&tmp, &view)?;
-            let _ = fs::remove_dir_all(&old);
-        } else {
-            fs::rename(&tmp, &view)?;
-        }
-        Ok(view)
+        self.claims.clear_stale();
+        n
     }
 
     /// The key the view of a stage shows, if any.
     pub fn view_key(&self, pipeline: &str, stage: &str) -> Option<Key> {
-        fs::read_to_string(self.outputs.join(pipeline).join(stage).join(VIEW_KEY))
-            .ok()
-            .map(|s| Key(s.trim().to_string()))
+        crate::view::view_key_at(&self.outputs.join(pipeline).join(stage))
+    }
+
+    pub fn runs_dir(&self, pipeline: &str) -> PathBuf {
+        self.outputs.join(pipeline).join("runs")
+    }
+
+    pub fn outputs(&self) -> &Path {
+        &self.outputs
     }
 
     /// Every entry in the store with its size.
     pub fn entries(&self) -> Result<Vec<(Key, PathBuf, u64)>> {
         let mut out = Vec::new();
-        let objects = self.meta().join("objects");
+        let objects = self.meta.join("objects");
         if !objects.exists() {
             return Ok(out);
         }
@@ -295,12 +285,27 @@ impl Store {
         Ok(out)
     }
 
-    /// Remove entries whose key is not in `keep`. Returns (entries removed, bytes freed).
+    /// Keys that running processes use or compute: their claims and their live-run files.
+    pub fn keys_in_use(&self) -> HashSet<Key> {
+        let mut keys: HashSet<Key> = self.claims.live().into_iter().map(|c| c.key).collect();
+        keys.extend(live_runs(&self.meta).into_iter().flat_map(|r| r.keys));
+        keys
+    }
+
+    /// Remove entries whose key is neither in `keep` nor used by a live run, with their
+    /// checkpoints, and the quarantine. Returns (entries removed, bytes freed).
     pub fn gc(&self, keep: &HashSet<Key>, dry_run: bool) -> Result<(Vec<Key>, u64)> {
         let mut removed = Vec::new();
         let mut bytes = 0;
-        for (key, path, size) in self.entries()? {
-            if keep.contains(&key) {
+        let candidates: Vec<_> = self
+            .entries()?
+            .into_iter()
+            .filter(|(k, _, _)| !keep.contains(k))
+            .collect();
+        // Read what live runs use after listing, so that a run that started meanwhile is seen.
+        let in_use = self.keys_in_use();
+        for (key, path, size) in candidates {
+            if in_use.contains(&key) {
                 continue;
             }
             if !dry_run {
@@ -310,46 +315,183 @@ impl Store {
             removed.push(key);
             bytes += size;
         }
-        let ckpts = self.meta().join("checkpoints");
-        if ckpts.exists() {
-            for e in fs::read_dir(&ckpts)? {
+        for sub in ["checkpoints", "quarantine"] {
+            let d = self.meta.join(sub);
+            let Ok(rd) = fs::read_dir(&d) else { continue };
+            for e in rd {
                 let e = e?;
-                let key = Key(e.file_name().to_string_lossy().into_owned());
-                if !keep.contains(&key) {
-                    bytes += dir_size(&e.path());
-                    if !dry_run {
-                        fs::remove_dir_all(e.path())?;
-                    }
+                let name = e.file_name().to_string_lossy().into_owned();
+                let key = Key(name.split('-').next().unwrap_or_default().to_string());
+                if sub == "checkpoints" && (keep.contains(&key) || in_use.contains(&key)) {
+                    continue;
+                }
+                bytes += dir_size(&e.path());
+                if !dry_run {
+                    fs::remove_dir_all(e.path())?;
                 }
             }
+        }
+        if !dry_run {
+            self.clean_leftovers();
         }
         Ok((removed, bytes))
     }
 
-    pub fn runs_dir(&self, pipeline: &str) -> PathBuf {
-        self.outputs.join(pipeline).join("runs")
-    }
-
-    pub fn outputs(&self) -> &Path {
-        &self.outputs
+    /// Announce the keys a run uses, so that `gc` leaves them alone while it lives.
+    pub fn register_run(&self, pipeline: &str, keys: &[Key]) -> Result<LiveRun> {
+        let dir = self.meta.join("live");
+        fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let path = dir.join(format!("{}.json", Owner::me().tag()));
+        let rec = LiveRecord {
+            owner: Owner::me().clone(),
+            pipeline: pipeline.to_string(),
+            keys: keys.to_vec(),
+        };
+        // One process may run several pipelines in turn: merge with what it announced.
+        let mut all = read_live(&path).map(|r| r.keys).unwrap_or_default();
+        all.extend(rec.keys.iter().cloned());
+        all.sort();
+        all.dedup();
+        write_synced(
+            &path,
+            &serde_json::to_vec(&LiveRecord { keys: all, ..rec })?,
+        )?;
+        Ok(LiveRun { path })
     }
 }
 
-fn read_entry(dir: &Path) -> Result<Entry> {
+/// A run's announcement of the keys it uses; removed when the run ends.
+pub struct LiveRun {
+    path: PathBuf,
+}
+
+impl LiveRun {
+    /// Refresh the heartbeat (for runs watched from other hosts).
+    pub fn touch(&self) {
+        if let Ok(f) = File::options().write(true).open(&self.path) {
+            let _ = f.set_modified(std::time::SystemTime::now());
+        }
+    }
+}
+
+impl Drop for LiveRun {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.path);
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct LiveRecord {
+    owner: Owner,
+    pipeline: String,
+    keys: Vec<Key>,
+}
+
+fn read_live(path: &Path) -> Option<LiveRecord> {
+    serde_json::from_slice(&fs::read(path).ok()?).ok()
+}
+
+/// Live-run records whose owners still run (same host), or whose heartbeat is fresh.
+fn live_runs(meta: &Path) -> Vec<LiveRecord> {
+    let Ok(rd) = fs::read_dir(meta.join("live")) else {
+        return Vec::new();
+    };
+    rd.filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let r = read_live(&e.path())?;
+            let alive = match r.owner.alive_here() {
+                Some(a) => a,
+                None => fs::metadata(e.path())
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|m| m.elapsed().ok())
+                    .is_some_and(|age| age < crate::claim::stale_after()),
+            };
+            if !alive {
+                let _ = fs::remove_file(e.path());
+            }
+            alive.then_some(r)
+        })
+        .collect()
+}
+
+/// Remove entries of `dir` named `…~host~pid` whose owner is a dead process of this host.
+pub(crate) fn remove_dead(dir: &Path, select: impl Fn(&str) -> bool) -> usize {
+    let Ok(rd) = fs::read_dir(dir) else { return 0 };
+    let mut n = 0;
+    for e in rd.filter_map(|e| e.ok()) {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !select(&name) {
+            continue;
+        }
+        if owner_from_tag(&name).is_some_and(|o| leftover_is_dead(&o)) {
+            let p = e.path();
+            let gone = if p.is_dir() {
+                fs::remove_dir_all(&p)
+            } else {
+                fs::remove_file(&p)
+            };
+            if gone.is_ok() {
+                n += 1;
+            }
+        }
+    }
+    n
+}
+
+pub fn read_entry(dir: &Path) -> Result<Entry> {
     let bytes = fs::read(dir.join(ENTRY))?;
     Ok(serde_json::from_slice(&bytes)?)
+}
+
+/// Re-hash every file of an entry against its record. The error names the first bad file.
+pub fn verify_entry(dir: &Path, key: &Key) -> Result<Entry, String> {
+    let entry = read_entry(dir).map_err(|e| format!("no readable record ({e})"))?;
+    if &entry.key != key {
+        return Err(format!("the record names key {}", entry.key.short()));
+    }
+    if entry.format < ENTRY_FORMAT {
+        return Err("written by an older seqpipe without file digests".into());
+    }
+    for f in &entry.files {
+        let p = dir.join(&f.name);
+        let meta = fs::metadata(&p).map_err(|_| format!("{} is missing", f.name))?;
+        if meta.len() != f.bytes {
+            return Err(format!(
+                "{} has {} bytes, the record says {}",
+                f.name,
+                meta.len(),
+                f.bytes
+            ));
+        }
+        let d = digest_file(&p).map_err(|e| format!("{} cannot be read ({e})", f.name))?;
+        if Some(&d) != f.blake3.as_ref() {
+            return Err(format!("{} does not match its digest", f.name));
+        }
+    }
+    Ok(entry)
 }
 
 /// Write a file durably: to a temporary name, fsync, rename.
 pub fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = path.with_extension(format!("tmp{}", std::process::id()));
     {
-        let mut f = File::create(&tmp)?;
-        std::io::Write::write_all(&mut f, bytes)?;
+        let mut f =
+            File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
+        std::io::Write::write_all(&mut f, bytes)
+            .with_context(|| format!("writing {}", tmp.display()))?;
         f.sync_all()?;
     }
-    fs::rename(&tmp, path)?;
+    fs::rename(&tmp, path).with_context(|| format!("renaming into {}", path.display()))?;
     Ok(())
+}
+
+pub(crate) fn set_read_only(p: &Path) {
+    if let Ok(m) = fs::metadata(p) {
+        let mut perm = m.permissions();
+        perm.set_readonly(true);
+        let _ = fs::set_permissions(p, perm);
+    }
 }
 
 fn sync_dir(dir: &Path) {
@@ -358,7 +500,7 @@ fn sync_dir(dir: &Path) {
     }
 }
 
-fn dir_size(p: &Path) -> u64 {
+pub(crate) fn dir_size(p: &Path) -> u64 {
     fs::read_dir(p)
         .map(|rd| {
             rd.filter_map(|e| e.ok())
@@ -372,6 +514,63 @@ fn dir_size(p: &Path) -> u64 {
                 .sum()
         })
         .unwrap_or(0)
+}
+
+/// The result of `seqpipe verify`.
+#[derive(Debug, Default)]
+pub struct VerifyReport {
+    pub entries: usize,
+    pub bytes: u64,
+    /// (what, why) for each damaged entry or view.
+    pub damaged: Vec<(String, String)>,
+    pub repaired: usize,
+}
+
+impl Store {
+    /// Re-hash every entry and every view. With `repair`, damaged entries and views are
+    /// removed, so that the next run recomputes (or republishes) them.
+    pub fn verify_all(&self, repair: bool) -> Result<VerifyReport> {
+        self.forget_verified();
+        let mut r = VerifyReport::default();
+        let mut good: HashMap<Key, Entry> = HashMap::new();
+        for (key, dir, size) in self.entries()? {
+            r.entries += 1;
+            r.bytes += size;
+            match verify_entry(&dir, &key) {
+                Ok(e) => {
+                    good.insert(key, e);
+                }
+                Err(why) => {
+                    let stage = read_entry(&dir).map(|e| e.stage).unwrap_or_default();
+                    r.damaged
+                        .push((format!("entry {} (stage `{stage}`)", key.short()), why));
+                    if repair {
+                        fs::remove_dir_all(&dir)
+                            .with_context(|| format!("removing {}", dir.display()))?;
+                        r.repaired += 1;
+                    }
+                }
+            }
+        }
+        for view in crate::view::all_views(&self.outputs) {
+            let Some(key) = crate::view::view_key_at(&view) else {
+                continue;
+            };
+            let why = match good.get(&key) {
+                None => Some(format!("shows entry {}, which is missing or damaged", key.short())),
+                Some(e) => crate::view::view_differs(&view, &self.object_dir(&key), e),
+            };
+            if let Some(why) = why {
+                r.damaged.push((format!("view {}", view.display()), why));
+                if repair {
+                    fs::remove_dir_all(&view)
+                        .with_context(|| format!("removing {}", view.display()))?;
+                    r.repaired += 1;
+                }
+            }
+        }
+        Ok(r)
+    }
 }
 
 #[cfg(test)]
@@ -392,32 +591,42 @@ mod tests {
         }
     }
 
+    fn damage(p: &Path, bytes: &[u8]) {
+        let mut perm = fs::metadata(p).unwrap().permissions();
+        #[allow(clippy::permissions_set_readonly_false)]
+        perm.set_readonly(false);
+        fs::set_permissions(p, perm).unwrap();
+        fs::write(p, bytes).unwrap();
+    }
+
     #[test]
-    fn commit_then_hit_and_corruption_is_a_miss() {
+    fn commit_then_hit_and_any_damage_is_a_miss() {
         let t = tempfile::tempdir().unwrap();
         let s = Store::new(t.path());
-        let _g = s.lock(|_| {}).unwrap();
         let r = record(1);
         let k = r.key();
         assert!(matches!(s.lookup(&k), Lookup::Miss));
         let st = s.staging(&k).unwrap();
         fs::write(st.join("a.txt"), "hello").unwrap();
-        let dir = s.commit(&st, &r, "x", 0.1).unwrap();
+        let dir = s.commit(&st, &r, "x", 0.1, false).unwrap();
+        assert!(fs::metadata(dir.join("a.txt")).unwrap().permissions().readonly());
         assert!(matches!(s.lookup(&k), Lookup::Hit(_)));
-        // Truncate a file: the entry is no longer trusted.
-        fs::write(dir.join("a.txt"), "he").unwrap();
-        assert!(matches!(s.lookup(&k), Lookup::Corrupt(_)));
-        // A partial entry without its record is a miss with a reason, never a hit.
-        fs::remove_file(dir.join(ENTRY)).unwrap();
-        assert!(matches!(s.lookup(&k), Lookup::Corrupt(_)));
-        // Recommitting replaces the broken entry.
+        // A same-size byte flip: caught by the digest (in a fresh process, nothing memoized).
+        damage(&dir.join("a.txt"), b"hellO");
+        let s = Store::new(t.path());
+        match s.lookup(&k) {
+            Lookup::Corrupt(why) => assert!(why.contains("a.txt does not match"), "{why}"),
+            other => panic!("a flipped byte must not be a hit: {other:?}"),
+        }
+        // A truncated file too.
+        damage(&dir.join("a.txt"), b"he");
+        assert!(matches!(Store::new(t.path()).lookup(&k), Lookup::Corrupt(_)));
+        // Recommitting quarantines the damaged entry and serves the new one.
         let st = s.staging(&k).unwrap();
         fs::write(st.join("a.txt"), "hello").unwrap();
-        s.commit(&st, &r, "x", 0.1).unwrap();
-        assert!(matches!(s.lookup(&k), Lookup::Hit(_)));
-        let view = s.publish("p", "x", &k).unwrap();
-        assert_eq!(fs::read_to_string(view.join("a.txt")).unwrap(), "hello");
-        assert_eq!(s.view_key("p", "x"), Some(k.clone()));
+        s.commit(&st, &r, "x", 0.1, false).unwrap();
+        assert!(matches!(Store::new(t.path()).lookup(&k), Lookup::Hit(_)));
+        assert_eq!(fs::read_dir(s.meta().join("quarantine")).unwrap().count(), 1);
         let (removed, bytes) = s.gc(&HashSet::new(), true).unwrap();
         assert_eq!(removed, vec![k.clone()]);
         assert!(bytes > 5);
@@ -425,5 +634,60 @@ mod tests {
             matches!(s.lookup(&k), Lookup::Hit(_)),
             "a dry run removes nothing"
         );
+    }
+
+    #[test]
+    fn a_forced_commit_replaces_an_intact_entry() {
+        let t = tempfile::tempdir().unwrap();
+        let s = Store::new(t.path());
+        let r = record(2);
+        let k = r.key();
+        let st = s.staging(&k).unwrap();
+        fs::write(st.join("a.txt"), "old").unwrap();
+        s.commit(&st, &r, "x", 0.1, false).unwrap();
+        let st = s.staging(&k).unwrap();
+        fs::write(st.join("a.txt"), "new!").unwrap();
+        let dir = s.commit(&st, &r, "x", 0.1, false).unwrap();
+        assert_eq!(fs::read_to_string(dir.join("a.txt")).unwrap(), "old");
+        let st = s.staging(&k).unwrap();
+        fs::write(st.join("a.txt"), "new!").unwrap();
+        let dir = s.commit(&st, &r, "x", 0.1, true).unwrap();
+        assert_eq!(fs::read_to_string(dir.join("a.txt")).unwrap(), "new!");
+        assert!(matches!(Store::new(t.path()).lookup(&k), Lookup::Hit(_)));
+    }
+
+    #[test]
+    fn leftovers_of_dead_processes_go_and_live_ones_stay() {
+        let t = tempfile::tempdir().unwrap();
+        let s = Store::new(t.path());
+        let mine = s.staging(&record(3).key()).unwrap();
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead = child.id();
+        child.wait().unwrap();
+        let host = &Owner::me().host;
+        let theirs = s.meta().join("tmp").join(format!("abc-1~{host}~{dead}"));
+        let remote = s.meta().join("tmp").join(format!("abc-1~otherhost~{dead}"));
+        for d in [&theirs, &remote] {
+            fs::create_dir_all(d).unwrap();
+        }
+        assert_eq!(s.clean_leftovers(), 1);
+        assert!(mine.exists() && remote.exists() && !theirs.exists());
+    }
+
+    #[test]
+    fn gc_leaves_keys_of_live_runs() {
+        let t = tempfile::tempdir().unwrap();
+        let s = Store::new(t.path());
+        let r = record(4);
+        let k = r.key();
+        let st = s.staging(&k).unwrap();
+        fs::write(st.join("a.txt"), "x").unwrap();
+        s.commit(&st, &r, "x", 0.1, false).unwrap();
+        let live = s.register_run("p", std::slice::from_ref(&k)).unwrap();
+        let (removed, _) = s.gc(&HashSet::new(), false).unwrap();
+        assert!(removed.is_empty(), "a live run's key is kept");
+        drop(live);
+        let (removed, _) = s.gc(&HashSet::new(), false).unwrap();
+        assert_eq!(removed, vec![k]);
     }
 }

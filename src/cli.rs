@@ -55,6 +55,10 @@ pub enum Command {
         /// After a failure, still run the stages that do not depend on it.
         #[arg(long)]
         keep_going: bool,
+        /// Where stages run: `local` (threads of this process, the default) or `process` (each
+        /// stage a child `seqpipe exec-job`). Overrides the pipeline's `executor:`.
+        #[arg(long, value_parser = ["local", "process"])]
+        executor: Option<String>,
     },
     /// Show which stages are fresh or stale, and why.
     Status {
@@ -81,6 +85,20 @@ pub enum Command {
         /// Show what would be removed, remove nothing.
         #[arg(long)]
         dry_run: bool,
+    },
+    /// Re-hash every cache entry and every view: exit 1 and list what is damaged, 0 if clean.
+    Verify {
+        /// Remove damaged entries and views, so that the next run recomputes them.
+        #[arg(long)]
+        repair: bool,
+    },
+    /// Run one stage job from its description (what `--executor process` and cluster jobs run).
+    ExecJob {
+        /// The job description (JSON), as the executor writes it.
+        file: PathBuf,
+        /// Write the job's result (JSON) here, atomically, once its entry is committed.
+        #[arg(long)]
+        result: Option<PathBuf>,
     },
     /// List the stage kinds and their params.
     Kinds,

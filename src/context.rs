@@ -32,6 +32,7 @@ pub struct StageCtx {
     pub checkpoints: PathBuf,
     summary: serde_json::Map<String, serde_json::Value>,
     log: Vec<String>,
+    notes: Vec<String>,
 }
 
 impl StageCtx {
@@ -56,6 +57,7 @@ impl StageCtx {
             checkpoints,
             summary: Default::default(),
             log: Vec::new(),
+            notes: Vec::new(),
         }
     }
 
@@ -142,6 +144,19 @@ impl StageCtx {
         let line = line.into();
         self.progress.println(&format!("  [{}] {line}", self.stage));
         self.log.push(line);
+    }
+
+    /// A note about this run of the stage, not about its result (resuming from a checkpoint,
+    /// a checkpoint that failed its check): shown, and kept in the run record, never in the
+    /// stage's files, so that a resumed run commits exactly what an uninterrupted one does.
+    pub fn note(&mut self, line: impl Into<String>) {
+        let line = line.into();
+        self.progress.println(&format!("  [{}] {line}", self.stage));
+        self.notes.push(line);
+    }
+
+    pub fn notes(&self) -> &[String] {
+        &self.notes
     }
 
     /// Write `summary.json` and `log.txt`. Called by the executor after `run` succeeds.

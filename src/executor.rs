@@ -1,83 +1,39 @@
-//! Runs a plan: hits are published, misses run in topological order (`-j N` at once), each
-//! output is committed to the store, and a failure names the stages it skips.
+//! Runs a plan: a small state machine over the plan's steps (waiting → ready → submitted →
+//! done, failed, skipped or cancelled) that drives a [`Launcher`]. Hits are published at once;
+//! a step is submitted once its inputs are committed, up to `-j N` at a time; a finished job's
+//! entry is checked in the store and published; a failure names the stages it skips.
 
 use crate::cache::{Lookup, Store};
-use crate::context::StageCtx;
+use crate::job::{JobInput, JobSpec, Outcome, JOB_SCHEMA};
 use crate::key::{Key, KeyRecord};
+use crate::launcher::Launcher;
 use crate::pipeline::Pipeline;
-use crate::plan::{Action, Plan};
+use crate::plan::{Action, Plan, Reason};
 use crate::progress::Output;
-use anyhow::{anyhow, Result};
+use anyhow::Result;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::mpsc;
-use std::time::Instant;
-
-/// One stage to compute: everything a launcher needs, nothing about the plan or the store.
-pub struct Job<'a> {
-    pub pipeline: &'a Pipeline,
-    pub stage: usize,
-    pub key: Key,
-    pub seed: u64,
-    pub device: String,
-    pub root: PathBuf,
-    /// role → (upstream kind, upstream artifact folder)
-    pub inputs: Vec<(String, crate::context::InputInfo)>,
-    /// The folder to write the stage's files into.
-    pub out: PathBuf,
-    /// Where the stage may keep checkpoints (kept across crashes, dropped once committed).
-    pub checkpoints: PathBuf,
-}
-
-/// How a stage is launched. The local launcher runs it in this process; a cluster launcher
-/// would submit it as a job that writes into the same (shared) store folder.
-pub trait Launcher: Sync {
-    fn launch(&self, job: &Job, out: &Output) -> Result<()>;
-}
-
-pub struct LocalLauncher;
-
-impl Launcher for LocalLauncher {
-    fn launch(&self, job: &Job, out: &Output) -> Result<()> {
-        let st = &job.pipeline.stages[job.stage];
-        let progress = out.stage(&st.name);
-        let mut ctx = StageCtx::new(
-            &st.name,
-            job.seed,
-            &job.root,
-            &job.device,
-            job.inputs.clone(),
-            job.out.clone(),
-            job.checkpoints.clone(),
-            progress.clone(),
-        );
-        let params = st.params.clone();
-        let result =
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| params.run(&mut ctx)));
-        progress.finish();
-        match result {
-            Ok(r) => r?,
-            Err(p) => {
-                let msg = p
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| p.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "unknown panic".into());
-                return Err(anyhow!("the stage panicked: {msg}"));
-            }
-        }
-        ctx.finish()
-    }
-}
+use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
+    /// Served from the store.
     Hit,
+    /// Computed by this run.
     Ran,
+    /// Computed by another run at the same time (this run waited on its claim).
+    Reused,
     Failed,
     Skipped,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Waiting,
+    Submitted,
+    Done(Status),
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -89,6 +45,12 @@ pub struct StageRun {
     pub seconds: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Notes on this run of the stage (resumed from a checkpoint, waited for another run…).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
+    /// The job's own log (`--executor process`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -99,6 +61,7 @@ pub struct RunRecord {
     pub seconds: f64,
     pub seed: u64,
     pub device: String,
+    pub executor: String,
     pub stages: Vec<StageRun>,
     /// The resolved pipeline: each stage's kind, typed params and inputs.
     pub resolved: BTreeMap<String, serde_json::Value>,
@@ -111,6 +74,10 @@ impl RunRecord {
             .filter(|s| s.status == Status::Failed)
             .count()
     }
+
+    pub fn count(&self, status: Status) -> usize {
+        self.stages.iter().filter(|s| s.status == status).count()
+    }
 }
 
 pub struct ExecOptions {
@@ -118,6 +85,11 @@ pub struct ExecOptions {
     pub keep_going: bool,
     pub root: PathBuf,
     pub device: String,
+    pub threads: usize,
+    pub executor: crate::launcher::ExecutorKind,
+    /// `<ms>-<pid>`: names the run record and its folder of job files.
+    pub run_id: String,
+    pub started_unix_ms: u128,
 }
 
 fn fmt_secs(s: f64) -> String {
@@ -130,6 +102,50 @@ fn fmt_secs(s: f64) -> String {
     }
 }
 
+/// The job description of step `i` (everything a launcher needs, nothing about the plan).
+fn job_spec(
+    p: &Pipeline,
+    records: &[KeyRecord],
+    plan: &Plan,
+    store: &Store,
+    opts: &ExecOptions,
+    i: usize,
+) -> JobSpec {
+    let step = &plan.steps[i];
+    let st = &p.stages[step.stage];
+    JobSpec {
+        schema: JOB_SCHEMA,
+        pipeline: p.name.clone(),
+        stage: st.name.clone(),
+        kind: st.kind.name.to_string(),
+        params: st.params.job_params(),
+        seed: p.seed,
+        device: opts.device.clone(),
+        threads: opts.threads,
+        key: step.key.clone(),
+        record: records[step.stage].clone(),
+        inputs: st
+            .inputs
+            .iter()
+            .map(|(role, u)| {
+                let up = &p.stages[*u];
+                let key = records[*u].key();
+                JobInput {
+                    role: role.clone(),
+                    stage: up.name.clone(),
+                    kind: up.kind.name.to_string(),
+                    params: up.params.canonical_params(),
+                    dir: store.object_dir(&key),
+                    key,
+                }
+            })
+            .collect(),
+        store: store.meta().to_path_buf(),
+        root: opts.root.clone(),
+        force: step.action == Action::Run(Reason::Forced),
+    }
+}
+
 /// Execute `plan`. Returns the run record (also written to `outputs/<pipeline>/runs/`).
 pub fn execute(
     p: &Pipeline,
@@ -137,33 +153,35 @@ pub fn execute(
     plan: &Plan,
     store: &Store,
     opts: &ExecOptions,
-    launcher: &dyn Launcher,
+    launcher: &mut dyn Launcher,
     out: &Output,
 ) -> Result<RunRecord> {
     let t0 = Instant::now();
-    let started_unix_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis())
-        .unwrap_or(0);
     let n = plan.steps.len();
-    let mut status: Vec<Option<Status>> = vec![None; n];
+    let mut state = vec![State::Waiting; n];
     let mut seconds = vec![0.0; n];
     let mut errors: Vec<Option<String>> = vec![None; n];
-    // Finished and usable as an input (a hit, or ran and committed).
-    let mut done = vec![false; n];
-    let pos_of = |stage: usize| plan.steps.iter().position(|s| s.stage == stage);
+    let mut notes: Vec<Vec<String>> = vec![Vec::new(); n];
+    let mut logs: Vec<Option<String>> = vec![None; n];
+    let pos: BTreeMap<usize, usize> = plan
+        .steps
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.stage, i))
+        .collect();
     let w = plan
         .steps
         .iter()
         .map(|s| p.stages[s.stage].name.len())
         .max()
         .unwrap_or(0);
+    let keys: Vec<Key> = plan.steps.iter().map(|s| s.key.clone()).collect();
+    let live = store.register_run(&p.name, &keys)?;
 
     for (i, s) in plan.steps.iter().enumerate() {
         if s.action == Action::Hit {
             publish(store, p, s.stage, &s.key)?;
-            status[i] = Some(Status::Hit);
-            done[i] = true;
+            state[i] = State::Done(Status::Hit);
             out.println(&format!(
                 "  hit     {:<w$}  {}",
                 p.stages[s.stage].name,
@@ -172,140 +190,110 @@ pub fn execute(
         }
     }
 
-    let mut running = 0usize;
+    let is_done = |s: State| matches!(s, State::Done(Status::Hit | Status::Ran | Status::Reused));
+    let mut in_flight = 0usize;
     let mut stop = false;
-    let (tx, rx) = mpsc::channel::<(usize, Result<()>, f64, PathBuf)>();
-    std::thread::scope(|scope| -> Result<()> {
-        loop {
-            // Start every ready step, up to the job limit.
-            let mut progressed = false;
-            if !stop {
-                for i in 0..n {
-                    if running >= opts.jobs.max(1) {
-                        break;
+    loop {
+        let mut progressed = false;
+        if !stop {
+            for i in 0..n {
+                if in_flight >= opts.jobs.max(1) {
+                    break;
+                }
+                if state[i] != State::Waiting {
+                    continue;
+                }
+                let st = &p.stages[plan.steps[i].stage];
+                let ready = st
+                    .inputs
+                    .iter()
+                    .all(|(_, u)| pos.get(u).is_some_and(|&j| is_done(state[j])));
+                if !ready {
+                    continue;
+                }
+                // Two stages with the same key are the same computation: run it once.
+                let forced = plan.steps[i].action == Action::Run(Reason::Forced);
+                let twin = (0..n).find(|&j| {
+                    !forced && j != i && keys[j] == keys[i] && state[j] != State::Waiting
+                });
+                if let Some(j) = twin {
+                    if is_done(state[j]) {
+                        publish(store, p, plan.steps[i].stage, &keys[i])?;
+                        state[i] = State::Done(Status::Hit);
+                        progressed = true;
+                        out.println(&format!(
+                            "  hit     {:<w$}  {} (same as {})",
+                            st.name,
+                            keys[i].short(),
+                            p.stages[plan.steps[j].stage].name
+                        ));
                     }
-                    if status[i].is_some() {
-                        continue;
+                    continue;
+                }
+                let spec = job_spec(p, records, plan, store, opts, i);
+                out.println(&format!("  run     {:<w$}  {}", st.name, st.kind.name));
+                match launcher.submit(i, spec) {
+                    Ok(()) => {
+                        state[i] = State::Submitted;
+                        in_flight += 1;
                     }
-                    let st = &p.stages[plan.steps[i].stage];
-                    let ready = st
-                        .inputs
-                        .iter()
-                        .all(|(_, u)| pos_of(*u).is_some_and(|j| done[j]));
-                    if !ready {
-                        continue;
+                    Err(e) => {
+                        state[i] = State::Done(Status::Failed);
+                        errors[i] = Some(format!("{e:#}"));
+                        eprintln!("error in stage `{}`: {e:#}", st.name);
+                        skip_downstream(p, plan, &pos, &mut state, i);
+                        stop |= !opts.keep_going;
                     }
-                    // Two stages with the same key are the same computation: run it once.
-                    let forced = plan.steps[i].action == Action::Run(crate::plan::Reason::Forced);
-                    let twin = (0..n).find(|&j| {
-                        !forced
-                            && j != i
-                            && plan.steps[j].key == plan.steps[i].key
-                            && status[j].is_some()
-                    });
-                    if let Some(j) = twin {
-                        if done[j] {
-                            publish(store, p, plan.steps[i].stage, &plan.steps[i].key)?;
-                            status[i] = Some(Status::Hit);
-                            done[i] = true;
-                            progressed = true;
-                            out.println(&format!(
-                                "  hit     {:<w$}  {} (same as {})",
-                                st.name,
-                                plan.steps[i].key.short(),
-                                p.stages[plan.steps[j].stage].name
-                            ));
-                        }
-                        continue;
-                    }
-                    let key = plan.steps[i].key.clone();
-                    let staging = store.staging(&key)?;
-                    let inputs = st
-                        .inputs
-                        .iter()
-                        .map(|(role, u)| {
-                            let up = &p.stages[*u];
-                            let info = crate::context::InputInfo {
-                                stage: up.name.clone(),
-                                kind: up.kind.name.to_string(),
-                                params: up.params.canonical_params(),
-                                dir: store.object_dir(&plan.steps[pos_of(*u).unwrap()].key),
-                            };
-                            (role.clone(), info)
-                        })
-                        .collect();
-                    let checkpoints = store.checkpoint_dir(&key).join("ckpt");
-                    let job = Job {
-                        pipeline: p,
-                        stage: plan.steps[i].stage,
-                        checkpoints,
-                        key,
-                        seed: p.seed,
-                        device: opts.device.clone(),
-                        root: opts.root.clone(),
-                        inputs,
-                        out: staging.clone(),
-                    };
-                    status[i] = Some(Status::Ran); // provisional: in flight
-                    running += 1;
-                    out.println(&format!("  run     {:<w$}  {}", st.name, st.kind.name));
-                    let tx = tx.clone();
-                    let out = out.clone();
-                    scope.spawn(move || {
-                        let t = Instant::now();
-                        let r = launcher.launch(&job, &out);
-                        let _ = tx.send((i, r, t.elapsed().as_secs_f64(), staging));
-                    });
                 }
             }
-            if progressed {
-                continue;
-            }
-            if running == 0 {
-                break;
-            }
-            let (i, result, secs, staging) = rx.recv().expect("a worker reports back");
-            running -= 1;
-            seconds[i] = secs;
+        }
+        if progressed {
+            continue;
+        }
+        if in_flight == 0 {
+            break;
+        }
+        live.touch();
+        for f in launcher.poll(Duration::from_millis(500)) {
+            let i = f.id;
+            in_flight -= 1;
             let st = &p.stages[plan.steps[i].stage];
-            let committed = result
-                .and_then(|()| {
-                    store.commit(&staging, &records[plan.steps[i].stage], &st.name, secs)
-                })
-                .and_then(|_| publish(store, p, plan.steps[i].stage, &plan.steps[i].key));
+            logs[i] = f.log.map(|l| l.display().to_string());
+            // Success is a job that says so and an intact entry in the store.
+            let committed = f.result.and_then(|r| {
+                seconds[i] = r.seconds;
+                notes[i] = r.notes.clone();
+                match store.lookup(&keys[i]) {
+                    Lookup::Hit(_) => {}
+                    Lookup::Miss => anyhow::bail!("the job ended but its entry is not in the store"),
+                    Lookup::Corrupt(why) => anyhow::bail!("the job's entry is damaged: {why}"),
+                }
+                publish(store, p, plan.steps[i].stage, &keys[i])?;
+                Ok(r.outcome)
+            });
             match committed {
-                Ok(_) => {
-                    done[i] = true;
-                    let _ = std::fs::remove_dir_all(store.checkpoint_dir(&plan.steps[i].key));
-                    out.println(&format!("  ran     {:<w$}  in {}", st.name, fmt_secs(secs)))
+                Ok(outcome) => {
+                    let (status, verb) = match outcome {
+                        Outcome::Computed => (Status::Ran, "ran"),
+                        Outcome::Reused => (Status::Reused, "reused"),
+                    };
+                    state[i] = State::Done(status);
+                    let how = match outcome {
+                        Outcome::Computed => format!("in {}", fmt_secs(seconds[i])),
+                        Outcome::Reused => "computed meanwhile by another run".into(),
+                    };
+                    out.println(&format!("  {verb:<7} {:<w$}  {how}", st.name));
                 }
                 Err(e) => {
-                    let _ = std::fs::remove_dir_all(&staging);
-                    status[i] = Some(Status::Failed);
+                    state[i] = State::Done(Status::Failed);
                     errors[i] = Some(format!("{e:#}"));
-                    let downstream: Vec<usize> = crate::graph::descendants(
-                        p.stages.len(),
-                        &crate::plan::edges(p),
-                        &[plan.steps[i].stage],
-                    )
-                    .into_iter()
-                    .filter(|&d| d != plan.steps[i].stage)
-                    .collect();
-                    let mut skipped = Vec::new();
-                    for d in downstream {
-                        if let Some(j) = pos_of(d) {
-                            if status[j].is_none() {
-                                status[j] = Some(Status::Skipped);
-                                skipped.push(p.stages[d].name.clone());
-                            }
-                        }
-                    }
                     out.println(&format!(
                         "  FAILED  {:<w$}  after {}",
                         st.name,
-                        fmt_secs(secs)
+                        fmt_secs(seconds[i])
                     ));
                     eprintln!("error in stage `{}`: {e:#}", st.name);
+                    let skipped = skip_downstream(p, plan, &pos, &mut state, i);
                     if !skipped.is_empty() {
                         eprintln!(
                             "  skipping downstream of `{}`: {}",
@@ -313,32 +301,15 @@ pub fn execute(
                             skipped.join(", ")
                         );
                     }
-                    if !opts.keep_going {
-                        stop = true;
-                    }
+                    stop |= !opts.keep_going;
                 }
             }
         }
-        Ok(())
-    })?;
-
-    let mut stages = Vec::new();
-    for (i, s) in plan.steps.iter().enumerate() {
-        let st = &p.stages[s.stage];
-        stages.push(StageRun {
-            name: st.name.clone(),
-            kind: st.kind.name.to_string(),
-            key: s.key.clone(),
-            status: status[i].unwrap_or(Status::Skipped),
-            seconds: seconds[i],
-            error: errors[i].clone(),
-        });
     }
-    let not_started: Vec<&str> = stages
-        .iter()
-        .zip(&status)
-        .filter(|(_, s)| s.is_none())
-        .map(|(r, _)| r.name.as_str())
+
+    let not_started: Vec<&str> = (0..n)
+        .filter(|&i| state[i] == State::Waiting)
+        .map(|i| p.stages[plan.steps[i].stage].name.as_str())
         .collect();
     if !not_started.is_empty() {
         eprintln!(
@@ -346,51 +317,121 @@ pub fn execute(
             not_started.join(", ")
         );
     }
+    let stages = plan
+        .steps
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let st = &p.stages[s.stage];
+            StageRun {
+                name: st.name.clone(),
+                kind: st.kind.name.to_string(),
+                key: s.key.clone(),
+                status: match state[i] {
+                    State::Done(s) => s,
+                    _ => Status::Skipped,
+                },
+                seconds: seconds[i],
+                error: errors[i].clone(),
+                notes: notes[i].clone(),
+                log: logs[i].clone(),
+            }
+        })
+        .collect();
     let resolved = p
         .stages
         .iter()
         .map(|s| {
-            let inputs: BTreeMap<&str, &str> = s.inputs.iter().map(|(r, u)| (r.as_str(), p.stages[*u].name.as_str())).collect();
-            (s.name.clone(), serde_json::json!({ "kind": s.kind.name, "params": s.params.canonical_params(), "inputs": inputs }))
+            let inputs: BTreeMap<&str, &str> = s
+                .inputs
+                .iter()
+                .map(|(r, u)| (r.as_str(), p.stages[*u].name.as_str()))
+                .collect();
+            (
+                s.name.clone(),
+                serde_json::json!({ "kind": s.kind.name, "params": s.params.canonical_params(), "inputs": inputs }),
+            )
         })
         .collect();
     let record = RunRecord {
         pipeline: p.name.clone(),
         file: p.file.display().to_string(),
-        started_unix_ms,
+        started_unix_ms: opts.started_unix_ms,
         seconds: t0.elapsed().as_secs_f64(),
         seed: p.seed,
         device: opts.device.clone(),
+        executor: opts.executor.name().to_string(),
         stages,
         resolved,
     };
-    write_run_record(store, &record)?;
+    let dir = store.runs_dir(&record.pipeline);
+    std::fs::create_dir_all(&dir)?;
+    crate::cache::write_synced(
+        &dir.join(format!("{}.json", opts.run_id)),
+        &serde_json::to_vec_pretty(&record)?,
+    )?;
+    drop(live);
     Ok(record)
 }
 
-fn write_run_record(store: &Store, record: &RunRecord) -> Result<()> {
-    let dir = store.runs_dir(&record.pipeline);
-    std::fs::create_dir_all(&dir)?;
-    let path = dir.join(format!(
-        "{}-{}.json",
-        record.started_unix_ms,
-        std::process::id()
-    ));
-    crate::cache::write_synced(&path, &serde_json::to_vec_pretty(record)?)
+/// Mark every not-yet-started stage downstream of step `i` skipped; returns their names.
+fn skip_downstream(
+    p: &Pipeline,
+    plan: &Plan,
+    pos: &BTreeMap<usize, usize>,
+    state: &mut [State],
+    i: usize,
+) -> Vec<String> {
+    let stage = plan.steps[i].stage;
+    let mut skipped = Vec::new();
+    for d in crate::graph::descendants(p.stages.len(), &crate::plan::edges(p), &[stage]) {
+        if d == stage {
+            continue;
+        }
+        if let Some(&j) = pos.get(&d) {
+            if state[j] == State::Waiting {
+                state[j] = State::Done(Status::Skipped);
+                skipped.push(p.stages[d].name.clone());
+            }
+        }
+    }
+    skipped
 }
 
 /// Show a stage's entry in `outputs/<pipeline>/<stage>/`; a report also becomes the pipeline's
-/// page, `outputs/<pipeline>/report.md`.
+/// page, `outputs/<pipeline>/report.md`, with a speed section read from its inputs' timing
+/// files (`speed.csv`), which are outside every key.
 fn publish(store: &Store, p: &Pipeline, stage: usize, key: &Key) -> Result<PathBuf> {
-    let view = store.publish(&p.name, &p.stages[stage].name, key)?;
+    let view = crate::view::publish(
+        store.outputs(),
+        &p.name,
+        &p.stages[stage].name,
+        key,
+        &store.object_dir(key),
+    )?;
     if p.stages[stage].kind.name == "report" {
-        let md = std::fs::read(view.join("report.md"))?;
-        crate::cache::write_synced(&store.outputs().join(&p.name).join("report.md"), &md)?;
+        let mut md = std::fs::read_to_string(view.join("report.md"))?;
+        let speeds: Vec<(String, f64)> = p.stages[stage]
+            .inputs
+            .iter()
+            .filter_map(|(_, u)| {
+                let name = &p.stages[*u].name;
+                let dir = store.outputs().join(&p.name).join(name);
+                crate::results::median_speed(&dir).map(|s| (name.clone(), s))
+            })
+            .collect();
+        if !speeds.is_empty() {
+            md.push_str("## Speed\n\nWall-clock training speed of this machine, the median over epochs of each stage's `speed.csv`. Timings differ from run to run, so they are kept out of every cached result.\n\n| stage | tokens/s |\n|---|---|\n");
+            for (s, v) in speeds {
+                md.push_str(&format!("| {s} | {v:.0} |\n"));
+            }
+        }
+        crate::cache::write_synced(&store.outputs().join(&p.name).join("report.md"), md.as_bytes())?;
     }
     Ok(view)
 }
 
-/// Whether the store can serve a key, as the planner needs it (warns on broken entries).
+/// Whether the store can serve a key, as the planner needs it (verifies hits).
 pub fn cached_state(store: &Store, key: &Key) -> crate::plan::Cached {
     match store.lookup(key) {
         Lookup::Hit(_) => crate::plan::Cached::Yes,

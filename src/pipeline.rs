@@ -72,6 +72,8 @@ pub struct Pipeline {
     pub description: Option<String>,
     pub seed: u64,
     pub device: DeviceSetting,
+    /// `executor:` of the file (the CLI's `--executor` wins over it).
+    pub executor: Option<crate::launcher::ExecutorKind>,
     pub stages: Vec<StageDef>,
     /// Stage indices in a topological order (inputs first; file order among equals).
     pub order: Vec<usize>,
@@ -227,6 +229,23 @@ pub fn analyze(raw: RawPipeline) -> Result<Pipeline, PipelineError> {
             DeviceSetting::Cpu
         }),
     };
+    let executor = raw.executor.as_ref().and_then(|e| {
+        use crate::launcher::ExecutorKind;
+        let Some(kind) = ExecutorKind::parse(&e.kind) else {
+            diags.push(
+                at("executor", format!("unknown executor `{}`", e.kind))
+                    .with_help(suggest(&e.kind, ExecutorKind::NAMES, "executors")),
+            );
+            return None;
+        };
+        if let Some(o) = e.options.keys().next() {
+            diags.push(
+                at("executor", format!("unknown option `{o}` for executor `{}`", e.kind))
+                    .with_help(format!("the `{}` executor takes no options", e.kind)),
+            );
+        }
+        Some(kind)
+    });
     let kinds: Vec<&str> = registry().iter().map(|k| k.name).collect();
     let names: Vec<&str> = raw.stages.iter().map(|s| s.name.as_str()).collect();
     let mut stages = Vec::new();
@@ -358,6 +377,7 @@ pub fn analyze(raw: RawPipeline) -> Result<Pipeline, PipelineError> {
         description: raw.description,
         seed: raw.seed.unwrap_or(DEFAULT_SEED),
         device,
+        executor,
         stages,
         order,
         locator: raw.locator,

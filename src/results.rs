@@ -88,7 +88,9 @@ pub fn last_text(dir: &Path) -> Option<String> {
 }
 
 /// Build the table. `columns` picks summary keys (all numeric and boolean ones when empty).
-pub fn table(rows: &[RowSource], columns: &[String]) -> Table {
+/// `speed` adds each row's median tokens/s from its `speed.csv`: for the terminal only, never
+/// for a cached artifact, which must be byte-identical across runs.
+pub fn table(rows: &[RowSource], columns: &[String], speed: bool) -> Table {
     let flat: Vec<BTreeMap<String, String>> = rows
         .iter()
         .map(|r| {
@@ -120,7 +122,7 @@ pub fn table(rows: &[RowSource], columns: &[String]) -> Table {
     }
     let speeds: Vec<Option<f64>> = rows
         .iter()
-        .map(|r| r.dir.as_deref().and_then(median_speed))
+        .map(|r| r.dir.as_deref().filter(|_| speed).and_then(median_speed))
         .collect();
     let texts: Vec<Option<String>> = rows
         .iter()

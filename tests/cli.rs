@@ -383,7 +383,11 @@ fn a_killed_run_leaves_no_usable_partial_entry() {
         &["run", "pipelines/ex8_3_5.yaml", "coverage[strategy=random]"],
     );
     assert!(o.status.success());
-    assert!(String::from_utf8_lossy(&o.stderr).contains("treating it as a miss"));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("coverage.csv has 9 bytes") && err.contains("quarantined"),
+        "{err}"
+    );
     assert_eq!(ran(p, "ex8_3_5"), ["coverage[strategy=random]"]);
     assert!(
         !p.join("outputs/.seqpipe/tmp").exists()

@@ -9,7 +9,7 @@ mod locator;
 mod raw;
 
 pub use locator::Locator;
-pub use raw::{RawPipeline, RawStage};
+pub use raw::{RawExecutor, RawPipeline, RawStage};
 
 use crate::diagnostic::{Diagnostic, PipelineError};
 use std::path::Path;

@@ -16,6 +16,8 @@ struct FileMirror {
     seed: Option<u64>,
     #[serde(default)]
     device: Option<String>,
+    #[serde(default)]
+    executor: Option<serde_yaml::Value>,
     stages: serde_yaml::Mapping,
 }
 
@@ -34,7 +36,7 @@ struct StageMirror {
     matrix: Option<serde_yaml::Mapping>,
 }
 
-const TOP_FIELDS: &[&str] = &["name", "description", "seed", "device", "stages"];
+const TOP_FIELDS: &[&str] = &["name", "description", "seed", "device", "executor", "stages"];
 const STAGE_FIELDS: &[&str] = &["kind", "description", "inputs", "params", "matrix"];
 
 /// A parsed pipeline file: plain values, not yet checked against the stage kinds.
@@ -45,8 +47,17 @@ pub struct RawPipeline {
     pub description: Option<String>,
     pub seed: Option<u64>,
     pub device: Option<String>,
+    /// `executor: kind` or `executor: { kind: ..., <options> }`, as written.
+    pub executor: Option<RawExecutor>,
     pub stages: Vec<RawStage>,
     pub locator: Locator,
+}
+
+/// The `executor:` field: a kind and its options.
+#[derive(Debug, Clone)]
+pub struct RawExecutor {
+    pub kind: String,
+    pub options: serde_json::Map<String, serde_json::Value>,
 }
 
 #[derive(Debug, Clone)]
@@ -139,6 +150,22 @@ pub(super) fn parse(path: &Path, text: &str) -> Result<RawPipeline, PipelineErro
     })?;
 
     let mut diags = Vec::new();
+    let executor = match top.executor {
+        None => None,
+        Some(v) => match parse_executor(v) {
+            Ok(e) => Some(e),
+            Err(msg) => {
+                let mut d = Diagnostic::new(path, "executor", msg).with_help(
+                    "write `executor: process`, or `executor: { kind: process }`",
+                );
+                if let Some((l, c)) = locator.find("executor") {
+                    d = d.at(l, c);
+                }
+                diags.push(d);
+                None
+            }
+        },
+    };
     let mut stages = Vec::new();
     let mut seen: Vec<String> = Vec::new();
     for (k, v) in top.stages {
@@ -302,9 +329,47 @@ pub(super) fn parse(path: &Path, text: &str) -> Result<RawPipeline, PipelineErro
         description: top.description,
         seed: top.seed,
         device: top.device,
+        executor,
         stages,
         locator,
     })
+}
+
+fn parse_executor(v: serde_yaml::Value) -> Result<RawExecutor, String> {
+    match v {
+        serde_yaml::Value::String(kind) => Ok(RawExecutor {
+            kind,
+            options: serde_json::Map::new(),
+        }),
+        serde_yaml::Value::Mapping(m) => {
+            let mut kind = None;
+            let mut options = serde_json::Map::new();
+            for (k, v) in m {
+                let Some(k) = k.as_str() else {
+                    return Err("executor option names must be strings".into());
+                };
+                if k == "kind" {
+                    kind = Some(
+                        v.as_str()
+                            .ok_or("`executor.kind` must be a name")?
+                            .to_string(),
+                    );
+                } else {
+                    let j = serde_json::to_value(&v)
+                        .map_err(|e| format!("unsupported value for `executor.{k}`: {e}"))?;
+                    options.insert(k.to_string(), j);
+                }
+            }
+            Ok(RawExecutor {
+                kind: kind.ok_or("`executor` needs a `kind`")?,
+                options,
+            })
+        }
+        other => Err(format!(
+            "`executor` must be a name or a mapping, found {}",
+            kind_of(&other)
+        )),
+    }
 }
 
 fn kind_of(v: &serde_yaml::Value) -> &'static str {

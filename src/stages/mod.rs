@@ -73,12 +73,19 @@ pub trait Stage: Serialize + DeserializeOwned + Send + Sync + 'static {
     fn files(&self) -> Vec<String> {
         Vec::new()
     }
+    /// Params that steer a run but are not part of the key (and not in the canonical params),
+    /// such as `checkpoint_every`: a job description carries them too.
+    fn runtime_params(&self) -> serde_json::Map<String, serde_json::Value> {
+        serde_json::Map::new()
+    }
     fn run(&self, ctx: &mut StageCtx) -> anyhow::Result<()>;
 }
 
 /// A stage with its params, type-erased for the executor.
 pub trait DynStage: Send + Sync {
     fn canonical_params(&self) -> serde_json::Value;
+    /// Every param, those outside the key included: what a job description carries.
+    fn job_params(&self) -> serde_json::Map<String, serde_json::Value>;
     fn files(&self) -> Vec<String>;
     fn run(&self, ctx: &mut StageCtx) -> anyhow::Result<()>;
 }
@@ -86,6 +93,14 @@ pub trait DynStage: Send + Sync {
 impl<S: Stage> DynStage for S {
     fn canonical_params(&self) -> serde_json::Value {
         serde_json::to_value(self).expect("params serialize to JSON")
+    }
+    fn job_params(&self) -> serde_json::Map<String, serde_json::Value> {
+        let mut m = match self.canonical_params() {
+            serde_json::Value::Object(m) => m,
+            _ => serde_json::Map::new(),
+        };
+        m.extend(Stage::runtime_params(self));
+        m
     }
     fn files(&self) -> Vec<String> {
         Stage::files(self)

@@ -1,5 +1,5 @@
 //! `report`: the page a user reads after a run, `outputs/<pipeline>/report.md`: what was run, a
-//! results table (the params that differ, headline numbers, tokens/s, generated text) and the
+//! results table (the params that differ, headline numbers, generated text) and the
 //! plots of its `plot` inputs.
 
 use super::{Roles, Stage};
@@ -22,7 +22,7 @@ pub struct Report {
 
 impl Stage for Report {
     const KIND: &'static str = "report";
-    const VERSION: u32 = 2;
+    const VERSION: u32 = 3;
     const ABOUT: &'static str = "A Markdown report (outputs/<pipeline>/report.md): results table across its inputs, plots embedded";
     const ROLES: Roles = Roles::AnyNonEmpty;
 
@@ -71,7 +71,7 @@ impl Stage for Report {
         if !groups.is_empty() {
             md.push_str("## Results\n\n");
             for (k, group) in &groups {
-                let t = table(group, &self.columns);
+                let t = table(group, &self.columns, false);
                 if groups.len() > 1 {
                     md.push_str(&format!("### `{k}` stages\n\n"));
                 }

@@ -237,6 +237,12 @@ impl Stage for Train {
     const STOCHASTIC: bool = true;
     const USES_DEVICE: bool = true;
 
+    fn runtime_params(&self) -> serde_json::Map<String, serde_json::Value> {
+        let mut m = serde_json::Map::new();
+        m.insert("checkpoint_every".into(), self.checkpoint_every.into());
+        m
+    }
+
     fn validate(&self, issues: &mut Vec<ParamIssue>) {
         super::require_positive(issues, "epochs", self.epochs);
         if !(self.lr > 0.0 && self.lr.is_finite()) {
@@ -280,12 +286,16 @@ impl Stage for Train {
             samples: vec![],
             diverged: None,
         };
-        if let Some(p) = load_checkpoint(&ctx.checkpoints, &mut model, &mut opt) {
-            ctx.log(format!(
-                "resuming from the checkpoint after epoch {}",
-                p.epochs_done
-            ));
-            prog = p;
+        match self.resume(ctx, &mut model, &mut opt) {
+            Ok(Some(p)) => {
+                ctx.note(format!(
+                    "resuming from the checkpoint after epoch {}",
+                    p.epochs_done
+                ));
+                prog = p;
+            }
+            Ok(None) => {}
+            Err(why) => ctx.note(format!("warning: {why}; training from scratch")),
         }
         ctx.write_json("spec.json", &spec)?;
         let data = ctx.input("data")?.to_path_buf();
@@ -460,9 +470,20 @@ impl AnyRef<'_> {
     }
 }
 
+const CHECKPOINT_FILES: [&str; 3] = ["model.safetensors", "optimizer.bin", "progress.json"];
+const MANIFEST: &str = "manifest.json";
+
+/// A checkpoint's record, written last: the digest of every file and the epoch it ends.
+#[derive(Serialize, Deserialize)]
+struct Manifest {
+    epochs_done: usize,
+    /// file name → blake3
+    files: std::collections::BTreeMap<String, String>,
+}
+
 /// Write a checkpoint next to the old one, then swap: a crash leaves one complete checkpoint.
 fn save_checkpoint(dir: &Path, model: &AnyRef, opt: &nn::Optimizer, prog: &Progress) -> Result<()> {
-    // Write a complete copy beside the current one (progress.json last), then swap them. A
+    // Write a complete copy beside the current one (its manifest last), then swap them. A
     // kill at any point leaves at least one complete checkpoint among dir, .tmp and .old.
     let tmp = dir.with_extension("tmp");
     let old = dir.with_extension("old");
@@ -473,6 +494,17 @@ fn save_checkpoint(dir: &Path, model: &AnyRef, opt: &nn::Optimizer, prog: &Progr
     model.save(&tmp.join("model.safetensors"))?;
     opt.save(&tmp.join("optimizer.bin"))?;
     crate::cache::write_synced(&tmp.join("progress.json"), &serde_json::to_vec(prog)?)?;
+    let mut files = std::collections::BTreeMap::new();
+    for f in CHECKPOINT_FILES {
+        let p = tmp.join(f);
+        std::fs::File::open(&p)?.sync_all()?;
+        files.insert(f.to_string(), crate::cache::digest_file(&p)?);
+    }
+    let manifest = Manifest {
+        epochs_done: prog.epochs_done,
+        files,
+    };
+    crate::cache::write_synced(&tmp.join(MANIFEST), &serde_json::to_vec_pretty(&manifest)?)?;
     if dir.exists() {
         if old.exists() {
             std::fs::remove_dir_all(&old)?;
@@ -484,21 +516,78 @@ fn save_checkpoint(dir: &Path, model: &AnyRef, opt: &nn::Optimizer, prog: &Progr
     Ok(())
 }
 
-/// The newest complete checkpoint, if any. Nothing is changed when none loads.
-fn load_checkpoint(dir: &Path, model: &mut AnyModel, opt: &mut nn::Optimizer) -> Option<Progress> {
-    for d in [
-        dir.to_path_buf(),
-        dir.with_extension("tmp"),
-        dir.with_extension("old"),
-    ] {
-        let Ok(prog) = crate::context::read_json::<Progress>(&d.join("progress.json")) else {
-            continue;
-        };
-        if model.load_weights(&d.join("model.safetensors")).is_ok()
-            && opt.load(&d.join("optimizer.bin")).is_ok()
-        {
-            return Some(prog);
+impl Train {
+    /// The newest checkpoint that passes every check, applied all or nothing: weights,
+    /// optimizer state, RNG and epoch counter. `Ok(None)`: there is none (a half-written one,
+    /// without its manifest, does not count). `Err`: there were checkpoints and each failed a
+    /// check (the text says which and why); the model and optimizer are then untouched.
+    fn resume(
+        &self,
+        ctx: &StageCtx,
+        model: &mut AnyModel,
+        opt: &mut nn::Optimizer,
+    ) -> std::result::Result<Option<Progress>, String> {
+        let dir = &ctx.checkpoints;
+        let mut failures = Vec::new();
+        for d in [dir.to_path_buf(), dir.with_extension("tmp"), dir.with_extension("old")] {
+            if !d.join(MANIFEST).exists() {
+                continue;
+            }
+            match self.try_checkpoint(ctx, &d) {
+                Ok((m, o, p)) => {
+                    *model = m;
+                    *opt = o;
+                    return Ok(Some(p));
+                }
+                Err(why) => failures.push(format!(
+                    "checkpoint {} failed its check ({why})",
+                    d.file_name().unwrap_or_default().to_string_lossy()
+                )),
+            }
+        }
+        if failures.is_empty() {
+            Ok(None)
+        } else {
+            Err(failures.join("; "))
         }
     }
-    None
+
+    /// Verify one checkpoint and load it into a fresh model and optimizer.
+    fn try_checkpoint(
+        &self,
+        ctx: &StageCtx,
+        d: &Path,
+    ) -> std::result::Result<(AnyModel, nn::Optimizer, Progress), String> {
+        let m: Manifest = crate::context::read_json(&d.join(MANIFEST)).map_err(|e| format!("{e:#}"))?;
+        for f in CHECKPOINT_FILES {
+            let want = m.files.get(f).ok_or(format!("its manifest does not list {f}"))?;
+            let got = crate::cache::digest_file(&d.join(f)).map_err(|e| format!("{f}: {e}"))?;
+            if &got != want {
+                return Err(format!("{f} does not match its digest"));
+            }
+        }
+        let prog: Progress =
+            crate::context::read_json(&d.join("progress.json")).map_err(|e| format!("{e:#}"))?;
+        if prog.epochs_done != m.epochs_done {
+            return Err("its progress and manifest disagree on the epoch".into());
+        }
+        if prog.epochs_done > self.epochs {
+            return Err(format!(
+                "it is after epoch {}, beyond the {} epochs configured",
+                prog.epochs_done, self.epochs
+            ));
+        }
+        if prog.metrics.len() != prog.epochs_done || prog.speed.len() != prog.epochs_done {
+            return Err("its metrics do not cover the epochs it claims".into());
+        }
+        let input = ctx.input("model").map_err(|e| e.to_string())?;
+        let (_, mut model) = AnyModel::load(input, &ctx.device).map_err(|e| format!("{e:#}"))?;
+        model
+            .load_weights(&d.join("model.safetensors"))
+            .map_err(|e| format!("weights: {e:#}"))?;
+        let mut opt = model.optimizer(&self.optim_spec());
+        opt.load(&d.join("optimizer.bin"))
+            .map_err(|e| format!("optimizer state: {e:#}"))?;
+        Ok((model, opt, prog))
+    }
 }

@@ -1,0 +1,224 @@
+//! A stage job as plain data, and the one runtime that runs it, whichever launcher started it.
+//!
+//! A [`JobSpec`] holds everything one stage run needs: kind, every param (those outside the key
+//! too), seed, device, threads, the key and its record, the inputs' keys and store folders, and
+//! the store. It serialises to JSON, so that `seqpipe exec-job FILE` can run it in another
+//! process, or on another machine that sees the same store. [`run_job`] claims the key, checks
+//! the store again under the claim, computes, commits and releases.
+
+use crate::cache::{Lookup, Store};
+use crate::claim::{ClaimInfo, TryClaim};
+use crate::context::{InputInfo, StageCtx};
+use crate::key::{Key, KeyRecord};
+use crate::progress::StageProgress;
+use anyhow::{anyhow, bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// Bump when the job description changes meaning.
+pub const JOB_SCHEMA: u32 = 1;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobSpec {
+    pub schema: u32,
+    pub pipeline: String,
+    pub stage: String,
+    pub kind: String,
+    /// Every param, those outside the key (such as `checkpoint_every`) included.
+    pub params: serde_json::Map<String, serde_json::Value>,
+    pub seed: u64,
+    pub device: String,
+    pub threads: usize,
+    pub key: Key,
+    pub record: KeyRecord,
+    pub inputs: Vec<JobInput>,
+    /// The store folder (`outputs/.seqpipe` by default).
+    pub store: PathBuf,
+    /// The project folder: relative paths in params resolve against it.
+    pub root: PathBuf,
+    /// Recompute even if the store has the key, and replace the entry.
+    pub force: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobInput {
+    pub role: String,
+    pub stage: String,
+    pub kind: String,
+    pub params: serde_json::Value,
+    pub key: Key,
+    pub dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// This job computed and committed the entry.
+    Computed,
+    /// Another process committed the key first (it held the claim); this job used its entry.
+    Reused,
+}
+
+/// What a finished job reports back (for `exec-job`, as a JSON file).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobResult {
+    pub outcome: Outcome,
+    pub seconds: f64,
+    /// Notes on this run (resumed from a checkpoint, waited for another run, …).
+    #[serde(default)]
+    pub notes: Vec<String>,
+}
+
+impl JobSpec {
+    pub fn read(path: &Path) -> Result<JobSpec> {
+        let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        let spec: JobSpec = serde_json::from_slice(&bytes)
+            .with_context(|| format!("{} is not a seqpipe job description", path.display()))?;
+        if spec.schema != JOB_SCHEMA {
+            bail!(
+                "{} is a job description of schema {}, this seqpipe reads schema {JOB_SCHEMA}",
+                path.display(),
+                spec.schema
+            );
+        }
+        Ok(spec)
+    }
+
+    pub fn write(&self, path: &Path) -> Result<()> {
+        crate::cache::write_synced(path, &serde_json::to_vec_pretty(self)?)
+    }
+}
+
+/// Run one job: claim its key (waiting while another process holds it), use the entry if the
+/// store has it by then, else compute, commit and release.
+pub fn run_job(spec: &JobSpec, store: &Store, progress: StageProgress) -> Result<JobResult> {
+    let t = Instant::now();
+    let kind = crate::stages::find_kind(&spec.kind)
+        .ok_or_else(|| anyhow!("unknown stage kind `{}` in the job description", spec.kind))?;
+    let params = (kind.parse)(&spec.params).map_err(|issues| {
+        anyhow!(
+            "the job's params do not fit kind `{}`: {}",
+            spec.kind,
+            issues
+                .iter()
+                .map(|i| i.message.clone())
+                .collect::<Vec<_>>()
+                .join("; ")
+        )
+    })?;
+    if params.canonical_params() != spec.record.params || spec.record.key() != spec.key {
+        bail!(
+            "the job description of `{}` is inconsistent: its params or record do not give key {}",
+            spec.stage,
+            spec.key.short()
+        );
+    }
+    let mut notes = Vec::new();
+    let info = ClaimInfo::new(&spec.key, &spec.pipeline, &spec.stage);
+    let mut waited = false;
+    let claim = loop {
+        match store
+            .claims()
+            .try_claim(&info)
+            .with_context(|| format!("claiming key {} in {}", spec.key.short(), store.meta().display()))?
+        {
+            TryClaim::Got(c) => break c,
+            TryClaim::Held(other) => {
+                if !waited {
+                    let who = other
+                        .map(|o| o.describe())
+                        .unwrap_or_else(|| "another process".into());
+                    let note = format!("waiting: {who} is computing the same key");
+                    progress.println(&format!("  [{}] {note}", spec.stage));
+                    notes.push(note);
+                    waited = true;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    };
+    if !spec.force {
+        match store.lookup(&spec.key) {
+            Lookup::Hit(_) => {
+                return Ok(JobResult {
+                    outcome: Outcome::Reused,
+                    seconds: t.elapsed().as_secs_f64(),
+                    notes,
+                })
+            }
+            Lookup::Corrupt(why) => {
+                let note = format!("warning: {why}; the entry is quarantined and recomputed");
+                progress.println(&format!("  [{}] {note}", spec.stage));
+                notes.push(note);
+                store.quarantine(&spec.key)?;
+            }
+            Lookup::Miss => {}
+        }
+    }
+    let mut inputs = Vec::new();
+    for i in &spec.inputs {
+        if let Lookup::Corrupt(why) = store.lookup(&i.key) {
+            bail!("input `{}` ({}) is damaged: {why}", i.role, i.stage);
+        }
+        if !i.dir.exists() {
+            bail!(
+                "input `{}` ({}) is not in the store at {}",
+                i.role,
+                i.stage,
+                i.dir.display()
+            );
+        }
+        inputs.push((
+            i.role.clone(),
+            InputInfo {
+                stage: i.stage.clone(),
+                kind: i.kind.clone(),
+                params: i.params.clone(),
+                dir: i.dir.clone(),
+            },
+        ));
+    }
+    let staging = store.staging(&spec.key)?;
+    let checkpoints = store.checkpoint_dir(&spec.key);
+    let mut ctx = StageCtx::new(
+        &spec.stage,
+        spec.seed,
+        &spec.root,
+        &spec.device,
+        inputs,
+        staging.clone(),
+        checkpoints.join("ckpt"),
+        progress.clone(),
+    );
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| params.run(&mut ctx)));
+    progress.finish();
+    let computed = match result {
+        Ok(r) => r.and_then(|()| ctx.finish()),
+        Err(p) => {
+            let msg = p
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| p.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".into());
+            Err(anyhow!("the stage panicked: {msg}"))
+        }
+    };
+    notes.extend(ctx.notes().iter().cloned());
+    let secs = t.elapsed().as_secs_f64();
+    let committed = computed
+        .and_then(|()| store.commit(&staging, &spec.record, &spec.stage, secs, spec.force));
+    if let Err(e) = committed {
+        let _ = std::fs::remove_dir_all(&staging);
+        return Err(e);
+    }
+    let _ = std::fs::remove_dir_all(&checkpoints);
+    drop(claim);
+    Ok(JobResult {
+        outcome: Outcome::Computed,
+        seconds: secs,
+        notes,
+    })
+}

@@ -1,0 +1,294 @@
+//! Launchers start stage jobs and report when they end; the executor decides what runs when.
+//!
+//! - `local`: each job on a thread of this process (the default).
+//! - `process`: each job as a child `seqpipe exec-job FILE`, its output in a log beside the job
+//!   description under `outputs/<pipeline>/runs/<run>/`. A child that panics, runs out of
+//!   memory or is killed is a failed stage whose message names the signal and shows the tail of
+//!   its log; the driver itself never crashes.
+
+use crate::cache::Store;
+use crate::job::{run_job, JobResult, JobSpec};
+use crate::progress::Output;
+use anyhow::{anyhow, Context, Result};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+/// Where stages run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExecutorKind {
+    Local,
+    Process,
+}
+
+impl ExecutorKind {
+    pub const NAMES: &'static [&'static str] = &["local", "process"];
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "local" => Some(Self::Local),
+            "process" => Some(Self::Process),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Local => "local",
+            Self::Process => "process",
+        }
+    }
+}
+
+/// A job that ended: its id (the executor's step index) and how it ended.
+pub struct Finished {
+    pub id: usize,
+    pub result: Result<JobResult>,
+    /// The job's log, when it has one of its own.
+    pub log: Option<PathBuf>,
+}
+
+pub trait Launcher {
+    /// Start a job.
+    fn submit(&mut self, id: usize, spec: JobSpec) -> Result<()>;
+    /// Wait up to `timeout` for jobs to end; returns those that did.
+    fn poll(&mut self, timeout: Duration) -> Vec<Finished>;
+    /// Stop every job still running.
+    fn cancel_all(&mut self);
+}
+
+/// Runs each job on a thread of this process.
+pub struct LocalLauncher {
+    store: Arc<Store>,
+    out: Output,
+    tx: mpsc::Sender<Finished>,
+    rx: mpsc::Receiver<Finished>,
+}
+
+impl LocalLauncher {
+    pub fn new(store: Arc<Store>, out: Output) -> Self {
+        let (tx, rx) = mpsc::channel();
+        LocalLauncher { store, out, tx, rx }
+    }
+}
+
+impl Launcher for LocalLauncher {
+    fn submit(&mut self, id: usize, spec: JobSpec) -> Result<()> {
+        let store = self.store.clone();
+        let progress = self.out.stage(&spec.stage);
+        let tx = self.tx.clone();
+        std::thread::Builder::new()
+            .name(format!("stage-{id}"))
+            .spawn(move || {
+                let result = run_job(&spec, &store, progress);
+                let _ = tx.send(Finished {
+                    id,
+                    result,
+                    log: None,
+                });
+            })
+            .context("starting a stage thread")?;
+        Ok(())
+    }
+
+    fn poll(&mut self, timeout: Duration) -> Vec<Finished> {
+        let mut done = Vec::new();
+        if let Ok(f) = self.rx.recv_timeout(timeout) {
+            done.push(f);
+            while let Ok(f) = self.rx.try_recv() {
+                done.push(f);
+            }
+        }
+        done
+    }
+
+    /// Threads cannot be stopped; the process exits instead (claims are released on exit).
+    fn cancel_all(&mut self) {}
+}
+
+/// Pids of children in flight, for the Ctrl-C handler.
+fn children() -> &'static Mutex<Vec<u32>> {
+    static C: OnceLock<Mutex<Vec<u32>>> = OnceLock::new();
+    C.get_or_init(|| Mutex::new(Vec::new()))
+}
+
+/// Kill every child job of this process (called on Ctrl-C).
+pub fn kill_children() -> usize {
+    let Ok(c) = children().lock() else { return 0 };
+    for &pid in c.iter() {
+        #[cfg(unix)]
+        unsafe {
+            libc::kill(pid as libc::pid_t, libc::SIGKILL);
+        }
+    }
+    c.len()
+}
+
+struct Running {
+    id: usize,
+    child: Child,
+    log: PathBuf,
+    result: PathBuf,
+}
+
+/// Runs each job as a child `seqpipe exec-job`.
+pub struct ProcessLauncher {
+    exe: PathBuf,
+    dir: PathBuf,
+    threads: usize,
+    running: Vec<Running>,
+}
+
+impl ProcessLauncher {
+    /// Job descriptions, logs and results go to `dir` (a folder of the run record).
+    pub fn new(dir: PathBuf, threads: usize) -> Result<Self> {
+        let exe = match std::env::var_os("SEQPIPE_BIN") {
+            Some(p) => PathBuf::from(p),
+            None => std::env::current_exe().context("finding the seqpipe binary")?,
+        };
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        Ok(ProcessLauncher {
+            exe,
+            dir,
+            threads,
+            running: Vec::new(),
+        })
+    }
+}
+
+impl Launcher for ProcessLauncher {
+    fn submit(&mut self, id: usize, spec: JobSpec) -> Result<()> {
+        let base = format!("{id:03}-{}", spec.key.short());
+        let job = self.dir.join(format!("{base}.job.json"));
+        let log = self.dir.join(format!("{base}.log"));
+        let result = self.dir.join(format!("{base}.result.json"));
+        spec.write(&job)?;
+        let logf = std::fs::File::create(&log)
+            .with_context(|| format!("creating {}", log.display()))?;
+        let child = Command::new(&self.exe)
+            .arg("--threads")
+            .arg(self.threads.to_string())
+            .arg("exec-job")
+            .arg(&job)
+            .arg("--result")
+            .arg(&result)
+            .stdin(Stdio::null())
+            .stdout(logf.try_clone()?)
+            .stderr(logf)
+            .spawn()
+            .with_context(|| format!("starting {} exec-job", self.exe.display()))?;
+        children().lock().unwrap().push(child.id());
+        self.running.push(Running {
+            id,
+            child,
+            log,
+            result,
+        });
+        Ok(())
+    }
+
+    fn poll(&mut self, timeout: Duration) -> Vec<Finished> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let mut done = Vec::new();
+            let mut i = 0;
+            while i < self.running.len() {
+                match self.running[i].child.try_wait() {
+                    Ok(Some(status)) => {
+                        let r = self.running.swap_remove(i);
+                        children().lock().unwrap().retain(|&p| p != r.child.id());
+                        let result = if status.success() {
+                            crate::context::read_json::<JobResult>(&r.result)
+                                .context("the job exited 0 but wrote no result")
+                        } else {
+                            Err(anyhow!(
+                                "exec-job {}\n{}",
+                                describe_exit(&status),
+                                log_tail(&r.log, 12)
+                            ))
+                        };
+                        done.push(Finished {
+                            id: r.id,
+                            result,
+                            log: Some(r.log),
+                        });
+                    }
+                    Ok(None) => i += 1,
+                    Err(e) => {
+                        let r = self.running.swap_remove(i);
+                        done.push(Finished {
+                            id: r.id,
+                            result: Err(anyhow!("waiting for the job: {e}")),
+                            log: Some(r.log),
+                        });
+                    }
+                }
+            }
+            if !done.is_empty() || Instant::now() >= deadline || self.running.is_empty() {
+                return done;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    fn cancel_all(&mut self) {
+        for r in &mut self.running {
+            let _ = r.child.kill();
+            let _ = r.child.wait();
+        }
+        self.running.clear();
+    }
+}
+
+impl Drop for ProcessLauncher {
+    fn drop(&mut self) {
+        self.cancel_all();
+    }
+}
+
+/// "exited with code 3", "was killed by signal 9 (SIGKILL; out of memory?)".
+pub fn describe_exit(status: &std::process::ExitStatus) -> String {
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::ExitStatusExt;
+        if let Some(sig) = status.signal() {
+            let (name, hint) = match sig {
+                libc::SIGKILL => ("SIGKILL", "; killed from outside, or out of memory"),
+                libc::SIGSEGV => ("SIGSEGV", ""),
+                libc::SIGABRT => ("SIGABRT", "; an abort, e.g. a failed allocation"),
+                libc::SIGTERM => ("SIGTERM", ""),
+                libc::SIGINT => ("SIGINT", ""),
+                libc::SIGBUS => ("SIGBUS", ""),
+                _ => ("", ""),
+            };
+            return if name.is_empty() {
+                format!("was killed by signal {sig}")
+            } else {
+                format!("was killed by signal {sig} ({name}{hint})")
+            };
+        }
+    }
+    match status.code() {
+        Some(c) => format!("exited with code {c}"),
+        None => "ended abnormally".into(),
+    }
+}
+
+/// The last `n` lines of a log, indented, with its path.
+pub fn log_tail(path: &Path, n: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    let tail = &lines[lines.len().saturating_sub(n)..];
+    if tail.is_empty() {
+        return format!("  (its log {} is empty)", path.display());
+    }
+    let mut s = format!("  last lines of {}:", path.display());
+    for l in tail {
+        s.push_str("\n    ");
+        s.push_str(l);
+    }
+    s
+}
