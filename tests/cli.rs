@@ -844,3 +844,545 @@ fn a_sweep_shares_upstream_stages_and_resumes_after_a_kill() {
         "{cmp}"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// The store's guarantees under faults: damage, views, --force, checkpoints, leftovers,
+// concurrency, and stages run as separate processes.
+
+/// The store folder of the entry a view shows.
+fn entry_dir(p: &Path, pipeline: &str, stage: &str) -> PathBuf {
+    let key = std::fs::read_to_string(p.join("outputs").join(pipeline).join(stage).join(".key"))
+        .unwrap();
+    p.join("outputs/.seqpipe/objects")
+        .join(&key[..2])
+        .join(key.trim())
+}
+
+fn make_writable(f: &Path) {
+    let mut perm = std::fs::metadata(f).unwrap().permissions();
+    #[allow(clippy::permissions_set_readonly_false)]
+    perm.set_readonly(false);
+    std::fs::set_permissions(f, perm).unwrap();
+}
+
+/// Flip one byte in place (same size, same inode), as a bad disk or a stray write would.
+fn flip_byte(f: &Path, at: usize) {
+    make_writable(f);
+    let mut b = std::fs::read(f).unwrap();
+    let i = at.min(b.len() - 1);
+    b[i] ^= 0x20;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(f)
+        .and_then(|mut h| std::io::Write::write_all(&mut h, &b))
+        .unwrap();
+}
+
+fn statuses(record: &serde_json::Value) -> Vec<(String, String, String)> {
+    record["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["name"].as_str().unwrap().to_string(),
+                s["key"].as_str().unwrap().to_string(),
+                s["status"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_flipped_byte_is_never_served_and_verify_finds_it() {
+    let t = project();
+    let p = t.path();
+    ok(p, &["run", "-q", "pipelines/ex8_2_2.yaml"]);
+    assert!(ok(p, &["verify"]).contains("0 damaged"));
+    // Same size, one bit: a size check would serve it.
+    let f = entry_dir(p, "ex8_2_2", "chars").join("tokens.json");
+    let before = std::fs::read(&f).unwrap();
+    flip_byte(&f, 1000);
+    let v = seqpipe(p, &["verify"]);
+    assert_eq!(v.status.code(), Some(1));
+    let vout = String::from_utf8_lossy(&v.stdout);
+    assert!(
+        vout.contains("stage `chars`") && vout.contains("tokens.json does not match its digest"),
+        "{vout}"
+    );
+    let o = seqpipe(p, &["run", "pipelines/ex8_2_2.yaml"]);
+    assert!(o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("tokens.json does not match its digest"), "{err}");
+    assert_eq!(ran(p, "ex8_2_2"), ["chars"], "only the damaged stage recomputes");
+    assert_eq!(
+        std::fs::read(p.join("outputs/ex8_2_2/chars/tokens.json")).unwrap(),
+        before
+    );
+    assert!(ok(p, &["verify"]).contains("0 damaged"));
+    assert_eq!(
+        std::fs::read_dir(p.join("outputs/.seqpipe/quarantine"))
+            .unwrap()
+            .count(),
+        1,
+        "the damaged entry is set aside, not served"
+    );
+    // verify --repair removes a damaged entry; the next run recomputes it.
+    flip_byte(&entry_dir(p, "ex8_2_2", "vocab_char").join("vocab.csv"), 10);
+    let r = ok(p, &["verify", "--repair"]);
+    assert!(r.contains("entry") && r.contains("removed"), "{r}");
+    assert!(ok(p, &["verify"]).contains("0 damaged"));
+    ok(p, &["run", "-q", "pipelines/ex8_2_2.yaml"]);
+    assert_eq!(ran(p, "ex8_2_2"), ["vocab_char"]);
+}
+
+#[test]
+fn views_are_links_checked_and_rebuilt_on_every_run() {
+    let t = project();
+    let p = t.path();
+    ok(p, &["run", "-q", "pipelines/ex8_2_2.yaml"]);
+    let view = p.join("outputs/ex8_2_2/vocab_word/vocab.csv");
+    let good = std::fs::read(&view).unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        let store = entry_dir(p, "ex8_2_2", "vocab_word").join("vocab.csv");
+        assert_eq!(
+            std::fs::metadata(&view).unwrap().ino(),
+            std::fs::metadata(&store).unwrap().ino(),
+            "the view is a hard link to the store's file, not a second copy"
+        );
+        assert!(std::fs::metadata(&store).unwrap().permissions().readonly());
+    }
+    // An editor that writes a new file in place of the view's.
+    std::fs::remove_file(&view).unwrap();
+    std::fs::write(&view, "edited\n").unwrap();
+    // A deleted file and a stray one in another view.
+    std::fs::remove_file(p.join("outputs/ex8_2_2/chars/summary.json")).unwrap();
+    std::fs::write(p.join("outputs/ex8_2_2/words/extra.txt"), "x").unwrap();
+    let v = seqpipe(p, &["verify"]);
+    assert_eq!(v.status.code(), Some(1));
+    let vout = String::from_utf8_lossy(&v.stdout);
+    assert!(vout.contains("vocab.csv differs"), "{vout}");
+    assert!(vout.contains("summary.json is missing"), "{vout}");
+    assert!(vout.contains("extra.txt is not part of the entry"), "{vout}");
+    let out = ok(p, &["run", "pipelines/ex8_2_2.yaml"]);
+    assert!(out.contains("0 ran"), "views are rebuilt from the store: {out}");
+    assert_eq!(std::fs::read(&view).unwrap(), good);
+    assert!(p.join("outputs/ex8_2_2/chars/summary.json").exists());
+    assert!(!p.join("outputs/ex8_2_2/words/extra.txt").exists());
+    assert!(ok(p, &["verify"]).contains("0 damaged"));
+    // An edit in place through the link damages the store's file: caught and recomputed.
+    flip_byte(&view, 3);
+    ok(p, &["run", "-q", "pipelines/ex8_2_2.yaml"]);
+    assert!(ran(p, "ex8_2_2").contains(&"vocab_word".to_string()));
+    assert_eq!(std::fs::read(&view).unwrap(), good);
+}
+
+#[test]
+fn force_replaces_the_entry_and_the_new_result_wins() {
+    let t = project();
+    let p = t.path();
+    ok(p, &["run", "-q", "pipelines/ex8_3_3.yaml"]);
+    let f = entry_dir(p, "ex8_3_3", "words").join("tokens.json");
+    let good = std::fs::read(&f).unwrap();
+    flip_byte(&f, 50);
+    ok(p, &["run", "-q", "pipelines/ex8_3_3.yaml", "--force", "words"]);
+    let r = ran(p, "ex8_3_3");
+    assert!(r.contains(&"words".to_string()) && r.len() == 4, "{r:?}");
+    assert_eq!(std::fs::read(entry_dir(p, "ex8_3_3", "words").join("tokens.json")).unwrap(), good);
+    assert!(ok(p, &["verify"]).contains("0 damaged"));
+}
+
+/// A run of `tiny.yaml` killed once a checkpoint after `at_least` epochs exists; returns the
+/// checkpoint folder.
+fn killed_training(p: &Path, epochs: usize, at_least: u64, extra_args: &[&str]) -> PathBuf {
+    std::fs::write(p.join("tiny.yaml"), tiny_lm(epochs, "")).unwrap();
+    let mut child = Command::new(BIN)
+        .args(["run", "-q", "tiny.yaml"])
+        .args(extra_args)
+        .current_dir(p)
+        .spawn()
+        .unwrap();
+    let ckpts = p.join("outputs/.seqpipe/checkpoints");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let dir = loop {
+        let found = std::fs::read_dir(&ckpts)
+            .into_iter()
+            .flatten()
+            .filter_map(|e| {
+                let d = e.ok()?.path().join("ckpt");
+                let m: serde_json::Value =
+                    serde_json::from_slice(&std::fs::read(d.join("manifest.json")).ok()?).ok()?;
+                (m["epochs_done"].as_u64()? >= at_least).then_some(d)
+            })
+            .next();
+        if let Some(d) = found {
+            break d;
+        }
+        assert!(std::time::Instant::now() < deadline, "no checkpoint appeared");
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    };
+    child.kill().unwrap();
+    child.wait().unwrap();
+    dir
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+    }
+}
+
+#[test]
+fn a_damaged_checkpoint_is_refused_and_training_starts_over() {
+    let epochs = 40;
+    let reference = project();
+    std::fs::write(reference.path().join("tiny.yaml"), tiny_lm(epochs, "")).unwrap();
+    ok(reference.path(), &["run", "-q", "tiny.yaml"]);
+    let same_as_reference = |p: &Path| {
+        for f in ["metrics.csv", "model.safetensors", "samples.txt", "log.txt", "summary.json"] {
+            let a = std::fs::read(reference.path().join("outputs/tiny/train").join(f)).unwrap();
+            let b = std::fs::read(p.join("outputs/tiny/train").join(f)).unwrap();
+            assert!(a == b, "{f} differs from the uninterrupted run");
+        }
+    };
+    let t = project();
+    let p = t.path();
+    let ckpt = killed_training(p, epochs, 3, &[]);
+    let saved = p.join("saved-ckpt");
+    copy_dir(&ckpt, &saved);
+    // Each damage: the run warns, trains from scratch, and commits what an uninterrupted run
+    // commits (a bad checkpoint must never be half applied).
+    let rewrite_progress = |d: &Path, f: &dyn Fn(&mut serde_json::Value)| {
+        let mut v: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(d.join("progress.json")).unwrap()).unwrap();
+        f(&mut v);
+        let bytes = serde_json::to_vec(&v).unwrap();
+        std::fs::write(d.join("progress.json"), &bytes).unwrap();
+        // Keep the manifest consistent, so that the check after the digest is the one tried.
+        let mut m: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(d.join("manifest.json")).unwrap()).unwrap();
+        m["files"]["progress.json"] = blake3::hash(&bytes).to_hex().to_string().into();
+        if let Some(e) = v["epochs_done"].as_u64() {
+            m["epochs_done"] = e.into();
+        }
+        std::fs::write(d.join("manifest.json"), serde_json::to_vec(&m).unwrap()).unwrap();
+    };
+    type Damage = Box<dyn Fn(&Path)>;
+    let cases: Vec<(&str, Damage, &str)> = vec![
+        (
+            "a flipped weight",
+            Box::new(|d: &Path| flip_byte(&d.join("model.safetensors"), 400)),
+            "model.safetensors does not match its digest",
+        ),
+        (
+            "a truncated optimizer state",
+            Box::new(|d: &Path| {
+                let b = std::fs::read(d.join("optimizer.bin")).unwrap();
+                std::fs::write(d.join("optimizer.bin"), &b[..b.len() / 2]).unwrap();
+            }),
+            "optimizer.bin does not match its digest",
+        ),
+        (
+            "epochs_done beyond the configured epochs",
+            Box::new(move |d: &Path| rewrite_progress(d, &|v| v["epochs_done"] = 1000.into())),
+            "beyond the 40 epochs configured",
+        ),
+    ];
+    for (what, damage, message) in cases {
+        let _ = std::fs::remove_dir_all(&ckpt);
+        copy_dir(&saved, &ckpt);
+        damage(&ckpt);
+        let o = seqpipe(p, &["run", "tiny.yaml", "--force", "train"]);
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert!(o.status.success(), "{what}: {out}");
+        assert!(
+            out.contains(message) && out.contains("training from scratch"),
+            "{what}: {out}"
+        );
+        assert!(!out.contains("resuming"), "{what}: {out}");
+        same_as_reference(p);
+        let notes = last_record(p, "tiny")["stages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == "train")
+            .unwrap()["notes"]
+            .to_string();
+        assert!(notes.contains(message), "{what}: the run record keeps the note: {notes}");
+    }
+    // An intact one resumes, and the result is the same bytes, log.txt included.
+    let _ = std::fs::remove_dir_all(&ckpt);
+    copy_dir(&saved, &ckpt);
+    let out = ok(p, &["run", "tiny.yaml", "--force", "train"]);
+    assert!(out.contains("resuming from the checkpoint after epoch"), "{out}");
+    same_as_reference(p);
+}
+
+fn hostname() -> String {
+    gethostname::gethostname()
+        .to_string_lossy()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '_' { c } else { '_' })
+        .collect()
+}
+
+fn dead_pid() -> u32 {
+    let mut c = Command::new("true").spawn().unwrap();
+    let pid = c.id();
+    c.wait().unwrap();
+    pid
+}
+
+#[test]
+fn leftovers_of_killed_runs_are_removed_by_run_and_gc() {
+    let t = project();
+    let p = t.path();
+    ok(p, &["run", "-q", "pipelines/ex8_3_3.yaml"]);
+    let host = hostname();
+    let dead = dead_pid();
+    let me = std::process::id();
+    let base = p.join("outputs/ex8_3_3");
+    let dead_dirs = [
+        base.join(format!(".tmp-words-1~{host}~{dead}")),
+        base.join(format!(".old-words-1~{host}~{dead}")),
+        base.join(format!(".tmp-words-{dead}")), // named by an older seqpipe
+        p.join(format!("outputs/.seqpipe/tmp/abc-1~{host}~{dead}")),
+    ];
+    let live_dirs = [
+        base.join(format!(".tmp-words-1~{host}~{me}")),
+        p.join(format!("outputs/.seqpipe/tmp/abc-1~{host}~{me}")),
+    ];
+    for d in dead_dirs.iter().chain(&live_dirs) {
+        std::fs::create_dir_all(d).unwrap();
+        std::fs::write(d.join("f"), "x").unwrap();
+    }
+    ok(p, &["run", "-q", "pipelines/ex8_3_3.yaml"]);
+    for d in &dead_dirs {
+        assert!(!d.exists(), "{} should be gone", d.display());
+    }
+    for d in &live_dirs {
+        assert!(d.exists(), "{} belongs to a live process", d.display());
+    }
+    let d = p.join(format!("outputs/.seqpipe/trash/abc-1~{host}~{dead}"));
+    std::fs::create_dir_all(&d).unwrap();
+    ok(p, &["gc"]);
+    assert!(!d.exists());
+}
+
+#[test]
+fn two_pipelines_run_at_once_without_waiting_for_each_other() {
+    let t = project();
+    let p = t.path();
+    std::fs::write(p.join("tiny.yaml"), tiny_lm(100000, "")).unwrap();
+    let mut long = Command::new(BIN)
+        .args(["run", "-q", "tiny.yaml"])
+        .current_dir(p)
+        .spawn()
+        .unwrap();
+    // Wait until the long run is training (its claim on the train key is there).
+    let claims = p.join("outputs/.seqpipe/claims");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !p.join("outputs/.seqpipe/checkpoints").exists() {
+        assert!(std::time::Instant::now() < deadline, "the long run never started training");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert!(std::fs::read_dir(&claims).unwrap().count() >= 1);
+    let t0 = std::time::Instant::now();
+    let out = ok(p, &["run", "pipelines/ex8_3_3.yaml"]);
+    assert!(out.contains("4 ran, 1 cached"), "the corpus is shared: {out}");
+    assert!(
+        long.try_wait().unwrap().is_none(),
+        "the short run finished while the long one still runs"
+    );
+    assert!(t0.elapsed() < std::time::Duration::from_secs(30));
+    long.kill().unwrap();
+    long.wait().unwrap();
+    // The killed run's claim is taken over by the next run that needs the key.
+    let o = seqpipe(p, &["run", "tiny.yaml", "--set", "train.epochs=1", "--dry-run"]);
+    assert!(o.status.success());
+}
+
+#[test]
+fn two_runs_sharing_stages_compute_each_key_once() {
+    let t = project();
+    let p = t.path();
+    // Two pipelines of different names with the same stages: the same keys.
+    for name in ["one", "two"] {
+        let y = tiny_lm(150, "").replace("name: tiny", &format!("name: {name}"));
+        std::fs::write(p.join(format!("{name}.yaml")), y).unwrap();
+    }
+    let children: Vec<_> = ["one", "two"]
+        .iter()
+        .map(|n| {
+            Command::new(BIN)
+                .args(["run", &format!("{n}.yaml")])
+                .current_dir(p)
+                .output_async()
+        })
+        .collect();
+    for c in children {
+        let o = c.wait_with_output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    let mut by_key: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for n in ["one", "two"] {
+        for (_, key, status) in statuses(&last_record(p, n)) {
+            by_key.entry(key).or_default().push(status);
+        }
+    }
+    for (key, s) in &by_key {
+        assert_eq!(
+            s.iter().filter(|s| *s == "ran").count(),
+            1,
+            "key {key} computed once: {s:?}"
+        );
+    }
+    let train_key = statuses(&last_record(p, "one"))
+        .into_iter()
+        .find(|(n, _, _)| n == "train")
+        .unwrap()
+        .1;
+    let mut train = by_key[&train_key].clone();
+    train.sort();
+    assert_eq!(train, ["ran", "reused"], "one run trains, the other waits and uses it");
+    assert_eq!(
+        std::fs::read(p.join("outputs/one/train/metrics.csv")).unwrap(),
+        std::fs::read(p.join("outputs/two/train/metrics.csv")).unwrap()
+    );
+    assert!(ok(p, &["verify"]).contains("0 damaged"));
+}
+
+/// Every file of the views of `pipeline`, but timings (speed.csv, the page's speed section).
+fn view_files(p: &Path, pipeline: &str) -> Vec<(String, Vec<u8>)> {
+    tree(&p.join("outputs").join(pipeline))
+        .into_iter()
+        .filter(|(n, _)| !n.ends_with("speed.csv") && n != "report.md")
+        .collect()
+}
+
+#[test]
+fn process_executor_gives_the_same_bytes_as_local() {
+    let (a, b) = (project(), project());
+    let args = ["run", "-q", "pipelines/ex8_5_6.yaml", "--set", "*.epochs=2"];
+    ok(a.path(), &args);
+    let out = ok(b.path(), &[&args[..], &["--executor", "process", "-j", "2"]].concat());
+    assert!(out.contains("0 cached"), "{out}");
+    let (x, y) = (view_files(a.path(), "ex8_5_6"), view_files(b.path(), "ex8_5_6"));
+    assert!(x.len() > 20);
+    assert_eq!(x.iter().map(|f| &f.0).collect::<Vec<_>>(), y.iter().map(|f| &f.0).collect::<Vec<_>>());
+    for (f, g) in x.iter().zip(&y) {
+        assert!(f.1 == g.1, "{} differs between local and process", f.0);
+    }
+    let rec = last_record(b.path(), "ex8_5_6");
+    assert_eq!(rec["executor"], "process");
+    let logs: Vec<&str> = rec["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s["log"].as_str())
+        .collect();
+    assert!(!logs.is_empty());
+    for l in logs {
+        assert!(
+            l.contains("/runs/") && std::fs::read_to_string(l).unwrap().contains("exec-job"),
+            "job logs live with the run record: {l}"
+        );
+    }
+    // The file's `executor:` is used when the CLI names none.
+    let yaml = std::fs::read_to_string(a.path().join("pipelines/ex8_3_3.yaml")).unwrap();
+    std::fs::write(a.path().join("pe.yaml"), yaml.replacen("stages:", "executor: process\nstages:", 1)).unwrap();
+    ok(a.path(), &["run", "-q", "pe.yaml"]);
+    let name = yaml.lines().find_map(|l| l.strip_prefix("name: ")).unwrap().trim().to_string();
+    assert_eq!(last_record(a.path(), &name)["executor"], "process");
+}
+
+/// The pid in the claim file of a running stage (the exec-job child, for `process`).
+fn claim_owner(p: &Path) -> Option<u32> {
+    std::fs::read_dir(p.join("outputs/.seqpipe/claims"))
+        .ok()?
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().extension().is_some_and(|x| x == "claim"))
+        .find_map(|e| {
+            let v: serde_json::Value = serde_json::from_slice(&std::fs::read(e.path()).ok()?).ok()?;
+            v["owner"]["pid"].as_u64().map(|p| p as u32)
+        })
+}
+
+#[test]
+fn a_killed_child_job_fails_its_stage_and_the_rerun_completes() {
+    let epochs = 60;
+    let reference = project();
+    std::fs::write(reference.path().join("tiny.yaml"), tiny_lm(epochs, "")).unwrap();
+    ok(reference.path(), &["run", "-q", "tiny.yaml"]);
+
+    let t = project();
+    let p = t.path();
+    std::fs::write(p.join("tiny.yaml"), tiny_lm(epochs, "")).unwrap();
+    let driver = Command::new(BIN)
+        .args(["run", "tiny.yaml", "--executor", "process"])
+        .current_dir(p)
+        .output_async();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let child = loop {
+        if p.join("outputs/.seqpipe/checkpoints").exists() {
+            if let Some(pid) = claim_owner(p) {
+                break pid;
+            }
+        }
+        assert!(std::time::Instant::now() < deadline, "training never started");
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    };
+    assert_ne!(child, driver.id(), "the stage runs in a child, which holds the claim");
+    unsafe { libc::kill(child as i32, libc::SIGKILL) };
+    let o = driver.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("error in stage `train`") && err.contains("SIGKILL"), "{err}");
+    assert!(err.contains("last lines of"), "the log's tail is shown: {err}");
+    let out = ok(p, &["run", "tiny.yaml", "--executor", "process"]);
+    assert!(out.contains("1 ran"), "{out}");
+    for f in ["metrics.csv", "model.safetensors", "log.txt"] {
+        assert!(
+            std::fs::read(reference.path().join("outputs/tiny/train").join(f)).unwrap()
+                == std::fs::read(p.join("outputs/tiny/train").join(f)).unwrap(),
+            "{f} differs after the rerun"
+        );
+    }
+}
+
+#[test]
+fn ctrl_c_stops_child_jobs_and_leaves_no_partial_entry() {
+    let t = project();
+    let p = t.path();
+    std::fs::write(p.join("tiny.yaml"), tiny_lm(100000, "")).unwrap();
+    let driver = Command::new(BIN)
+        .args(["run", "tiny.yaml", "--executor", "process"])
+        .current_dir(p)
+        .output_async();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let child = loop {
+        if p.join("outputs/.seqpipe/checkpoints").exists() {
+            if let Some(pid) = claim_owner(p) {
+                break pid;
+            }
+        }
+        assert!(std::time::Instant::now() < deadline, "training never started");
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    };
+    unsafe { libc::kill(driver.id() as i32, libc::SIGINT) };
+    let o = driver.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(130), "{}", String::from_utf8_lossy(&o.stderr));
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    assert!(
+        !Path::new(&format!("/proc/{child}")).exists()
+            || std::fs::read_to_string(format!("/proc/{child}/stat")).is_ok_and(|s| s.contains(") Z ")),
+        "the child job is stopped"
+    );
+    let st = ok(p, &["status", "tiny.yaml"]);
+    assert!(st.contains("stale  train"), "{st}");
+    assert!(ok(p, &["verify"]).contains("0 damaged"));
+}
