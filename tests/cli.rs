@@ -461,6 +461,27 @@ fn a_failure_skips_downstream_and_keep_going_runs_the_rest() {
     assert!(ran(p, "kg").contains(&"toy".to_string()));
 }
 
+/// A child killed when the test ends, even by a failed assertion (no stray trainings).
+struct Guard(Option<std::process::Child>);
+
+impl Guard {
+    fn get(&mut self) -> &mut std::process::Child {
+        self.0.as_mut().unwrap()
+    }
+    fn take(mut self) -> std::process::Child {
+        self.0.take().unwrap()
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
 trait Spawn {
     fn output_async(&mut self) -> std::process::Child;
 }
@@ -1178,11 +1199,13 @@ fn two_pipelines_run_at_once_without_waiting_for_each_other() {
     let t = project();
     let p = t.path();
     std::fs::write(p.join("tiny.yaml"), tiny_lm(100000, "")).unwrap();
-    let mut long = Command::new(BIN)
-        .args(["run", "-q", "tiny.yaml"])
-        .current_dir(p)
-        .spawn()
-        .unwrap();
+    let mut long = Guard(Some(
+        Command::new(BIN)
+            .args(["run", "-q", "tiny.yaml"])
+            .current_dir(p)
+            .spawn()
+            .unwrap(),
+    ));
     // Wait until the long run is training (its claim on the train key is there).
     let claims = p.join("outputs/.seqpipe/claims");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
@@ -1195,12 +1218,11 @@ fn two_pipelines_run_at_once_without_waiting_for_each_other() {
     let out = ok(p, &["run", "pipelines/ex8_3_3.yaml"]);
     assert!(out.contains("4 ran, 1 cached"), "the corpus is shared: {out}");
     assert!(
-        long.try_wait().unwrap().is_none(),
+        long.get().try_wait().unwrap().is_none(),
         "the short run finished while the long one still runs"
     );
     assert!(t0.elapsed() < std::time::Duration::from_secs(30));
-    long.kill().unwrap();
-    long.wait().unwrap();
+    drop(long);
     // The killed run's claim is taken over by the next run that needs the key.
     let o = seqpipe(p, &["run", "tiny.yaml", "--set", "train.epochs=1", "--dry-run"]);
     assert!(o.status.success());
@@ -1322,10 +1344,12 @@ fn a_killed_child_job_fails_its_stage_and_the_rerun_completes() {
     let t = project();
     let p = t.path();
     std::fs::write(p.join("tiny.yaml"), tiny_lm(epochs, "")).unwrap();
-    let driver = Command::new(BIN)
-        .args(["run", "tiny.yaml", "--executor", "process"])
-        .current_dir(p)
-        .output_async();
+    let mut driver = Guard(Some(
+        Command::new(BIN)
+            .args(["run", "tiny.yaml", "--executor", "process"])
+            .current_dir(p)
+            .output_async(),
+    ));
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     let child = loop {
         if p.join("outputs/.seqpipe/checkpoints").exists() {
@@ -1336,9 +1360,9 @@ fn a_killed_child_job_fails_its_stage_and_the_rerun_completes() {
         assert!(std::time::Instant::now() < deadline, "training never started");
         std::thread::sleep(std::time::Duration::from_millis(2));
     };
-    assert_ne!(child, driver.id(), "the stage runs in a child, which holds the claim");
+    assert_ne!(child, driver.get().id(), "the stage runs in a child, which holds the claim");
     unsafe { libc::kill(child as i32, libc::SIGKILL) };
-    let o = driver.wait_with_output().unwrap();
+    let o = driver.take().wait_with_output().unwrap();
     assert_eq!(o.status.code(), Some(1));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("error in stage `train`") && err.contains("SIGKILL"), "{err}");
@@ -1359,10 +1383,12 @@ fn ctrl_c_stops_child_jobs_and_leaves_no_partial_entry() {
     let t = project();
     let p = t.path();
     std::fs::write(p.join("tiny.yaml"), tiny_lm(100000, "")).unwrap();
-    let driver = Command::new(BIN)
-        .args(["run", "tiny.yaml", "--executor", "process"])
-        .current_dir(p)
-        .output_async();
+    let mut driver = Guard(Some(
+        Command::new(BIN)
+            .args(["run", "tiny.yaml", "--executor", "process"])
+            .current_dir(p)
+            .output_async(),
+    ));
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     let child = loop {
         if p.join("outputs/.seqpipe/checkpoints").exists() {
@@ -1373,8 +1399,8 @@ fn ctrl_c_stops_child_jobs_and_leaves_no_partial_entry() {
         assert!(std::time::Instant::now() < deadline, "training never started");
         std::thread::sleep(std::time::Duration::from_millis(2));
     };
-    unsafe { libc::kill(driver.id() as i32, libc::SIGINT) };
-    let o = driver.wait_with_output().unwrap();
+    unsafe { libc::kill(driver.get().id() as i32, libc::SIGINT) };
+    let o = driver.take().wait_with_output().unwrap();
     assert_eq!(o.status.code(), Some(130), "{}", String::from_utf8_lossy(&o.stderr));
     std::thread::sleep(std::time::Duration::from_millis(100));
     assert!(
