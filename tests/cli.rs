@@ -1412,3 +1412,46 @@ fn ctrl_c_stops_child_jobs_and_leaves_no_partial_entry() {
     assert!(st.contains("stale  train"), "{st}");
     assert!(ok(p, &["verify"]).contains("0 damaged"));
 }
+
+#[test]
+fn kills_at_random_moments_leave_nothing_behind() {
+    let t = project();
+    let p = t.path();
+    // Kill -9 at spread-out moments of cold runs (the store is removed between tries so that
+    // each one computes and publishes); then one run must complete, with a clean store.
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    for _ in 0..10 {
+        let _ = std::fs::remove_dir_all(p.join("outputs/.seqpipe/objects"));
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let delay = 20 + x % 350;
+        let mut child = Guard(Some(
+            Command::new(BIN)
+                .args(["run", "-q", "pipelines/ex8_2_2.yaml", "-j", "2"])
+                .current_dir(p)
+                .spawn()
+                .unwrap(),
+        ));
+        std::thread::sleep(std::time::Duration::from_millis(delay));
+        let _ = child.get().kill();
+        let _ = child.get().wait();
+    }
+    ok(p, &["run", "-q", "pipelines/ex8_2_2.yaml"]);
+    let leftovers: Vec<String> = std::fs::read_dir(p.join("outputs/ex8_2_2"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".tmp-") || n.starts_with(".old-"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    for d in ["tmp", "claims", "trash"] {
+        let n = std::fs::read_dir(p.join("outputs/.seqpipe").join(d))
+            .map(|r| r.count())
+            .unwrap_or(0);
+        assert_eq!(n, 0, "outputs/.seqpipe/{d} is not empty");
+    }
+    let v = ok(p, &["verify"]);
+    assert!(v.contains("0 damaged"), "{v}");
+    let out = ok(p, &["run", "pipelines/ex8_2_2.yaml"]);
+    assert!(out.contains("0 ran"), "{out}");
+}
