@@ -5,7 +5,7 @@ use crate::cache::Store;
 use crate::cli::{Cli, Command, PipelineArgs};
 use crate::diagnostic::PipelineError;
 use crate::executor::{self, ExecOptions};
-use crate::launcher::{ExecutorKind, Launcher, LocalLauncher, ProcessLauncher};
+use crate::launcher::{ExecutorKind, ExecutorSetting, Launcher, LocalLauncher, ProcessLauncher};
 use crate::key::{self, FileDigests, KeyRecord};
 use crate::pipeline::{self, DeviceSetting, Pipeline};
 use crate::plan::{self, PlanView};
@@ -39,10 +39,16 @@ pub struct Project {
 }
 
 impl Project {
-    pub fn at(root: &Path) -> Self {
+    /// The project in `root`, with its store in `store` (default `outputs/.seqpipe`).
+    pub fn at(root: &Path, store: Option<&Path>) -> Self {
+        let outputs = root.join("outputs");
+        let store = match store {
+            Some(s) => Store::with_meta(&outputs, &root.join(s)),
+            None => Store::new(&outputs),
+        };
         Project {
             root: root.to_path_buf(),
-            store: Arc::new(Store::new(&root.join("outputs"))),
+            store: Arc::new(store),
         }
     }
 }
@@ -81,7 +87,7 @@ fn load(project: &Project, args: &PipelineArgs) -> Result<Loaded> {
 }
 
 pub fn run(cli: Cli, root: &Path) -> Result<()> {
-    let project = Project::at(root);
+    let project = Project::at(root, cli.store.as_deref());
     let out = Output::detect(cli.quiet);
     match cli.command {
         Command::Run {
@@ -98,10 +104,24 @@ pub fn run(cli: Cli, root: &Path) -> Result<()> {
             let targets = p.resolve_names(&targets)?;
             let force = p.resolve_names(&force)?;
             let store = &project.store;
-            let executor = match executor.as_deref() {
-                Some(e) => ExecutorKind::parse(e).expect("clap checked the value"),
-                None => p.executor.unwrap_or(ExecutorKind::Local),
+            let setting = match executor.as_deref() {
+                Some(e) => {
+                    let kind = ExecutorKind::parse(e).expect("clap checked the value");
+                    match &p.executor {
+                        Some(s) if s.kind == kind => s.clone(),
+                        _ => ExecutorSetting::of(kind),
+                    }
+                }
+                None => p
+                    .executor
+                    .clone()
+                    .unwrap_or(ExecutorSetting::of(ExecutorKind::Local)),
             };
+            let executor = setting.kind;
+            let jobs = jobs.unwrap_or(executor.default_jobs());
+            if jobs == 0 {
+                bail!("`-j 0` would run nothing: give at least 1 (stages to run at once)");
+            }
             if dry_run {
                 let plan = plan::make_plan(
                     p,
@@ -142,6 +162,15 @@ pub fn run(cli: Cli, root: &Path) -> Result<()> {
                 ExecutorKind::Process => Box::new(ProcessLauncher::new(
                     store.runs_dir(&p.name).join(&run_id),
                     cli.threads,
+                )?),
+                ExecutorKind::Slurm => Box::new(crate::slurm::SlurmLauncher::new(
+                    store.runs_dir(&p.name).join(&run_id),
+                    project.root.clone(),
+                    cli.threads,
+                    run_id.clone(),
+                    &setting,
+                    store.clone(),
+                    out.clone(),
                 )?),
             };
             let opts = ExecOptions {
@@ -197,7 +226,10 @@ pub fn run(cli: Cli, root: &Path) -> Result<()> {
             print!("{}", crate::dag::render(&p, format));
             Ok(())
         }
-        Command::Gc { dry_run } => gc(&project, dry_run),
+        Command::Gc {
+            dry_run,
+            older_than,
+        } => gc(&project, dry_run, older_than),
         Command::Compare {
             pipeline: args,
             stage,
@@ -315,7 +347,10 @@ pub fn shipped_pipelines(root: &Path) -> Result<Vec<PathBuf>> {
     Ok(files)
 }
 
-fn gc(project: &Project, dry_run: bool) -> Result<()> {
+fn gc(project: &Project, dry_run: bool, older_than: f64) -> Result<()> {
+    if !(older_than >= 0.0 && older_than.is_finite()) {
+        bail!("`--older-than {older_than}` must be a number of days, 0 or more");
+    }
     let mut keep = HashSet::new();
     let mut digests = FileDigests::default();
     for f in shipped_pipelines(&project.root)? {
@@ -327,7 +362,8 @@ fn gc(project: &Project, dry_run: bool) -> Result<()> {
             keep.insert(r.key());
         }
     }
-    let (removed, bytes) = project.store.gc(&keep, dry_run)?;
+    let recent = std::time::Duration::from_secs_f64(older_than * 86400.0);
+    let (removed, bytes) = project.store.gc(&keep, dry_run, recent)?;
     let verb = if dry_run { "would remove" } else { "removed" };
     println!(
         "gc: {verb} {} entries, {} bytes ({:.1} MiB); kept {} reachable",
@@ -343,7 +379,7 @@ fn gc(project: &Project, dry_run: bool) -> Result<()> {
 /// are whole and staging folders are removed by a later run, so nothing partial remains.
 fn install_interrupt_handler() {
     let _ = ctrlc::set_handler(|| {
-        let n = crate::launcher::kill_children();
+        let n = crate::launcher::kill_children() + crate::slurm::cancel_submitted();
         crate::claim::release_all_on_exit();
         if n > 0 {
             eprintln!("\ninterrupted: stopped {n} running job(s)");

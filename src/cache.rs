@@ -68,6 +68,9 @@ pub struct Store {
     /// Keys verified by this process (an entry is immutable once committed).
     verified: Mutex<HashSet<Key>>,
     claims: Claims,
+    /// A store outside this project (`--store`): it records when each entry was last used,
+    /// for `gc --older-than`.
+    shared: bool,
 }
 
 impl Store {
@@ -83,7 +86,29 @@ impl Store {
             outputs: outputs.to_path_buf(),
             verified: Mutex::new(HashSet::new()),
             claims: Claims::new(meta.join("claims")),
+            shared: meta != outputs.join(".seqpipe"),
         }
+    }
+
+    pub fn is_shared(&self) -> bool {
+        self.shared
+    }
+
+    /// Record that an entry was used now (shared stores only): `used/<key>`'s mtime.
+    fn mark_used(&self, key: &Key) {
+        if self.shared {
+            let d = self.meta.join("used");
+            let _ = fs::create_dir_all(&d);
+            let _ = File::create(d.join(&key.0));
+        }
+    }
+
+    /// When an entry was last used, as far as the store knows.
+    fn last_used(&self, key: &Key, dir: &Path) -> Option<std::time::SystemTime> {
+        fs::metadata(self.meta.join("used").join(&key.0))
+            .or_else(|_| fs::metadata(dir))
+            .and_then(|m| m.modified())
+            .ok()
     }
 
     pub fn meta(&self) -> &Path {
@@ -110,6 +135,7 @@ impl Store {
         match verify_entry(&dir, key) {
             Ok(_) => {
                 self.verified.lock().unwrap().insert(key.clone());
+                self.mark_used(key);
                 Lookup::Hit(dir)
             }
             Err(why) => Lookup::Corrupt(format!("entry {}: {why}", key.short())),
@@ -232,6 +258,7 @@ impl Store {
                 .with_context(|| format!("committing {}", target.display()))?;
         }
         sync_dir(parent);
+        self.mark_used(&key);
         self.verified.lock().unwrap().insert(key);
         Ok(target)
     }
@@ -294,13 +321,29 @@ impl Store {
 
     /// Remove entries whose key is neither in `keep` nor used by a live run, with their
     /// checkpoints, and the quarantine. Returns (entries removed, bytes freed).
-    pub fn gc(&self, keep: &HashSet<Key>, dry_run: bool) -> Result<(Vec<Key>, u64)> {
+    ///
+    /// On a shared store, entries used within `recent` are kept too: other projects' entries
+    /// are not this project's to judge, so only what nobody has used for that long goes.
+    pub fn gc(
+        &self,
+        keep: &HashSet<Key>,
+        dry_run: bool,
+        recent: std::time::Duration,
+    ) -> Result<(Vec<Key>, u64)> {
         let mut removed = Vec::new();
         let mut bytes = 0;
+        let now = std::time::SystemTime::now();
         let candidates: Vec<_> = self
             .entries()?
             .into_iter()
             .filter(|(k, _, _)| !keep.contains(k))
+            .filter(|(k, d, _)| {
+                !self.shared
+                    || self
+                        .last_used(k, d)
+                        .and_then(|t| now.duration_since(t).ok())
+                        .is_some_and(|age| age > recent)
+            })
             .collect();
         // Read what live runs use after listing, so that a run that started meanwhile is seen.
         let in_use = self.keys_in_use();
@@ -311,6 +354,7 @@ impl Store {
             if !dry_run {
                 fs::remove_dir_all(&path)
                     .with_context(|| format!("removing {}", path.display()))?;
+                let _ = fs::remove_file(self.meta.join("used").join(&key.0));
             }
             removed.push(key);
             bytes += size;
@@ -627,7 +671,7 @@ mod tests {
         s.commit(&st, &r, "x", 0.1, false).unwrap();
         assert!(matches!(Store::new(t.path()).lookup(&k), Lookup::Hit(_)));
         assert_eq!(fs::read_dir(s.meta().join("quarantine")).unwrap().count(), 1);
-        let (removed, bytes) = s.gc(&HashSet::new(), true).unwrap();
+        let (removed, bytes) = s.gc(&HashSet::new(), true, std::time::Duration::ZERO).unwrap();
         assert_eq!(removed, vec![k.clone()]);
         assert!(bytes > 5);
         assert!(
@@ -684,10 +728,10 @@ mod tests {
         fs::write(st.join("a.txt"), "x").unwrap();
         s.commit(&st, &r, "x", 0.1, false).unwrap();
         let live = s.register_run("p", std::slice::from_ref(&k)).unwrap();
-        let (removed, _) = s.gc(&HashSet::new(), false).unwrap();
+        let (removed, _) = s.gc(&HashSet::new(), false, std::time::Duration::ZERO).unwrap();
         assert!(removed.is_empty(), "a live run's key is kept");
         drop(live);
-        let (removed, _) = s.gc(&HashSet::new(), false).unwrap();
+        let (removed, _) = s.gc(&HashSet::new(), false, std::time::Duration::ZERO).unwrap();
         assert_eq!(removed, vec![k]);
     }
 }

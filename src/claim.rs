@@ -135,6 +135,10 @@ pub struct ClaimInfo {
     pub stage: String,
     pub pipeline: String,
     pub started_unix_ms: u128,
+    /// The cluster job computing it (`SLURM_JOB_ID`), so that a driver that sees the job
+    /// end can release a claim the dead job could not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<String>,
 }
 
 impl ClaimInfo {
@@ -145,6 +149,7 @@ impl ClaimInfo {
             stage: stage.to_string(),
             pipeline: pipeline.to_string(),
             started_unix_ms: now_ms(),
+            job: std::env::var("SLURM_JOB_ID").ok(),
         }
     }
 
@@ -290,6 +295,19 @@ impl Claims {
                 (!is_stale(&p, c.as_ref())).then_some(c).flatten()
             })
             .collect()
+    }
+
+    /// Remove the claims held by cluster job `job`, which has ended. Returns how many.
+    pub fn release_for_job(&self, job: &str) -> usize {
+        let Ok(rd) = fs::read_dir(&self.dir) else {
+            return 0;
+        };
+        rd.filter_map(|e| e.ok())
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "claim"))
+            .filter(|p| read_claim(p).is_some_and(|c| c.job.as_deref() == Some(job)))
+            .filter(|p| fs::remove_file(p).is_ok())
+            .count()
     }
 
     /// Remove claims whose owners are gone. Returns how many.

@@ -20,6 +20,10 @@ pub struct Cli {
     /// (measured with `seqpipe bench`).
     #[arg(long, global = true, default_value_t = 1, env = "SEQPIPE_THREADS")]
     pub threads: usize,
+    /// The store folder (default `outputs/.seqpipe`). Several projects and users may share
+    /// one, on a shared filesystem; views and run records stay in each project's `outputs/`.
+    #[arg(long, global = true, env = "SEQPIPE_STORE", value_name = "DIR")]
+    pub store: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -49,15 +53,16 @@ pub enum Command {
         /// Print the plan (order, hit or miss per stage) and run nothing.
         #[arg(long)]
         dry_run: bool,
-        /// Run up to N independent stages at once.
-        #[arg(short = 'j', long, default_value_t = 1)]
-        jobs: usize,
+        /// Run up to N independent stages at once (default 1; 32 jobs in flight with slurm).
+        #[arg(short = 'j', long)]
+        jobs: Option<usize>,
         /// After a failure, still run the stages that do not depend on it.
         #[arg(long)]
         keep_going: bool,
-        /// Where stages run: `local` (threads of this process, the default) or `process` (each
-        /// stage a child `seqpipe exec-job`). Overrides the pipeline's `executor:`.
-        #[arg(long, value_parser = ["local", "process"])]
+        /// Where stages run: `local` (threads of this process, the default), `process` (each
+        /// stage a child `seqpipe exec-job`) or `slurm` (each model stage a Slurm batch job).
+        /// Overrides the pipeline's `executor:`.
+        #[arg(long, value_parser = ["local", "process", "slurm"])]
         executor: Option<String>,
     },
     /// Show which stages are fresh or stale, and why.
@@ -80,11 +85,15 @@ pub enum Command {
         #[arg(long)]
         stage: Option<String>,
     },
-    /// Drop cache entries that no pipeline in pipelines/ reaches.
+    /// Drop cache entries that no pipeline in pipelines/ reaches (on a shared store: that
+    /// nothing has used for --older-than days either).
     Gc {
         /// Show what would be removed, remove nothing.
         #[arg(long)]
         dry_run: bool,
+        /// On a shared store (`--store`), keep every entry used in the last DAYS days.
+        #[arg(long, value_name = "DAYS", default_value_t = 30.0)]
+        older_than: f64,
     },
     /// Re-hash every cache entry and every view: exit 1 and list what is damaged, 0 if clean.
     Verify {

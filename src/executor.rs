@@ -48,9 +48,12 @@ pub struct StageRun {
     /// Notes on this run of the stage (resumed from a checkpoint, waited for another run…).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,
-    /// The job's own log (`--executor process`).
+    /// The job's own log (`--executor process` and `slurm`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub log: Option<String>,
+    /// The cluster's job id (`--executor slurm`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub job: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -143,6 +146,9 @@ fn job_spec(
         store: store.meta().to_path_buf(),
         root: opts.root.clone(),
         force: step.action == Action::Run(Reason::Forced),
+        resources: crate::resources::Resources::defaults(st.kind.uses_device, opts.threads)
+            .overridden_by(&st.resources),
+        heavy: st.kind.uses_device,
     }
 }
 
@@ -163,6 +169,7 @@ pub fn execute(
     let mut errors: Vec<Option<String>> = vec![None; n];
     let mut notes: Vec<Vec<String>> = vec![Vec::new(); n];
     let mut logs: Vec<Option<String>> = vec![None; n];
+    let mut jobs: Vec<Option<String>> = vec![None; n];
     let pos: BTreeMap<usize, usize> = plan
         .steps
         .iter()
@@ -259,6 +266,7 @@ pub fn execute(
             in_flight -= 1;
             let st = &p.stages[plan.steps[i].stage];
             logs[i] = f.log.map(|l| l.display().to_string());
+            jobs[i] = f.job;
             // Success is a job that says so and an intact entry in the store.
             let committed = f.result.and_then(|r| {
                 seconds[i] = r.seconds;
@@ -335,6 +343,7 @@ pub fn execute(
                 error: errors[i].clone(),
                 notes: notes[i].clone(),
                 log: logs[i].clone(),
+                job: jobs[i].clone(),
             }
         })
         .collect();

@@ -40,6 +40,12 @@ pub struct JobSpec {
     pub root: PathBuf,
     /// Recompute even if the store has the key, and replace the entry.
     pub force: bool,
+    /// What a cluster job asks for (not part of the key; unused by local launchers).
+    #[serde(default)]
+    pub resources: crate::resources::Resources,
+    /// Whether the stage computes on a device (models, training); the others take ms.
+    #[serde(default)]
+    pub heavy: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -51,6 +51,9 @@ pub struct StageDef {
     pub params: Arc<dyn DynStage>,
     /// (role, index of the upstream stage in `Pipeline::stages`).
     pub inputs: Vec<(String, usize)>,
+    /// The pipeline's `resources:` overridden by the stage's (the kind's defaults are added
+    /// when a job is submitted). Not part of the key.
+    pub resources: crate::resources::Resources,
 }
 
 impl std::fmt::Debug for StageDef {
@@ -73,7 +76,7 @@ pub struct Pipeline {
     pub seed: u64,
     pub device: DeviceSetting,
     /// `executor:` of the file (the CLI's `--executor` wins over it).
-    pub executor: Option<crate::launcher::ExecutorKind>,
+    pub executor: Option<crate::launcher::ExecutorSetting>,
     pub stages: Vec<StageDef>,
     /// Stage indices in a topological order (inputs first; file order among equals).
     pub order: Vec<usize>,
@@ -230,22 +233,18 @@ pub fn analyze(raw: RawPipeline) -> Result<Pipeline, PipelineError> {
         }),
     };
     let executor = raw.executor.as_ref().and_then(|e| {
-        use crate::launcher::ExecutorKind;
-        let Some(kind) = ExecutorKind::parse(&e.kind) else {
-            diags.push(
-                at("executor", format!("unknown executor `{}`", e.kind))
-                    .with_help(suggest(&e.kind, ExecutorKind::NAMES, "executors")),
-            );
-            return None;
-        };
-        if let Some(o) = e.options.keys().next() {
-            diags.push(
-                at("executor", format!("unknown option `{o}` for executor `{}`", e.kind))
-                    .with_help(format!("the `{}` executor takes no options", e.kind)),
-            );
+        match crate::launcher::ExecutorSetting::parse(&e.kind, &e.options) {
+            Ok(s) => Some(s),
+            Err((key, msg, help)) => {
+                diags.push(at(&key, msg).with_help(help));
+                None
+            }
         }
-        Some(kind)
     });
+    let pipeline_resources = match &raw.resources {
+        None => crate::resources::Resources::default(),
+        Some(v) => parse_resources(v, "resources", &at, &mut diags),
+    };
     let kinds: Vec<&str> = registry().iter().map(|k| k.name).collect();
     let names: Vec<&str> = raw.stages.iter().map(|s| s.name.as_str()).collect();
     let mut stages = Vec::new();
@@ -335,8 +334,18 @@ pub fn analyze(raw: RawPipeline) -> Result<Pipeline, PipelineError> {
                 None
             }
         };
+        let resources = match &st.resources {
+            None => pipeline_resources.clone(),
+            Some(v) => pipeline_resources.overridden_by(&parse_resources(
+                v,
+                &format!("{base}.resources"),
+                &at,
+                &mut diags,
+            )),
+        };
         if let Some(params) = params {
             stages.push(StageDef {
+                resources,
                 name: st.name.clone(),
                 origin: st.origin.clone(),
                 kind,
@@ -382,6 +391,59 @@ pub fn analyze(raw: RawPipeline) -> Result<Pipeline, PipelineError> {
         order,
         locator: raw.locator,
     })
+}
+
+/// Check a `resources:` mapping (unknown fields with a did-you-mean, types, values).
+fn parse_resources(
+    v: &serde_json::Value,
+    base: &str,
+    at: &dyn Fn(&str, String) -> Diagnostic,
+    diags: &mut Vec<Diagnostic>,
+) -> crate::resources::Resources {
+    use crate::resources::{Resources, FIELDS};
+    let Some(map) = v.as_object() else {
+        diags.push(
+            at(base, "`resources` must be a mapping".into())
+                .with_help("e.g. `resources: { cpus: 2, mem: 4G, time: \"2:00:00\" }`"),
+        );
+        return Resources::default();
+    };
+    let mut bad = false;
+    for k in map.keys() {
+        if !FIELDS.contains(&k.as_str()) {
+            diags.push(
+                at(&format!("{base}.{k}"), format!("unknown resource `{k}`"))
+                    .with_help(suggest(k, FIELDS, "resources")),
+            );
+            bad = true;
+        }
+    }
+    if bad {
+        return Resources::default();
+    }
+    match serde_path_to_error::deserialize::<_, Resources>(v.clone()) {
+        Ok(r) => {
+            for (field, msg, help) in r.check() {
+                diags.push(at(&format!("{base}.{field}"), msg).with_help(help));
+            }
+            r
+        }
+        Err(e) => {
+            let key = e.path().to_string();
+            let inner = e.into_inner().to_string();
+            let expected = inner.split(", expected ").nth(1).unwrap_or("another type");
+            let hint = match expected {
+                "u32" => "a positive integer, e.g. `2`".to_string(),
+                "a string" => "a string, e.g. `4G` or `\"2:00:00\"`".to_string(),
+                e => e.to_string(),
+            };
+            diags.push(
+                at(&format!("{base}.{key}"), format!("wrong type for resource `{key}`"))
+                    .with_help(format!("expected {hint}")),
+            );
+            Resources::default()
+        }
+    }
 }
 
 /// Load, override and check a pipeline file.

@@ -18,6 +18,8 @@ struct FileMirror {
     device: Option<String>,
     #[serde(default)]
     executor: Option<serde_yaml::Value>,
+    #[serde(default)]
+    resources: Option<serde_yaml::Value>,
     stages: serde_yaml::Mapping,
 }
 
@@ -34,10 +36,20 @@ struct StageMirror {
     params: Option<serde_yaml::Mapping>,
     #[serde(default)]
     matrix: Option<serde_yaml::Mapping>,
+    #[serde(default)]
+    resources: Option<serde_yaml::Value>,
 }
 
-const TOP_FIELDS: &[&str] = &["name", "description", "seed", "device", "executor", "stages"];
-const STAGE_FIELDS: &[&str] = &["kind", "description", "inputs", "params", "matrix"];
+const TOP_FIELDS: &[&str] = &[
+    "name",
+    "description",
+    "seed",
+    "device",
+    "executor",
+    "resources",
+    "stages",
+];
+const STAGE_FIELDS: &[&str] = &["kind", "description", "inputs", "params", "matrix", "resources"];
 
 /// A parsed pipeline file: plain values, not yet checked against the stage kinds.
 #[derive(Debug, Clone)]
@@ -49,6 +61,8 @@ pub struct RawPipeline {
     pub device: Option<String>,
     /// `executor: kind` or `executor: { kind: ..., <options> }`, as written.
     pub executor: Option<RawExecutor>,
+    /// Pipeline-wide `resources:` (a mapping, checked by the analyzer).
+    pub resources: Option<serde_json::Value>,
     pub stages: Vec<RawStage>,
     pub locator: Locator,
 }
@@ -72,6 +86,8 @@ pub struct RawStage {
     pub params: serde_json::Map<String, serde_json::Value>,
     /// Sweep axes: param name → values.
     pub matrix: Vec<(String, Vec<serde_json::Value>)>,
+    /// The stage's `resources:` (a mapping, checked by the analyzer).
+    pub resources: Option<serde_json::Value>,
 }
 
 fn yaml_error(
@@ -304,7 +320,20 @@ pub(super) fn parse(path: &Path, text: &str) -> Result<RawPipeline, PipelineErro
                 }
             }
         }
+        let resources = match sm.resources.map(|v| serde_json::to_value(&v)) {
+            None => None,
+            Some(Ok(v)) => Some(v),
+            Some(Err(e)) => {
+                diags.push(place(Diagnostic::new(
+                    path,
+                    format!("{at}.resources"),
+                    format!("unsupported value: {e}"),
+                )));
+                None
+            }
+        };
         stages.push(RawStage {
+            resources,
             origin: name.clone(),
             name,
             kind: sm.kind,
@@ -323,7 +352,19 @@ pub(super) fn parse(path: &Path, text: &str) -> Result<RawPipeline, PipelineErro
     if !diags.is_empty() {
         return Err(PipelineError { diagnostics: diags });
     }
+    let resources = match top.resources.map(|v| serde_json::to_value(&v)) {
+        None => None,
+        Some(Ok(v)) => Some(v),
+        Some(Err(e)) => {
+            return Err(fail(Diagnostic::new(
+                path,
+                "resources",
+                format!("unsupported value: {e}"),
+            )))
+        }
+    };
     Ok(RawPipeline {
+        resources,
         file: path.to_path_buf(),
         name: top.name,
         description: top.description,

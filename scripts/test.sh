@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# The test command (README, .ci/run): `cargo test --locked` with a real one-node Slurm cluster
+# for the cluster tests. Installs the Debian packages when they are missing and this is root
+# with apt-get; brings the cluster up (scripts/slurm-up.sh), exports SLURM_CONF, and tears it
+# down on exit. Without Slurm the cluster tests skip and say why (with CI=true they fail).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+have_slurm() {
+  local b
+  for b in munged slurmctld slurmd sbatch squeue scancel; do
+    command -v "$b" >/dev/null || return 1
+  done
+}
+
+if ! have_slurm && [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
+  echo "installing slurmctld slurmd slurm-client munge (for the cluster tests)"
+  made_policy=0
+  # Keep the packages' init scripts from starting system daemons: ours run from a temp dir.
+  if [[ ! -e /usr/sbin/policy-rc.d ]]; then
+    printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
+    made_policy=1
+  fi
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+    slurmctld slurmd slurm-client munge >/dev/null
+  ((made_policy)) && rm -f /usr/sbin/policy-rc.d
+fi
+
+if have_slurm && [[ $(id -u) == 0 ]]; then
+  # 8 CPUs advertised on a small machine, so that a sweep's jobs run side by side.
+  export SLURM_CI_CPUS=${SLURM_CI_CPUS:-8}
+  env_line=$(scripts/slurm-up.sh)
+  eval "$env_line"
+  trap 'scripts/slurm-down.sh' EXIT
+  echo "Slurm cluster up: SLURM_CONF=$SLURM_CONF"
+else
+  echo "no Slurm here: the cluster tests will skip (CI=true makes them fail)"
+fi
+
+cargo test --locked
