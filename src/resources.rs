@@ -17,7 +17,11 @@ pub struct Resources {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mem: Option<String>,
     /// Time limit (`--time`), e.g. `30` (minutes), `4:00:00`, `1-00:00:00`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "string_or_number"
+    )]
     pub time: Option<String>,
     /// GPUs (`--gpus`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -43,6 +47,26 @@ pub const FIELDS: &[&str] = &[
     "qos",
     "extra",
 ];
+
+/// `time: 30` and `time: "30"` are the same limit.
+fn string_or_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum SN {
+        S(String),
+        N(u64),
+    }
+    Ok(match Option::<SN>::deserialize(d) {
+        Ok(Some(SN::S(s))) => Some(s),
+        Ok(Some(SN::N(n))) => Some(n.to_string()),
+        Ok(None) => None,
+        Err(_) => {
+            return Err(serde::de::Error::custom(
+                "invalid type, expected a string such as \"4:00:00\", or minutes",
+            ))
+        }
+    })
+}
 
 impl Resources {
     /// Defaults by kind: stages that compute on a device (models, training) get a CPU per

@@ -296,6 +296,9 @@ fn bad_pipelines_and_corpora_get_clear_errors() {
         ("several_errors_at_once", stage("tokenize", "    inputs: { corpus: nothere }\n    params: { unit: char, colour: red }\n  t:\n    kind: ngram_stat\n"), b"abc\n"),
         ("unknown_top_level_field", "name: bad\nseeed: 3\nstages:\n  t:\n    kind: toy_sequence\n    params: { length: 3 }\n".into(), b"abc\n"),
         ("yaml_syntax", "name: bad\nstages:\n  t:\n    kind: toy_sequence\n    params: { length: 3\n".into(), b"abc\n"),
+        ("unknown_executor", "name: bad\nexecutor: slurn\nstages:\n  t:\n    kind: toy_sequence\n    params: { length: 3 }\n".into(), b"abc\n"),
+        ("unknown_executor_option", "name: bad\nexecutor: { kind: slurm, pol: 5 }\nstages:\n  t:\n    kind: toy_sequence\n    params: { length: 3 }\n".into(), b"abc\n"),
+        ("bad_resources", "name: bad\nresources: { memory: 2G }\nstages:\n  t:\n    kind: toy_sequence\n    params: { length: 3 }\n    resources: { cpus: 0, time: 4h, mem: lots, extra: [constraint] }\n  u:\n    kind: toy_sequence\n    params: { length: 3 }\n    resources: { cpus: two }\n".into(), b"abc\n"),
     ];
     for (case, yaml, corpus) in cases {
         let t = tempfile::tempdir().unwrap();
