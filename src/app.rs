@@ -216,6 +216,10 @@ pub fn run(cli: Cli, root: &Path) -> Result<()> {
             }
             Ok(())
         }
+        Command::Schema => {
+            print!("{}", crate::schema::pipeline_schema_text());
+            Ok(())
+        }
     }
 }
 

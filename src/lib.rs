@@ -20,6 +20,7 @@ pub mod plan;
 pub mod plot;
 pub mod progress;
 pub mod results;
+pub mod schema;
 pub mod stages;
 pub mod status;
 pub mod sweep;
