@@ -37,7 +37,13 @@ pub fn pipeline_schema() -> Value {
     for d in defs.values_mut() {
         tidy(d);
     }
-    let mut refs: Vec<_> = refs.into_iter().map(|(k, mut r)| { tidy(&mut r); (k, r) }).collect();
+    let mut refs: Vec<_> = refs
+        .into_iter()
+        .map(|(k, mut r)| {
+            tidy(&mut r);
+            (k, r)
+        })
+        .collect();
 
     let mut kind_rules = Vec::new();
     for (k, r) in refs.drain(..) {
@@ -55,7 +61,10 @@ pub fn pipeline_schema() -> Value {
             .and_then(|v| v.as_array().cloned())
             .unwrap_or_default();
         obj.remove("title");
-        obj.insert("description".into(), json!(format!("Params of `{}`.", k.name)));
+        obj.insert(
+            "description".into(),
+            json!(format!("Params of `{}`.", k.name)),
+        );
         let props = obj
             .get("properties")
             .and_then(|p| p.as_object())

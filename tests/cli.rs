@@ -869,14 +869,24 @@ fn valid_fraction_holds_out_the_end_and_train_reports_valid_perplexity() {
     std::fs::write(p.join("tiny.yaml"), tiny_lm_valid("0.2", "valid")).unwrap();
     ok(p, &["run", "-q", "tiny.yaml"]);
     let b = summary(p, "batches");
-    assert_eq!((b["train_tokens"].as_u64(), b["valid_tokens"].as_u64()), (Some(2400), Some(600)));
+    assert_eq!(
+        (b["train_tokens"].as_u64(), b["valid_tokens"].as_u64()),
+        (Some(2400), Some(600))
+    );
     // Batches come from the training part only: (2400 - off - 1) / 8 / 10 full batches.
     assert!(b["batches_per_epoch"].as_u64().unwrap() <= 29);
     let metrics = std::fs::read_to_string(p.join("outputs/tiny/train/metrics.csv")).unwrap();
     let header: Vec<&str> = metrics.lines().next().unwrap().split(',').collect();
     assert_eq!(
         header,
-        ["epoch", "loss", "perplexity", "grad_norm", "grad_norm_max", "valid_perplexity"]
+        [
+            "epoch",
+            "loss",
+            "perplexity",
+            "grad_norm",
+            "grad_norm_max",
+            "valid_perplexity"
+        ]
     );
     let valid: Vec<f64> = metrics
         .lines()
@@ -932,12 +942,21 @@ fn valid_fraction_errors_name_the_param() {
     assert!(err.contains("num_steps + 1 = 11"), "{err}");
     // Too little left to train on.
     let err = fails(tiny_lm_valid("0.99", "valid"), 1);
-    assert!(err.contains("`valid_fraction` 0.99 leaves 30 of 3000 tokens"), "{err}");
+    assert!(
+        err.contains("`valid_fraction` 0.99 leaves 30 of 3000 tokens"),
+        "{err}"
+    );
     // `split: valid` on data that holds nothing out.
     let err = fails(tiny_lm_valid("0", "valid"), 1);
-    assert!(err.contains("`split: valid` needs a validation part"), "{err}");
+    assert!(
+        err.contains("`split: valid` needs a validation part"),
+        "{err}"
+    );
     let err = fails(tiny_lm_valid("0.2", "test"), 2);
-    assert!(err.contains("invalid value `test` for param `split`"), "{err}");
+    assert!(
+        err.contains("invalid value `test` for param `split`"),
+        "{err}"
+    );
 }
 
 fn schema_json() -> serde_json::Value {
@@ -947,7 +966,8 @@ fn schema_json() -> serde_json::Value {
 #[test]
 fn committed_schema_is_current() {
     let printed = ok(&repo(), &["schema"]);
-    let committed = std::fs::read_to_string(repo().join("pipelines/schema.json")).unwrap_or_default();
+    let committed =
+        std::fs::read_to_string(repo().join("pipelines/schema.json")).unwrap_or_default();
     assert!(
         printed == committed,
         "pipelines/schema.json differs from `seqpipe schema` (a stage kind or its params changed); regenerate it with:\n    cargo run -- schema > pipelines/schema.json"
@@ -991,8 +1011,13 @@ fn shipped_pipelines_follow_the_schema_and_typos_do_not() {
     let base = "name: t\nstages:\n  corpus:\n    kind: load_corpus\n    params: { path: data/c.txt }\n  chars:\n    kind: tokenize\n    inputs: { corpus: corpus }\n";
     let valid = |extra: &str| validator.is_valid(&yaml_to_json(&format!("{base}{extra}")));
     assert!(valid("    params: { unit: char, max_tokens: 10 }\n"));
-    assert!(valid("    params: { unit: char }\n    matrix: { max_tokens: [10, 20] }\n"));
-    assert!(valid("    matrix: { unit: [char, word] }\n"), "a required param may come from the matrix");
+    assert!(valid(
+        "    params: { unit: char }\n    matrix: { max_tokens: [10, 20] }\n"
+    ));
+    assert!(
+        valid("    matrix: { unit: [char, word] }\n"),
+        "a required param may come from the matrix"
+    );
     // A misspelled kind, an unknown param, a bad enum value, a wrong type, a missing param,
     // an unknown role, an unknown matrix axis, an unknown stage field: all rejected.
     for bad in [
@@ -1009,7 +1034,9 @@ fn shipped_pipelines_follow_the_schema_and_typos_do_not() {
     }
     let errors = schema_errors(
         &validator,
-        &yaml_to_json(&format!("{base}    params: {{ unit: char, max_tokns: 10 }}\n")),
+        &yaml_to_json(&format!(
+            "{base}    params: {{ unit: char, max_tokns: 10 }}\n"
+        )),
     );
     assert!(errors.iter().any(|e| e.contains("max_tokns")), "{errors:?}");
     // Pipeline level: the executor, as a word or an object; unknown fields rejected.

@@ -10,7 +10,9 @@ use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 
 /// Which part of a language model's corpus to score.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default, schemars::JsonSchema)]
+#[derive(
+    Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Split {
     /// The training part (all of the corpus when nothing is held out).

@@ -58,7 +58,9 @@ pub enum Roles {
 }
 
 /// A stage kind: its params struct is the kind.
-pub trait Stage: Serialize + DeserializeOwned + schemars::JsonSchema + Send + Sync + 'static {
+pub trait Stage:
+    Serialize + DeserializeOwned + schemars::JsonSchema + Send + Sync + 'static
+{
     const KIND: &'static str;
     /// Bump when the output for the same params changes: it is part of every key.
     const VERSION: u32;

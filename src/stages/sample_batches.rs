@@ -100,7 +100,8 @@ impl SamplerSpec {
     /// Rows per batch when scoring the validation part: the sampler's batch size, or fewer when
     /// the part is too short for that many rows of `num_steps + 1` tokens.
     pub fn valid_batch_size(&self) -> usize {
-        (self.valid_tokens.saturating_sub(1) / self.num_steps.max(1)).clamp(1, self.batch_size.max(1))
+        (self.valid_tokens.saturating_sub(1) / self.num_steps.max(1))
+            .clamp(1, self.batch_size.max(1))
     }
 
     pub fn check_len(&self, len: usize) -> Result<()> {
@@ -506,10 +507,9 @@ mod tests {
 
     #[test]
     fn no_validation_part_leaves_the_key_params_unchanged() {
-        let s: SampleBatches = serde_json::from_str(
-            r#"{"strategy": "sequential", "batch_size": 2, "num_steps": 3}"#,
-        )
-        .unwrap();
+        let s: SampleBatches =
+            serde_json::from_str(r#"{"strategy": "sequential", "batch_size": 2, "num_steps": 3}"#)
+                .unwrap();
         let v = serde_json::to_value(&s).unwrap();
         assert!(v.get("valid_fraction").is_none(), "{v}");
         let spec = serde_json::to_string(&SamplerSpec {
@@ -519,7 +519,10 @@ mod tests {
             valid_tokens: 0,
         })
         .unwrap();
-        assert_eq!(spec, r#"{"strategy":"sequential","batch_size":2,"num_steps":3}"#);
+        assert_eq!(
+            spec,
+            r#"{"strategy":"sequential","batch_size":2,"num_steps":3}"#
+        );
     }
 
     #[test]

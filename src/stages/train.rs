@@ -24,7 +24,9 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::path::Path;
 use std::time::Instant;
 
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default, schemars::JsonSchema)]
+#[derive(
+    Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum OptimizerParam {
     #[default]
