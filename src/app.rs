@@ -271,6 +271,10 @@ pub fn run(cli: Cli, root: &Path) -> Result<()> {
             }
             Ok(())
         }
+        Command::Schema => {
+            print!("{}", crate::schema::pipeline_schema_text());
+            Ok(())
+        }
     }
 }
 

@@ -52,6 +52,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         strategy: crate::stages::Strategy::Sequential,
         batch_size: 32,
         num_steps: 35,
+        valid_tokens: 0,
     };
     println!("bench: parity config (10,000 chars, batch 32 × 35 steps, sgd lr 1, clip 1), device {}, {} thread(s), {} epochs each", args.device, args.threads, args.epochs);
     println!(

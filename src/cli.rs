@@ -125,4 +125,6 @@ pub enum Command {
         #[arg(long, default_value = "data/timemachine.txt")]
         corpus: PathBuf,
     },
+    /// Print the JSON Schema (draft 2020-12) of pipeline files (committed as pipelines/schema.json).
+    Schema,
 }

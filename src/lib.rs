@@ -25,6 +25,7 @@ pub mod progress;
 pub mod resources;
 pub mod results;
 pub mod slurm;
+pub mod schema;
 pub mod stages;
 pub mod status;
 pub mod sweep;

@@ -241,6 +241,7 @@ fn plans_and_dags_of_shipped_pipelines() {
     let mut files: Vec<_> = std::fs::read_dir(t.path().join("pipelines"))
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .filter(|f| f.ends_with(".yaml"))
         .collect();
     files.sort();
     assert!(files.len() >= 3);
@@ -721,6 +722,7 @@ fn every_pipeline_runs_quick_with_plots_and_report() {
     let mut files: Vec<String> = std::fs::read_dir(p.join("pipelines"))
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .filter(|f| f.ends_with(".yaml"))
         .collect();
     files.sort();
     for f in files {
@@ -1724,4 +1726,215 @@ fn a_shared_store_serves_two_projects_and_gc_keeps_what_others_use() {
     assert!(g.contains("would remove 5 entries"), "{g}");
     let again = ok(a.path(), &["--store", store_s, "run", "pipelines/ex8_3_3.yaml"]);
     assert!(again.contains("0 ran"), "{again}");
+}
+
+/// `tiny_lm` with the last 20% of its 3,000 tokens held out, and evaluations of both parts.
+fn tiny_lm_valid(valid_fraction: &str, eval_split: &str) -> String {
+    tiny_lm(3, "")
+        .replace(
+            "batch_size: 8, num_steps: 10 }",
+            &format!("batch_size: 8, num_steps: 10, valid_fraction: {valid_fraction} }}"),
+        )
+        + &format!(
+            "  eval_train:\n    kind: evaluate\n    inputs: {{ model: train, data: batches }}\n  eval_valid:\n    kind: evaluate\n    inputs: {{ model: train, data: batches }}\n    params: {{ split: {eval_split} }}\n"
+        )
+}
+
+fn summary(dir: &Path, stage: &str) -> serde_json::Value {
+    serde_json::from_slice(
+        &std::fs::read(dir.join("outputs/tiny").join(stage).join("summary.json")).unwrap(),
+    )
+    .unwrap()
+}
+
+#[test]
+fn valid_fraction_holds_out_the_end_and_train_reports_valid_perplexity() {
+    let t = project();
+    let p = t.path();
+    std::fs::write(p.join("tiny.yaml"), tiny_lm_valid("0.2", "valid")).unwrap();
+    ok(p, &["run", "-q", "tiny.yaml"]);
+    let b = summary(p, "batches");
+    assert_eq!(
+        (b["train_tokens"].as_u64(), b["valid_tokens"].as_u64()),
+        (Some(2400), Some(600))
+    );
+    // Batches come from the training part only: (2400 - off - 1) / 8 / 10 full batches.
+    assert!(b["batches_per_epoch"].as_u64().unwrap() <= 29);
+    let metrics = std::fs::read_to_string(p.join("outputs/tiny/train/metrics.csv")).unwrap();
+    let header: Vec<&str> = metrics.lines().next().unwrap().split(',').collect();
+    assert_eq!(
+        header,
+        [
+            "epoch",
+            "loss",
+            "perplexity",
+            "grad_norm",
+            "grad_norm_max",
+            "valid_perplexity"
+        ]
+    );
+    let valid: Vec<f64> = metrics
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').nth(5).unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(valid.len(), 3);
+    assert!(valid.iter().all(|v| v.is_finite() && *v > 1.0), "{valid:?}");
+    let tr = summary(p, "train");
+    let final_valid = tr["final_valid_perplexity"].as_f64().unwrap();
+    assert_eq!(final_valid, valid[2]);
+    // `evaluate` scores either part; the validation part gives the same number as `train`.
+    let ev = summary(p, "eval_valid");
+    assert_eq!(ev["perplexity"].as_f64().unwrap(), final_valid);
+    assert_eq!(ev["split"], "valid");
+    // 600 tokens → rows of 8 × 10 steps: (600 - 1) / 8 = 74 columns, 7 batches of 80 tokens.
+    assert_eq!(ev["tokens"].as_u64(), Some(560));
+    let et = summary(p, "eval_train");
+    assert!(et.get("split").is_none());
+    // 2399 / 8 = 299 columns → 29 batches of 80 tokens.
+    assert_eq!(et["tokens"].as_u64(), Some(2320));
+
+    // Without a validation part nothing changes: no column, no summary key.
+    std::fs::write(p.join("tiny.yaml"), tiny_lm(3, "")).unwrap();
+    ok(p, &["run", "-q", "tiny.yaml"]);
+    let metrics = std::fs::read_to_string(p.join("outputs/tiny/train/metrics.csv")).unwrap();
+    assert_eq!(
+        metrics.lines().next().unwrap(),
+        "epoch,loss,perplexity,grad_norm,grad_norm_max"
+    );
+    assert!(summary(p, "train").get("final_valid_perplexity").is_none());
+    assert!(summary(p, "batches").get("valid_tokens").is_none());
+}
+
+#[test]
+fn valid_fraction_errors_name_the_param() {
+    let t = project();
+    let p = t.path();
+    let fails = |yaml: String, code: i32| -> String {
+        std::fs::write(p.join("tiny.yaml"), yaml).unwrap();
+        let o = seqpipe(p, &["run", "-q", "tiny.yaml"]);
+        let err = String::from_utf8_lossy(&o.stderr).to_string();
+        assert_eq!(o.status.code(), Some(code), "{err}");
+        err
+    };
+    for bad in ["1", "1.5", "-0.1"] {
+        let err = fails(tiny_lm_valid(bad, "valid"), 2);
+        assert!(err.contains("valid_fraction must be in [0, 1)"), "{err}");
+    }
+    // 0.001 of 3,000 tokens is 3 tokens: not one sequence of num_steps + 1 = 11.
+    let err = fails(tiny_lm_valid("0.001", "valid"), 1);
+    assert!(err.contains("`valid_fraction` 0.001 holds out 3"), "{err}");
+    assert!(err.contains("num_steps + 1 = 11"), "{err}");
+    // Too little left to train on.
+    let err = fails(tiny_lm_valid("0.99", "valid"), 1);
+    assert!(
+        err.contains("`valid_fraction` 0.99 leaves 30 of 3000 tokens"),
+        "{err}"
+    );
+    // `split: valid` on data that holds nothing out.
+    let err = fails(tiny_lm_valid("0", "valid"), 1);
+    assert!(
+        err.contains("`split: valid` needs a validation part"),
+        "{err}"
+    );
+    let err = fails(tiny_lm_valid("0.2", "test"), 2);
+    assert!(
+        err.contains("invalid value `test` for param `split`"),
+        "{err}"
+    );
+}
+
+fn schema_json() -> serde_json::Value {
+    serde_json::from_str(&ok(&repo(), &["schema"])).unwrap()
+}
+
+#[test]
+fn committed_schema_is_current() {
+    let printed = ok(&repo(), &["schema"]);
+    let committed =
+        std::fs::read_to_string(repo().join("pipelines/schema.json")).unwrap_or_default();
+    assert!(
+        printed == committed,
+        "pipelines/schema.json differs from `seqpipe schema` (a stage kind or its params changed); regenerate it with:\n    cargo run -- schema > pipelines/schema.json"
+    );
+}
+
+fn yaml_to_json(text: &str) -> serde_json::Value {
+    let v: serde_yaml::Value = serde_yaml::from_str(text).unwrap();
+    serde_json::to_value(v).unwrap()
+}
+
+fn schema_errors(validator: &jsonschema::Validator, doc: &serde_json::Value) -> Vec<String> {
+    validator
+        .iter_errors(doc)
+        .map(|e| format!("{}: {e}", e.instance_path()))
+        .collect()
+}
+
+#[test]
+fn shipped_pipelines_follow_the_schema_and_typos_do_not() {
+    let schema = schema_json();
+    let validator = jsonschema::validator_for(&schema).expect("a valid draft 2020-12 schema");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(repo().join("pipelines"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 16);
+    for f in &files {
+        let text = std::fs::read_to_string(f).unwrap();
+        assert_eq!(
+            text.lines().next(),
+            Some("# yaml-language-server: $schema=schema.json"),
+            "{}: the first line points editors at the schema",
+            f.display()
+        );
+        let errors = schema_errors(&validator, &yaml_to_json(&text));
+        assert!(errors.is_empty(), "{}: {errors:#?}", f.display());
+    }
+    let base = "name: t\nstages:\n  corpus:\n    kind: load_corpus\n    params: { path: data/c.txt }\n  chars:\n    kind: tokenize\n    inputs: { corpus: corpus }\n";
+    let valid = |extra: &str| validator.is_valid(&yaml_to_json(&format!("{base}{extra}")));
+    assert!(valid("    params: { unit: char, max_tokens: 10 }\n"));
+    assert!(valid(
+        "    params: { unit: char }\n    matrix: { max_tokens: [10, 20] }\n"
+    ));
+    assert!(
+        valid("    matrix: { unit: [char, word] }\n"),
+        "a required param may come from the matrix"
+    );
+    // A misspelled kind, an unknown param, a bad enum value, a wrong type, a missing param,
+    // an unknown role, an unknown matrix axis, an unknown stage field: all rejected.
+    for bad in [
+        "    params: { unit: char }\n  vocab:\n    kind: build_vocb\n    inputs: { tokens: chars }\n",
+        "    params: { unit: char, max_tokns: 10 }\n",
+        "    params: { unit: chars }\n",
+        "    params: { unit: char, max_tokens: lots }\n",
+        "    params: { max_tokens: 10 }\n",
+        "    params: { unit: char }\n  vocab:\n    kind: build_vocab\n    inputs: { token: chars }\n",
+        "    params: { unit: char }\n    matrix: { max_tokns: [1, 2] }\n",
+        "    params: { unit: char }\n    colour: red\n",
+    ] {
+        assert!(!valid(bad), "accepted: {bad}");
+    }
+    let errors = schema_errors(
+        &validator,
+        &yaml_to_json(&format!(
+            "{base}    params: {{ unit: char, max_tokns: 10 }}\n"
+        )),
+    );
+    assert!(errors.iter().any(|e| e.contains("max_tokns")), "{errors:?}");
+    // Pipeline level: the executor, as a word or an object; unknown fields rejected.
+    let top = |head: &str| {
+        validator.is_valid(&yaml_to_json(&format!(
+            "{head}{base}    params: {{ unit: char }}\n"
+        )))
+    };
+    assert!(top("executor: local\n"));
+    assert!(top("executor: { kind: process }\n"));
+    assert!(top("device: auto\nseed: 3\n"));
+    assert!(!top("executor: remote\n"));
+    assert!(!top("executor: { kind: local, workers: 2 }\n"));
+    assert!(!top("device: tpu\n"));
+    assert!(!top("seeed: 3\n"));
 }

@@ -10,11 +10,13 @@ use rand::SeedableRng;
 use rand_distr::{Distribution, StandardNormal};
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RnnShapes {
+    /// Rows of the example input.
     #[serde(default = "two")]
     pub batch_size: usize,
+    /// Time steps of the example input.
     #[serde(default = "five")]
     pub num_steps: usize,
 }
@@ -82,12 +84,13 @@ impl Stage for RnnShapes {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MatrixPowers {
     /// The matrix is size × size, symmetric, with Gaussian entries.
     #[serde(default = "size")]
     pub size: usize,
+    /// The exponents k of M^k to examine.
     #[serde(default = "powers")]
     pub powers: Vec<u32>,
 }
@@ -202,7 +205,7 @@ impl Stage for MatrixPowers {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HiddenGrads {}
 

@@ -9,11 +9,13 @@ use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::Path;
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BuildVocab {
+    /// Tokens seen fewer times than this map to `<unk>`.
     #[serde(default)]
     pub min_freq: usize,
+    /// Extra tokens placed right after `<unk>`, e.g. `["<pad>", "<bos>", "<eos>"]`.
     #[serde(default)]
     pub reserved: Vec<String>,
 }

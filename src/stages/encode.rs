@@ -8,10 +8,12 @@ use crate::context::StageCtx;
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Encode {
+    /// Texts to map to vocabulary indices, one row each.
     pub texts: Vec<String>,
+    /// How the texts are split: `word` or `char` (as the vocabulary was built).
     #[serde(default = "word")]
     pub unit: Unit,
 }

@@ -9,12 +9,64 @@ use crate::context::StageCtx;
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// Which part of a language model's corpus to score.
+#[derive(
+    Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default, schemars::JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Split {
+    /// The training part (all of the corpus when nothing is held out).
+    #[default]
+    Train,
+    /// The part held out by `valid_fraction` of the `sample_batches` input.
+    Valid,
+}
+
+impl Split {
+    fn is_train(&self) -> bool {
+        *self == Split::Train
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Evaluate {
     /// Horizons for k-step-ahead predictions of a series model.
     #[serde(default = "ks_default")]
     pub k: Vec<usize>,
+    /// Language models: score the training part or the held-out validation part of the data.
+    #[serde(default, skip_serializing_if = "Split::is_train")]
+    #[schemars(extend("default" = "train"))]
+    pub split: Split,
+}
+
+/// Loss sum and token count of a language model over `tokens`, cut sequentially (offset 0)
+/// into batches of `batch` rows × `steps`, the state carried from batch to batch.
+pub(super) fn sequential_loss(
+    lm: &crate::nn::LanguageModel,
+    tokens: &[u32],
+    batch: usize,
+    steps: usize,
+) -> Result<(f64, usize)> {
+    let mut state = lm.zero_state(batch);
+    let (mut loss, mut n) = (0.0, 0);
+    for b in partition_sequential(tokens, batch, steps, 0) {
+        let (l, k) = lm.eval_loss(&b.x, &b.y, b.batch, b.steps, &mut state)?;
+        loss += l;
+        n += k;
+    }
+    Ok((loss, n))
+}
+
+/// Perplexity of a language model on the validation part its sampler holds out.
+pub(super) fn valid_perplexity(
+    lm: &crate::nn::LanguageModel,
+    sampler: &SamplerSpec,
+    corpus: &[u32],
+) -> Result<f64> {
+    let (_, valid) = sampler.split(corpus);
+    let (loss, n) = sequential_loss(lm, valid, sampler.valid_batch_size(), sampler.num_steps)?;
+    Ok((loss / n.max(1) as f64).exp())
 }
 
 fn ks_default() -> Vec<usize> {
@@ -84,19 +136,32 @@ impl Stage for Evaluate {
             AnyModel::Lm(lm) => {
                 let sampler: SamplerSpec = crate::context::read_json(&data.join("sampler.json"))?;
                 let corpus: Vec<u32> = crate::context::read_json(&data.join("corpus.json"))?;
-                let mut state = lm.zero_state(sampler.batch_size);
-                let (mut loss, mut n) = (0.0, 0);
-                for b in partition_sequential(&corpus, sampler.batch_size, sampler.num_steps, 0) {
-                    let (l, k) = lm.eval_loss(&b.x, &b.y, b.batch, b.steps, &mut state)?;
-                    loss += l;
-                    n += k;
-                }
+                let (train, valid) = sampler.split(&corpus);
+                let (tokens, batch) = match self.split {
+                    Split::Train => (train, sampler.batch_size),
+                    Split::Valid if valid.is_empty() => bail!(
+                        "`split: valid` needs a validation part, and the data holds none out: set `valid_fraction` (e.g. 0.1) on its sample_batches stage"
+                    ),
+                    Split::Valid => (valid, sampler.valid_batch_size()),
+                };
+                let (loss, n) = sequential_loss(lm, tokens, batch, sampler.num_steps)?;
                 let ppl = (loss / n.max(1) as f64).exp();
+                if self.split == Split::Valid {
+                    ctx.summary("split", "valid");
+                }
                 ctx.summary("perplexity", ppl);
                 ctx.summary("tokens", n);
-                ctx.log(format!("perplexity {ppl:.3} over {n} tokens"));
+                let part = if self.split == Split::Valid {
+                    " of the validation part"
+                } else {
+                    ""
+                };
+                ctx.log(format!("perplexity {ppl:.3} over {n} tokens{part}"));
             }
             AnyModel::Mlp(_) | AnyModel::Series(_) => {
+                if self.split == Split::Valid {
+                    bail!("`split` is for language models; a series model is scored on the test part of its series");
+                }
                 let f: Features = crate::context::read_json(&data.join("features.json"))?;
                 let predict = |x: &[f32], b: usize| -> Result<Vec<f32>> {
                     match &model {

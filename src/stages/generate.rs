@@ -9,20 +9,23 @@ use anyhow::{bail, Context, Result};
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum GenStrategy {
     Greedy,
     Sample,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Generate {
+    /// Text to warm the state up with; the output continues it.
     #[serde(default = "prefix_default")]
     pub prefix: String,
+    /// Tokens to generate after the prefix.
     #[serde(default = "num_preds_default")]
     pub num_preds: usize,
+    /// `greedy`: the most likely next token; `sample`: draw from the (alpha-sharpened) distribution.
     #[serde(default = "greedy")]
     pub strategy: GenStrategy,
     /// Sampling sharpness: probabilities p^alpha, renormalised (1: the model's own).

@@ -6,7 +6,7 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Component, Path};
 
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Preprocess {
     /// Every run of non-letters becomes one space; the line is trimmed and lower-cased.
@@ -15,11 +15,12 @@ pub enum Preprocess {
     None,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LoadCorpus {
     /// Relative to the project root (must stay inside it), or absolute.
     pub path: String,
+    /// `d2l`: the book's cleaning (non-letters to spaces, lower case); `none`: the text as it is.
     #[serde(default = "default_preprocess")]
     pub preprocess: Preprocess,
 }

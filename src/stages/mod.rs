@@ -58,7 +58,9 @@ pub enum Roles {
 }
 
 /// A stage kind: its params struct is the kind.
-pub trait Stage: Serialize + DeserializeOwned + Send + Sync + 'static {
+pub trait Stage:
+    Serialize + DeserializeOwned + schemars::JsonSchema + Send + Sync + 'static
+{
     const KIND: &'static str;
     /// Bump when the output for the same params changes: it is part of every key.
     const VERSION: u32;
@@ -119,6 +121,8 @@ pub struct KindInfo {
     pub stochastic: bool,
     pub uses_device: bool,
     pub params: &'static [&'static str],
+    /// The JSON Schema of the params (a `$ref` into the generator's definitions).
+    pub params_schema: fn(&mut schemars::SchemaGenerator) -> schemars::Schema,
     pub parse: fn(
         &serde_json::Map<String, serde_json::Value>,
     ) -> Result<Arc<dyn DynStage>, Vec<ParamIssue>>,
@@ -139,6 +143,7 @@ fn kind<S: Stage>() -> KindInfo {
         stochastic: S::STOCHASTIC,
         uses_device: S::USES_DEVICE,
         params: fields::struct_fields::<S>(),
+        params_schema: |g| g.subschema_for::<S>(),
         parse: parse_params::<S>,
     }
 }

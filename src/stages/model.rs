@@ -10,7 +10,7 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Arch {
     RnnScratch,
@@ -20,21 +20,21 @@ pub enum Arch {
     Mlp,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(untagged)]
 pub enum Hidden {
     One(usize),
     Layers(Vec<usize>),
 }
 
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum InputParam {
     OneHot,
     Embedding(usize),
 }
 
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ActParam {
     Tanh,
@@ -50,16 +50,20 @@ impl From<ActParam> for Activation {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BuildModel {
+    /// The network: `rnn_scratch` (the book's from-scratch RNN), `rnn`, `gru`, `lstm` (PyTorch-style layers), or `mlp` (for series windows).
     pub arch: Arch,
     /// Hidden units: one number for recurrent models, a list of layer widths for `mlp`.
     pub hidden: Hidden,
+    /// Stacked recurrent layers (`rnn`, `gru`, `lstm`).
     #[serde(default = "one")]
     pub num_layers: usize,
+    /// How tokens enter the network: `one_hot` vectors, or a learned `{ embedding: D }` of D dimensions.
     #[serde(default = "one_hot")]
     pub input: InputParam,
+    /// Nonlinearity of the RNN cell (`rnn_scratch`, `rnn`) or of the MLP's hidden layers.
     #[serde(default = "tanh")]
     pub activation: ActParam,
 }

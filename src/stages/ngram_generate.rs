@@ -9,21 +9,25 @@ use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum NgramStrategy {
     Greedy,
     Sample,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NgramGenerate {
+    /// The n of the n-grams (3: each word from the two before it).
     #[serde(default = "three")]
     pub n: usize,
+    /// Words to start from (at least n - 1 of them).
     pub prefix: String,
+    /// Words to generate.
     #[serde(default = "thirty")]
     pub num_words: usize,
+    /// `greedy`: the most frequent continuation; `sample`: draw by count.
     #[serde(default = "greedy")]
     pub strategy: NgramStrategy,
 }

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::Path;
 
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ChartKind {
     Line,
@@ -25,14 +25,14 @@ pub enum ChartKind {
     Histogram,
 }
 
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Source {
     File,
     Summary,
 }
 
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ScaleParam {
     Linear,
@@ -48,12 +48,15 @@ impl From<ScaleParam> for Scale {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Plot {
+    /// Chart title.
     pub title: String,
+    /// `line`, `points`, `bar`, or `histogram` (of the y values).
     #[serde(default = "line")]
     pub chart: ChartKind,
+    /// `file`: columns of a CSV in each input (`file`/`files`); `summary`: keys of each input's summary.json.
     #[serde(default = "file_source")]
     pub source: Source,
     /// The file to read in each input (`source: file`).
@@ -62,24 +65,32 @@ pub struct Plot {
     /// Several files per input, each its own series (e.g. `ngrams_1.csv`, `ngrams_2.csv`).
     #[serde(default)]
     pub files: Vec<String>,
+    /// The x column (or summary key).
     pub x: String,
     /// One or more y columns (or summary keys).
     pub y: OneOrMany,
+    /// Split one file's rows into series by this column.
     #[serde(default)]
     pub series_by: Option<String>,
+    /// `linear` or `log`.
     #[serde(default = "linear")]
     pub x_scale: ScaleParam,
+    /// `linear` or `log`.
     #[serde(default = "linear")]
     pub y_scale: ScaleParam,
+    /// Axis label (default: the column name).
     #[serde(default)]
     pub x_label: Option<String>,
+    /// Axis label (default: the column name).
     #[serde(default)]
     pub y_label: Option<String>,
     /// Dashed Zipf fits from each input's `zipf.csv` (for n-gram rank/count plots).
     #[serde(default)]
     pub zipf_fit: bool,
+    /// Image width in pixels.
     #[serde(default = "width")]
     pub width: u32,
+    /// Image height in pixels.
     #[serde(default = "height")]
     pub height: u32,
     /// File name (without extension) of the chart.
@@ -137,7 +148,7 @@ pub fn histogram(series: &[Series], bins: usize) -> Vec<(String, plot::Bins)> {
         .collect()
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(untagged)]
 pub enum OneOrMany {
     One(String),

@@ -8,9 +8,10 @@ use crate::results::{table, RowSource};
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Report {
+    /// The report's heading.
     pub title: String,
     /// A paragraph under the title: what the experiment asks.
     #[serde(default)]

@@ -9,7 +9,7 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Strategy {
     Sequential,
@@ -26,13 +26,27 @@ pub struct SamplerSpec {
     pub strategy: Strategy,
     pub batch_size: usize,
     pub num_steps: usize,
+    /// Tokens held out for validation at the end of the corpus (0: none, the book's setup).
+    #[serde(default, skip_serializing_if = "is_zero_usize")]
+    pub valid_tokens: usize,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+fn is_zero_usize(v: &usize) -> bool {
+    *v == 0
+}
+
+fn is_zero_f64(v: &f64) -> bool {
+    *v == 0.0
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SampleBatches {
+    /// `sequential` (the book's `seq_data_iter_sequential`), `random` (`seq_data_iter_random`), or `random_circular`.
     pub strategy: Strategy,
+    /// Subsequences per minibatch.
     pub batch_size: usize,
+    /// Time steps per subsequence.
     pub num_steps: usize,
     /// Epochs to draw for the coverage table.
     #[serde(default = "one")]
@@ -40,6 +54,11 @@ pub struct SampleBatches {
     /// A fixed offset instead of a random one (for checking the partitioning by hand).
     #[serde(default)]
     pub offset: Option<usize>,
+    /// Hold out this fraction of the corpus, at its end, for validation (0: none, as the book).
+    /// Batches come from the start; `train` reports a validation perplexity every epoch.
+    #[serde(default, skip_serializing_if = "is_zero_f64")]
+    #[schemars(extend("default" = 0.0), range(min = 0.0, max = 1.0))]
+    pub valid_fraction: f64,
 }
 
 fn one() -> usize {
@@ -71,6 +90,18 @@ impl SamplerSpec {
             Strategy::Random => self.batch_size * self.num_steps + self.num_steps,
             Strategy::RandomCircular => self.batch_size * self.num_steps + 1,
         }
+    }
+
+    /// The training part (the start) and the validation part (the last `valid_tokens`).
+    pub fn split<'a>(&self, corpus: &'a [u32]) -> (&'a [u32], &'a [u32]) {
+        corpus.split_at(corpus.len().saturating_sub(self.valid_tokens))
+    }
+
+    /// Rows per batch when scoring the validation part: the sampler's batch size, or fewer when
+    /// the part is too short for that many rows of `num_steps + 1` tokens.
+    pub fn valid_batch_size(&self) -> usize {
+        (self.valid_tokens.saturating_sub(1) / self.num_steps.max(1))
+            .clamp(1, self.batch_size.max(1))
     }
 
     pub fn check_len(&self, len: usize) -> Result<()> {
@@ -215,6 +246,16 @@ impl Stage for SampleBatches {
         super::require_positive(issues, "batch_size", self.batch_size);
         super::require_positive(issues, "num_steps", self.num_steps);
         super::require_positive(issues, "epochs", self.epochs);
+        if !(self.valid_fraction >= 0.0 && self.valid_fraction < 1.0) {
+            issues.push(ParamIssue::new(
+                "valid_fraction",
+                format!(
+                    "valid_fraction must be in [0, 1), found {}",
+                    self.valid_fraction
+                ),
+                "e.g. `valid_fraction: 0.1` holds out the last 10% of the corpus; 0 holds out nothing",
+            ));
+        }
         if let Some(o) = self.offset {
             let max = if self.strategy == Strategy::Sequential {
                 self.num_steps
@@ -232,13 +273,32 @@ impl Stage for SampleBatches {
     }
 
     fn run(&self, ctx: &mut StageCtx) -> Result<()> {
-        let corpus = read_corpus(ctx.input("corpus")?)?;
+        let full = read_corpus(ctx.input("corpus")?)?;
         let spec = SamplerSpec {
             strategy: self.strategy,
             batch_size: self.batch_size,
             num_steps: self.num_steps,
+            valid_tokens: (full.len() as f64 * self.valid_fraction).round() as usize,
         };
-        spec.check_len(corpus.len())?;
+        if self.valid_fraction > 0.0 && spec.valid_tokens < self.num_steps + 1 {
+            bail!(
+                "`valid_fraction` {} holds out {} of the corpus's {} tokens, fewer than one validation batch of num_steps + 1 = {} tokens; raise `valid_fraction` or use a longer corpus",
+                self.valid_fraction, spec.valid_tokens, full.len(), self.num_steps + 1
+            );
+        }
+        let (corpus, valid) = spec.split(&full);
+        spec.check_len(corpus.len()).map_err(|e| {
+            if spec.valid_tokens > 0 {
+                e.context(format!(
+                    "`valid_fraction` {} leaves {} of {} tokens for training",
+                    self.valid_fraction,
+                    corpus.len(),
+                    full.len()
+                ))
+            } else {
+                e
+            }
+        })?;
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(ctx.seed);
         let mut starts = vec![0usize; corpus.len()];
         let mut covered = vec![0usize; corpus.len()];
@@ -247,12 +307,12 @@ impl Stage for SampleBatches {
         for epoch in 0..self.epochs {
             let batches = match (self.offset, self.strategy) {
                 (Some(o), Strategy::Sequential) => {
-                    partition_sequential(&corpus, self.batch_size, self.num_steps, o)
+                    partition_sequential(corpus, self.batch_size, self.num_steps, o)
                 }
                 (Some(o), Strategy::Random | Strategy::RandomCircular) => {
-                    partition_random(&corpus, self.batch_size, self.num_steps, o, &mut rng)
+                    partition_random(corpus, self.batch_size, self.num_steps, o, &mut rng)
                 }
-                (None, _) => spec.epoch(&corpus, &mut rng),
+                (None, _) => spec.epoch(corpus, &mut rng),
             };
             batches_per_epoch = batches.len();
             for (bi, b) in batches.iter().enumerate() {
@@ -308,6 +368,10 @@ impl Stage for SampleBatches {
             "coverage_cv",
             if mean > 0.0 { var.sqrt() / mean } else { 0.0 },
         );
+        if !valid.is_empty() {
+            ctx.summary("train_tokens", corpus.len());
+            ctx.summary("valid_tokens", valid.len());
+        }
         Ok(())
     }
 }
@@ -380,11 +444,94 @@ mod tests {
     }
 
     #[test]
+    fn the_validation_part_is_the_end_of_the_corpus() {
+        let corpus: Vec<u32> = (0..100).collect();
+        let spec = SamplerSpec {
+            strategy: Strategy::Sequential,
+            batch_size: 4,
+            num_steps: 5,
+            valid_tokens: 20,
+        };
+        let (train, valid) = spec.split(&corpus);
+        assert_eq!(train, &corpus[..80]);
+        assert_eq!(valid, &corpus[80..]);
+        // (20 - 1) / 5 = 3 rows fit, fewer than the batch size of 4.
+        assert_eq!(spec.valid_batch_size(), 3);
+        let bs = partition_sequential(valid, spec.valid_batch_size(), 5, 0);
+        assert_eq!(bs.len(), 1);
+        // Training batches never reach into the validation part.
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+        for _ in 0..20 {
+            for b in spec.epoch(train, &mut rng) {
+                assert!(b.y.iter().all(|&t| t < 80));
+            }
+        }
+        let none = SamplerSpec {
+            valid_tokens: 0,
+            ..spec.clone()
+        };
+        assert_eq!(none.split(&corpus), (&corpus[..], &[][..]));
+        // The smallest validation part, num_steps + 1 tokens, gives one batch of one row.
+        let least = SamplerSpec {
+            valid_tokens: 6,
+            ..spec
+        };
+        assert_eq!(least.valid_batch_size(), 1);
+        assert_eq!(
+            partition_sequential(least.split(&corpus).1, 1, 5, 0).len(),
+            1
+        );
+    }
+
+    #[test]
+    fn valid_fraction_must_be_below_one() {
+        let check = |f: f64| {
+            let s = SampleBatches {
+                strategy: Strategy::Sequential,
+                batch_size: 2,
+                num_steps: 3,
+                epochs: 1,
+                offset: None,
+                valid_fraction: f,
+            };
+            let mut issues = Vec::new();
+            s.validate(&mut issues);
+            issues.iter().map(|i| i.key.clone()).collect::<Vec<_>>()
+        };
+        assert!(check(0.0).is_empty());
+        assert!(check(0.5).is_empty());
+        for bad in [1.0, -0.1, f64::NAN] {
+            assert_eq!(check(bad), vec!["valid_fraction".to_string()]);
+        }
+    }
+
+    #[test]
+    fn no_validation_part_leaves_the_key_params_unchanged() {
+        let s: SampleBatches =
+            serde_json::from_str(r#"{"strategy": "sequential", "batch_size": 2, "num_steps": 3}"#)
+                .unwrap();
+        let v = serde_json::to_value(&s).unwrap();
+        assert!(v.get("valid_fraction").is_none(), "{v}");
+        let spec = serde_json::to_string(&SamplerSpec {
+            strategy: Strategy::Sequential,
+            batch_size: 2,
+            num_steps: 3,
+            valid_tokens: 0,
+        })
+        .unwrap();
+        assert_eq!(
+            spec,
+            r#"{"strategy":"sequential","batch_size":2,"num_steps":3}"#
+        );
+    }
+
+    #[test]
     fn too_short_corpus_is_an_error() {
         let spec = SamplerSpec {
             strategy: Strategy::Sequential,
             batch_size: 32,
             num_steps: 35,
+            valid_tokens: 0,
         };
         assert!(spec.check_len(100).is_err());
         assert!(spec.check_len(spec.min_len()).is_ok());

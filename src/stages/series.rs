@@ -8,7 +8,7 @@ use rand::SeedableRng;
 use rand_distr::{Distribution, Normal};
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SyntheticSeries {
     /// Number of points T (t = 1..=T).
@@ -17,6 +17,7 @@ pub struct SyntheticSeries {
     /// Standard deviation of the Gaussian noise (0 for a clean sine).
     #[serde(default = "sigma_default")]
     pub sigma: f64,
+    /// Angular frequency of the sine: x_t = sin(frequency · t) + noise.
     #[serde(default = "freq_default")]
     pub frequency: f64,
 }
@@ -84,9 +85,10 @@ impl Stage for SyntheticSeries {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WindowFeatures {
+    /// Past values per window (the features); the label is the next value.
     pub tau: usize,
     /// Rows (windows) used for training; the rest are the test set.
     #[serde(default = "n_train_default")]

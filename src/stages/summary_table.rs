@@ -7,12 +7,13 @@ use crate::results::fmt_value;
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SummaryTable {
     /// Summary keys to show as columns; all keys found when empty.
     #[serde(default)]
     pub columns: Vec<String>,
+    /// A heading above the table.
     #[serde(default)]
     pub title: Option<String>,
 }

@@ -6,16 +6,17 @@ use anyhow::Result;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Unit {
     Char,
     Word,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Tokenize {
+    /// `char` or `word` tokens.
     pub unit: Unit,
     /// Keep only the first `max_tokens` tokens of the flattened corpus (the book's
     /// `load_corpus_time_machine(max_tokens)`); the vocabulary still counts every token, as in the book.

@@ -5,9 +5,10 @@ use crate::context::StageCtx;
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ToySequence {
+    /// Tokens 0, 1, …, length - 1 (for checking the samplers by hand).
     pub length: usize,
 }
 

@@ -24,7 +24,9 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::path::Path;
 use std::time::Instant;
 
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[derive(
+    Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum OptimizerParam {
     #[default]
@@ -32,7 +34,7 @@ pub enum OptimizerParam {
     Adam,
 }
 
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum StateMode {
     /// Carry the hidden state across batches, detached (truncated BPTT).
@@ -54,6 +56,21 @@ impl Serialize for Clip {
             Clip::Norm(v) => s.serialize_f64(*v),
             Clip::Off => s.serialize_str("none"),
         }
+    }
+}
+
+impl schemars::JsonSchema for Clip {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Clip".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "The largest global gradient norm (gradients are scaled down to it), or `none` for no clipping.",
+            "anyOf": [
+                { "type": "number", "exclusiveMinimum": 0 },
+                { "const": "none" }
+            ]
+        })
     }
 }
 
@@ -79,13 +96,17 @@ impl<'de> Deserialize<'de> for Clip {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Train {
+    /// Passes over the training data.
     pub epochs: usize,
+    /// Learning rate.
     pub lr: f64,
+    /// `sgd` (the book's) or `adam`.
     #[serde(default)]
     pub optimizer: OptimizerParam,
+    /// L2 penalty added to every gradient (0: none).
     #[serde(default)]
     pub weight_decay: f64,
     /// The book's `grad_clipping(net, 1)` is the default.
@@ -100,12 +121,15 @@ pub struct Train {
     /// Generate text from `prefix` every this many epochs (and at the end); 0: only at the end.
     #[serde(default = "sample_every_default")]
     pub sample_every: usize,
+    /// Text the periodic samples continue (language models).
     #[serde(default = "prefix_default")]
     pub prefix: String,
+    /// Tokens per periodic sample.
     #[serde(default = "num_preds_default")]
     pub num_preds: usize,
     /// Save a checkpoint every this many epochs (0: never). Not part of the key.
     #[serde(default = "checkpoint_default", skip_serializing)]
+    #[schemars(extend("default" = 10))]
     pub checkpoint_every: usize,
 }
 
@@ -133,6 +157,10 @@ pub struct MetricRow {
     pub perplexity: Option<f64>,
     pub grad_norm: f64,
     pub grad_norm_max: f64,
+    /// Perplexity on the held-out part (`valid_fraction` of `sample_batches`) after the epoch;
+    /// no column when nothing is held out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub valid_perplexity: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -184,6 +212,7 @@ impl Progress {
             perplexity: ppl,
             grad_norm: t.grad_sum / t.steps.max(1) as f64,
             grad_norm_max: t.grad_max,
+            valid_perplexity: None,
         });
         self.speed.push(SpeedRow {
             epoch,
@@ -319,6 +348,9 @@ impl Stage for Train {
         ctx.summary("final_loss", last.map(|m| m.loss));
         if matches!(spec, ModelSpec::Lm(_)) {
             ctx.summary("final_perplexity", last.and_then(|m| m.perplexity));
+            if let Some(v) = last.and_then(|m| m.valid_perplexity) {
+                ctx.summary("final_valid_perplexity", v);
+            }
         }
         ctx.summary("diverged", prog.diverged.is_some());
         ctx.summary("diverged_epoch", prog.diverged);
@@ -345,7 +377,8 @@ impl Train {
         }
         let sampler: SamplerSpec = crate::context::read_json(&data.join("sampler.json"))
             .context("the `data` input of a language model must be a sample_batches stage")?;
-        let corpus: Vec<u32> = crate::context::read_json(&data.join("corpus.json"))?;
+        let full: Vec<u32> = crate::context::read_json(&data.join("corpus.json"))?;
+        let (corpus, valid) = sampler.split(&full);
         sampler.check_len(corpus.len())?;
         let vocab = if data.join("vocab.csv").exists() {
             ctx.copy_from_input("data", "vocab.csv")?;
@@ -365,7 +398,7 @@ impl Train {
                 break;
             }
             let t = Instant::now();
-            let batches = sampler.epoch(&corpus, &mut prog.rng);
+            let batches = sampler.epoch(corpus, &mut prog.rng);
             let mut state = lm.zero_state(sampler.batch_size);
             let mut totals = EpochTotals::default();
             for b in &batches {
@@ -380,6 +413,12 @@ impl Train {
             }
             let secs = t.elapsed().as_secs_f64();
             let ppl = prog.record(epoch, &totals, secs, true).exp();
+            if !valid.is_empty() {
+                let v = super::evaluate::valid_perplexity(lm, &sampler, &full)?;
+                if let Some(m) = prog.metrics.last_mut() {
+                    m.valid_perplexity = Some(v);
+                }
+            }
             ctx.progress.set_message(&format!(
                 "perplexity {ppl:.2}, {:.0} tokens/s",
                 totals.count as f64 / secs.max(1e-9)

@@ -1,0 +1,312 @@
+//! `seqpipe schema`: the JSON Schema (draft 2020-12) of pipeline files, built from the stage
+//! registry. Each kind's params come from its params struct (`#[derive(JsonSchema)]`, so types,
+//! enums, defaults and doc comments follow the code); the pipeline and stage levels are written
+//! here, mirroring `config::raw`. `pipelines/schema.json` is this output, kept current by a test;
+//! editors with the YAML language server pick it up from each pipeline's first line.
+
+use crate::stages::{registry, Roles};
+use serde_json::{json, Map, Value};
+
+/// Where the committed copy lives, relative to the project root.
+pub const SCHEMA_FILE: &str = "pipelines/schema.json";
+
+/// The schema as `seqpipe schema` prints it (pretty JSON and a final newline).
+pub fn pipeline_schema_text() -> String {
+    let mut s = serde_json::to_string_pretty(&pipeline_schema()).expect("schema serializes");
+    s.push('\n');
+    s
+}
+
+fn def(name: &str) -> Value {
+    json!({ "$ref": format!("#/$defs/{name}") })
+}
+
+/// The `$defs` name of a kind's params schema.
+fn params_def(kind: &str) -> String {
+    format!("params.{kind}")
+}
+
+pub fn pipeline_schema() -> Value {
+    let mut gen = schemars::generate::SchemaSettings::draft2020_12().into_generator();
+    let kinds = registry();
+    let mut refs = Vec::new();
+    for k in kinds {
+        refs.push((k, (k.params_schema)(&mut gen).to_value()));
+    }
+    let mut defs: Map<String, Value> = gen.take_definitions(true);
+    for d in defs.values_mut() {
+        tidy(d);
+    }
+    let mut refs: Vec<_> = refs
+        .into_iter()
+        .map(|(k, mut r)| {
+            tidy(&mut r);
+            (k, r)
+        })
+        .collect();
+
+    let mut kind_rules = Vec::new();
+    for (k, r) in refs.drain(..) {
+        // The params struct itself: moved under a stable name, described by the kind, and
+        // without `required` (a param may come from `matrix` instead; the stage rule says so).
+        let name = r["$ref"]
+            .as_str()
+            .and_then(|s| s.strip_prefix("#/$defs/"))
+            .expect("a params struct is a named definition")
+            .to_string();
+        let mut params = defs.remove(&name).expect("definition present");
+        let obj = params.as_object_mut().expect("params schema is an object");
+        let required: Vec<Value> = obj
+            .remove("required")
+            .and_then(|v| v.as_array().cloned())
+            .unwrap_or_default();
+        obj.remove("title");
+        obj.insert(
+            "description".into(),
+            json!(format!("Params of `{}`.", k.name)),
+        );
+        let props = obj
+            .get("properties")
+            .and_then(|p| p.as_object())
+            .cloned()
+            .unwrap_or_default();
+        defs.insert(params_def(k.name), params);
+
+        // `matrix`: each axis is a param of the kind, with a list of its values.
+        let axes: Map<String, Value> = props
+            .iter()
+            .map(|(p, s)| {
+                let mut item = s.clone();
+                if let Some(o) = item.as_object_mut() {
+                    o.remove("default");
+                    o.remove("description");
+                }
+                (
+                    p.clone(),
+                    json!({ "type": "array", "minItems": 1, "items": item }),
+                )
+            })
+            .collect();
+        let mut then = json!({
+            "description": k.about,
+            "properties": {
+                "params": def(&params_def(k.name)),
+                "matrix": {
+                    "type": "object",
+                    "description": "Sweep: param → the values to try; the stage and everything downstream is repeated per value.",
+                    "properties": axes,
+                    "additionalProperties": false,
+                },
+                "inputs": inputs_schema(k.roles),
+            },
+        });
+        let mut all_of: Vec<Value> = required
+            .iter()
+            .map(|p| {
+                json!({
+                    "anyOf": [
+                        { "required": ["params"], "properties": { "params": { "required": [p] } } },
+                        { "required": ["matrix"], "properties": { "matrix": { "required": [p] } } },
+                    ]
+                })
+            })
+            .collect();
+        if !matches!(k.roles, Roles::Fixed(r) if r.is_empty()) {
+            all_of.push(json!({ "required": ["inputs"] }));
+        }
+        if !all_of.is_empty() {
+            then["allOf"] = Value::Array(all_of);
+        }
+        kind_rules.push(json!({
+            "if": { "properties": { "kind": { "const": k.name } }, "required": ["kind"] },
+            "then": then,
+        }));
+    }
+
+    let kind_names: Vec<&str> = kinds.iter().map(|k| k.name).collect();
+    let kinds_help: String = kinds
+        .iter()
+        .map(|k| format!("`{}`: {}", k.name, k.about))
+        .collect::<Vec<_>>()
+        .join("; ");
+    defs.insert(
+        "stage".into(),
+        json!({
+            "type": "object",
+            "description": "One stage: a kind, its inputs (upstream stages) and its params.",
+            "required": ["kind"],
+            "additionalProperties": false,
+            "properties": {
+                "kind": {
+                    "description": format!("The stage kind (`seqpipe kinds` lists them). {kinds_help}."),
+                    "enum": kind_names,
+                },
+                "description": { "type": "string", "description": "Free text; not part of the key." },
+                "inputs": {
+                    "description": "Upstream stages: a map role → stage name, or a list of stage names (for tables, plots and reports).",
+                    "anyOf": [
+                        { "type": "object", "additionalProperties": { "type": "string" } },
+                        { "type": "array", "items": { "type": "string" } },
+                        { "type": "null" },
+                    ],
+                },
+                "params": { "type": "object", "description": "The kind's params (unknown ones are errors)." },
+                "matrix": {
+                    "type": "object",
+                    "additionalProperties": { "type": "array", "minItems": 1 },
+                },
+                "resources": def("resources"),
+            },
+            "allOf": kind_rules,
+        }),
+    );
+    defs.insert(
+        "executor_kind".into(),
+        json!({
+            "description": "Where stages run: `local` in the seqpipe process, `process` in a child process per stage, `slurm` as Slurm batch jobs (model stages; quick stages run in the driver unless `submit_all`).",
+            "enum": ["local", "process", "slurm"],
+        }),
+    );
+    defs.insert(
+        "resources".into(),
+        json!({
+            "type": "object",
+            "description": "What a stage asks of a cluster (`--executor slurm`). Not part of the key. Stage values override the pipeline's, which override the kind's defaults.",
+            "additionalProperties": false,
+            "properties": {
+                "cpus": { "type": "integer", "minimum": 1, "description": "CPUs per task (--cpus-per-task)." },
+                "mem": { "type": "string", "pattern": "^[0-9]+[KMGTkmgt]?$", "description": "Memory per node (--mem), e.g. 2G." },
+                "time": {
+                    "description": "Time limit (--time): minutes, MM:SS, HH:MM:SS, D-HH, D-HH:MM or D-HH:MM:SS.",
+                    "anyOf": [
+                        { "type": "integer", "minimum": 0 },
+                        { "type": "string", "pattern": "^([0-9]{1,4}-)?[0-9]{1,4}(:[0-9]{1,4}){0,2}$" },
+                    ],
+                },
+                "gpus": { "type": "integer", "minimum": 0, "description": "GPUs (--gpus)." },
+                "partition": { "type": "string" },
+                "account": { "type": "string" },
+                "qos": { "type": "string" },
+                "extra": {
+                    "type": "array",
+                    "items": { "type": "string", "pattern": "^-" },
+                    "description": "Further sbatch flags, as sbatch takes them.",
+                },
+            },
+        }),
+    );
+
+    let defs: Map<String, Value> = {
+        let mut v: Vec<(String, Value)> = defs.into_iter().collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v.into_iter().collect()
+    };
+    json!({
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "seqpipe pipeline",
+        "description": "A seqpipe pipeline file: named stages of typed kinds, cached by key (generated by `seqpipe schema`).",
+        "type": "object",
+        "required": ["name", "stages"],
+        "additionalProperties": false,
+        "properties": {
+            "name": {
+                "type": "string",
+                "description": "Names the output folder outputs/<name>/.",
+            },
+            "description": { "type": "string", "description": "Free text." },
+            "seed": {
+                "type": "integer",
+                "minimum": 0,
+                "default": 0,
+                "description": "Every random choice derives from it; part of the keys of random stages.",
+            },
+            "device": {
+                "enum": ["cpu", "cuda", "auto"],
+                "default": "cpu",
+                "description": "Device of model stages (`cuda` needs the `cuda` build; `auto` is cuda when built with it).",
+            },
+            "executor": {
+                "description": "How stages are executed: a kind, or `{ kind: ... }`.",
+                "anyOf": [
+                    def("executor_kind"),
+                    {
+                        "type": "object",
+                        "required": ["kind"],
+                        "additionalProperties": false,
+                        "properties": {
+                            "kind": def("executor_kind"),
+                            "poll": { "type": "number", "exclusiveMinimum": 0, "description": "slurm: seconds between two squeue polls (default 2)." },
+                            "submit_all": { "type": "boolean", "description": "slurm: submit quick stages (text, tables, plots) as jobs too." },
+                        },
+                    },
+                ],
+            },
+            "resources": def("resources"),
+            "stages": {
+                "type": "object",
+                "description": "The stages by name (letters, digits, `_` and `-`; the name becomes a folder).",
+                "propertyNames": { "pattern": "^[A-Za-z0-9_-]+$" },
+                "additionalProperties": def("stage"),
+            },
+        },
+        "$defs": defs,
+    })
+}
+
+/// `inputs` of a kind: its fixed roles (all required), or any non-empty set of stages.
+fn inputs_schema(roles: Roles) -> Value {
+    match roles {
+        Roles::Fixed([]) => json!({
+            "description": "This kind takes no inputs.",
+            "anyOf": [
+                { "type": "object", "maxProperties": 0 },
+                { "type": "array", "maxItems": 0 },
+                { "type": "null" },
+            ],
+        }),
+        Roles::Fixed(r) => {
+            let props: Map<String, Value> = r
+                .iter()
+                .map(|role| {
+                    (
+                        role.to_string(),
+                        json!({ "type": "string", "description": "upstream stage" }),
+                    )
+                })
+                .collect();
+            json!({
+                "description": format!("Roles: {}.", r.join(", ")),
+                "anyOf": [
+                    { "type": "object", "properties": props, "required": r, "additionalProperties": false },
+                    // A list names stages whose names are the roles.
+                    { "type": "array", "items": { "enum": r }, "minItems": r.len(), "maxItems": r.len(), "uniqueItems": true },
+                ],
+            })
+        }
+        Roles::AnyNonEmpty => json!({
+            "description": "Any stages, one row or series each.",
+            "anyOf": [
+                { "type": "object", "minProperties": 1, "additionalProperties": { "type": "string" } },
+                { "type": "array", "minItems": 1, "items": { "type": "string" } },
+            ],
+        }),
+    }
+}
+
+/// Drop what schemars adds for Rust's sake and editors do not need: numeric `format`s (`uint`,
+/// `double`: not JSON Schema formats) and `writeOnly` (a param that is not part of the key).
+fn tidy(v: &mut Value) {
+    match v {
+        Value::Object(m) => {
+            if m.get("format").and_then(Value::as_str).is_some_and(|f| {
+                f.starts_with("int") || f.starts_with("uint") || f == "double" || f == "float"
+            }) {
+                m.remove("format");
+            }
+            m.remove("writeOnly");
+            m.values_mut().for_each(tidy);
+        }
+        Value::Array(a) => a.iter_mut().for_each(tidy),
+        _ => {}
+    }
+}
