@@ -133,6 +133,20 @@ pub fn run(cli: Cli, root: &Path) -> Result<()> {
                 print!("{}", PlanView(p, &plan));
                 return Ok(());
             }
+            // Folders seqpipe writes must be folders: say so before anything runs.
+            for d in [
+                store.outputs().to_path_buf(),
+                store.outputs().join(&p.name),
+                store.runs_dir(&p.name),
+                store.meta().to_path_buf(),
+            ] {
+                if d.exists() && !d.is_dir() {
+                    bail!(
+                        "{} is a file, but seqpipe keeps a folder there; move the file away",
+                        d.display()
+                    );
+                }
+            }
             // What crashed runs left behind (their owners are gone) goes first.
             store.clean_leftovers();
             crate::view::clean_leftovers(store.outputs(), &p.name);

@@ -242,7 +242,7 @@ impl Store {
                 return Ok(target);
             }
             let trash = self.meta.join("trash");
-            fs::create_dir_all(&trash)?;
+            fs::create_dir_all(&trash).with_context(|| format!("creating {}", trash.display()))?;
             let old = trash.join(format!("{}-{}~{}", key.short(), now_ms(), Owner::me().tag()));
             if replace {
                 fs::rename(&target, &old)
@@ -371,7 +371,8 @@ impl Store {
                 }
                 bytes += dir_size(&e.path());
                 if !dry_run {
-                    fs::remove_dir_all(e.path())?;
+                    fs::remove_dir_all(e.path())
+                        .with_context(|| format!("removing {}", e.path().display()))?;
                 }
             }
         }

@@ -18,7 +18,8 @@ pub struct Cli {
     pub quiet: bool,
     /// Threads for matrix products. 1 is fastest at the book's sizes on a 2-core machine
     /// (measured with `seqpipe bench`).
-    #[arg(long, global = true, default_value_t = 1, env = "SEQPIPE_THREADS")]
+    #[arg(long, global = true, default_value_t = 1, env = "SEQPIPE_THREADS",
+          value_parser = at_least_one)]
     pub threads: usize,
     /// The store folder (default `outputs/.seqpipe`). Several projects and users may share
     /// one, on a shared filesystem; views and run records stay in each project's `outputs/`.
@@ -54,7 +55,7 @@ pub enum Command {
         #[arg(long)]
         dry_run: bool,
         /// Run up to N independent stages at once (default 1; 32 jobs in flight with slurm).
-        #[arg(short = 'j', long)]
+        #[arg(short = 'j', long, value_parser = at_least_one)]
         jobs: Option<usize>,
         /// After a failure, still run the stages that do not depend on it.
         #[arg(long)]
@@ -127,4 +128,13 @@ pub enum Command {
     },
     /// Print the JSON Schema (draft 2020-12) of pipeline files (committed as pipelines/schema.json).
     Schema,
+}
+
+/// A count that must be at least 1 (`--threads`, `-j`).
+fn at_least_one(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(0) => Err("must be at least 1 (0 would run nothing)".into()),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!("`{s}` is not a whole number; give 1 or more")),
+    }
 }

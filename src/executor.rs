@@ -10,7 +10,7 @@ use crate::launcher::Launcher;
 use crate::pipeline::Pipeline;
 use crate::plan::{Action, Plan, Reason};
 use crate::progress::Output;
-use anyhow::Result;
+use anyhow::{Context, Result};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -374,7 +374,7 @@ pub fn execute(
         resolved,
     };
     let dir = store.runs_dir(&record.pipeline);
-    std::fs::create_dir_all(&dir)?;
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     crate::cache::write_synced(
         &dir.join(format!("{}.json", opts.run_id)),
         &serde_json::to_vec_pretty(&record)?,
@@ -419,7 +419,8 @@ fn publish(store: &Store, p: &Pipeline, stage: usize, key: &Key) -> Result<PathB
         &store.object_dir(key),
     )?;
     if p.stages[stage].kind.name == "report" {
-        let mut md = std::fs::read_to_string(view.join("report.md"))?;
+        let mut md = std::fs::read_to_string(view.join("report.md"))
+            .with_context(|| format!("reading {}", view.join("report.md").display()))?;
         let speeds: Vec<(String, f64)> = p.stages[stage]
             .inputs
             .iter()

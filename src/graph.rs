@@ -20,9 +20,17 @@ fn build(n: usize, edges: &[(usize, usize)]) -> DiGraph<usize, ()> {
 /// ready nodes, so file order is kept); or the stages of one cycle, in loop order.
 pub fn topo_order(n: usize, edges: &[(usize, usize)]) -> Result<Vec<usize>, Vec<usize>> {
     let g = build(n, edges);
+    let mut self_loop = vec![false; n];
+    let mut out: Vec<Vec<usize>> = vec![Vec::new(); n];
+    for &(a, b) in edges {
+        out[a].push(b);
+        if a == b {
+            self_loop[a] = true;
+        }
+    }
     // A cycle: a strongly connected component with more than one node, or a self-loop.
     for scc in tarjan_scc(&g) {
-        let is_cycle = scc.len() > 1 || edges.iter().any(|&(a, b)| a == b && a == scc[0].index());
+        let is_cycle = scc.len() > 1 || self_loop[scc[0].index()];
         if is_cycle {
             return Err(cycle_path(
                 &scc.iter().map(|n| n.index()).collect::<Vec<_>>(),
@@ -39,12 +47,10 @@ pub fn topo_order(n: usize, edges: &[(usize, usize)]) -> Result<Vec<usize>, Vec<
     while let Some(&i) = ready.iter().next() {
         ready.remove(&i);
         order.push(i);
-        for &(a, b) in edges {
-            if a == i {
-                indeg[b] -= 1;
-                if indeg[b] == 0 {
-                    ready.insert(b);
-                }
+        for &b in &out[i] {
+            indeg[b] -= 1;
+            if indeg[b] == 0 {
+                ready.insert(b);
             }
         }
     }

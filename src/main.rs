@@ -1,6 +1,12 @@
 use clap::Parser;
 
 fn main() {
+    // A closed pipe (`seqpipe kinds | head -1`) ends the program quietly, as other Unix
+    // tools do, instead of a panic on the next print.
+    #[cfg(unix)]
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = seqpipe::cli::Cli::parse();
     if let Err(e) = seqpipe::nn::set_num_threads(cli.threads) {
         eprintln!("warning: {e:#}");
@@ -13,7 +19,11 @@ fn main() {
         }
     };
     if let Err(e) = seqpipe::app::run(cli, &root) {
-        eprintln!("{e:#}");
+        if e.downcast_ref::<seqpipe::diagnostic::PipelineError>().is_some() {
+            eprintln!("{e:#}"); // each diagnostic says `error:` itself
+        } else {
+            eprintln!("error: {e:#}");
+        }
         std::process::exit(seqpipe::app::exit_code(&e));
     }
 }

@@ -191,6 +191,36 @@ pub fn apply_overrides(raw: &mut RawPipeline, sets: &[String]) -> Result<(), Pip
             ));
             continue;
         }
+        if targets.is_empty() {
+            // A wildcard that matches nothing would silently run the unchanged pipeline.
+            let mut set: Vec<&str> = raw
+                .stages
+                .iter()
+                .flat_map(|st| st.params.keys().map(String::as_str))
+                .collect();
+            set.sort();
+            set.dedup();
+            let kind_has: Vec<&str> = raw
+                .stages
+                .iter()
+                .filter(|st| {
+                    find_kind(&st.kind).is_some_and(|k| k.params.contains(&key))
+                })
+                .map(|st| st.name.as_str())
+                .collect();
+            let help = if let Some(first) = kind_has.first() {
+                format!(
+                    "no stage sets `{key}` in the file, so `*` matches none; name a stage, e.g. `--set {first}.{key}={value}`"
+                )
+            } else {
+                suggest(key, &set, "params set in this pipeline")
+            };
+            diags.push(err(
+                format!("--set `{s}`: no stage sets a param `{key}`"),
+                help,
+            ));
+            continue;
+        }
         for t in targets {
             t.params.insert(key.to_string(), v.clone());
         }
@@ -247,6 +277,8 @@ pub fn analyze(raw: RawPipeline) -> Result<Pipeline, PipelineError> {
     };
     let kinds: Vec<&str> = registry().iter().map(|k| k.name).collect();
     let names: Vec<&str> = raw.stages.iter().map(|s| s.name.as_str()).collect();
+    let index_of: std::collections::HashMap<&str, usize> =
+        names.iter().enumerate().map(|(i, n)| (*n, i)).collect();
     let mut stages = Vec::new();
     for st in &raw.stages {
         let base = format!("stages.{}", st.origin);
@@ -276,7 +308,7 @@ pub fn analyze(raw: RawPipeline) -> Result<Pipeline, PipelineError> {
                     continue;
                 }
             }
-            match names.iter().position(|n| n == up) {
+            match index_of.get(up.as_str()).copied() {
                 Some(i) => inputs.push((role.clone(), i)),
                 None => {
                     let others: Vec<&str> =
@@ -356,6 +388,9 @@ pub fn analyze(raw: RawPipeline) -> Result<Pipeline, PipelineError> {
         }
     }
     if !diags.is_empty() {
+        // Sweep variants repeat their origin's mistakes: report each once.
+        let mut seen = std::collections::HashSet::new();
+        diags.retain(|d| seen.insert(format!("{:?}|{}|{}", d.line, d.path, d.message)));
         return Err(PipelineError { diagnostics: diags });
     }
     let edges: Vec<(usize, usize)> = stages

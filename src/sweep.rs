@@ -33,6 +33,64 @@ fn show(v: &serde_json::Value) -> String {
     }
 }
 
+/// The longest value shown whole in a variant name; longer ones are cut and get a hash.
+const MAX_LABEL: usize = 40;
+/// Variant names longer than this are shortened (they become folder names: 255 bytes at most).
+const MAX_NAME: usize = 160;
+
+fn short_hash(v: &serde_json::Value) -> String {
+    blake3::hash(v.to_string().as_bytes()).to_hex()[..6].to_string()
+}
+
+fn cut(s: &str, n: usize) -> &str {
+    match s.char_indices().nth(n) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
+/// Labels of every value of every matrix axis (axes are shared by name across stages), unique
+/// within an axis: values that show alike (`data/a/x.txt` and `data/b/x.txt`, `"a,b"` and
+/// `"a_b"`) get a short hash of the value, and long ones are cut and hashed. Two values are
+/// never merged into one variant.
+fn axis_labels(stages: &[RawStage]) -> HashMap<String, Vec<(serde_json::Value, String)>> {
+    let mut axes: HashMap<String, Vec<serde_json::Value>> = HashMap::new();
+    let mut seen: std::collections::HashSet<(String, String)> = Default::default();
+    for s in stages {
+        for (param, values) in &s.matrix {
+            let vs = axes.entry(param.clone()).or_default();
+            for v in values {
+                if seen.insert((param.clone(), v.to_string())) {
+                    vs.push(v.clone());
+                }
+            }
+        }
+    }
+    axes.into_iter()
+        .map(|(param, values)| {
+            let shown: Vec<String> = values.iter().map(show).collect();
+            let mut count: HashMap<&str, usize> = HashMap::new();
+            for sh in &shown {
+                *count.entry(sh.as_str()).or_default() += 1;
+            }
+            let labels = values
+                .iter()
+                .zip(&shown)
+                .map(|(v, sh)| {
+                    let clash = count[sh.as_str()] > 1;
+                    let long = sh.chars().count() > MAX_LABEL;
+                    if clash || long {
+                        format!("{}~{}", cut(sh, MAX_LABEL), short_hash(v))
+                    } else {
+                        sh.clone()
+                    }
+                })
+                .collect::<Vec<_>>();
+            (param, values.into_iter().zip(labels).collect())
+        })
+        .collect()
+}
+
 fn consistent(a: &Assignment, b: &Assignment) -> bool {
     a.iter()
         .all(|(k, v)| b.iter().all(|(k2, v2)| k != k2 || v == v2))
@@ -101,6 +159,39 @@ pub fn expand(raw: RawPipeline) -> Result<RawPipeline, PipelineError> {
     for s in &raw.stages {
         visit(s, &by_name, &mut placed, &mut order);
     }
+    let labels = axis_labels(&raw.stages);
+    // (axis, value as JSON) → label, and (axis, label) → value: constant time per variant.
+    let mut label_by_value: HashMap<(String, String), String> = HashMap::new();
+    let mut value_by_label: HashMap<(String, String), serde_json::Value> = HashMap::new();
+    for (param, vls) in &labels {
+        for (v, l) in vls {
+            label_by_value.insert((param.clone(), v.to_string()), l.clone());
+            value_by_label.insert((param.clone(), l.clone()), v.clone());
+        }
+    }
+    let label_of = |param: &str, v: &serde_json::Value| -> String {
+        label_by_value[&(param.to_string(), v.to_string())].clone()
+    };
+    // Variants of each stage indexed by their assignment, for picking the one that matches.
+    let restrict = |a: &Assignment, axes: &[String]| -> String {
+        axes.iter()
+            .map(|k| {
+                a.iter()
+                    .find(|(x, _)| x == k)
+                    .map(|(_, v)| format!("{k}={v}"))
+                    .unwrap_or_default()
+            })
+            .collect::<Vec<_>>()
+            .join("\u{1f}")
+    };
+    let mut variant_index: HashMap<String, (Vec<String>, HashMap<String, String>)> =
+        HashMap::new();
+    let position: HashMap<&str, usize> = raw
+        .stages
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.name.as_str(), i))
+        .collect();
     let mut out_stages: BTreeMap<usize, Vec<RawStage>> = BTreeMap::new();
     for s in order {
         let fan_in = is_fan_in(&s.kind);
@@ -136,7 +227,7 @@ pub fn expand(raw: RawPipeline) -> Result<RawPipeline, PipelineError> {
             let mut next = Vec::new();
             for a in &combos {
                 for v in values {
-                    let b = vec![(param.clone(), show(v))];
+                    let b = vec![(param.clone(), label_of(param, v))];
                     if consistent(a, &b) {
                         next.push(merge(a, &b));
                     }
@@ -147,17 +238,36 @@ pub fn expand(raw: RawPipeline) -> Result<RawPipeline, PipelineError> {
         let mut vs = Vec::new();
         let mut expanded = Vec::new();
         for a in combos {
-            let name = format!("{}{}", s.name, label(&a));
-            let mut st = s.clone();
-            st.name = name.clone();
-            st.matrix = Vec::new();
+            let mut name = format!("{}{}", s.name, label(&a));
+            if name.len() > MAX_NAME {
+                // A folder name has at most 255 bytes: keep the start, add a hash of the rest.
+                let l = label(&a);
+                name = format!(
+                    "{}{}…~{}]",
+                    s.name,
+                    cut(&l[..l.len() - 1], MAX_NAME / 2),
+                    &blake3::hash(l.as_bytes()).to_hex()[..8]
+                );
+            }
+            // Clone without the matrix: copying every axis's values per variant is quadratic.
+            let mut st = RawStage {
+                name: name.clone(),
+                origin: s.origin.clone(),
+                kind: s.kind.clone(),
+                description: s.description.clone(),
+                inputs: Vec::new(),
+                params: s.params.clone(),
+                matrix: Vec::new(),
+                resources: s.resources.clone(),
+            };
             for (param, values) in &s.matrix {
                 let chosen = a
                     .iter()
                     .find(|(k, _)| k == param)
                     .map(|(_, v)| v.clone())
                     .unwrap_or_default();
-                if let Some(v) = values.iter().find(|v| show(v) == chosen) {
+                let _ = values;
+                if let Some(v) = value_by_label.get(&(param.clone(), chosen)) {
                     st.params.insert(param.clone(), v.clone());
                 }
             }
@@ -175,10 +285,16 @@ pub fn expand(raw: RawPipeline) -> Result<RawPipeline, PipelineError> {
                         }
                     }
                     Some(uvs) => {
-                        let pick = uvs
-                            .iter()
-                            .find(|(b, _)| consistent(&a, b))
-                            .map(|(_, n)| n.clone())
+                        // The upstream variant that agrees with this one on the upstream's axes.
+                        let pick = variant_index.get(up).and_then(|(axes, index)| {
+                            index.get(&restrict(&a, axes)).cloned()
+                        });
+                        let pick = pick
+                            .or_else(|| {
+                                uvs.iter()
+                                    .find(|(b, _)| consistent(&a, b))
+                                    .map(|(_, n)| n.clone())
+                            })
                             .unwrap_or_else(|| up.clone());
                         st.inputs.push((role.clone(), pick));
                     }
@@ -188,8 +304,17 @@ pub fn expand(raw: RawPipeline) -> Result<RawPipeline, PipelineError> {
             vs.push((a, name));
             expanded.push(st);
         }
-        let idx = raw.stages.iter().position(|x| x.name == s.name).unwrap();
+        let idx = position[s.name.as_str()];
         out_stages.insert(idx, expanded);
+        let axes: Vec<String> = vs
+            .first()
+            .map(|(a, _)| a.iter().map(|(k, _)| k.clone()).collect())
+            .unwrap_or_default();
+        let index = vs
+            .iter()
+            .map(|(a, n)| (restrict(a, &axes), n.clone()))
+            .collect();
+        variant_index.insert(s.name.clone(), (axes, index));
         variants.insert(s.name.clone(), vs);
     }
     if !diags.is_empty() {

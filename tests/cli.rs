@@ -727,16 +727,18 @@ fn every_pipeline_runs_quick_with_plots_and_report() {
     files.sort();
     for f in files {
         let name = f.trim_end_matches(".yaml").to_string();
-        ok(
-            p,
-            &[
-                "run",
-                "-q",
-                &format!("pipelines/{f}"),
-                "--set",
-                "*.epochs=2",
-            ],
-        );
+        let path = format!("pipelines/{f}");
+        // The quick variant for pipelines that train; a wildcard that matches no stage is an
+        // error (it would otherwise run the unchanged pipeline).
+        let trains = std::fs::read_to_string(p.join(&path)).unwrap().contains("epochs:");
+        let mut args = vec!["run", "-q", path.as_str()];
+        if trains {
+            args.extend(["--set", "*.epochs=2"]);
+        } else {
+            let o = seqpipe(p, &["run", "-q", &path, "--set", "*.epochs=2", "--dry-run"]);
+            assert_eq!(o.status.code(), Some(2), "{name}: a wildcard that matches nothing");
+        }
+        ok(p, &args);
         let record = last_record(p, &name);
         let mut numbers = String::new();
         let mut plots = 0;
@@ -1937,4 +1939,181 @@ fn shipped_pipelines_follow_the_schema_and_typos_do_not() {
     assert!(!top("executor: { kind: local, workers: 2 }\n"));
     assert!(!top("device: tpu\n"));
     assert!(!top("seeed: 3\n"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Bad input, as a new user writes it: each case's message and exit code, snapshotted. A small
+// builder keeps each case to what differs: files, arguments, the expected exit code.
+
+struct Case {
+    dir: tempfile::TempDir,
+    args: Vec<String>,
+}
+
+impl Case {
+    /// A project with the shipped corpora and pipelines.
+    fn new() -> Self {
+        Case {
+            dir: project(),
+            args: Vec::new(),
+        }
+    }
+    fn file(self, name: &str, text: &str) -> Self {
+        let p = self.dir.path().join(name);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+        self
+    }
+    fn args(mut self, args: &[&str]) -> Self {
+        self.args = args.iter().map(|s| s.to_string()).collect();
+        self
+    }
+    /// Run it; check the exit code and that a refused pipeline wrote nothing; return
+    /// "exit code N" and stderr, with the temporary folder's path replaced.
+    fn expect(self, code: i32) -> String {
+        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        let o = seqpipe(self.dir.path(), &args);
+        let err = String::from_utf8_lossy(&o.stderr)
+            .replace(&self.dir.path().display().to_string(), "<project>");
+        assert_eq!(o.status.code(), Some(code), "{args:?}\n{err}");
+        if code == 2 {
+            assert!(
+                !self.dir.path().join("outputs").exists(),
+                "{args:?}: a refused pipeline writes nothing"
+            );
+        }
+        format!("exit code {code}\n{err}")
+    }
+}
+
+const TOY: &str = "name: t\nstages:\n  t:\n    kind: toy_sequence\n    params: { length: 50 }\n";
+
+#[test]
+fn bad_input_is_stopped_before_anything_runs() {
+    let cases: Vec<(&str, Case, i32)> = vec![
+        (
+            "wildcard_set_matches_nothing",
+            Case::new().args(&["run", "pipelines/ex8_6_1.yaml", "--set", "*.epoch=5"]),
+            2,
+        ),
+        (
+            "hidden_too_large",
+            Case::new().args(&["run", "pipelines/ex8_6_1.yaml", "--set", "model.hidden=1000000"]),
+            2,
+        ),
+        (
+            "epochs_too_large",
+            Case::new().args(&["run", "pipelines/ex8_6_1.yaml", "--set", "train.epochs=1000000000000"]),
+            2,
+        ),
+        (
+            "nan_param",
+            Case::new()
+                .file("p.yaml", "name: p\nstages:\n  s:\n    kind: synthetic_series\n    params: { sigma: .nan }\n")
+                .args(&["run", "p.yaml"]),
+            2,
+        ),
+        (
+            "inf_in_set",
+            Case::new().args(&["run", "pipelines/ex8_6_1.yaml", "--set", "train.lr=.inf"]),
+            2,
+        ),
+        (
+            "negative_seed",
+            Case::new()
+                .file("p.yaml", &TOY.replace("name: t\n", "name: t\nseed: -1\n"))
+                .args(&["run", "p.yaml"]),
+            2,
+        ),
+        (
+            "hidden_wrong_form",
+            Case::new()
+                .file("p.yaml", "name: p\nstages:\n  s:\n    kind: synthetic_series\n  m:\n    kind: build_model\n    inputs: { data: s }\n    params: { arch: mlp, hidden: wide }\n")
+                .args(&["run", "p.yaml"]),
+            2,
+        ),
+        (
+            "file_is_a_list",
+            Case::new().file("p.yaml", "- a\n- b\n").args(&["run", "p.yaml"]),
+            2,
+        ),
+        (
+            "plot_reads_outside_its_inputs",
+            Case::new()
+                .file("p.yaml", &format!("{TOY}  p:\n    kind: plot\n    inputs: [t]\n    params: {{ title: x, file: ../../../../etc/passwd, x: a, y: b }}\n"))
+                .args(&["run", "p.yaml"]),
+            2,
+        ),
+        ("zero_threads", Case::new().args(&["--threads", "0", "kinds"]), 2),
+        ("zero_jobs", Case::new().args(&["run", "-j", "0", "pipelines/ex8_3_3.yaml"]), 2),
+        (
+            "outputs_is_a_file",
+            Case::new().file("outputs", "not a folder").args(&["run", "pipelines/ex8_3_3.yaml"]),
+            1,
+        ),
+    ];
+    for (name, case, code) in cases {
+        let mut out = case.expect(code);
+        // The machine's memory differs between machines: keep the snapshot portable.
+        if let Some(i) = out.find("this machine's ") {
+            let end = out[i..].find(" GB").map(|j| i + j + 3).unwrap_or(out.len());
+            out.replace_range(i..end, "this machine's <memory>");
+        }
+        assert!(
+            !out.contains("FileMirror") && !out.contains("untagged") && !out.contains("u64") && !out.contains("found null"),
+            "{name}: no internal names: {out}"
+        );
+        insta::assert_snapshot!(format!("bad_{name}"), out);
+    }
+}
+
+#[test]
+fn sweep_values_that_look_alike_stay_apart() {
+    let t = project();
+    let p = t.path();
+    std::fs::create_dir_all(p.join("data/copy")).unwrap();
+    std::fs::write(p.join("data/copy/timemachine.txt"), "a different book\n".repeat(40)).unwrap();
+    let long = "x".repeat(300);
+    let yaml = format!(
+        "name: m\nstages:\n  c:\n    kind: load_corpus\n    params: {{ path: data/timemachine.txt }}\n    matrix: {{ path: [data/timemachine.txt, data/copy/timemachine.txt] }}\n  w:\n    kind: tokenize\n    inputs: {{ corpus: c }}\n    params: {{ unit: word }}\n  g:\n    kind: ngram_generate\n    inputs: {{ tokens: w }}\n    params: {{ n: 2, num_words: 3 }}\n    matrix: {{ prefix: [\"the,time\", \"the_time\", \"{long}\"] }}\n"
+    );
+    std::fs::write(p.join("m.yaml"), yaml).unwrap();
+    ok(p, &["run", "-q", "m.yaml"]);
+    let rec = last_record(p, "m");
+    let names: Vec<String> = statuses(&rec).into_iter().map(|(n, _, _)| n).collect();
+    let loads: Vec<&String> = names.iter().filter(|n| n.starts_with("c[")).collect();
+    assert_eq!(loads.len(), 2, "two files, two variants: {names:?}");
+    assert_ne!(loads[0], loads[1]);
+    let gens: Vec<&String> = names.iter().filter(|n| n.starts_with("g[")).collect();
+    assert_eq!(gens.len(), 6, "{names:?}");
+    let mut uniq = gens.clone();
+    uniq.sort();
+    uniq.dedup();
+    assert_eq!(uniq.len(), 6, "variant names are unique: {gens:?}");
+    assert!(gens.iter().all(|n| n.len() < 200), "long values are shortened: {gens:?}");
+    // Every variant computed its own result: none reported as another's hit.
+    assert!(statuses(&rec).iter().all(|(_, _, s)| s == "ran"), "{rec}");
+    // The two corpora differ, so do their tokens.
+    let toks: Vec<Vec<u8>> = names
+        .iter()
+        .filter(|n| n.starts_with("w["))
+        .map(|n| std::fs::read(p.join("outputs/m").join(n).join("summary.json")).unwrap())
+        .collect();
+    assert_eq!(toks.len(), 2);
+    assert_ne!(toks[0], toks[1]);
+}
+
+#[test]
+fn a_closed_pipe_ends_quietly() {
+    let mut child = Command::new(BIN)
+        .arg("kinds")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take()); // like `seqpipe kinds | head -0`
+    let o = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(err.is_empty(), "{err}");
 }

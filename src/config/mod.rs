@@ -35,6 +35,9 @@ pub fn parse(path: &Path, text: &str) -> Result<RawPipeline, PipelineError> {
 /// `true` a bool, `[1, 2]` a list, anything else a string.
 pub fn parse_scalar(text: &str) -> Result<serde_json::Value, String> {
     let v: serde_yaml::Value = serde_yaml::from_str(text).map_err(|e| e.to_string())?;
+    if let Some(word) = raw::non_finite(&v) {
+        return Err(format!("`{word}` is not a finite number"));
+    }
     let v = if v.is_null() && !text.trim().is_empty() && text.trim() != "null" && text.trim() != "~"
     {
         serde_yaml::Value::String(text.to_string())

@@ -90,13 +90,54 @@ pub struct RawStage {
     pub resources: Option<serde_json::Value>,
 }
 
+/// serde's wording, in the file's terms: no Rust type names (`u64`, `FileMirror`).
+fn humanize(msg: &str) -> String {
+    let mut m = msg.to_string();
+    for (from, to) in [
+        ("expected struct FileMirror", "expected a pipeline: a mapping with `name:` and `stages:`"),
+        ("expected struct StageMirror", "expected a stage: a mapping with `kind:`"),
+        ("expected a YAML mapping", "expected a mapping"),
+        ("expected u64", "expected a non-negative integer"),
+        ("expected u32", "expected a non-negative integer"),
+        ("expected usize", "expected a non-negative integer"),
+        ("expected f64", "expected a number"),
+        ("expected f32", "expected a number"),
+        ("invalid type: sequence", "found a list"),
+        ("invalid type: map", "found a mapping"),
+        ("invalid type: integer", "found the integer"),
+        ("invalid type: floating point", "found the number"),
+        ("invalid type: string", "found the string"),
+        ("invalid type: boolean", "found the boolean"),
+    ] {
+        m = m.replace(from, to);
+    }
+    m
+}
+
+/// `.nan`, `.inf` or `-.inf` anywhere in a value: JSON (and the key) has no such numbers, so
+/// they would silently become null.
+pub(crate) fn non_finite(v: &serde_yaml::Value) -> Option<&'static str> {
+    match v {
+        serde_yaml::Value::Number(n) => match n.as_f64() {
+            Some(f) if f.is_nan() => Some(".nan"),
+            Some(f) if f == f64::INFINITY => Some(".inf"),
+            Some(f) if f == f64::NEG_INFINITY => Some("-.inf"),
+            _ => None,
+        },
+        serde_yaml::Value::Sequence(s) => s.iter().find_map(non_finite),
+        serde_yaml::Value::Mapping(m) => m.values().find_map(non_finite),
+        serde_yaml::Value::Tagged(t) => non_finite(&t.value),
+        _ => None,
+    }
+}
+
 fn yaml_error(
     path: &Path,
     e: &serde_yaml::Error,
     at: &str,
     locator: Option<&Locator>,
 ) -> Diagnostic {
-    let msg = e.to_string();
+    let msg = humanize(&e.to_string());
     // serde_yaml appends " at line L column C"; keep the message, put the place in the header.
     let msg = match msg.find(" at line ") {
         Some(i) => msg[..i].to_string(),
@@ -183,7 +224,7 @@ pub(super) fn parse(path: &Path, text: &str) -> Result<RawPipeline, PipelineErro
         },
     };
     let mut stages = Vec::new();
-    let mut seen: Vec<String> = Vec::new();
+    let mut seen: std::collections::HashSet<String> = std::collections::HashSet::new();
     for (k, v) in top.stages {
         let name = match k.as_str() {
             Some(s) => s.to_string(),
@@ -209,7 +250,7 @@ pub(super) fn parse(path: &Path, text: &str) -> Result<RawPipeline, PipelineErro
             ));
             continue;
         }
-        seen.push(name.clone());
+        seen.insert(name.clone());
         if !name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
@@ -279,6 +320,20 @@ pub(super) fn parse(path: &Path, text: &str) -> Result<RawPipeline, PipelineErro
                 )));
                 continue;
             };
+            if let Some(word) = non_finite(&v) {
+                let ppath = format!("{at}.params.{key}");
+                let d = Diagnostic::new(
+                    path,
+                    &ppath,
+                    format!("`{key}: {word}` is not a finite number"),
+                )
+                .with_help("give a finite number, e.g. `0.5` or `1e-3`");
+                diags.push(match locator.find(&ppath) {
+                    Some((l, c)) => d.at(l, c),
+                    None => place(d),
+                });
+                continue;
+            }
             match serde_json::to_value(&v) {
                 Ok(j) => {
                     params.insert(key.to_string(), j);
@@ -295,6 +350,19 @@ pub(super) fn parse(path: &Path, text: &str) -> Result<RawPipeline, PipelineErro
             let key = k.as_str().unwrap_or_default().to_string();
             let mpath = format!("{at}.matrix.{key}");
             match v {
+                serde_yaml::Value::Sequence(items) if items.iter().any(|i| non_finite(i).is_some()) => {
+                    let word = items.iter().find_map(non_finite).unwrap_or(".nan");
+                    let d = Diagnostic::new(
+                        path,
+                        &mpath,
+                        format!("`{word}` in matrix axis `{key}` is not a finite number"),
+                    )
+                    .with_help("give finite numbers, e.g. `[0.1, 1, 10]`");
+                    diags.push(match locator.find(&mpath) {
+                        Some((l, c)) => d.at(l, c),
+                        None => d,
+                    });
+                }
                 serde_yaml::Value::Sequence(items) if !items.is_empty() => {
                     let vals: Result<Vec<_>, _> = items.iter().map(serde_json::to_value).collect();
                     match vals {

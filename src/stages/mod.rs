@@ -169,8 +169,13 @@ fn parse_params<S: Stage>(
     let parsed: S = match serde_path_to_error::deserialize(value) {
         Ok(p) => p,
         Err(e) => {
-            let key = e.path().to_string();
+            let mut key = e.path().to_string();
             let inner = e.into_inner().to_string();
+            if let Some(f) = inner.strip_prefix("missing field `").and_then(|r| r.split('`').next()) {
+                if key == "." || key.is_empty() {
+                    key = f.to_string();
+                }
+            }
             let (message, help) = explain_serde(&key, &inner);
             return Err(vec![ParamIssue { key, message, help }]);
         }
@@ -184,6 +189,19 @@ fn parse_params<S: Stage>(
 }
 
 fn explain_serde(key: &str, inner: &str) -> (String, Option<String>) {
+    // Untagged enums say only "data did not match any variant of untagged enum X": name the
+    // forms the param takes instead of the type.
+    if let Some(name) = inner.strip_prefix("data did not match any variant of untagged enum ") {
+        let forms = match name.trim() {
+            "Hidden" => "a positive integer (units per layer), or a list of them for `arch: mlp`, e.g. `hidden: 256` or `hidden: [10, 10]`",
+            "OneOrMany" => "a name, or a list of names, e.g. `y: loss` or `y: [loss, perplexity]`",
+            _ => "one of the forms the README's table of stage kinds gives for it",
+        };
+        return (
+            format!("invalid value for param `{key}`"),
+            Some(format!("expected {forms}")),
+        );
+    }
     if let Some(rest) = inner.strip_prefix("missing field `") {
         let f = rest.split('`').next().unwrap_or(rest);
         return (
@@ -270,5 +288,51 @@ pub(crate) fn require_positive(issues: &mut Vec<ParamIssue>, key: &str, v: usize
             format!("param `{key}` must be at least 1, found 0"),
             format!("set `{key}` to a positive integer"),
         ));
+    }
+}
+
+/// Upper bounds on sizes, checked at analysis so that an impossible run stops before anything
+/// runs (documented in the README).
+pub(crate) mod bounds {
+    pub const EPOCHS: usize = 10_000_000;
+    pub const HIDDEN: usize = 65_536;
+    pub const LAYERS: usize = 1_000;
+    pub const EMBEDDING: usize = 65_536;
+    pub const BATCH: usize = 1_000_000;
+    pub const STEPS: usize = 1_000_000;
+}
+
+/// `key` must be at most `max`.
+pub(crate) fn require_at_most(issues: &mut Vec<ParamIssue>, key: &str, v: usize, max: usize) {
+    if v > max {
+        issues.push(ParamIssue::new(
+            key,
+            format!("`{key}: {v}` is beyond the largest value seqpipe accepts, {max}"),
+            format!("set `{key}` to {max} or less"),
+        ));
+    }
+}
+
+/// The machine's memory in bytes (`MemTotal` of /proc/meminfo), if it can be read.
+pub(crate) fn machine_memory() -> Option<u64> {
+    let m = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kb: u64 = m
+        .lines()
+        .find(|l| l.starts_with("MemTotal:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some(kb * 1024)
+}
+
+/// "1.5 GB", "24 GB", "4.0 TB".
+pub(crate) fn human_bytes(b: f64) -> String {
+    if b >= 1e12 {
+        format!("{:.1} TB", b / 1e12)
+    } else if b >= 1e9 {
+        format!("{:.1} GB", b / 1e9)
+    } else {
+        format!("{:.0} MB", b / 1e6)
     }
 }

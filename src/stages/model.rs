@@ -237,6 +237,48 @@ impl BuildModel {
     }
 }
 
+impl BuildModel {
+    /// Bounds, and the recurrent weights' memory against the machine's, before anything runs.
+    /// The vocabulary is not known yet: the estimate counts the hidden-to-hidden and
+    /// layer-to-layer weights (the part that grows with the square of `hidden`), with their
+    /// gradients and optimizer state (4 copies of f32).
+    fn check_size(&self, issues: &mut Vec<ParamIssue>) {
+        use super::bounds;
+        super::require_at_most(issues, "num_layers", self.num_layers, bounds::LAYERS);
+        let widths: Vec<usize> = match &self.hidden {
+            Hidden::One(h) => vec![*h],
+            Hidden::Layers(l) => l.clone(),
+        };
+        for &h in &widths {
+            super::require_at_most(issues, "hidden", h, bounds::HIDDEN);
+        }
+        if let InputParam::Embedding(e) = self.input {
+            super::require_at_most(issues, "input", e, bounds::EMBEDDING);
+        }
+        let gates = match self.arch {
+            Arch::Gru => 3.0,
+            Arch::Lstm => 4.0,
+            _ => 1.0,
+        };
+        let h = *widths.iter().max().unwrap_or(&0) as f64;
+        let layers = self.num_layers.max(1) as f64;
+        let bytes = gates * (2.0 * layers) * h * h * 4.0 * 4.0;
+        if let Some(mem) = super::machine_memory() {
+            if bytes > mem as f64 {
+                issues.push(ParamIssue::new(
+                    "hidden",
+                    format!(
+                        "this model needs at least {} for its recurrent weights, their gradients and optimizer state, more than this machine's {}",
+                        super::human_bytes(bytes),
+                        super::human_bytes(mem as f64)
+                    ),
+                    "use fewer hidden units or layers (the book's models use 256 to 512 units)",
+                ));
+            }
+        }
+    }
+}
+
 impl Stage for BuildModel {
     const KIND: &'static str = "build_model";
     const VERSION: u32 = 1;
@@ -248,6 +290,7 @@ impl Stage for BuildModel {
 
     fn validate(&self, issues: &mut Vec<ParamIssue>) {
         super::require_positive(issues, "num_layers", self.num_layers);
+        self.check_size(issues);
         match &self.hidden {
             Hidden::One(h) => super::require_positive(issues, "hidden", *h),
             Hidden::Layers(l) if l.is_empty() || l.contains(&0) => issues.push(ParamIssue::new(

@@ -252,6 +252,22 @@ impl Stage for Plot {
                 "e.g. `file: metrics.csv`",
             ));
         }
+        // Only files of the inputs (which are part of the key) may be read: a plain name.
+        let named = self.file.iter().map(|f| ("file", f)).chain(self.files.iter().map(|f| ("files", f)));
+        for (key, f) in named {
+            let plain = !f.is_empty()
+                && !f.contains(['/', '\\'])
+                && f != "."
+                && f != ".."
+                && !f.starts_with('~');
+            if !plain {
+                issues.push(ParamIssue::new(
+                    key,
+                    format!("`{f}` is not a file of an input: a plot reads only files its input stages wrote"),
+                    "name a file in each input's folder, e.g. `file: metrics.csv` (see `outputs/<pipeline>/<stage>/`)",
+                ));
+            }
+        }
         if self.y.list().is_empty() {
             issues.push(ParamIssue::new(
                 "y",

@@ -5,7 +5,7 @@
 use super::{Roles, Stage};
 use crate::context::StageCtx;
 use crate::results::{table, RowSource};
-use anyhow::Result;
+use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
@@ -41,7 +41,8 @@ impl Stage for Report {
         for (_, info) in ctx.input_infos() {
             if info.dir.join("table.md").exists() {
                 // A stage that made its own table (summary_table, encode): show it as it is.
-                let t = std::fs::read_to_string(info.dir.join("table.md"))?;
+                let t = std::fs::read_to_string(info.dir.join("table.md"))
+                    .with_context(|| format!("reading the table of `{}`", info.stage))?;
                 md.push_str(&format!(
                     "## {}\n\n{}\n",
                     info.stage,

@@ -274,6 +274,7 @@ impl Stage for Train {
 
     fn validate(&self, issues: &mut Vec<ParamIssue>) {
         super::require_positive(issues, "epochs", self.epochs);
+        super::require_at_most(issues, "epochs", self.epochs, super::bounds::EPOCHS);
         if !(self.lr > 0.0 && self.lr.is_finite()) {
             issues.push(ParamIssue::new(
                 "lr",
@@ -527,9 +528,9 @@ fn save_checkpoint(dir: &Path, model: &AnyRef, opt: &nn::Optimizer, prog: &Progr
     let tmp = dir.with_extension("tmp");
     let old = dir.with_extension("old");
     if tmp.exists() {
-        std::fs::remove_dir_all(&tmp)?;
+        std::fs::remove_dir_all(&tmp).with_context(|| format!("removing {}", tmp.display()))?;
     }
-    std::fs::create_dir_all(&tmp)?;
+    std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
     model.save(&tmp.join("model.safetensors"))?;
     opt.save(&tmp.join("optimizer.bin"))?;
     crate::cache::write_synced(&tmp.join("progress.json"), &serde_json::to_vec(prog)?)?;
@@ -546,11 +547,11 @@ fn save_checkpoint(dir: &Path, model: &AnyRef, opt: &nn::Optimizer, prog: &Progr
     crate::cache::write_synced(&tmp.join(MANIFEST), &serde_json::to_vec_pretty(&manifest)?)?;
     if dir.exists() {
         if old.exists() {
-            std::fs::remove_dir_all(&old)?;
+            std::fs::remove_dir_all(&old).with_context(|| format!("removing {}", old.display()))?;
         }
-        std::fs::rename(dir, &old)?;
+        std::fs::rename(dir, &old).with_context(|| format!("moving {} aside", dir.display()))?;
     }
-    std::fs::rename(&tmp, dir)?;
+    std::fs::rename(&tmp, dir).with_context(|| format!("renaming into {}", dir.display()))?;
     let _ = std::fs::remove_dir_all(&old);
     Ok(())
 }
