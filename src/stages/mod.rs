@@ -298,8 +298,6 @@ pub(crate) mod bounds {
     pub const HIDDEN: usize = 65_536;
     pub const LAYERS: usize = 1_000;
     pub const EMBEDDING: usize = 65_536;
-    pub const BATCH: usize = 1_000_000;
-    pub const STEPS: usize = 1_000_000;
 }
 
 /// `key` must be at most `max`.
