@@ -12,6 +12,8 @@
 //! ([`crate::claim`]), not by a lock on the whole store.
 
 use crate::claim::{leftover_is_dead, now_ms, owner_from_tag, Claims, Owner};
+use crate::fsutil::sync_dir;
+pub use crate::fsutil::{digest_file, set_read_only, write_synced};
 use crate::key::{Key, KeyRecord};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
@@ -53,13 +55,6 @@ pub enum Lookup {
     Miss,
     /// Present but unusable; the reason is shown as a warning.
     Corrupt(String),
-}
-
-/// The blake3 of a file's content.
-pub fn digest_file(path: &Path) -> std::io::Result<String> {
-    let mut h = blake3::Hasher::new();
-    h.update_mmap(path)?;
-    Ok(h.finalize().to_hex().to_string())
 }
 
 pub struct Store {
@@ -515,34 +510,6 @@ pub fn verify_entry(dir: &Path, key: &Key) -> Result<Entry, String> {
         }
     }
     Ok(entry)
-}
-
-/// Write a file durably: to a temporary name, fsync, rename.
-pub fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    {
-        let mut f =
-            File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
-        std::io::Write::write_all(&mut f, bytes)
-            .with_context(|| format!("writing {}", tmp.display()))?;
-        f.sync_all()?;
-    }
-    fs::rename(&tmp, path).with_context(|| format!("renaming into {}", path.display()))?;
-    Ok(())
-}
-
-pub(crate) fn set_read_only(p: &Path) {
-    if let Ok(m) = fs::metadata(p) {
-        let mut perm = m.permissions();
-        perm.set_readonly(true);
-        let _ = fs::set_permissions(p, perm);
-    }
-}
-
-fn sync_dir(dir: &Path) {
-    if let Ok(f) = File::open(dir) {
-        let _ = f.sync_all();
-    }
 }
 
 pub(crate) fn dir_size(p: &Path) -> u64 {

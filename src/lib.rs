@@ -1,32 +1,47 @@
 //! seqpipe: YAML pipelines of cached stages for sequence-model experiments.
 //!
-//! Data flow: config → pipeline (analyzer) → graph → key → plan → cache → executor →
-//! stages/* → nn (the only code that imports dfdx).
+//! The modules follow the data: config → pipeline (analyzer) → graph → key → plan → store →
+//! executor → stages → nn (the only code that imports dfdx).
 
-pub mod app;
-pub mod bench;
+// Reading a pipeline file and checking it: YAML (config), sweeps, the typed pipeline.
+pub mod config;
+pub mod diagnostic;
+pub mod pipeline;
+pub mod resources;
+pub mod schema;
+pub mod sweep;
+
+// Its graph, the cache keys, and the plan a run (or a dry run) follows.
+pub mod dag;
+pub mod graph;
+pub mod key;
+pub mod plan;
+pub mod status;
+
+// The store: entries and their digests, per-key claims, the human view.
 pub mod cache;
 pub mod claim;
-pub mod cli;
-pub mod config;
-pub mod context;
-pub mod dag;
-pub mod diagnostic;
-pub mod executor;
-pub mod graph;
-pub mod job;
-pub mod key;
-pub mod launcher;
-pub mod nn;
-pub mod pipeline;
-pub mod plan;
-pub mod plot;
-pub mod progress;
-pub mod resources;
-pub mod results;
-pub mod slurm;
-pub mod schema;
-pub mod stages;
-pub mod status;
-pub mod sweep;
+pub mod fsutil;
 pub mod view;
+
+// Running a plan: the executor's state machine, launchers (local, process, slurm), the job
+// description and its runtime, what a running stage sees, progress output.
+pub mod context;
+pub mod executor;
+pub mod job;
+pub mod launcher;
+pub mod progress;
+pub mod slurm;
+
+// The stage kinds, the results tables they share, and charts.
+pub mod plot;
+pub mod results;
+pub mod stages;
+
+// Models and training (the only code that imports dfdx), and the training benchmark.
+pub mod bench;
+pub mod nn;
+
+// The command line: flags, then the commands.
+pub mod app;
+pub mod cli;

@@ -1,3 +1,6 @@
+//! The `seqpipe` binary: parse the flags, run the command, map errors to exit codes (2 for a
+//! bad pipeline file or bad flags, 1 for a failed stage or any other error, 130 on Ctrl-C).
+
 use clap::Parser;
 
 fn main() {

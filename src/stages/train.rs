@@ -533,18 +533,18 @@ fn save_checkpoint(dir: &Path, model: &AnyRef, opt: &nn::Optimizer, prog: &Progr
     std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
     model.save(&tmp.join("model.safetensors"))?;
     opt.save(&tmp.join("optimizer.bin"))?;
-    crate::cache::write_synced(&tmp.join("progress.json"), &serde_json::to_vec(prog)?)?;
+    crate::fsutil::write_synced(&tmp.join("progress.json"), &serde_json::to_vec(prog)?)?;
     let mut files = std::collections::BTreeMap::new();
     for f in CHECKPOINT_FILES {
         let p = tmp.join(f);
         std::fs::File::open(&p)?.sync_all()?;
-        files.insert(f.to_string(), crate::cache::digest_file(&p)?);
+        files.insert(f.to_string(), crate::fsutil::digest_file(&p)?);
     }
     let manifest = Manifest {
         epochs_done: prog.epochs_done,
         files,
     };
-    crate::cache::write_synced(&tmp.join(MANIFEST), &serde_json::to_vec_pretty(&manifest)?)?;
+    crate::fsutil::write_synced(&tmp.join(MANIFEST), &serde_json::to_vec_pretty(&manifest)?)?;
     if dir.exists() {
         if old.exists() {
             std::fs::remove_dir_all(&old).with_context(|| format!("removing {}", old.display()))?;
@@ -601,7 +601,7 @@ impl Train {
         let m: Manifest = crate::context::read_json(&d.join(MANIFEST)).map_err(|e| format!("{e:#}"))?;
         for f in CHECKPOINT_FILES {
             let want = m.files.get(f).ok_or(format!("its manifest does not list {f}"))?;
-            let got = crate::cache::digest_file(&d.join(f)).map_err(|e| format!("{f}: {e}"))?;
+            let got = crate::fsutil::digest_file(&d.join(f)).map_err(|e| format!("{f}: {e}"))?;
             if &got != want {
                 return Err(format!("{f} does not match its digest"));
             }
