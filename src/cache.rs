@@ -14,8 +14,23 @@
 use crate::claim::{leftover_is_dead, now_ms, owner_from_tag, Claims, Owner};
 use crate::fsutil::sync_dir;
 pub use crate::fsutil::{digest_file, set_read_only, write_synced};
+
+/// What can go wrong in the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(transparent)]
+    Fs(#[from] FsError),
+    #[error("a stage may not write a file named `{0}`: the store keeps its record there")]
+    Reserved(&'static str),
+    #[error("entry {0} has no readable record: {1}")]
+    Record(String, String),
+    #[error("encoding a store record")]
+    Json(#[from] serde_json::Error),
+}
+
+type Result<T, E = StoreError> = std::result::Result<T, E>;
 use crate::key::{Key, KeyRecord};
-use anyhow::{Context, Result};
+use crate::fsutil::{FsError, IoAt};
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
@@ -155,12 +170,12 @@ impl Store {
         }
         self.verified.lock().unwrap().remove(key);
         let q = self.meta.join("quarantine");
-        fs::create_dir_all(&q).with_context(|| format!("creating {}", q.display()))?;
+        fs::create_dir_all(&q).at("creating", &q)?;
         let to = q.join(format!("{}-{}~{}", key.0, now_ms(), Owner::me().tag()));
         match fs::rename(&dir, &to) {
             Ok(()) => Ok(Some(to)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e).with_context(|| format!("moving {} to quarantine", dir.display())),
+            Err(e) => Err(e).at("moving to quarantine", &dir).map_err(Into::into),
         }
     }
 
@@ -179,7 +194,7 @@ impl Store {
             now_ms(),
             Owner::me().tag()
         ));
-        fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        fs::create_dir_all(&dir).at("creating", &dir)?;
         Ok(dir)
     }
 
@@ -198,21 +213,22 @@ impl Store {
         let key = record.key();
         let mut files = Vec::new();
         let mut names: Vec<PathBuf> = fs::read_dir(staging)
-            .with_context(|| format!("reading {}", staging.display()))?
+            .at("reading", &staging)?
             .map(|e| e.map(|e| e.path()))
-            .collect::<Result<_, _>>()?;
+            .collect::<std::io::Result<_>>()
+            .at("listing", staging)?;
         names.sort();
         for p in names {
-            let f = File::open(&p).with_context(|| format!("opening {}", p.display()))?;
-            f.sync_all()?;
+            let f = File::open(&p).at("opening", &p)?;
+            f.sync_all().at("syncing", &p)?;
             let name = p.file_name().unwrap().to_string_lossy().into_owned();
             if name == ENTRY {
-                anyhow::bail!("a stage may not write a file named `{ENTRY}`");
+                return Err(StoreError::Reserved(ENTRY));
             }
             files.push(FileInfo {
                 name,
-                bytes: f.metadata()?.len(),
-                blake3: Some(digest_file(&p)?),
+                bytes: f.metadata().at("reading", &p)?.len(),
+                blake3: Some(digest_file(&p).at("hashing", &p)?),
             });
             set_read_only(&p);
         }
@@ -229,7 +245,7 @@ impl Store {
         sync_dir(staging);
         let target = self.object_dir(&key);
         let parent = target.parent().unwrap();
-        fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+        fs::create_dir_all(parent).at("creating", &parent)?;
         if target.exists() {
             if !replace && verify_entry(&target, &key).is_ok() {
                 // Same key, intact content: keep the one that is there.
@@ -237,20 +253,20 @@ impl Store {
                 return Ok(target);
             }
             let trash = self.meta.join("trash");
-            fs::create_dir_all(&trash).with_context(|| format!("creating {}", trash.display()))?;
+            fs::create_dir_all(&trash).at("creating", &trash)?;
             let old = trash.join(format!("{}-{}~{}", key.short(), now_ms(), Owner::me().tag()));
             if replace {
                 fs::rename(&target, &old)
-                    .with_context(|| format!("moving the old {} aside", target.display()))?;
+                    .at("moving aside the old", &target)?;
             } else {
                 self.quarantine(&key)?;
             }
             fs::rename(staging, &target)
-                .with_context(|| format!("committing {}", target.display()))?;
+                .at("committing", &target)?;
             let _ = fs::remove_dir_all(&old);
         } else {
             fs::rename(staging, &target)
-                .with_context(|| format!("committing {}", target.display()))?;
+                .at("committing", &target)?;
         }
         sync_dir(parent);
         self.mark_used(&key);
@@ -289,13 +305,13 @@ impl Store {
         if !objects.exists() {
             return Ok(out);
         }
-        for shard in fs::read_dir(&objects)? {
-            let shard = shard?;
-            if !shard.file_type()?.is_dir() {
+        for shard in fs::read_dir(&objects).at("listing", &objects)? {
+            let shard = shard.at("listing", &objects)?;
+            if !shard.path().is_dir() {
                 continue;
             }
-            for e in fs::read_dir(shard.path())? {
-                let e = e?;
+            for e in fs::read_dir(shard.path()).at("listing", &shard.path())? {
+                let e = e.at("listing", &shard.path())?;
                 out.push((
                     Key(e.file_name().to_string_lossy().into_owned()),
                     e.path(),
@@ -348,7 +364,7 @@ impl Store {
             }
             if !dry_run {
                 fs::remove_dir_all(&path)
-                    .with_context(|| format!("removing {}", path.display()))?;
+                    .at("removing", &path)?;
                 let _ = fs::remove_file(self.meta.join("used").join(&key.0));
             }
             removed.push(key);
@@ -358,7 +374,7 @@ impl Store {
             let d = self.meta.join(sub);
             let Ok(rd) = fs::read_dir(&d) else { continue };
             for e in rd {
-                let e = e?;
+                let e = e.at("listing", &d)?;
                 let name = e.file_name().to_string_lossy().into_owned();
                 let key = Key(name.split('-').next().unwrap_or_default().to_string());
                 if sub == "checkpoints" && (keep.contains(&key) || in_use.contains(&key)) {
@@ -367,7 +383,7 @@ impl Store {
                 bytes += dir_size(&e.path());
                 if !dry_run {
                     fs::remove_dir_all(e.path())
-                        .with_context(|| format!("removing {}", e.path().display()))?;
+                        .at("removing", &e.path())?;
                 }
             }
         }
@@ -380,7 +396,7 @@ impl Store {
     /// Announce the keys a run uses, so that `gc` leaves them alone while it lives.
     pub fn register_run(&self, pipeline: &str, keys: &[Key]) -> Result<LiveRun> {
         let dir = self.meta.join("live");
-        fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        fs::create_dir_all(&dir).at("creating", &dir)?;
         let path = dir.join(format!("{}.json", Owner::me().tag()));
         let rec = LiveRecord {
             owner: Owner::me().clone(),
@@ -480,7 +496,7 @@ pub(crate) fn remove_dead(dir: &Path, select: impl Fn(&str) -> bool) -> usize {
 }
 
 pub fn read_entry(dir: &Path) -> Result<Entry> {
-    let bytes = fs::read(dir.join(ENTRY))?;
+    let bytes = fs::read(dir.join(ENTRY)).at("reading", &dir.join(ENTRY))?;
     Ok(serde_json::from_slice(&bytes)?)
 }
 
@@ -558,7 +574,7 @@ impl Store {
                         .push((format!("entry {} (stage `{stage}`)", key.short()), why));
                     if repair {
                         fs::remove_dir_all(&dir)
-                            .with_context(|| format!("removing {}", dir.display()))?;
+                            .at("removing", &dir)?;
                         r.repaired += 1;
                     }
                 }
@@ -576,7 +592,7 @@ impl Store {
                 r.damaged.push((format!("view {}", view.display()), why));
                 if repair {
                     fs::remove_dir_all(&view)
-                        .with_context(|| format!("removing {}", view.display()))?;
+                        .at("removing", &view)?;
                     r.repaired += 1;
                 }
             }

@@ -1,9 +1,33 @@
 //! File helpers shared by the store and the stages: durable writes, content digests,
 //! read-only files. A leaf module: it imports nothing from the crate.
 
-use anyhow::{Context, Result};
 use std::fs::{self, File};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+/// A filesystem operation that failed, with the path it failed on.
+#[derive(Debug, thiserror::Error)]
+#[error("{op} {}", path.display())]
+pub struct FsError {
+    pub op: &'static str,
+    pub path: PathBuf,
+    #[source]
+    pub source: std::io::Error,
+}
+
+/// `.at("creating", &path)` on an I/O result: the error names what was done, and where.
+pub trait IoAt<T> {
+    fn at(self, op: &'static str, path: &Path) -> Result<T, FsError>;
+}
+
+impl<T> IoAt<T> for std::io::Result<T> {
+    fn at(self, op: &'static str, path: &Path) -> Result<T, FsError> {
+        self.map_err(|source| FsError {
+            op,
+            path: path.to_path_buf(),
+            source,
+        })
+    }
+}
 
 /// The blake3 of a file's content.
 pub fn digest_file(path: &Path) -> std::io::Result<String> {
@@ -13,16 +37,14 @@ pub fn digest_file(path: &Path) -> std::io::Result<String> {
 }
 
 /// Write a file durably: to a temporary name, fsync, rename.
-pub fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
+pub fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), FsError> {
     let tmp = path.with_extension(format!("tmp{}", std::process::id()));
     {
-        let mut f =
-            File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
-        std::io::Write::write_all(&mut f, bytes)
-            .with_context(|| format!("writing {}", tmp.display()))?;
-        f.sync_all()?;
+        let mut f = File::create(&tmp).at("writing", &tmp)?;
+        std::io::Write::write_all(&mut f, bytes).at("writing", &tmp)?;
+        f.sync_all().at("syncing", &tmp)?;
     }
-    fs::rename(&tmp, path).with_context(|| format!("renaming into {}", path.display()))?;
+    fs::rename(&tmp, path).at("renaming into", path)?;
     Ok(())
 }
 

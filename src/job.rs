@@ -11,10 +11,31 @@ use crate::claim::{ClaimInfo, TryClaim};
 use crate::context::{InputInfo, StageCtx};
 use crate::key::{Key, KeyRecord};
 use crate::progress::StageProgress;
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+
+/// What can go wrong running a job, besides the stage's own error.
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    #[error("{path} is not a seqpipe job description: {why}")]
+    Description { path: String, why: String },
+    #[error("{path} is a job description of schema {found}, this seqpipe reads schema {JOB_SCHEMA}")]
+    Schema { path: String, found: u32 },
+    #[error("unknown stage kind `{0}` in the job description")]
+    UnknownKind(String),
+    #[error("the job's params do not fit kind `{kind}`: {why}")]
+    Params { kind: String, why: String },
+    #[error("the job description of `{stage}` is inconsistent: its params or record do not give key {key}")]
+    Inconsistent { stage: String, key: String },
+    #[error("input `{role}` ({stage}) is damaged: {why}")]
+    InputDamaged { role: String, stage: String, why: String },
+    #[error("input `{role}` ({stage}) is not in the store at {path}")]
+    InputMissing { role: String, stage: String, path: String },
+    #[error("the stage panicked: {0}")]
+    Panicked(String),
+}
 
 /// Bump when the job description changes meaning.
 pub const JOB_SCHEMA: u32 = 1;
@@ -81,20 +102,22 @@ pub struct JobResult {
 impl JobSpec {
     pub fn read(path: &Path) -> Result<JobSpec> {
         let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-        let spec: JobSpec = serde_json::from_slice(&bytes)
-            .with_context(|| format!("{} is not a seqpipe job description", path.display()))?;
+        let spec: JobSpec = serde_json::from_slice(&bytes).map_err(|e| JobError::Description {
+            path: path.display().to_string(),
+            why: e.to_string(),
+        })?;
         if spec.schema != JOB_SCHEMA {
-            bail!(
-                "{} is a job description of schema {}, this seqpipe reads schema {JOB_SCHEMA}",
-                path.display(),
-                spec.schema
-            );
+            return Err(JobError::Schema {
+                path: path.display().to_string(),
+                found: spec.schema,
+            }
+            .into());
         }
         Ok(spec)
     }
 
     pub fn write(&self, path: &Path) -> Result<()> {
-        crate::cache::write_synced(path, &serde_json::to_vec_pretty(self)?)
+        Ok(crate::cache::write_synced(path, &serde_json::to_vec_pretty(self)?)?)
     }
 }
 
@@ -103,24 +126,21 @@ impl JobSpec {
 pub fn run_job(spec: &JobSpec, store: &Store, progress: StageProgress) -> Result<JobResult> {
     let t = Instant::now();
     let kind = crate::stages::find_kind(&spec.kind)
-        .ok_or_else(|| anyhow!("unknown stage kind `{}` in the job description", spec.kind))?;
-    let params = (kind.parse)(&spec.params).map_err(|issues| {
-        anyhow!(
-            "the job's params do not fit kind `{}`: {}",
-            spec.kind,
-            issues
-                .iter()
-                .map(|i| i.message.clone())
-                .collect::<Vec<_>>()
-                .join("; ")
-        )
+        .ok_or_else(|| JobError::UnknownKind(spec.kind.clone()))?;
+    let params = (kind.parse)(&spec.params).map_err(|issues| JobError::Params {
+        kind: spec.kind.clone(),
+        why: issues
+            .iter()
+            .map(|i| i.message.clone())
+            .collect::<Vec<_>>()
+            .join("; "),
     })?;
     if params.canonical_params() != spec.record.params || spec.record.key() != spec.key {
-        bail!(
-            "the job description of `{}` is inconsistent: its params or record do not give key {}",
-            spec.stage,
-            spec.key.short()
-        );
+        return Err(JobError::Inconsistent {
+            stage: spec.stage.clone(),
+            key: spec.key.short().to_string(),
+        }
+        .into());
     }
     let mut notes = Vec::new();
     let info = ClaimInfo::new(&spec.key, &spec.pipeline, &spec.stage);
@@ -167,15 +187,20 @@ pub fn run_job(spec: &JobSpec, store: &Store, progress: StageProgress) -> Result
     let mut inputs = Vec::new();
     for i in &spec.inputs {
         if let Lookup::Corrupt(why) = store.lookup(&i.key) {
-            bail!("input `{}` ({}) is damaged: {why}", i.role, i.stage);
+            return Err(JobError::InputDamaged {
+                role: i.role.clone(),
+                stage: i.stage.clone(),
+                why,
+            }
+            .into());
         }
         if !i.dir.exists() {
-            bail!(
-                "input `{}` ({}) is not in the store at {}",
-                i.role,
-                i.stage,
-                i.dir.display()
-            );
+            return Err(JobError::InputMissing {
+                role: i.role.clone(),
+                stage: i.stage.clone(),
+                path: i.dir.display().to_string(),
+            }
+            .into());
         }
         inputs.push((
             i.role.clone(),
@@ -209,13 +234,13 @@ pub fn run_job(spec: &JobSpec, store: &Store, progress: StageProgress) -> Result
                 .map(|s| s.to_string())
                 .or_else(|| p.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "unknown panic".into());
-            Err(anyhow!("the stage panicked: {msg}"))
+            Err(JobError::Panicked(msg).into())
         }
     };
     notes.extend(ctx.notes().iter().cloned());
     let secs = t.elapsed().as_secs_f64();
     let committed = computed
-        .and_then(|()| store.commit(&staging, &spec.record, &spec.stage, secs, spec.force));
+        .and_then(|()| Ok(store.commit(&staging, &spec.record, &spec.stage, secs, spec.force)?));
     if let Err(e) = committed {
         let _ = std::fs::remove_dir_all(&staging);
         return Err(e);
