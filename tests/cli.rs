@@ -2117,3 +2117,29 @@ fn a_closed_pipe_ends_quietly() {
     assert!(!err.contains("panicked"), "{err}");
     assert!(err.is_empty(), "{err}");
 }
+
+#[test]
+fn gc_never_removes_what_a_live_run_uses() {
+    let t = project();
+    let p = t.path();
+    // tiny.yaml is not in pipelines/: gc does not reach its entries, only the live run does.
+    std::fs::write(p.join("tiny.yaml"), tiny_lm(100000, "")).unwrap();
+    let mut run = Guard(Some(
+        Command::new(BIN)
+            .args(["run", "-q", "tiny.yaml"])
+            .current_dir(p)
+            .spawn()
+            .unwrap(),
+    ));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !p.join("outputs/.seqpipe/checkpoints").exists() {
+        assert!(std::time::Instant::now() < deadline, "training never started");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let g = ok(p, &["gc"]);
+    assert!(g.contains("removed 0 entries"), "entries a live run uses stay: {g}");
+    assert!(run.get().try_wait().unwrap().is_none());
+    drop(run); // killed: its claim and live record are now stale
+    let g = ok(p, &["gc"]);
+    assert!(g.contains("removed 4 entries"), "the corpus is shared with the shipped pipelines: {g}");
+}
