@@ -1341,6 +1341,27 @@ fn claim_owner(p: &Path) -> Option<u32> {
         })
 }
 
+/// `run tiny.yaml --executor process`, once its training runs: the driver, and the pid of the
+/// child job that holds the training's claim.
+fn training_in_a_child(p: &Path) -> (Guard, u32) {
+    let driver = Guard(Some(
+        Command::new(BIN)
+            .args(["run", "tiny.yaml", "--executor", "process"])
+            .current_dir(p)
+            .output_async(),
+    ));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        if p.join("outputs/.seqpipe/checkpoints").exists() {
+            if let Some(pid) = claim_owner(p) {
+                return (driver, pid);
+            }
+        }
+        assert!(std::time::Instant::now() < deadline, "training never started");
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+}
+
 #[test]
 fn a_killed_child_job_fails_its_stage_and_the_rerun_completes() {
     let epochs = 60;
@@ -1351,22 +1372,7 @@ fn a_killed_child_job_fails_its_stage_and_the_rerun_completes() {
     let t = project();
     let p = t.path();
     std::fs::write(p.join("tiny.yaml"), tiny_lm(epochs, "")).unwrap();
-    let mut driver = Guard(Some(
-        Command::new(BIN)
-            .args(["run", "tiny.yaml", "--executor", "process"])
-            .current_dir(p)
-            .output_async(),
-    ));
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    let child = loop {
-        if p.join("outputs/.seqpipe/checkpoints").exists() {
-            if let Some(pid) = claim_owner(p) {
-                break pid;
-            }
-        }
-        assert!(std::time::Instant::now() < deadline, "training never started");
-        std::thread::sleep(std::time::Duration::from_millis(2));
-    };
+    let (mut driver, child) = training_in_a_child(p);
     assert_ne!(child, driver.get().id(), "the stage runs in a child, which holds the claim");
     unsafe { libc::kill(child as i32, libc::SIGKILL) };
     let o = driver.take().wait_with_output().unwrap();
@@ -1390,22 +1396,7 @@ fn ctrl_c_stops_child_jobs_and_leaves_no_partial_entry() {
     let t = project();
     let p = t.path();
     std::fs::write(p.join("tiny.yaml"), tiny_lm(100000, "")).unwrap();
-    let mut driver = Guard(Some(
-        Command::new(BIN)
-            .args(["run", "tiny.yaml", "--executor", "process"])
-            .current_dir(p)
-            .output_async(),
-    ));
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    let child = loop {
-        if p.join("outputs/.seqpipe/checkpoints").exists() {
-            if let Some(pid) = claim_owner(p) {
-                break pid;
-            }
-        }
-        assert!(std::time::Instant::now() < deadline, "training never started");
-        std::thread::sleep(std::time::Duration::from_millis(2));
-    };
+    let (mut driver, child) = training_in_a_child(p);
     unsafe { libc::kill(driver.get().id() as i32, libc::SIGINT) };
     let o = driver.take().wait_with_output().unwrap();
     assert_eq!(o.status.code(), Some(130), "{}", String::from_utf8_lossy(&o.stderr));
