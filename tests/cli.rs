@@ -661,15 +661,25 @@ fn a_killed_training_resumes_bit_identical() {
         out.contains("resuming from the checkpoint after epoch"),
         "{out}"
     );
-    for f in ["metrics.csv", "model.safetensors", "samples.txt"] {
-        let a = std::fs::read(reference.path().join("outputs/tiny/train").join(f)).unwrap();
-        let b = std::fs::read(p.join("outputs/tiny/train").join(f)).unwrap();
-        assert!(a == b, "{f} differs after resuming");
-    }
+    same_training(
+        reference.path(),
+        p,
+        &["metrics.csv", "model.safetensors", "samples.txt", "log.txt"],
+        "after resuming",
+    );
     assert!(
         !ckpts.join("x").exists() && std::fs::read_dir(&ckpts).unwrap().count() == 0,
         "checkpoints are dropped once the stage is committed"
     );
+}
+
+/// The training's files in two projects are the same bytes (what an uninterrupted run wrote).
+fn same_training(reference: &Path, p: &Path, files: &[&str], what: &str) {
+    for f in files {
+        let a = std::fs::read(reference.join("outputs/tiny/train").join(f)).unwrap();
+        let b = std::fs::read(p.join("outputs/tiny/train").join(f)).unwrap();
+        assert!(a == b, "{f} differs {what}");
+    }
 }
 
 /// Numbers of a summary, rounded to 3 significant digits (strings, such as generated text,
@@ -1071,11 +1081,8 @@ fn a_damaged_checkpoint_is_refused_and_training_starts_over() {
     std::fs::write(reference.path().join("tiny.yaml"), tiny_lm(epochs, "")).unwrap();
     ok(reference.path(), &["run", "-q", "tiny.yaml"]);
     let same_as_reference = |p: &Path| {
-        for f in ["metrics.csv", "model.safetensors", "samples.txt", "log.txt", "summary.json"] {
-            let a = std::fs::read(reference.path().join("outputs/tiny/train").join(f)).unwrap();
-            let b = std::fs::read(p.join("outputs/tiny/train").join(f)).unwrap();
-            assert!(a == b, "{f} differs from the uninterrupted run");
-        }
+        let files = ["metrics.csv", "model.safetensors", "samples.txt", "log.txt", "summary.json"];
+        same_training(reference.path(), p, &files, "from the uninterrupted run");
     };
     let t = project();
     let p = t.path();
@@ -1382,13 +1389,12 @@ fn a_killed_child_job_fails_its_stage_and_the_rerun_completes() {
     assert!(err.contains("last lines of"), "the log's tail is shown: {err}");
     let out = ok(p, &["run", "tiny.yaml", "--executor", "process"]);
     assert!(out.contains("1 ran"), "{out}");
-    for f in ["metrics.csv", "model.safetensors", "log.txt"] {
-        assert!(
-            std::fs::read(reference.path().join("outputs/tiny/train").join(f)).unwrap()
-                == std::fs::read(p.join("outputs/tiny/train").join(f)).unwrap(),
-            "{f} differs after the rerun"
-        );
-    }
+    same_training(
+        reference.path(),
+        p,
+        &["metrics.csv", "model.safetensors", "log.txt"],
+        "after the rerun",
+    );
 }
 
 #[test]
@@ -1629,13 +1635,12 @@ fn slurm_cancelled_training_is_reported_and_resumes_on_the_rerun() {
         .unwrap()["notes"]
         .to_string();
     assert!(notes.contains("resuming from the checkpoint after epoch"), "{notes}");
-    for f in ["metrics.csv", "model.safetensors", "log.txt"] {
-        assert!(
-            std::fs::read(reference.path().join("outputs/tiny/train").join(f)).unwrap()
-                == std::fs::read(p.join("outputs/tiny/train").join(f)).unwrap(),
-            "{f} differs after resuming on slurm"
-        );
-    }
+    same_training(
+        reference.path(),
+        p,
+        &["metrics.csv", "model.safetensors", "log.txt"],
+        "after resuming on slurm",
+    );
 }
 
 #[test]
