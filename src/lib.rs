@@ -4,6 +4,7 @@
 //! stages/* → nn (the only code that imports dfdx).
 
 pub mod app;
+pub mod artifacts;
 pub mod bench;
 pub mod cache;
 pub mod claim;

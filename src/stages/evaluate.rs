@@ -5,6 +5,7 @@ use super::model::AnyModel;
 use super::sample_batches::{partition_sequential, SamplerSpec};
 use super::series::Features;
 use super::{ParamIssue, Roles, Stage};
+use crate::artifacts::Art;
 use crate::context::StageCtx;
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
@@ -117,6 +118,11 @@ impl Stage for Evaluate {
     const ABOUT: &'static str =
         "Perplexity of a language model; 1-step and k-step-ahead MSE of a series model";
     const ROLES: Roles = Roles::Fixed(&["model", "data"]);
+    const INPUT_TYPES: &'static [(&'static str, &'static [Art])] = &[
+        ("model", &[Art::Model, Art::TrainedModel]),
+        ("data", &[Art::Batches, Art::Features]),
+    ];
+    const OUTPUT: Option<Art> = Some(Art::Metrics);
     const USES_DEVICE: bool = true;
 
     fn validate(&self, issues: &mut Vec<ParamIssue>) {
@@ -135,7 +141,7 @@ impl Stage for Evaluate {
         match &model {
             AnyModel::Lm(lm) => {
                 let sampler: SamplerSpec = crate::context::read_json(&data.join("sampler.json"))?;
-                let corpus: Vec<u32> = crate::context::read_json(&data.join("corpus.json"))?;
+                let corpus: Vec<u32> = crate::artifacts::CorpusIds::read(&data)?;
                 let (train, valid) = sampler.split(&corpus);
                 let (tokens, batch) = match self.split {
                     Split::Train => (train, sampler.batch_size),

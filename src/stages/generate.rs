@@ -3,6 +3,7 @@
 use super::build_vocab::Vocab;
 use super::model::AnyModel;
 use super::{ParamIssue, Roles, Stage};
+use crate::artifacts::Art;
 use crate::context::StageCtx;
 use crate::nn::Sampling;
 use anyhow::{bail, Context, Result};
@@ -58,6 +59,9 @@ impl Stage for Generate {
     const ABOUT: &'static str =
         "Generate text from a prefix: greedy, or sampled with exponent alpha";
     const ROLES: Roles = Roles::Fixed(&["model"]);
+    const INPUT_TYPES: &'static [(&'static str, &'static [Art])] =
+        &[("model", &[Art::TrainedModel])];
+    const OUTPUT: Option<Art> = Some(Art::Text);
     const STOCHASTIC: bool = true;
     const USES_DEVICE: bool = true;
 

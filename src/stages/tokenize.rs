@@ -1,10 +1,10 @@
 //! `tokenize`: lines → tokens (characters or whitespace-separated words).
 
 use super::{Roles, Stage};
+use crate::artifacts::{Art, FxHashMap, IdBuf, Lines, Tokens, TokensMeta};
 use crate::context::StageCtx;
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
-use std::path::Path;
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
@@ -24,27 +24,87 @@ pub struct Tokenize {
     pub max_tokens: Option<usize>,
 }
 
-/// Tokens per line, and the truncation to apply to the flattened corpus.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Tokens {
-    pub unit: Unit,
-    pub max_tokens: Option<usize>,
-    pub lines: Vec<Vec<String>>,
+/// The tokens of a text (lines joined by `\n`) as ids into the distinct tokens, which are
+/// numbered in order of first occurrence. One pass; no string per token.
+pub fn tokenize_text<'t>(text: &'t str, unit: Unit) -> (Vec<String>, IdBuf) {
+    let mut types: Vec<String> = Vec::new();
+    match unit {
+        Unit::Char => {
+            let mut ascii = [u32::MAX; 128];
+            if text.is_ascii() {
+                // At most 128 types: one byte per token.
+                let mut ids = Vec::with_capacity(text.len());
+                for &b in text.as_bytes() {
+                    if b == b'\n' {
+                        continue;
+                    }
+                    let slot = &mut ascii[b as usize];
+                    if *slot == u32::MAX {
+                        *slot = types.len() as u32;
+                        types.push((b as char).to_string());
+                    }
+                    ids.push(*slot as u8);
+                }
+                (types, IdBuf::U8(ids))
+            } else {
+                let mut ids = IdBuf::with_capacity(text.len());
+                let mut other: FxHashMap<char, u32> = FxHashMap::default();
+                for c in text.chars() {
+                    if c == '\n' {
+                        continue;
+                    }
+                    let slot = if c.is_ascii() {
+                        &mut ascii[c as usize]
+                    } else {
+                        other.entry(c).or_insert(u32::MAX)
+                    };
+                    if *slot == u32::MAX {
+                        *slot = types.len() as u32;
+                        types.push(c.to_string());
+                    }
+                    ids.push(*slot);
+                }
+                (types, ids)
+            }
+        }
+        Unit::Word => {
+            let mut ids = IdBuf::with_capacity(text.len() / 5);
+            let mut index: FxHashMap<&'t str, u32> = FxHashMap::default();
+            let mut add = |w: &'t str| {
+                let next = index.len() as u32;
+                let id = *index.entry(w).or_insert(next);
+                if id == next && types.len() == next as usize {
+                    types.push(w.to_string());
+                }
+                ids.push(id);
+            };
+            if text.is_ascii() {
+                // `split_whitespace` on ASCII text: space and \t \n \x0b \x0c \r.
+                let b = text.as_bytes();
+                let mut i = 0;
+                while i < b.len() {
+                    while i < b.len() && is_space(b[i]) {
+                        i += 1;
+                    }
+                    let s = i;
+                    while i < b.len() && !is_space(b[i]) {
+                        i += 1;
+                    }
+                    if i > s {
+                        add(&text[s..i]);
+                    }
+                }
+            } else {
+                text.split_whitespace().for_each(add);
+            }
+            (types, ids)
+        }
+    }
 }
 
-impl Tokens {
-    /// The flattened corpus, truncated to `max_tokens`.
-    pub fn corpus(&self) -> impl Iterator<Item = &str> {
-        self.lines
-            .iter()
-            .flatten()
-            .map(String::as_str)
-            .take(self.max_tokens.unwrap_or(usize::MAX))
-    }
-
-    pub fn read(dir: &Path) -> Result<Self> {
-        crate::context::read_json(&dir.join("tokens.json"))
-    }
+#[inline]
+fn is_space(b: u8) -> bool {
+    b == b' ' || (b'\t'..=b'\r').contains(&b)
 }
 
 pub fn tokenize_line(line: &str, unit: Unit) -> Vec<String> {
@@ -56,10 +116,12 @@ pub fn tokenize_line(line: &str, unit: Unit) -> Vec<String> {
 
 impl Stage for Tokenize {
     const KIND: &'static str = "tokenize";
-    const VERSION: u32 = 1;
+    const VERSION: u32 = 2;
     const ABOUT: &'static str =
         "Split lines into char or word tokens; `max_tokens` truncates the flattened corpus";
     const ROLES: Roles = Roles::Fixed(&["corpus"]);
+    const INPUT_TYPES: &'static [(&'static str, &'static [Art])] = &[("corpus", &[Art::Lines])];
+    const OUTPUT: Option<Art> = Some(Art::Tokens);
 
     fn validate(&self, issues: &mut Vec<super::ParamIssue>) {
         if let Some(m) = self.max_tokens {
@@ -68,17 +130,58 @@ impl Stage for Tokenize {
     }
 
     fn run(&self, ctx: &mut StageCtx) -> Result<()> {
-        let lines = super::load_corpus::read_lines(ctx.input("corpus")?)?;
-        let tokens = Tokens {
+        let lines = Lines::read(ctx.input("corpus")?)?;
+        let (types, ids) = tokenize_text(lines.as_str(), self.unit);
+        drop(lines);
+        let total = ids.len();
+        let kept = total.min(self.max_tokens.unwrap_or(usize::MAX));
+        let meta = TokensMeta {
             unit: self.unit,
             max_tokens: self.max_tokens,
-            lines: lines.iter().map(|l| tokenize_line(l, self.unit)).collect(),
+            total,
+            kept,
+            types,
         };
-        let total: usize = tokens.lines.iter().map(Vec::len).sum();
-        let kept = tokens.corpus().count();
-        ctx.write_json_compact("tokens.json", &tokens)?;
+        Tokens::write(ctx, &meta, &ids)?;
         ctx.summary("tokens_total", total);
         ctx.summary("tokens", kept);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_pass_tokenizing_matches_the_line_by_line_one() {
+        for text in [
+            "the time machine\nby h g wells\n\nx",
+            "caf\u{e9} \u{e9}t\u{e9}\tx\u{a0}y\nz",
+            "",
+        ] {
+            for unit in [Unit::Char, Unit::Word] {
+                let want: Vec<String> = text
+                    .split('\n')
+                    .flat_map(|l| tokenize_line(l, unit))
+                    .collect();
+                let (types, ids) = tokenize_text(text, unit);
+                let got: Vec<&str> = ids
+                    .to_vec()
+                    .iter()
+                    .map(|&i| types[i as usize].as_str())
+                    .collect();
+                assert_eq!(got, want, "{unit:?} {text:?}");
+                // Types are numbered in order of first occurrence.
+                let mut seen = 0;
+                for i in ids.to_vec() {
+                    assert!(i <= seen);
+                    if i == seen {
+                        seen += 1;
+                    }
+                }
+                assert_eq!(seen as usize, types.len());
+            }
+        }
     }
 }

@@ -14,6 +14,7 @@ use super::model::{AnyModel, ModelSpec};
 use super::sample_batches::{SamplerSpec, Strategy};
 use super::series::Features;
 use super::{ParamIssue, Roles, Stage};
+use crate::artifacts::Art;
 use crate::context::StageCtx;
 use crate::nn::{self, OptimSpec, Sampling};
 use anyhow::{bail, Context, Result};
@@ -263,6 +264,11 @@ impl Stage for Train {
     const VERSION: u32 = 2;
     const ABOUT: &'static str = "Train a model: SGD or Adam, gradient clipping, detached or fresh state; metrics, samples, checkpoints";
     const ROLES: Roles = Roles::Fixed(&["model", "data"]);
+    const INPUT_TYPES: &'static [(&'static str, &'static [Art])] = &[
+        ("model", &[Art::Model, Art::TrainedModel]),
+        ("data", &[Art::Batches, Art::Features]),
+    ];
+    const OUTPUT: Option<Art> = Some(Art::TrainedModel);
     const STOCHASTIC: bool = true;
     const USES_DEVICE: bool = true;
 
@@ -377,7 +383,7 @@ impl Train {
         }
         let sampler: SamplerSpec = crate::context::read_json(&data.join("sampler.json"))
             .context("the `data` input of a language model must be a sample_batches stage")?;
-        let full: Vec<u32> = crate::context::read_json(&data.join("corpus.json"))?;
+        let full: Vec<u32> = crate::artifacts::CorpusIds::read(&data)?;
         let (corpus, valid) = sampler.split(&full);
         sampler.check_len(corpus.len())?;
         let vocab = if data.join("vocab.csv").exists() {
