@@ -249,6 +249,9 @@ pub fn analyze(raw: RawPipeline) -> Result<Pipeline, PipelineError> {
     let kinds: Vec<&str> = registry().iter().map(|k| k.name).collect();
     let names: Vec<&str> = raw.stages.iter().map(|s| s.name.as_str()).collect();
     let mut stages = Vec::new();
+    // Inputs of the wrong artifact type: reported with the other errors, or, when the file has
+    // none, after the cycle check (in a cycle, types are beside the point).
+    let mut wiring: Vec<Diagnostic> = Vec::new();
     for st in &raw.stages {
         let base = format!("stages.{}", st.origin);
         let Some(kind) = find_kind(&st.kind) else {
@@ -280,11 +283,11 @@ pub fn analyze(raw: RawPipeline) -> Result<Pipeline, PipelineError> {
             match names.iter().position(|n| n == up) {
                 Some(i) => {
                     if let Some(d) = check_wiring(&raw.stages, st, kind, role, i, &ipath, &at) {
-                        if !diags
+                        if !wiring
                             .iter()
                             .any(|x: &Diagnostic| x.path == d.path && x.message == d.message)
                         {
-                            diags.push(d);
+                            wiring.push(d);
                         }
                     }
                     inputs.push((role.clone(), i))
@@ -367,6 +370,7 @@ pub fn analyze(raw: RawPipeline) -> Result<Pipeline, PipelineError> {
         }
     }
     if !diags.is_empty() {
+        diags.append(&mut wiring);
         return Err(PipelineError { diagnostics: diags });
     }
     let edges: Vec<(usize, usize)> = stages
@@ -391,6 +395,9 @@ pub fn analyze(raw: RawPipeline) -> Result<Pipeline, PipelineError> {
             });
         }
     };
+    if !wiring.is_empty() {
+        return Err(PipelineError { diagnostics: wiring });
+    }
     Ok(Pipeline {
         name: raw.name,
         file: raw.file,

@@ -369,7 +369,10 @@ mod tests {
                 let back = Ids::open(&p).unwrap();
                 assert_eq!(back.width(), IdWidth::for_max(max_id));
                 assert_eq!(back.to_vec(), ids);
-                assert_eq!(std::fs::read(&p).unwrap(), encode(&ids, IdWidth::for_max(max_id)));
+                assert_eq!(
+                    std::fs::read(&p).unwrap(),
+                    encode(&ids, IdWidth::for_max(max_id))
+                );
             }
         }
     }

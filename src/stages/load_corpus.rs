@@ -175,9 +175,13 @@ pub fn clean_d2l(bytes: &[u8]) -> (Vec<u8>, usize) {
     let mut out = vec![0u8; body.len() + 1];
     let (mut pos, mut start, mut lines) = (0usize, 0usize, 1usize);
     let mut prev_letter = false;
+    let o = out.as_mut_ptr();
     for &b in body {
         if b == b'\n' {
-            out[pos] = b'\n';
+            // SAFETY (all writes): `pos` never passes the number of bytes read so far, and a
+            // space is written only in the place of a gap byte already read, so
+            // `pos + 1 <= body.len() < out.len()`.
+            unsafe { *o.add(pos) = b'\n' };
             pos += 1;
             start = pos;
             lines += 1;
@@ -188,12 +192,13 @@ pub fn clean_d2l(bytes: &[u8]) -> (Vec<u8>, usize) {
         // letter; a non-letter writes nothing.
         let l = LOWER[b as usize];
         let is_letter = l != 0;
-        out[pos] = b' ';
+        unsafe { *o.add(pos) = b' ' };
         pos += (is_letter & !prev_letter & (pos > start)) as usize;
-        out[pos] = l;
+        unsafe { *o.add(pos) = l };
         pos += is_letter as usize;
         prev_letter = is_letter;
     }
+    debug_assert!(pos <= body.len());
     out.truncate(pos);
     (out, lines)
 }

@@ -69,13 +69,9 @@ pub fn tokenize_text<'t>(text: &'t str, unit: Unit) -> (Vec<String>, IdBuf) {
         }
         Unit::Word => {
             let mut ids = IdBuf::with_capacity(text.len() / 5);
-            let mut index: FxHashMap<&'t str, u32> = FxHashMap::default();
+            let mut index = WordIndex::new();
             let mut add = |w: &'t str| {
-                let next = index.len() as u32;
-                let id = *index.entry(w).or_insert(next);
-                if id == next && types.len() == next as usize {
-                    types.push(w.to_string());
-                }
+                let id = index.id(w, &mut types);
                 ids.push(id);
             };
             if text.is_ascii() {
@@ -99,6 +95,92 @@ pub fn tokenize_text<'t>(text: &'t str, unit: Unit) -> (Vec<String>, IdBuf) {
             }
             (types, ids)
         }
+    }
+}
+
+/// Word → id, ids given in order of first occurrence: open addressing over (hash, id) pairs,
+/// the words kept once, back to back, in an arena (no allocation per word).
+struct WordIndex {
+    slots: Vec<(u64, u32)>,
+    mask: usize,
+    arena: Vec<u8>,
+    /// (start in `arena`, length) of each id.
+    spans: Vec<(u32, u32)>,
+}
+
+impl WordIndex {
+    const EMPTY: u32 = u32::MAX;
+    const K: u64 = 0x9E37_79B9_7F4A_7C15;
+
+    fn new() -> Self {
+        WordIndex {
+            slots: vec![(0, Self::EMPTY); 1024],
+            mask: 1023,
+            arena: Vec::new(),
+            spans: Vec::new(),
+        }
+    }
+
+    #[inline]
+    fn hash(w: &[u8]) -> u64 {
+        let mut h = (w.len() as u64).wrapping_mul(Self::K);
+        let mut chunks = w.chunks_exact(8);
+        for c in &mut chunks {
+            let x = u64::from_le_bytes(c.try_into().unwrap());
+            h = (h ^ x).wrapping_mul(Self::K).rotate_left(29);
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut b = [0u8; 8];
+            b[..rest.len()].copy_from_slice(rest);
+            h = (h ^ u64::from_le_bytes(b)).wrapping_mul(Self::K);
+        }
+        h ^ (h >> 32)
+    }
+
+    #[inline]
+    fn id(&mut self, w: &str, types: &mut Vec<String>) -> u32 {
+        let w = w.as_bytes();
+        let h = Self::hash(w);
+        let mut i = h as usize & self.mask;
+        loop {
+            let (sh, id) = self.slots[i];
+            if id == Self::EMPTY {
+                return self.insert(i, h, w, types);
+            }
+            if sh == h {
+                let (at, len) = self.spans[id as usize];
+                if len as usize == w.len() && &self.arena[at as usize..(at + len) as usize] == w {
+                    return id;
+                }
+            }
+            i = (i + 1) & self.mask;
+        }
+    }
+
+    #[cold]
+    fn insert(&mut self, slot: usize, h: u64, w: &[u8], types: &mut Vec<String>) -> u32 {
+        let id = types.len() as u32;
+        // `w` is a slice of a `str` cut at whitespace: valid UTF-8.
+        types.push(String::from_utf8_lossy(w).into_owned());
+        self.spans.push((self.arena.len() as u32, w.len() as u32));
+        self.arena.extend_from_slice(w);
+        self.slots[slot] = (h, id);
+        if types.len() * 2 > self.slots.len() {
+            let n = self.slots.len() * 2;
+            let old = std::mem::replace(&mut self.slots, vec![(0, Self::EMPTY); n]);
+            self.mask = n - 1;
+            for (h, id) in old {
+                if id != Self::EMPTY {
+                    let mut i = h as usize & self.mask;
+                    while self.slots[i].1 != Self::EMPTY {
+                        i = (i + 1) & self.mask;
+                    }
+                    self.slots[i] = (h, id);
+                }
+            }
+        }
+        id
     }
 }
 
@@ -152,6 +234,20 @@ impl Stage for Tokenize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn many_distinct_words_keep_their_ids() {
+        let words: Vec<String> = (0..20_000).map(|i| format!("w{}", i % 7_001)).collect();
+        let text = words.join(" ");
+        let (types, ids) = tokenize_text(&text, Unit::Word);
+        assert_eq!(types.len(), 7_001);
+        let back: Vec<&str> = ids
+            .to_vec()
+            .iter()
+            .map(|&i| types[i as usize].as_str())
+            .collect();
+        assert_eq!(back, words);
+    }
 
     #[test]
     fn one_pass_tokenizing_matches_the_line_by_line_one() {
