@@ -2,9 +2,11 @@
 semantics, as the baseline of scripts/bench-text.sh: read a file, tokenize it by `char` or
 `word`, count, build the vocabulary and the corpus of indices.
 
-usage: python3 bench_text_book.py FILE char|word
+usage: python3 bench_text_book.py FILE char|word [VOCAB_JSON]
+(with VOCAB_JSON, the vocabulary's tokens in index order are written there, for comparing)
 """
 import collections
+import json
 import re
 import sys
 
@@ -50,6 +52,9 @@ def main():
     vocab = Vocab(tokens)
     corpus = [vocab[token] for line in tokens for token in line]
     print(f"corpus {len(corpus)} vocab {len(vocab)} first {vocab.idx_to_token[1:6]}")
+    if len(sys.argv) > 3:
+        with open(sys.argv[3], 'w') as f:
+            json.dump(vocab.idx_to_token, f)
 
 
 if __name__ == '__main__':
