@@ -9,7 +9,8 @@
 #     tokenizing, counting, writing, hashing and committing every file, as a user starts it);
 #   - the book's Python semantics (scripts/bench_text_book.py: read_time_machine, tokenize,
 #     Vocab, the corpus as indices) on the same file;
-# each under /usr/bin/time (wall seconds, maximum resident set size), and prints the medians,
+# each under /usr/bin/time (wall seconds, maximum resident set size, user + system CPU
+# seconds), and prints the medians,
 # the ratio, and the store's bytes per token. Both vocabularies are compared token by token.
 # With BIG_REPEAT (e.g. 1120: about 200 MB) it also runs the char pipeline once on that corpus.
 #
@@ -44,10 +45,10 @@ stages:
 YAML
 done
 
-# One timed command: appends "wall_s max_rss_kb" to $work/<name>.times.
+# One timed command: appends "wall_s max_rss_kb user_s sys_s" to $work/<name>.times.
 timed() {
   local name=$1; shift
-  /usr/bin/time -f "%e %M" -o "$work/t" "$@" > "$work/$name.out"
+  /usr/bin/time -f "%e %M %U %S" -o "$work/t" "$@" > "$work/$name.out"
   cat "$work/t" >> "$work/$name.times"
 }
 
@@ -69,15 +70,16 @@ work, repeat, reps = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 size = os.path.getsize(os.path.join(work, "data/corpus.txt"))
 def times(name):
     rows = [l.split() for l in open(os.path.join(work, name + ".times"))]
-    return [float(r[0]) for r in rows], [int(r[1]) / 1024 for r in rows]
+    return ([float(r[0]) for r in rows], [int(r[1]) / 1024 for r in rows],
+            [float(r[2]) + float(r[3]) for r in rows])
 print(f"corpus: The Time Machine x {repeat} = {size / 1e6:.1f} MB; median of {reps} runs each")
 print()
-print("| unit | seqpipe run (3 stages, cold) | peak | the book's Python | peak | ratio | tokens entry, bytes/token |")
-print("|---|---|---|---|---|---|---|")
+print("| unit | seqpipe run (3 stages, cold) | peak | the book's Python | peak | ratio | CPU s: seqpipe / Python (ratio) | tokens entry, bytes/token |")
+print("|---|---|---|---|---|---|---|---|")
 notes = []
 for unit in ["char", "word"]:
-    st, sm = times("seqpipe_" + unit)
-    pt, pm = times("python_" + unit)
+    st, sm, sc = times("seqpipe_" + unit)
+    pt, pm, pc = times("python_" + unit)
     out = os.path.join(work, "last_" + unit)
     # The last seqpipe run's vocabulary must be the book's.
     with open(os.path.join(out, "vocab.csv"), newline="") as f:
@@ -90,7 +92,8 @@ for unit in ["char", "word"]:
     ratio = statistics.median(pt) / statistics.median(st)
     print(f"| {unit} | {statistics.median(st):.2f} s | {statistics.median(sm):.0f} MB "
           f"| {statistics.median(pt):.2f} s | {statistics.median(pm):.0f} MB | {ratio:.1f}x "
-          f"| {tok / n:.2f} |")
+          f"| {statistics.median(sc):.2f} / {statistics.median(pc):.2f} "
+          f"({statistics.median(pc) / statistics.median(sc):.1f}x) | {tok / n:.2f} |")
     notes.append(f"{unit}: seqpipe runs {' '.join(f'{t:.2f}' for t in st)} s; Python runs {' '.join(f'{t:.2f}' for t in pt)} s; vocabularies identical ({len(ours)} tokens)")
 print()
 for n in notes:
@@ -102,7 +105,7 @@ if [ "$big" -gt 0 ]; then
     "$root/data/timemachine.txt" "$work/data/corpus.txt" "$big"
   rm -rf outputs
   timed big "$bin" -q run char.yaml
-  read -r wall rss < "$work/t"
+  read -r wall rss _ < "$work/t"
   echo
   echo "char on The Time Machine x $big ($(($(stat -c %s data/corpus.txt) / 1000000)) MB): ${wall} s, peak $((rss / 1024)) MB"
 fi

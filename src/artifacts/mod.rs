@@ -6,9 +6,11 @@
 //! Bulk data is binary ([`ids`]: little-endian ids of 1, 2 or 4 bytes behind a 16-byte header,
 //! memory-mappable); what people read stays text (the vocabulary CSV, a preview of the tokens).
 
+pub mod data;
 pub mod ids;
 pub mod text;
 
+pub use data::{Batches, FeaturesArtifact, SeriesArtifact};
 pub use ids::{IdBuf, IdWidth, Ids};
 pub use text::{CorpusIds, Lines, TokenUnit, Tokens, TokensMeta, VocabArtifact};
 

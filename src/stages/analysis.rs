@@ -238,8 +238,8 @@ impl Stage for HiddenGrads {
             bail!("`hidden_grads` needs a language model")
         };
         let data = ctx.input("data")?.to_path_buf();
-        let sampler: SamplerSpec = crate::context::read_json(&data.join("sampler.json"))?;
-        let corpus: Vec<u32> = crate::artifacts::CorpusIds::read(&data)?;
+        let sampler: SamplerSpec = crate::artifacts::Batches::sampler(&data)?;
+        let corpus: Vec<u32> = crate::artifacts::Batches::corpus(&data)?;
         let Some(b) = partition_sequential(&corpus, sampler.batch_size, sampler.num_steps, 0)
             .into_iter()
             .next()

@@ -140,8 +140,8 @@ impl Stage for Evaluate {
         let data = ctx.input("data")?.to_path_buf();
         match &model {
             AnyModel::Lm(lm) => {
-                let sampler: SamplerSpec = crate::context::read_json(&data.join("sampler.json"))?;
-                let corpus: Vec<u32> = crate::artifacts::CorpusIds::read(&data)?;
+                let sampler: SamplerSpec = crate::artifacts::Batches::sampler(&data)?;
+                let corpus: Vec<u32> = crate::artifacts::Batches::corpus(&data)?;
                 let (train, valid) = sampler.split(&corpus);
                 let (tokens, batch) = match self.split {
                     Split::Train => (train, sampler.batch_size),
@@ -168,7 +168,7 @@ impl Stage for Evaluate {
                 if self.split == Split::Valid {
                     bail!("`split` is for language models; a series model is scored on the test part of its series");
                 }
-                let f: Features = crate::context::read_json(&data.join("features.json"))?;
+                let f: Features = crate::artifacts::FeaturesArtifact::read(&data)?;
                 let predict = |x: &[f32], b: usize| -> Result<Vec<f32>> {
                     match &model {
                         AnyModel::Mlp(m) => m.predict(x, b),

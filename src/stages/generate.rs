@@ -1,6 +1,5 @@
 //! `generate`: text from a trained language model — greedy, or sampled from p^alpha.
 
-use super::build_vocab::Vocab;
 use super::model::AnyModel;
 use super::{ParamIssue, Roles, Stage};
 use crate::artifacts::Art;
@@ -89,7 +88,7 @@ impl Stage for Generate {
         let AnyModel::Lm(lm) = model else {
             bail!("`generate` needs a language model")
         };
-        let vocab = Vocab::read_csv(&dir.join("vocab.csv"))
+        let vocab = crate::artifacts::VocabArtifact::read_vocab(&dir)
             .context("the model's folder has no vocab.csv: feed `generate` a `train` stage")?;
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(ctx.seed);
         let sampling = match self.strategy {

@@ -15,7 +15,7 @@ mod ngram_stats;
 mod plot_stage;
 mod report;
 mod sample_batches;
-mod series;
+pub mod series;
 mod summary_table;
 pub mod tokenize;
 mod toy_sequence;

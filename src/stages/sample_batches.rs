@@ -2,7 +2,7 @@
 //! (`seq_data_iter_sequential`, `seq_data_iter_random`), with a coverage table.
 
 use super::{ParamIssue, Roles, Stage};
-use crate::artifacts::{Art, CorpusIds, VocabArtifact};
+use crate::artifacts::{Art, Batches, CorpusIds};
 use crate::context::StageCtx;
 use anyhow::{bail, Result};
 use rand::seq::SliceRandom;
@@ -338,10 +338,8 @@ impl Stage for SampleBatches {
                 }
             }
         }
-        ctx.write_json("sampler.json", &spec)?;
         // Training reads the corpus (and the vocabulary, to print samples) from here.
-        CorpusIds::copy(ctx, "corpus")?;
-        VocabArtifact::copy_vocab(ctx, "corpus")?;
+        Batches::write(ctx, &spec, "corpus")?;
         ctx.write_csv("batches.csv", rows)?;
         ctx.write_csv(
             "coverage.csv",

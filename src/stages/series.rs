@@ -81,7 +81,7 @@ impl Stage for SyntheticSeries {
             "series.csv",
             x.iter().enumerate().map(|(i, &x)| Point { t: i + 1, x }),
         )?;
-        ctx.write_json_compact("series.json", &Series { x })?;
+        crate::artifacts::SeriesArtifact::write(ctx, &Series { x })?;
         ctx.summary("length", self.length);
         Ok(())
     }
@@ -136,7 +136,7 @@ impl Stage for WindowFeatures {
     }
 
     fn run(&self, ctx: &mut StageCtx) -> Result<()> {
-        let s: Series = ctx.read_json("series", "series.json")?;
+        let s: Series = crate::artifacts::SeriesArtifact::read(ctx.input("series")?)?;
         if s.x.len() <= self.tau + self.n_train {
             bail!("the series has {} points: too short for tau {} and n_train {} (needs more than {})", s.x.len(), self.tau, self.n_train, self.tau + self.n_train);
         }
@@ -147,7 +147,7 @@ impl Stage for WindowFeatures {
         };
         ctx.summary("rows", f.rows());
         ctx.summary("train_rows", f.n_train);
-        ctx.write_json_compact("features.json", &f)?;
+        crate::artifacts::FeaturesArtifact::write(ctx, &f)?;
         Ok(())
     }
 }

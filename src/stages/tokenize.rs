@@ -32,19 +32,25 @@ pub fn tokenize_text<'t>(text: &'t str, unit: Unit) -> (Vec<String>, IdBuf) {
         Unit::Char => {
             let mut ascii = [u32::MAX; 128];
             if text.is_ascii() {
-                // At most 128 types: one byte per token.
-                let mut ids = Vec::with_capacity(text.len());
-                for &b in text.as_bytes() {
-                    if b == b'\n' {
-                        continue;
-                    }
-                    let slot = &mut ascii[b as usize];
-                    if *slot == u32::MAX {
-                        *slot = types.len() as u32;
+                // At most 128 types: one byte per token, written branch-free (a line end is
+                // written over by the next token); a new type is the one rare branch.
+                const NEW: u8 = u8::MAX;
+                let mut map = [NEW; 128];
+                map[b'\n' as usize] = 0;
+                let bytes = text.as_bytes();
+                let mut ids = vec![0u8; bytes.len()];
+                let mut pos = 0;
+                for &b in bytes {
+                    let mut t = map[b as usize];
+                    if t == NEW {
+                        t = types.len() as u8;
+                        map[b as usize] = t;
                         types.push((b as char).to_string());
                     }
-                    ids.push(*slot as u8);
+                    ids[pos] = t;
+                    pos += (b != b'\n') as usize;
                 }
+                ids.truncate(pos);
                 (types, IdBuf::U8(ids))
             } else {
                 let mut ids = IdBuf::with_capacity(text.len());
