@@ -313,6 +313,33 @@ impl Ids {
         self.for_each_prefix(self.len, f)
     }
 
+    /// The first `n` ids mapped through `table`, in the narrowest width.
+    pub fn map_prefix(&self, n: usize, table: &[u32]) -> IdBuf {
+        let n = n.min(self.len);
+        let max = table.iter().copied().max().unwrap_or(0);
+        let b = self.body();
+        match (self.width, IdWidth::for_max(max)) {
+            (IdWidth::U8, IdWidth::U8) => {
+                let t: Vec<u8> = table.iter().map(|&x| x as u8).collect();
+                IdBuf::U8(b[..n].iter().map(|&x| t[x as usize]).collect())
+            }
+            (IdWidth::U16, IdWidth::U16) => {
+                let t: Vec<u16> = table.iter().map(|&x| x as u16).collect();
+                IdBuf::U16(
+                    b[..2 * n]
+                        .chunks_exact(2)
+                        .map(|c| t[u16::from_le_bytes([c[0], c[1]]) as usize])
+                        .collect(),
+                )
+            }
+            _ => {
+                let mut out = IdBuf::with_capacity(n);
+                self.for_each_prefix(n, |x| out.push(table[x as usize]));
+                out
+            }
+        }
+    }
+
     /// The first `n` ids as `u32`s.
     pub fn prefix_vec(&self, n: usize) -> Vec<u32> {
         let mut v = Vec::with_capacity(n.min(self.len));

@@ -2,7 +2,7 @@
 //! frequency (descending; ties in first-occurrence order) down to `min_freq`.
 
 use super::{Roles, Stage};
-use crate::artifacts::{Art, IdBuf, Tokens, VocabArtifact};
+use crate::artifacts::{Art, Tokens, VocabArtifact};
 use crate::context::StageCtx;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
@@ -196,20 +196,7 @@ impl Stage for BuildVocab {
         );
         let to_vocab: Vec<u32> = types.iter().map(|t| vocab.get(t)).collect();
         let kept = tokens.meta.kept;
-        let corpus = match tokens.ids.as_u8() {
-            // Char tokens: one byte in, one byte out (the vocabulary is no larger than the types).
-            Some(b) if vocab.len() <= 256 => {
-                let table: Vec<u8> = to_vocab.iter().map(|&i| i as u8).collect();
-                IdBuf::U8(b[..kept].iter().map(|&t| table[t as usize]).collect())
-            }
-            _ => {
-                let mut corpus = IdBuf::with_capacity(kept);
-                tokens
-                    .ids
-                    .for_each_prefix(kept, |i| corpus.push(to_vocab[i as usize]));
-                corpus
-            }
-        };
+        let corpus = tokens.ids.map_prefix(kept, &to_vocab);
         VocabArtifact::write(ctx, &vocab, &corpus)?;
         ctx.summary("corpus_len", corpus.len());
         ctx.summary("vocab_size", vocab.len());

@@ -76,42 +76,53 @@ pub fn tokenize_text<'t>(text: &'t str, unit: Unit) -> (Vec<String>, IdBuf) {
         Unit::Word => {
             let mut ids = IdBuf::with_capacity(text.len() / 5);
             let mut index = WordIndex::new();
-            let mut add = |w: &'t str| {
-                let id = index.id(w, &mut types);
-                ids.push(id);
-            };
             if text.is_ascii() {
                 // `split_whitespace` on ASCII text: space and \t \n \x0b \x0c \r.
+                const SPACE: [bool; 256] = {
+                    let mut t = [false; 256];
+                    let mut b = 0;
+                    while b < 256 {
+                        t[b] = is_space(b as u8);
+                        b += 1;
+                    }
+                    t
+                };
                 let b = text.as_bytes();
+                let n = b.len();
                 let mut i = 0;
-                while i < b.len() {
-                    while i < b.len() && is_space(b[i]) {
+                while i < n {
+                    while i < n && SPACE[b[i] as usize] {
                         i += 1;
                     }
                     let s = i;
-                    while i < b.len() && !is_space(b[i]) {
+                    while i < n && !SPACE[b[i] as usize] {
                         i += 1;
                     }
                     if i > s {
-                        add(&text[s..i]);
+                        ids.push(index.id(text, s, i - s, &mut types));
                     }
                 }
             } else {
-                text.split_whitespace().for_each(add);
+                let base = text.as_ptr() as usize;
+                for w in text.split_whitespace() {
+                    ids.push(index.id(text, w.as_ptr() as usize - base, w.len(), &mut types));
+                }
             }
             (types, ids)
         }
     }
 }
 
-/// Word → id, ids given in order of first occurrence: open addressing over (hash, id) pairs,
-/// the words kept once, back to back, in an arena (no allocation per word).
+/// Word → id, ids given in order of first occurrence: open addressing over
+/// (key, length, id) slots. A word of up to 8 bytes is its own key (its bytes as a
+/// little-endian u64), so finding it is one comparison; a longer word's key is a hash, checked
+/// against the word's bytes kept once, back to back, in an arena.
 struct WordIndex {
-    slots: Vec<(u64, u32)>,
-    mask: usize,
+    slots: Vec<(u64, u32, u32)>,
+    bits: u32,
     arena: Vec<u8>,
-    /// (start in `arena`, length) of each id.
-    spans: Vec<(u32, u32)>,
+    /// Start of each id's bytes in `arena` (its length is in its slot and in `types`).
+    starts: Vec<u32>,
 }
 
 impl WordIndex {
@@ -120,69 +131,92 @@ impl WordIndex {
 
     fn new() -> Self {
         WordIndex {
-            slots: vec![(0, Self::EMPTY); 1024],
-            mask: 1023,
+            slots: vec![(0, 0, Self::EMPTY); 1 << 10],
+            bits: 10,
             arena: Vec::new(),
-            spans: Vec::new(),
+            starts: Vec::new(),
         }
     }
 
+    /// The bytes `text[at..at + len]` (len ≤ 8) as a little-endian u64, zero-padded.
     #[inline]
-    fn hash(w: &[u8]) -> u64 {
-        let mut h = (w.len() as u64).wrapping_mul(Self::K);
-        let mut chunks = w.chunks_exact(8);
-        for c in &mut chunks {
-            let x = u64::from_le_bytes(c.try_into().unwrap());
-            h = (h ^ x).wrapping_mul(Self::K).rotate_left(29);
-        }
-        let rest = chunks.remainder();
-        if !rest.is_empty() {
-            let mut b = [0u8; 8];
-            b[..rest.len()].copy_from_slice(rest);
-            h = (h ^ u64::from_le_bytes(b)).wrapping_mul(Self::K);
-        }
-        h ^ (h >> 32)
-    }
-
-    #[inline]
-    fn id(&mut self, w: &str, types: &mut Vec<String>) -> u32 {
-        let w = w.as_bytes();
-        let h = Self::hash(w);
-        let mut i = h as usize & self.mask;
-        loop {
-            let (sh, id) = self.slots[i];
-            if id == Self::EMPTY {
-                return self.insert(i, h, w, types);
+    fn load(text: &[u8], at: usize, len: usize) -> u64 {
+        if at + 8 <= text.len() {
+            let x = u64::from_le_bytes(text[at..at + 8].try_into().unwrap());
+            if len >= 8 {
+                x
+            } else {
+                x & ((1u64 << (len * 8)) - 1)
             }
-            if sh == h {
-                let (at, len) = self.spans[id as usize];
-                if len as usize == w.len() && &self.arena[at as usize..(at + len) as usize] == w {
+        } else {
+            let mut b = [0u8; 8];
+            b[..len].copy_from_slice(&text[at..at + len]);
+            u64::from_le_bytes(b)
+        }
+    }
+
+    #[inline]
+    fn key(text: &[u8], at: usize, len: usize) -> u64 {
+        if len <= 8 {
+            return Self::load(text, at, len);
+        }
+        let mut h = (len as u64).wrapping_mul(Self::K);
+        let mut i = 0;
+        while i < len {
+            let n = (len - i).min(8);
+            h = (h ^ Self::load(text, at + i, n))
+                .wrapping_mul(Self::K)
+                .rotate_left(29);
+            i += n;
+        }
+        h
+    }
+
+    #[inline]
+    fn slot(&self, key: u64) -> usize {
+        ((key ^ (key >> 31)).wrapping_mul(Self::K) >> (64 - self.bits)) as usize
+    }
+
+    /// The id of the word `text[at..at + len]`.
+    #[inline]
+    fn id(&mut self, text: &str, at: usize, len: usize, types: &mut Vec<String>) -> u32 {
+        let bytes = text.as_bytes();
+        let key = Self::key(bytes, at, len);
+        let mask = self.slots.len() - 1;
+        let mut i = self.slot(key);
+        loop {
+            let (k, l, id) = self.slots[i];
+            if id == Self::EMPTY {
+                return self.insert(i, key, &text[at..at + len], types);
+            }
+            if k == key && l as usize == len {
+                let s = self.starts[id as usize] as usize;
+                if len <= 8 || self.arena[s..s + len] == bytes[at..at + len] {
                     return id;
                 }
             }
-            i = (i + 1) & self.mask;
+            i = (i + 1) & mask;
         }
     }
 
     #[cold]
-    fn insert(&mut self, slot: usize, h: u64, w: &[u8], types: &mut Vec<String>) -> u32 {
+    fn insert(&mut self, slot: usize, key: u64, w: &str, types: &mut Vec<String>) -> u32 {
         let id = types.len() as u32;
-        // `w` is a slice of a `str` cut at whitespace: valid UTF-8.
-        types.push(String::from_utf8_lossy(w).into_owned());
-        self.spans.push((self.arena.len() as u32, w.len() as u32));
-        self.arena.extend_from_slice(w);
-        self.slots[slot] = (h, id);
+        types.push(w.to_string());
+        self.starts.push(self.arena.len() as u32);
+        self.arena.extend_from_slice(w.as_bytes());
+        self.slots[slot] = (key, w.len() as u32, id);
         if types.len() * 2 > self.slots.len() {
-            let n = self.slots.len() * 2;
-            let old = std::mem::replace(&mut self.slots, vec![(0, Self::EMPTY); n]);
-            self.mask = n - 1;
-            for (h, id) in old {
-                if id != Self::EMPTY {
-                    let mut i = h as usize & self.mask;
-                    while self.slots[i].1 != Self::EMPTY {
-                        i = (i + 1) & self.mask;
+            self.bits += 1;
+            let old = std::mem::replace(&mut self.slots, vec![(0, 0, Self::EMPTY); 1 << self.bits]);
+            let mask = self.slots.len() - 1;
+            for e in old {
+                if e.2 != Self::EMPTY {
+                    let mut i = self.slot(e.0);
+                    while self.slots[i].2 != Self::EMPTY {
+                        i = (i + 1) & mask;
                     }
-                    self.slots[i] = (h, id);
+                    self.slots[i] = e;
                 }
             }
         }
@@ -191,8 +225,8 @@ impl WordIndex {
 }
 
 #[inline]
-fn is_space(b: u8) -> bool {
-    b == b' ' || (b'\t'..=b'\r').contains(&b)
+const fn is_space(b: u8) -> bool {
+    b == b' ' || (b >= b'\t' && b <= b'\r')
 }
 
 pub fn tokenize_line(line: &str, unit: Unit) -> Vec<String> {
@@ -243,10 +277,18 @@ mod tests {
 
     #[test]
     fn many_distinct_words_keep_their_ids() {
-        let words: Vec<String> = (0..20_000).map(|i| format!("w{}", i % 7_001)).collect();
+        let words: Vec<String> = (0..20_000)
+            .map(|i| match i % 3 {
+                0 => format!("w{}", i % 7_001),
+                1 => format!("a-longer-word-{}", i % 7_001),
+                _ => format!("{}", i % 7_001),
+            })
+            .collect();
         let text = words.join(" ");
         let (types, ids) = tokenize_text(&text, Unit::Word);
-        assert_eq!(types.len(), 7_001);
+        let distinct: std::collections::HashSet<&String> = words.iter().collect();
+        assert_eq!(types.len(), distinct.len());
+        assert!(types.len() > 10_000);
         let back: Vec<&str> = ids
             .to_vec()
             .iter()
