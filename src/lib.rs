@@ -33,7 +33,8 @@ pub mod launcher;
 pub mod progress;
 pub mod slurm;
 
-// The stage kinds, the results tables they share, and charts.
+// The stage kinds, the artifact types they read and write, results tables, and charts.
+pub mod artifacts;
 pub mod plot;
 pub mod results;
 pub mod stages;

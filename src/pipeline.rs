@@ -262,15 +262,16 @@ pub fn analyze(raw: RawPipeline) -> Result<Pipeline, PipelineError> {
             DeviceSetting::Cpu
         }),
     };
-    let executor = raw.executor.as_ref().and_then(|e| {
-        match crate::launcher::ExecutorSetting::parse(&e.kind, &e.options) {
-            Ok(s) => Some(s),
-            Err((key, msg, help)) => {
-                diags.push(at(&key, msg).with_help(help));
-                None
+    let executor =
+        raw.executor.as_ref().and_then(|e| {
+            match crate::launcher::ExecutorSetting::parse(&e.kind, &e.options) {
+                Ok(s) => Some(s),
+                Err((key, msg, help)) => {
+                    diags.push(at(&key, msg).with_help(help));
+                    None
+                }
             }
-        }
-    });
+        });
     let pipeline_resources = match &raw.resources {
         None => crate::resources::Resources::default(),
         Some(v) => parse_resources(v, "resources", &at, &mut diags),
@@ -280,6 +281,9 @@ pub fn analyze(raw: RawPipeline) -> Result<Pipeline, PipelineError> {
     let index_of: std::collections::HashMap<&str, usize> =
         names.iter().enumerate().map(|(i, n)| (*n, i)).collect();
     let mut stages = Vec::new();
+    // Inputs of the wrong artifact type: reported with the other errors, or, when the file has
+    // none, after the cycle check (in a cycle, types are beside the point).
+    let mut wiring: Vec<Diagnostic> = Vec::new();
     for st in &raw.stages {
         let base = format!("stages.{}", st.origin);
         let Some(kind) = find_kind(&st.kind) else {
@@ -309,7 +313,17 @@ pub fn analyze(raw: RawPipeline) -> Result<Pipeline, PipelineError> {
                 }
             }
             match index_of.get(up.as_str()).copied() {
-                Some(i) => inputs.push((role.clone(), i)),
+                Some(i) => {
+                    if let Some(d) = check_wiring(&raw.stages, st, kind, role, i, &ipath, &at) {
+                        if !wiring
+                            .iter()
+                            .any(|x: &Diagnostic| x.path == d.path && x.message == d.message)
+                        {
+                            wiring.push(d);
+                        }
+                    }
+                    inputs.push((role.clone(), i))
+                }
                 None => {
                     let others: Vec<&str> =
                         names.iter().copied().filter(|n| *n != st.name).collect();
@@ -388,6 +402,7 @@ pub fn analyze(raw: RawPipeline) -> Result<Pipeline, PipelineError> {
         }
     }
     if !diags.is_empty() {
+        diags.append(&mut wiring);
         // Sweep variants repeat their origin's mistakes: report each once.
         let mut seen = std::collections::HashSet::new();
         diags.retain(|d| seen.insert(format!("{:?}|{}|{}", d.line, d.path, d.message)));
@@ -415,6 +430,9 @@ pub fn analyze(raw: RawPipeline) -> Result<Pipeline, PipelineError> {
             });
         }
     };
+    if !wiring.is_empty() {
+        return Err(PipelineError { diagnostics: wiring });
+    }
     Ok(Pipeline {
         name: raw.name,
         file: raw.file,
@@ -426,6 +444,102 @@ pub fn analyze(raw: RawPipeline) -> Result<Pipeline, PipelineError> {
         order,
         locator: raw.locator,
     })
+}
+
+/// Whether the stage feeding `role` produces an artifact type the role accepts; the
+/// diagnostic names what is needed, what the stage produces, and a stage that would fit.
+fn check_wiring(
+    stages: &[RawStage],
+    st: &RawStage,
+    kind: &KindInfo,
+    role: &str,
+    up: usize,
+    ipath: &str,
+    at: &dyn Fn(&str, String) -> Diagnostic,
+) -> Option<Diagnostic> {
+    let accepts = kind.accepts(role)?;
+    // An unknown upstream kind is reported on its own.
+    let produced = find_kind(&stages[up].kind)?.output?;
+    if accepts.contains(&produced) {
+        return None;
+    }
+    let produces = |s: &RawStage| {
+        find_kind(&s.kind)
+            .and_then(|k| k.output)
+            .is_some_and(|o| accepts.contains(&o))
+    };
+    // Stages that would fit, those fed (directly or not) by the given one first: `chars` →
+    // `vocab` → `batches` makes `batches` the likely intent for `data: chars`.
+    let below = descendants(stages, up);
+    // A stage fed by this one would make a cycle.
+    let fed = stages
+        .iter()
+        .position(|x| x.name == st.name)
+        .map(|me| descendants(stages, me))
+        .unwrap_or_default();
+    let mut fits: Vec<(bool, &str, &str, &str)> = Vec::new();
+    for (i, s) in stages.iter().enumerate() {
+        if s.origin != st.origin
+            && produces(s)
+            && !fits.iter().any(|f| f.1 == s.origin)
+            && !fed.contains(&i)
+        {
+            let out = find_kind(&s.kind)
+                .and_then(|k| k.output)
+                .map_or("", |o| o.name());
+            fits.push((below.contains(&i), s.origin.as_str(), s.kind.as_str(), out));
+        }
+    }
+    fits.sort_by_key(|f| !f.0);
+    let need = crate::artifacts::describe(accepts);
+    let help = match fits.first() {
+        Some((_, name, k, out)) => {
+            let mut h = format!("did you mean `{name}`? (a `{k}` stage, which produces {out})");
+            if fits.len() > 1 {
+                let all: Vec<String> = fits.iter().map(|f| format!("`{}`", f.1)).collect();
+                h.push_str(&format!("; stages producing {need}: {}", all.join(", ")));
+            }
+            h
+        }
+        None => {
+            let kinds: Vec<String> = registry()
+                .iter()
+                .filter(|k| k.output.is_some_and(|o| accepts.contains(&o)))
+                .map(|k| format!("`{}`", k.name))
+                .collect();
+            format!(
+                "no stage here produces {need}; add one of kind {}",
+                kinds.join(" or ")
+            )
+        }
+    };
+    Some(
+        at(
+            ipath,
+            format!(
+                "`{}.inputs.{role}` needs {need}; `{}` produces {}",
+                st.origin,
+                stages[up].origin,
+                produced.name()
+            ),
+        )
+        .with_help(help),
+    )
+}
+
+/// The stages fed, directly or not, by stage `i` (by name, as the raw file wires them).
+fn descendants(stages: &[RawStage], i: usize) -> Vec<usize> {
+    let mut seen = vec![false; stages.len()];
+    let mut stack = vec![i];
+    while let Some(j) = stack.pop() {
+        for (k, s) in stages.iter().enumerate() {
+            if !seen[k] && s.inputs.iter().any(|(_, u)| *u == stages[j].name) {
+                seen[k] = true;
+                stack.push(k);
+            }
+        }
+    }
+    (0..stages.len()).filter(|&k| seen[k]).collect()
 }
 
 /// Check a `resources:` mapping (unknown fields with a did-you-mean, types, values).

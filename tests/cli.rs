@@ -2139,3 +2139,26 @@ fn gc_never_removes_what_a_live_run_uses() {
     let g = ok(p, &["gc"]);
     assert!(g.contains("removed 4 entries"), "the corpus is shared with the shipped pipelines: {g}");
 }
+
+#[test]
+fn wrong_wiring_is_stopped_before_anything_runs() {
+    // `train` fed tokens: every input's artifact type is checked against what its role needs
+    // before any stage runs, with the stage that would fit.
+    let yaml = "name: bad\nstages:\n  corpus:\n    kind: load_corpus\n    params: { path: data/c.txt }\n  chars:\n    kind: tokenize\n    inputs: { corpus: corpus }\n    params: { unit: char }\n  vocab:\n    kind: build_vocab\n    inputs: { tokens: chars }\n  batches:\n    kind: sample_batches\n    inputs: { corpus: vocab }\n    params: { strategy: sequential, batch_size: 2, num_steps: 5 }\n  model:\n    kind: build_model\n    inputs: { data: batches }\n    params: { arch: rnn, hidden: 8 }\n  train:\n    kind: train\n    inputs: { model: model, data: chars }\n    params: { epochs: 1, lr: 1 }\n  stats:\n    kind: ngram_stats\n    inputs: { tokens: corpus }\n  sample:\n    kind: generate\n    inputs: { model: model }\n    params: { prefix: time }\n";
+    let t = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(t.path().join("data")).unwrap();
+    std::fs::write(t.path().join("data/c.txt"), "the time machine\n").unwrap();
+    std::fs::write(t.path().join("bad.yaml"), yaml).unwrap();
+    let o = seqpipe(t.path(), &["run", "-q", "bad.yaml"]);
+    let code = o.status.code().unwrap();
+    assert_eq!(code, 2);
+    assert!(
+        !t.path().join("outputs").exists(),
+        "a badly wired pipeline must write nothing"
+    );
+    assert!(o.stdout.is_empty());
+    insta::assert_snapshot!(
+        "error_wrong_wiring",
+        format!("exit code {code}\n{}", String::from_utf8_lossy(&o.stderr))
+    );
+}

@@ -4,6 +4,7 @@
 use super::model::AnyModel;
 use super::sample_batches::{partition_sequential, SamplerSpec};
 use super::{ParamIssue, Roles, Stage};
+use crate::artifacts::Art;
 use crate::context::StageCtx;
 use anyhow::{bail, Result};
 use rand::SeedableRng;
@@ -40,6 +41,9 @@ impl Stage for RnnShapes {
     const ABOUT: &'static str =
         "The shapes of a language model's one-hot input, outputs and state (book 8.4.1)";
     const ROLES: Roles = Roles::Fixed(&["model"]);
+    const INPUT_TYPES: &'static [(&'static str, &'static [Art])] =
+        &[("model", &[Art::Model, Art::TrainedModel])];
+    const OUTPUT: Option<Art> = Some(Art::Table);
     const USES_DEVICE: bool = true;
 
     fn validate(&self, issues: &mut Vec<ParamIssue>) {
@@ -122,6 +126,7 @@ impl Stage for MatrixPowers {
     const VERSION: u32 = 1;
     const ABOUT: &'static str = "Powers of a random symmetric matrix: eigenvalues of M^k vs λ^k, and M^k x aligning with the top eigenvector (book 8.7.1)";
     const ROLES: Roles = Roles::Fixed(&[]);
+    const OUTPUT: Option<Art> = Some(Art::Table);
     const STOCHASTIC: bool = true;
 
     fn validate(&self, issues: &mut Vec<ParamIssue>) {
@@ -220,6 +225,11 @@ impl Stage for HiddenGrads {
     const VERSION: u32 = 1;
     const ABOUT: &'static str = "Norm of dLoss/dH_t at each time step of one batch: vanishing or exploding gradients (book 8.7)";
     const ROLES: Roles = Roles::Fixed(&["model", "data"]);
+    const INPUT_TYPES: &'static [(&'static str, &'static [Art])] = &[
+        ("model", &[Art::Model, Art::TrainedModel]),
+        ("data", &[Art::Batches]),
+    ];
+    const OUTPUT: Option<Art> = Some(Art::Table);
     const USES_DEVICE: bool = true;
 
     fn run(&self, ctx: &mut StageCtx) -> Result<()> {
@@ -228,8 +238,8 @@ impl Stage for HiddenGrads {
             bail!("`hidden_grads` needs a language model")
         };
         let data = ctx.input("data")?.to_path_buf();
-        let sampler: SamplerSpec = crate::context::read_json(&data.join("sampler.json"))?;
-        let corpus: Vec<u32> = crate::context::read_json(&data.join("corpus.json"))?;
+        let sampler: SamplerSpec = crate::artifacts::Batches::sampler(&data)?;
+        let corpus: Vec<u32> = crate::artifacts::Batches::corpus(&data)?;
         let Some(b) = partition_sequential(&corpus, sampler.batch_size, sampler.num_steps, 0)
             .into_iter()
             .next()

@@ -1,8 +1,8 @@
 //! `build_vocab`: the book's `Vocab` — `<unk>` is 0, then reserved tokens, then tokens by
 //! frequency (descending; ties in first-occurrence order) down to `min_freq`.
 
-use super::tokenize::Tokens;
 use super::{Roles, Stage};
+use crate::artifacts::{Art, Tokens, VocabArtifact};
 use crate::context::StageCtx;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
@@ -51,8 +51,22 @@ impl Vocab {
             }
             *c += 1;
         }
+        Self::from_counts(
+            order.into_iter().map(|t| (t, counts[t])),
+            min_freq,
+            reserved,
+        )
+    }
+
+    /// The vocabulary of distinct tokens with their counts, given in first-occurrence order.
+    pub fn from_counts<'a>(
+        counts: impl IntoIterator<Item = (&'a str, usize)>,
+        min_freq: usize,
+        reserved: &[String],
+    ) -> Self {
+        let mut order: Vec<(&str, usize)> = counts.into_iter().collect();
         // Stable sort by descending count keeps ties in first-occurrence order.
-        order.sort_by(|a, b| counts[b].cmp(&counts[a]));
+        order.sort_by(|a, b| b.1.cmp(&a.1));
         let mut v = Vocab {
             tokens: Vec::new(),
             counts: Vec::new(),
@@ -62,8 +76,7 @@ impl Vocab {
         for r in reserved {
             v.push(r, 0);
         }
-        for t in order {
-            let c = counts[t];
+        for (t, c) in order {
             if c < min_freq {
                 break;
             }
@@ -162,32 +175,59 @@ impl Vocab {
     }
 }
 
-/// The corpus (as indices) of a `build_vocab` or `toy_sequence` artifact.
-pub fn read_corpus(dir: &Path) -> Result<Vec<u32>> {
-    crate::context::read_json(&dir.join("corpus.json"))
-}
-
 impl Stage for BuildVocab {
     const KIND: &'static str = "build_vocab";
-    const VERSION: u32 = 1;
+    const VERSION: u32 = 2;
     const ABOUT: &'static str =
         "Vocabulary (CSV: token, index, count) and the corpus as indices (book 8.2 `Vocab`)";
     const ROLES: Roles = Roles::Fixed(&["tokens"]);
+    const INPUT_TYPES: &'static [(&'static str, &'static [Art])] = &[("tokens", &[Art::Tokens])];
+    const OUTPUT: Option<Art> = Some(Art::Vocab);
 
     fn run(&self, ctx: &mut StageCtx) -> Result<()> {
         let tokens = Tokens::read(ctx.input("tokens")?)?;
-        let vocab = Vocab::build(
-            tokens.lines.iter().flatten().map(String::as_str),
+        let types = &tokens.meta.types;
+        // Every token counts (the book's `Vocab` sees the whole corpus, `max_tokens` or not).
+        let counts = count_ids(&tokens.ids, types.len());
+        let vocab = Vocab::from_counts(
+            types.iter().map(String::as_str).zip(counts.iter().copied()),
             self.min_freq,
             &self.reserved,
         );
-        let corpus: Vec<u32> = tokens.corpus().map(|t| vocab.get(t)).collect();
-        vocab.write_csv(&ctx.out_path("vocab.csv"))?;
-        ctx.write_json_compact("corpus.json", &corpus)?;
+        let to_vocab: Vec<u32> = types.iter().map(|t| vocab.get(t)).collect();
+        let kept = tokens.meta.kept;
+        let corpus = tokens.ids.map_prefix(kept, &to_vocab);
+        VocabArtifact::write(ctx, &vocab, &corpus)?;
         ctx.summary("corpus_len", corpus.len());
         ctx.summary("vocab_size", vocab.len());
         Ok(())
     }
+}
+
+/// How often each of the ids `0..types` occurs.
+fn count_ids(ids: &crate::artifacts::Ids, types: usize) -> Vec<usize> {
+    let mut counts = vec![0usize; types];
+    match ids.as_u8() {
+        Some(b) => {
+            // Four tables, so that runs of one token do not wait on one counter.
+            let mut c = [[0usize; 256]; 4];
+            let mut chunks = b.chunks_exact(4);
+            for q in &mut chunks {
+                c[0][q[0] as usize] += 1;
+                c[1][q[1] as usize] += 1;
+                c[2][q[2] as usize] += 1;
+                c[3][q[3] as usize] += 1;
+            }
+            for &x in chunks.remainder() {
+                c[0][x as usize] += 1;
+            }
+            for (t, n) in counts.iter_mut().enumerate() {
+                *n = c.iter().map(|c| c[t]).sum();
+            }
+        }
+        None => ids.for_each(|i| counts[i as usize] += 1),
+    }
+    counts
 }
 
 #[cfg(test)]

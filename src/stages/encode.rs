@@ -1,9 +1,9 @@
 //! `encode`: map texts to vocabulary indices, to inspect a vocabulary (exercise 8.2.2).
 
-use super::build_vocab::Vocab;
 use super::load_corpus::preprocess_d2l;
 use super::tokenize::{tokenize_line, Unit};
 use super::{ParamIssue, Roles, Stage};
+use crate::artifacts::{Art, VocabArtifact};
 use crate::context::StageCtx;
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
@@ -34,6 +34,8 @@ impl Stage for Encode {
     const VERSION: u32 = 2;
     const ABOUT: &'static str = "Map texts to vocabulary indices (unknown tokens → 0)";
     const ROLES: Roles = Roles::Fixed(&["vocab"]);
+    const INPUT_TYPES: &'static [(&'static str, &'static [Art])] = &[("vocab", &[Art::Vocab])];
+    const OUTPUT: Option<Art> = Some(Art::Table);
 
     fn validate(&self, issues: &mut Vec<ParamIssue>) {
         if self.texts.is_empty() {
@@ -46,7 +48,7 @@ impl Stage for Encode {
     }
 
     fn run(&self, ctx: &mut StageCtx) -> Result<()> {
-        let vocab = Vocab::read_csv(&ctx.input("vocab")?.join("vocab.csv"))?;
+        let vocab = VocabArtifact::read_vocab(ctx.input("vocab")?)?;
         let mut rows = Vec::new();
         for t in &self.texts {
             let toks = tokenize_line(&preprocess_d2l(t), self.unit);

@@ -5,6 +5,7 @@ use super::model::AnyModel;
 use super::sample_batches::{partition_sequential, SamplerSpec};
 use super::series::Features;
 use super::{ParamIssue, Roles, Stage};
+use crate::artifacts::Art;
 use crate::context::StageCtx;
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
@@ -117,6 +118,11 @@ impl Stage for Evaluate {
     const ABOUT: &'static str =
         "Perplexity of a language model; 1-step and k-step-ahead MSE of a series model";
     const ROLES: Roles = Roles::Fixed(&["model", "data"]);
+    const INPUT_TYPES: &'static [(&'static str, &'static [Art])] = &[
+        ("model", &[Art::Model, Art::TrainedModel]),
+        ("data", &[Art::Batches, Art::Features]),
+    ];
+    const OUTPUT: Option<Art> = Some(Art::Metrics);
     const USES_DEVICE: bool = true;
 
     fn validate(&self, issues: &mut Vec<ParamIssue>) {
@@ -134,8 +140,8 @@ impl Stage for Evaluate {
         let data = ctx.input("data")?.to_path_buf();
         match &model {
             AnyModel::Lm(lm) => {
-                let sampler: SamplerSpec = crate::context::read_json(&data.join("sampler.json"))?;
-                let corpus: Vec<u32> = crate::context::read_json(&data.join("corpus.json"))?;
+                let sampler: SamplerSpec = crate::artifacts::Batches::sampler(&data)?;
+                let corpus: Vec<u32> = crate::artifacts::Batches::corpus(&data)?;
                 let (train, valid) = sampler.split(&corpus);
                 let (tokens, batch) = match self.split {
                     Split::Train => (train, sampler.batch_size),
@@ -162,7 +168,7 @@ impl Stage for Evaluate {
                 if self.split == Split::Valid {
                     bail!("`split` is for language models; a series model is scored on the test part of its series");
                 }
-                let f: Features = crate::context::read_json(&data.join("features.json"))?;
+                let f: Features = crate::artifacts::FeaturesArtifact::read(&data)?;
                 let predict = |x: &[f32], b: usize| -> Result<Vec<f32>> {
                     match &model {
                         AnyModel::Mlp(m) => m.predict(x, b),

@@ -1,8 +1,8 @@
 //! `generate`: text from a trained language model — greedy, or sampled from p^alpha.
 
-use super::build_vocab::Vocab;
 use super::model::AnyModel;
 use super::{ParamIssue, Roles, Stage};
+use crate::artifacts::Art;
 use crate::context::StageCtx;
 use crate::nn::Sampling;
 use anyhow::{bail, Context, Result};
@@ -58,6 +58,9 @@ impl Stage for Generate {
     const ABOUT: &'static str =
         "Generate text from a prefix: greedy, or sampled with exponent alpha";
     const ROLES: Roles = Roles::Fixed(&["model"]);
+    const INPUT_TYPES: &'static [(&'static str, &'static [Art])] =
+        &[("model", &[Art::TrainedModel])];
+    const OUTPUT: Option<Art> = Some(Art::Text);
     const STOCHASTIC: bool = true;
     const USES_DEVICE: bool = true;
 
@@ -85,7 +88,7 @@ impl Stage for Generate {
         let AnyModel::Lm(lm) = model else {
             bail!("`generate` needs a language model")
         };
-        let vocab = Vocab::read_csv(&dir.join("vocab.csv"))
+        let vocab = crate::artifacts::VocabArtifact::read_vocab(&dir)
             .context("the model's folder has no vocab.csv: feed `generate` a `train` stage")?;
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(ctx.seed);
         let sampling = match self.strategy {

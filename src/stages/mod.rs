@@ -15,7 +15,7 @@ mod ngram_stats;
 mod plot_stage;
 mod report;
 mod sample_batches;
-mod series;
+pub mod series;
 mod summary_table;
 pub mod tokenize;
 mod toy_sequence;
@@ -24,6 +24,7 @@ mod train;
 pub use build_vocab::Vocab;
 pub use sample_batches::{partition_random, partition_sequential, Batch, SamplerSpec, Strategy};
 
+use crate::artifacts::Art;
 use crate::context::StageCtx;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -66,6 +67,11 @@ pub trait Stage:
     const VERSION: u32;
     const ABOUT: &'static str;
     const ROLES: Roles;
+    /// The artifact types each input role accepts (kinds with `Roles::AnyNonEmpty` take any
+    /// and leave this empty). The analyzer checks the wiring against it before anything runs.
+    const INPUT_TYPES: &'static [(&'static str, &'static [Art])] = &[];
+    /// The artifact type this kind produces (every registered kind declares one; a test checks).
+    const OUTPUT: Option<Art> = None;
     /// Whether the output depends on the seed (then the seed is part of the key).
     const STOCHASTIC: bool = false;
     /// Whether it computes on the pipeline's device (then the device is part of the key).
@@ -118,6 +124,10 @@ pub struct KindInfo {
     pub version: u32,
     pub about: &'static str,
     pub roles: Roles,
+    /// The artifact types each input role accepts (empty: any).
+    pub input_types: &'static [(&'static str, &'static [Art])],
+    /// The artifact type it produces.
+    pub output: Option<Art>,
     pub stochastic: bool,
     pub uses_device: bool,
     pub params: &'static [&'static str],
@@ -140,6 +150,8 @@ fn kind<S: Stage>() -> KindInfo {
         version: S::VERSION,
         about: S::ABOUT,
         roles: S::ROLES,
+        input_types: S::INPUT_TYPES,
+        output: S::OUTPUT,
         stochastic: S::STOCHASTIC,
         uses_device: S::USES_DEVICE,
         params: fields::struct_fields::<S>(),
@@ -262,7 +274,12 @@ pub fn registry() -> &'static [KindInfo] {
             kind::<summary_table::SummaryTable>(),
             kind::<series::SyntheticSeries>(),
             kind::<series::WindowFeatures>(),
-            kind::<model::BuildModel>(),
+            // build_model's file belongs to the model side; its types are declared here.
+            KindInfo {
+                input_types: &[("data", &[Art::Vocab, Art::Batches, Art::Features])],
+                output: Some(Art::Model),
+                ..kind::<model::BuildModel>()
+            },
             kind::<train::Train>(),
             kind::<evaluate::Evaluate>(),
             kind::<generate::Generate>(),
@@ -278,6 +295,16 @@ pub fn registry() -> &'static [KindInfo] {
 
 pub fn find_kind(name: &str) -> Option<&'static KindInfo> {
     registry().iter().find(|k| k.name == name)
+}
+
+impl KindInfo {
+    /// The artifact types `role` accepts; `None` when any type will do.
+    pub fn accepts(&self, role: &str) -> Option<&'static [Art]> {
+        self.input_types
+            .iter()
+            .find(|(r, _)| *r == role)
+            .map(|(_, t)| *t)
+    }
 }
 
 /// Helpers for `validate`.
@@ -332,5 +359,35 @@ pub(crate) fn human_bytes(b: f64) -> String {
         format!("{:.1} GB", b / 1e9)
     } else {
         format!("{:.0} MB", b / 1e6)
+    }
+}
+
+#[cfg(test)]
+mod type_tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_declares_its_artifact_types() {
+        for k in registry() {
+            assert!(k.output.is_some(), "`{}` declares no output type", k.name);
+            if let Roles::Fixed(roles) = k.roles {
+                for r in roles {
+                    assert!(
+                        k.accepts(r).is_some_and(|t| !t.is_empty()),
+                        "`{}` declares no type for its input `{r}`",
+                        k.name
+                    );
+                }
+                for (r, _) in k.input_types {
+                    assert!(
+                        roles.contains(r),
+                        "`{}` types an unknown role `{r}`",
+                        k.name
+                    );
+                }
+            } else {
+                assert!(k.input_types.is_empty(), "`{}` takes any input", k.name);
+            }
+        }
     }
 }

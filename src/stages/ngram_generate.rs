@@ -1,8 +1,8 @@
 //! `ngram_generate`: text from n-gram counts (exercise 8.3.2). Greedy decoding takes the most
 //! frequent continuation and soon cycles; sampling in proportion to the counts does not.
 
-use super::tokenize::Tokens;
 use super::{ParamIssue, Roles, Stage};
+use crate::artifacts::{Art, Tokens};
 use crate::context::StageCtx;
 use anyhow::{bail, Result};
 use rand::{Rng, SeedableRng};
@@ -82,6 +82,8 @@ impl Stage for NgramGenerate {
     const ABOUT: &'static str =
         "Generate words from n-gram counts: greedy (cycles) or sampled in proportion to the counts";
     const ROLES: Roles = Roles::Fixed(&["tokens"]);
+    const INPUT_TYPES: &'static [(&'static str, &'static [Art])] = &[("tokens", &[Art::Tokens])];
+    const OUTPUT: Option<Art> = Some(Art::Text);
     const STOCHASTIC: bool = true;
 
     fn validate(&self, issues: &mut Vec<ParamIssue>) {
@@ -98,7 +100,7 @@ impl Stage for NgramGenerate {
 
     fn run(&self, ctx: &mut StageCtx) -> Result<()> {
         let tokens = Tokens::read(ctx.input("tokens")?)?;
-        let words: Vec<&str> = tokens.corpus().collect();
+        let words: Vec<&str> = tokens.corpus_strs();
         if words.len() < self.n {
             bail!(
                 "the corpus has {} tokens, fewer than n = {}",

@@ -1,11 +1,12 @@
 //! `ngram_stats`: n-gram frequency tables and Zipf exponents (book 8.3, exercise 8.3.3).
 
-use super::tokenize::Tokens;
 use super::{ParamIssue, Roles, Stage};
+use crate::artifacts::{Art, FxBuild, Tokens};
 use crate::context::StageCtx;
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
+use std::hash::Hash;
 
 #[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -29,9 +30,9 @@ fn default_rows() -> usize {
 }
 
 /// n-grams of a token sequence with their counts, most frequent first (ties: first occurrence).
-pub fn count_ngrams<'a>(tokens: &[&'a str], n: usize) -> Vec<(Vec<&'a str>, usize)> {
-    let mut order: Vec<&[&str]> = Vec::new();
-    let mut counts: HashMap<&[&str], usize> = HashMap::new();
+pub fn count_ngrams<T: Hash + Eq + Clone>(tokens: &[T], n: usize) -> Vec<(Vec<T>, usize)> {
+    let mut order: Vec<&[T]> = Vec::new();
+    let mut counts: HashMap<&[T], usize, FxBuild> = HashMap::default();
     if n == 0 || tokens.len() < n {
         return Vec::new();
     }
@@ -91,6 +92,8 @@ impl Stage for NgramStats {
     const ABOUT: &'static str =
         "n-gram frequency tables and Zipf exponents fitted on log rank vs log frequency";
     const ROLES: Roles = Roles::Fixed(&["tokens"]);
+    const INPUT_TYPES: &'static [(&'static str, &'static [Art])] = &[("tokens", &[Art::Tokens])];
+    const OUTPUT: Option<Art> = Some(Art::Ngrams);
 
     fn validate(&self, issues: &mut Vec<ParamIssue>) {
         if self.n.is_empty() || self.n.contains(&0) {
@@ -113,7 +116,9 @@ impl Stage for NgramStats {
 
     fn run(&self, ctx: &mut StageCtx) -> Result<()> {
         let tokens = Tokens::read(ctx.input("tokens")?)?;
-        let corpus: Vec<&str> = tokens.corpus().collect();
+        // Count type ids: one id per distinct token, so the counts and their order are those
+        // of the strings.
+        let corpus: Vec<u32> = tokens.corpus_ids();
         let mut zipf = Vec::new();
         for &n in &self.n {
             let grams = count_ngrams(&corpus, n);
@@ -126,7 +131,11 @@ impl Stage for NgramStats {
                     .enumerate()
                     .map(|(i, (g, c))| NgramRow {
                         rank: i + 1,
-                        ngram: g.join(" "),
+                        ngram: g
+                            .iter()
+                            .map(|&i| tokens.token(i))
+                            .collect::<Vec<_>>()
+                            .join(" "),
                         count: *c,
                     }),
             )?;

@@ -242,6 +242,7 @@ impl Stage for Plot {
     const ABOUT: &'static str =
         "A chart (SVG and PNG) of its inputs' files (columns x, y) or summaries";
     const ROLES: Roles = Roles::AnyNonEmpty;
+    const OUTPUT: Option<crate::artifacts::Art> = Some(crate::artifacts::Art::Chart);
 
     fn validate(&self, issues: &mut Vec<ParamIssue>) {
         super::require_positive(issues, "bins", self.bins);

@@ -3,6 +3,7 @@
 //! plots of its `plot` inputs.
 
 use super::{Roles, Stage};
+use crate::artifacts::Art;
 use crate::context::StageCtx;
 use crate::results::{table, RowSource};
 use anyhow::{Context, Result};
@@ -26,6 +27,7 @@ impl Stage for Report {
     const VERSION: u32 = 3;
     const ABOUT: &'static str = "A Markdown report (outputs/<pipeline>/report.md): results table across its inputs, plots embedded";
     const ROLES: Roles = Roles::AnyNonEmpty;
+    const OUTPUT: Option<Art> = Some(Art::Report);
 
     fn run(&self, ctx: &mut StageCtx) -> Result<()> {
         let mut md = format!("# {}\n\n", self.title);

@@ -1,8 +1,8 @@
 //! `sample_batches`: the book's two ways of cutting a corpus into minibatches of subsequences
 //! (`seq_data_iter_sequential`, `seq_data_iter_random`), with a coverage table.
 
-use super::build_vocab::read_corpus;
 use super::{ParamIssue, Roles, Stage};
+use crate::artifacts::{Art, Batches, CorpusIds};
 use crate::context::StageCtx;
 use anyhow::{bail, Result};
 use rand::seq::SliceRandom;
@@ -236,10 +236,13 @@ const MAX_BATCH_ROWS: usize = 10_000;
 
 impl Stage for SampleBatches {
     const KIND: &'static str = "sample_batches";
-    const VERSION: u32 = 2;
+    const VERSION: u32 = 3;
     const ABOUT: &'static str =
         "Cut a corpus into minibatches (sequential or random, book 8.3) and tabulate coverage";
     const ROLES: Roles = Roles::Fixed(&["corpus"]);
+    const INPUT_TYPES: &'static [(&'static str, &'static [Art])] =
+        &[("corpus", &[Art::Vocab, Art::CorpusIds])];
+    const OUTPUT: Option<Art> = Some(Art::Batches);
     const STOCHASTIC: bool = true;
 
     fn validate(&self, issues: &mut Vec<ParamIssue>) {
@@ -273,7 +276,7 @@ impl Stage for SampleBatches {
     }
 
     fn run(&self, ctx: &mut StageCtx) -> Result<()> {
-        let full = read_corpus(ctx.input("corpus")?)?;
+        let full = CorpusIds::read(ctx.input("corpus")?)?;
         let spec = SamplerSpec {
             strategy: self.strategy,
             batch_size: self.batch_size,
@@ -335,12 +338,8 @@ impl Stage for SampleBatches {
                 }
             }
         }
-        ctx.write_json("sampler.json", &spec)?;
         // Training reads the corpus (and the vocabulary, to print samples) from here.
-        ctx.copy_from_input("corpus", "corpus.json")?;
-        if ctx.input("corpus")?.join("vocab.csv").exists() {
-            ctx.copy_from_input("corpus", "vocab.csv")?;
-        }
+        Batches::write(ctx, &spec, "corpus")?;
         ctx.write_csv("batches.csv", rows)?;
         ctx.write_csv(
             "coverage.csv",

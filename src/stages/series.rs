@@ -2,6 +2,7 @@
 //! values predict the next one, with a train/test split).
 
 use super::{ParamIssue, Roles, Stage};
+use crate::artifacts::Art;
 use crate::context::StageCtx;
 use anyhow::{bail, Result};
 use rand::SeedableRng;
@@ -48,6 +49,7 @@ impl Stage for SyntheticSeries {
     const VERSION: u32 = 1;
     const ABOUT: &'static str = "sin(frequency·t) + N(0, sigma) for t = 1..length (book 8.1)";
     const ROLES: Roles = Roles::Fixed(&[]);
+    const OUTPUT: Option<Art> = Some(Art::Series);
     const STOCHASTIC: bool = true;
 
     fn validate(&self, issues: &mut Vec<ParamIssue>) {
@@ -79,7 +81,7 @@ impl Stage for SyntheticSeries {
             "series.csv",
             x.iter().enumerate().map(|(i, &x)| Point { t: i + 1, x }),
         )?;
-        ctx.write_json_compact("series.json", &Series { x })?;
+        crate::artifacts::SeriesArtifact::write(ctx, &Series { x })?;
         ctx.summary("length", self.length);
         Ok(())
     }
@@ -125,6 +127,8 @@ impl Stage for WindowFeatures {
     const ABOUT: &'static str =
         "Windows of tau past values as features, the next value as label; a train/test split";
     const ROLES: Roles = Roles::Fixed(&["series"]);
+    const INPUT_TYPES: &'static [(&'static str, &'static [Art])] = &[("series", &[Art::Series])];
+    const OUTPUT: Option<Art> = Some(Art::Features);
 
     fn validate(&self, issues: &mut Vec<ParamIssue>) {
         super::require_positive(issues, "tau", self.tau);
@@ -132,7 +136,7 @@ impl Stage for WindowFeatures {
     }
 
     fn run(&self, ctx: &mut StageCtx) -> Result<()> {
-        let s: Series = ctx.read_json("series", "series.json")?;
+        let s: Series = crate::artifacts::SeriesArtifact::read(ctx.input("series")?)?;
         if s.x.len() <= self.tau + self.n_train {
             bail!("the series has {} points: too short for tau {} and n_train {} (needs more than {})", s.x.len(), self.tau, self.n_train, self.tau + self.n_train);
         }
@@ -143,7 +147,7 @@ impl Stage for WindowFeatures {
         };
         ctx.summary("rows", f.rows());
         ctx.summary("train_rows", f.n_train);
-        ctx.write_json_compact("features.json", &f)?;
+        crate::artifacts::FeaturesArtifact::write(ctx, &f)?;
         Ok(())
     }
 }

@@ -24,6 +24,7 @@ impl Stage for SummaryTable {
     const ABOUT: &'static str =
         "A table (CSV and Markdown) of the summaries of its inputs, one row per input";
     const ROLES: Roles = Roles::AnyNonEmpty;
+    const OUTPUT: Option<crate::artifacts::Art> = Some(crate::artifacts::Art::Table);
 
     fn run(&self, ctx: &mut StageCtx) -> Result<()> {
         let mut rows = Vec::new();

@@ -1,6 +1,7 @@
 //! `toy_sequence`: the sequence 0, 1, ..., length-1 as a corpus (book 8.3's partitioning demo).
 
 use super::{ParamIssue, Roles, Stage};
+use crate::artifacts::{Art, CorpusIds};
 use crate::context::StageCtx;
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
@@ -14,9 +15,10 @@ pub struct ToySequence {
 
 impl Stage for ToySequence {
     const KIND: &'static str = "toy_sequence";
-    const VERSION: u32 = 1;
+    const VERSION: u32 = 2;
     const ABOUT: &'static str = "The corpus 0..length, for looking at how batches are cut";
     const ROLES: Roles = Roles::Fixed(&[]);
+    const OUTPUT: Option<Art> = Some(Art::CorpusIds);
 
     fn validate(&self, issues: &mut Vec<ParamIssue>) {
         super::require_positive(issues, "length", self.length);
@@ -24,7 +26,7 @@ impl Stage for ToySequence {
 
     fn run(&self, ctx: &mut StageCtx) -> Result<()> {
         let corpus: Vec<u32> = (0..self.length as u32).collect();
-        ctx.write_json_compact("corpus.json", &corpus)?;
+        CorpusIds::write(ctx, &corpus, corpus.len().saturating_sub(1) as u32)?;
         ctx.summary("corpus_len", corpus.len());
         Ok(())
     }

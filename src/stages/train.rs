@@ -9,11 +9,11 @@
 //! recorded as diverged: that is a result, not a failure. Checkpoints every `checkpoint_every`
 //! epochs let a killed run resume where it stopped and end bit-identical.
 
-use super::build_vocab::Vocab;
 use super::model::{AnyModel, ModelSpec};
 use super::sample_batches::{SamplerSpec, Strategy};
 use super::series::Features;
 use super::{ParamIssue, Roles, Stage};
+use crate::artifacts::Art;
 use crate::context::StageCtx;
 use crate::nn::{self, OptimSpec, Sampling};
 use anyhow::{bail, Context, Result};
@@ -263,6 +263,11 @@ impl Stage for Train {
     const VERSION: u32 = 2;
     const ABOUT: &'static str = "Train a model: SGD or Adam, gradient clipping, detached or fresh state; metrics, samples, checkpoints";
     const ROLES: Roles = Roles::Fixed(&["model", "data"]);
+    const INPUT_TYPES: &'static [(&'static str, &'static [Art])] = &[
+        ("model", &[Art::Model, Art::TrainedModel]),
+        ("data", &[Art::Batches, Art::Features]),
+    ];
+    const OUTPUT: Option<Art> = Some(Art::TrainedModel);
     const STOCHASTIC: bool = true;
     const USES_DEVICE: bool = true;
 
@@ -376,17 +381,13 @@ impl Train {
         if self.batch_size.is_some() {
             bail!("`batch_size` is for series models; a language model takes its batches from its `sample_batches` input");
         }
-        let sampler: SamplerSpec = crate::context::read_json(&data.join("sampler.json"))
+        let sampler: SamplerSpec = crate::artifacts::Batches::sampler(data)
             .context("the `data` input of a language model must be a sample_batches stage")?;
-        let full: Vec<u32> = crate::context::read_json(&data.join("corpus.json"))?;
+        let full: Vec<u32> = crate::artifacts::Batches::corpus(data)?;
         let (corpus, valid) = sampler.split(&full);
         sampler.check_len(corpus.len())?;
-        let vocab = if data.join("vocab.csv").exists() {
-            ctx.copy_from_input("data", "vocab.csv")?;
-            Some(Vocab::read_csv(&data.join("vocab.csv"))?)
-        } else {
-            None
-        };
+        let vocab = crate::artifacts::Batches::vocab(data)?;
+        crate::artifacts::VocabArtifact::copy_vocab(ctx, "data")?;
         let mode = self.state.unwrap_or(match sampler.strategy {
             Strategy::Sequential => StateMode::Detach,
             Strategy::Random | Strategy::RandomCircular => StateMode::Reinit,
@@ -457,7 +458,7 @@ impl Train {
         data: &Path,
         prog: &mut Progress,
     ) -> Result<()> {
-        let f: Features = crate::context::read_json(&data.join("features.json"))
+        let f: Features = crate::artifacts::FeaturesArtifact::read(data)
             .context("the `data` input of a series model must be a window_features stage")?;
         let batch = self.batch_size.unwrap_or(16);
         let mut order: Vec<usize> = (0..f.n_train).collect();
