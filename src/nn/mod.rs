@@ -26,6 +26,7 @@
 
 pub(crate) mod backend;
 mod core;
+mod gemm;
 mod lm;
 mod math;
 mod mlp;
@@ -36,7 +37,7 @@ mod tests;
 pub use self::core::HiddenState;
 pub use self::lm::{LanguageModel, SeriesRnn};
 pub use self::mlp::Mlp;
-pub use self::params::{Optimizer, ParamSet};
+pub use self::params::{Model, Optimizer, ParamSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -120,4 +121,9 @@ pub fn set_num_threads(n: usize) -> anyhow::Result<()> {
         .num_threads(n.max(1))
         .build_global()
         .map_err(|e| anyhow::anyhow!("set_num_threads({n}): {e}"))
+}
+
+/// The matrix-product kernel the Cpu backend uses (`avx512f`, `avx2+fma` or `scalar`).
+pub fn matmul_kernel() -> &'static str {
+    gemm::kernel_name()
 }
