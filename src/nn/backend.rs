@@ -100,22 +100,18 @@ impl<D: Engine> Ctx<D> {
         assert_eq!(k1, k2, "internal: matmul inner dims");
         assert_eq!(out.len(), m * n, "internal: matmul out size");
         if D::HOST {
-            let tr = |x: &DMat<D>| super::math::transposed(&x.host, x.rows, x.cols);
-            let at;
-            let a_rm: &[f32] = if ta {
-                at = tr(a);
-                &at
-            } else {
-                &a.host
-            };
             let bt;
             let b_rm: &[f32] = if tb {
-                bt = tr(b);
+                bt = super::math::transposed(&b.host, b.rows, b.cols);
                 &bt
             } else {
                 &b.host
             };
-            super::gemm::sgemm(m, n, k1, a_rm, b_rm, out);
+            if ta {
+                super::gemm::sgemm_at(m, n, k1, &a.host, b_rm, out);
+            } else {
+                super::gemm::sgemm(m, n, k1, &a.host, b_rm, out);
+            }
             return;
         }
         let (a, b) = (a.t.as_ref().unwrap(), b.t.as_ref().unwrap());

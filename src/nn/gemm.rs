@@ -65,15 +65,31 @@ unsafe impl Sync for SendPtr {}
 /// `c[m×n] = a[m×k] · b[k×n]` (row-major, dense). Splits the columns over the rayon pool when
 /// the product is large enough; the split never changes a result.
 pub(super) fn sgemm(m: usize, n: usize, k: usize, a: &[f32], b: &[f32], c: &mut [f32]) {
-    sgemm_impl(m, n, k, a, b, c, true)
+    sgemm_impl(m, n, k, a, (k, 1), b, c, true)
+}
+
+/// `c[m×n] = a^T · b` where `a` is stored [k×m] row-major (no transposed copy is made).
+pub(super) fn sgemm_at(m: usize, n: usize, k: usize, a: &[f32], b: &[f32], c: &mut [f32]) {
+    sgemm_impl(m, n, k, a, (1, m), b, c, true)
 }
 
 /// As `sgemm`, on the calling thread only (for callers that are parallel themselves).
 pub(super) fn sgemm_serial(m: usize, n: usize, k: usize, a: &[f32], b: &[f32], c: &mut [f32]) {
-    sgemm_impl(m, n, k, a, b, c, false)
+    sgemm_impl(m, n, k, a, (k, 1), b, c, false)
 }
 
-fn sgemm_impl(m: usize, n: usize, k: usize, a: &[f32], b: &[f32], c: &mut [f32], parallel: bool) {
+/// `a_st`: (row stride, column stride) of `a`'s elements.
+#[allow(clippy::too_many_arguments)]
+fn sgemm_impl(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[f32],
+    a_st: (usize, usize),
+    b: &[f32],
+    c: &mut [f32],
+    parallel: bool,
+) {
     assert!(a.len() >= m * k && b.len() >= k * n && c.len() >= m * n);
     if m == 0 || n == 0 {
         return;
@@ -102,7 +118,7 @@ fn sgemm_impl(m: usize, n: usize, k: usize, a: &[f32], b: &[f32], c: &mut [f32],
         let (j0, j1) = (p0 * nr, (p1 * nr).min(n));
         let cp = cp;
         // SAFETY: parts write disjoint column ranges [j0, j1) of c; bounds asserted above.
-        unsafe { block(isa, m, n, k, a, b, cp.0, j0, j1) }
+        unsafe { block(isa, m, n, k, a, a_st, b, cp.0, j0, j1) }
     };
     if parts == 1 {
         run(0);
@@ -119,6 +135,7 @@ unsafe fn block(
     n: usize,
     k: usize,
     a: &[f32],
+    (rs, cs): (usize, usize),
     b: &[f32],
     c: *mut f32,
     j0: usize,
@@ -126,15 +143,15 @@ unsafe fn block(
 ) {
     match isa {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => x86::block512(m, n, k, a.as_ptr(), b.as_ptr(), c, j0, j1),
+        Isa::Avx512 => x86::block512(m, n, k, a.as_ptr(), rs, cs, b.as_ptr(), c, j0, j1),
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => x86::block256(m, n, k, a.as_ptr(), b.as_ptr(), c, j0, j1),
+        Isa::Avx2 => x86::block256(m, n, k, a.as_ptr(), rs, cs, b.as_ptr(), c, j0, j1),
         _ => {
             for i in 0..m {
                 let crow = std::slice::from_raw_parts_mut(c.add(i * n + j0), j1 - j0);
                 crow.fill(0.0);
                 for p in 0..k {
-                    let av = a[i * k + p];
+                    let av = a[i * rs + p * cs];
                     let brow = &b[p * n + j0..p * n + j1];
                     for (cv, &bv) in crow.iter_mut().zip(brow) {
                         *cv = av.mul_add(bv, *cv);
@@ -157,6 +174,8 @@ mod x86 {
         n: usize,
         k: usize,
         a: *const f32,
+        rs: usize,
+        cs: usize,
         b: *const f32,
         c: *mut f32,
         j0: usize,
@@ -176,30 +195,30 @@ mod x86 {
             let bp = b.add(j);
             let mut i = 0;
             while i < m {
-                let ap = a.add(i * k);
+                let ap = a.add(i * rs);
                 let cpt = c.add(i * n + j);
                 let rows = (m - i).min(8);
                 if w == 32 {
                     match rows {
-                        8 => k512::<8, true>(k, ap, bp, n, cpt, n, m0, m1),
-                        7 => k512::<7, true>(k, ap, bp, n, cpt, n, m0, m1),
-                        6 => k512::<6, true>(k, ap, bp, n, cpt, n, m0, m1),
-                        5 => k512::<5, true>(k, ap, bp, n, cpt, n, m0, m1),
-                        4 => k512::<4, true>(k, ap, bp, n, cpt, n, m0, m1),
-                        3 => k512::<3, true>(k, ap, bp, n, cpt, n, m0, m1),
-                        2 => k512::<2, true>(k, ap, bp, n, cpt, n, m0, m1),
-                        _ => k512::<1, true>(k, ap, bp, n, cpt, n, m0, m1),
+                        8 => k512::<8, true>(k, ap, rs, cs, bp, n, cpt, n, m0, m1),
+                        7 => k512::<7, true>(k, ap, rs, cs, bp, n, cpt, n, m0, m1),
+                        6 => k512::<6, true>(k, ap, rs, cs, bp, n, cpt, n, m0, m1),
+                        5 => k512::<5, true>(k, ap, rs, cs, bp, n, cpt, n, m0, m1),
+                        4 => k512::<4, true>(k, ap, rs, cs, bp, n, cpt, n, m0, m1),
+                        3 => k512::<3, true>(k, ap, rs, cs, bp, n, cpt, n, m0, m1),
+                        2 => k512::<2, true>(k, ap, rs, cs, bp, n, cpt, n, m0, m1),
+                        _ => k512::<1, true>(k, ap, rs, cs, bp, n, cpt, n, m0, m1),
                     }
                 } else {
                     match rows {
-                        8 => k512::<8, false>(k, ap, bp, n, cpt, n, m0, m1),
-                        7 => k512::<7, false>(k, ap, bp, n, cpt, n, m0, m1),
-                        6 => k512::<6, false>(k, ap, bp, n, cpt, n, m0, m1),
-                        5 => k512::<5, false>(k, ap, bp, n, cpt, n, m0, m1),
-                        4 => k512::<4, false>(k, ap, bp, n, cpt, n, m0, m1),
-                        3 => k512::<3, false>(k, ap, bp, n, cpt, n, m0, m1),
-                        2 => k512::<2, false>(k, ap, bp, n, cpt, n, m0, m1),
-                        _ => k512::<1, false>(k, ap, bp, n, cpt, n, m0, m1),
+                        8 => k512::<8, false>(k, ap, rs, cs, bp, n, cpt, n, m0, m1),
+                        7 => k512::<7, false>(k, ap, rs, cs, bp, n, cpt, n, m0, m1),
+                        6 => k512::<6, false>(k, ap, rs, cs, bp, n, cpt, n, m0, m1),
+                        5 => k512::<5, false>(k, ap, rs, cs, bp, n, cpt, n, m0, m1),
+                        4 => k512::<4, false>(k, ap, rs, cs, bp, n, cpt, n, m0, m1),
+                        3 => k512::<3, false>(k, ap, rs, cs, bp, n, cpt, n, m0, m1),
+                        2 => k512::<2, false>(k, ap, rs, cs, bp, n, cpt, n, m0, m1),
+                        _ => k512::<1, false>(k, ap, rs, cs, bp, n, cpt, n, m0, m1),
                     }
                 }
                 i += rows;
@@ -214,6 +233,8 @@ mod x86 {
     unsafe fn k512<const MR: usize, const FULL: bool>(
         k: usize,
         a: *const f32,
+        rs: usize,
+        cs: usize,
         b: *const f32,
         ldb: usize,
         c: *mut f32,
@@ -234,7 +255,7 @@ mod x86 {
                 )
             };
             for r in 0..MR {
-                let av = _mm512_set1_ps(*a.add(r * k + p));
+                let av = _mm512_set1_ps(*a.add(r * rs + p * cs));
                 c0[r] = _mm512_fmadd_ps(av, b0, c0[r]);
                 c1[r] = _mm512_fmadd_ps(av, b1, c1[r]);
             }
@@ -260,6 +281,8 @@ mod x86 {
         n: usize,
         k: usize,
         a: *const f32,
+        rs: usize,
+        cs: usize,
         b: *const f32,
         c: *mut f32,
         j0: usize,
@@ -279,18 +302,18 @@ mod x86 {
             let bp = b.add(j);
             let mut i = 0;
             while i < m {
-                let ap = a.add(i * k);
+                let ap = a.add(i * rs);
                 let cpt = c.add(i * n + j);
                 let rows = (m - i).min(6);
                 macro_rules! go {
                     ($f:literal) => {
                         match rows {
-                            6 => k256::<6, $f>(k, ap, bp, n, cpt, n, m0, m1),
-                            5 => k256::<5, $f>(k, ap, bp, n, cpt, n, m0, m1),
-                            4 => k256::<4, $f>(k, ap, bp, n, cpt, n, m0, m1),
-                            3 => k256::<3, $f>(k, ap, bp, n, cpt, n, m0, m1),
-                            2 => k256::<2, $f>(k, ap, bp, n, cpt, n, m0, m1),
-                            _ => k256::<1, $f>(k, ap, bp, n, cpt, n, m0, m1),
+                            6 => k256::<6, $f>(k, ap, rs, cs, bp, n, cpt, n, m0, m1),
+                            5 => k256::<5, $f>(k, ap, rs, cs, bp, n, cpt, n, m0, m1),
+                            4 => k256::<4, $f>(k, ap, rs, cs, bp, n, cpt, n, m0, m1),
+                            3 => k256::<3, $f>(k, ap, rs, cs, bp, n, cpt, n, m0, m1),
+                            2 => k256::<2, $f>(k, ap, rs, cs, bp, n, cpt, n, m0, m1),
+                            _ => k256::<1, $f>(k, ap, rs, cs, bp, n, cpt, n, m0, m1),
                         }
                     };
                 }
@@ -311,6 +334,8 @@ mod x86 {
     unsafe fn k256<const MR: usize, const FULL: bool>(
         k: usize,
         a: *const f32,
+        rs: usize,
+        cs: usize,
         b: *const f32,
         ldb: usize,
         c: *mut f32,
@@ -331,7 +356,7 @@ mod x86 {
                 )
             };
             for r in 0..MR {
-                let av = _mm256_set1_ps(*a.add(r * k + p));
+                let av = _mm256_set1_ps(*a.add(r * rs + p * cs));
                 c0[r] = _mm256_fmadd_ps(av, b0, c0[r]);
                 c1[r] = _mm256_fmadd_ps(av, b1, c1[r]);
             }

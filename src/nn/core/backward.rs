@@ -150,21 +150,11 @@ impl Core {
             let mut dwt = vec![0.0f32; h * w];
             ctx.mm(&hsm, true, &dmat, false, &mut dwt);
             drop((hsm, dmat));
-            {
-                let gw = &mut grads[li.w_hh];
-                for gi_ in 0..gh {
-                    for j in 0..h {
-                        gw[gi_ * h + j] = dwt[j * w + gi_];
-                    }
-                }
-            }
+            // [dW_hh; dW_lin] = dwt^T, one tiled transpose.
+            let dw_all = super::super::math::transposed(&dwt, h, w);
+            grads[li.w_hh].copy_from_slice(&dw_all[..gh * h]);
             if top {
-                let gw = &mut grads[self.lin_w];
-                for oo in 0..o {
-                    for j in 0..h {
-                        gw[oo * h + j] = dwt[j * w + gh + oo];
-                    }
-                }
+                grads[self.lin_w].copy_from_slice(&dw_all[gh * h..]);
                 let gb = &mut grads[self.lin_b];
                 for r in 0..t * b {
                     for oo in 0..o {
