@@ -65,17 +65,49 @@ unsafe impl Sync for SendPtr {}
 /// `c[m×n] = a[m×k] · b[k×n]` (row-major, dense). Splits the columns over the rayon pool when
 /// the product is large enough; the split never changes a result.
 pub(super) fn sgemm(m: usize, n: usize, k: usize, a: &[f32], b: &[f32], c: &mut [f32]) {
-    sgemm_impl(m, n, k, a, (k, 1), b, c, true)
+    sgemm_impl(m, n, k, a, (k, 1), b, false, c, true)
 }
 
 /// `c[m×n] = a^T · b` where `a` is stored [k×m] row-major (no transposed copy is made).
 pub(super) fn sgemm_at(m: usize, n: usize, k: usize, a: &[f32], b: &[f32], c: &mut [f32]) {
-    sgemm_impl(m, n, k, a, (1, m), b, c, true)
+    sgemm_impl(m, n, k, a, (1, m), b, false, c, true)
 }
 
-/// As `sgemm`, on the calling thread only (for callers that are parallel themselves).
-pub(super) fn sgemm_serial(m: usize, n: usize, k: usize, a: &[f32], b: &[f32], c: &mut [f32]) {
-    sgemm_impl(m, n, k, a, (k, 1), b, c, false)
+/// A right-hand matrix [k×n] packed for the kernel: panels of `panel_width()` columns, each
+/// stored contiguously ([k × width], the last one zero-padded), so that a product streams it
+/// sequentially. For weights that enter many products (once per time step).
+pub(super) struct Packed {
+    pub k: usize,
+    pub n: usize,
+    data: Vec<f32>,
+}
+
+fn panel_width() -> usize {
+    match isa() {
+        Isa::Avx512 => 32,
+        _ => 16,
+    }
+}
+
+pub(super) fn pack_b(b: &[f32], k: usize, n: usize) -> Packed {
+    assert_eq!(b.len(), k * n, "internal: pack size");
+    let nr = panel_width();
+    let panels = n.div_ceil(nr);
+    let mut data = vec![0.0f32; panels * k * nr];
+    for (pj, panel) in data.chunks_exact_mut(k * nr).enumerate() {
+        let j0 = pj * nr;
+        let wdt = nr.min(n - j0);
+        for (p, row) in panel.chunks_exact_mut(nr).enumerate() {
+            row[..wdt].copy_from_slice(&b[p * n + j0..p * n + j0 + wdt]);
+        }
+    }
+    Packed { k, n, data }
+}
+
+/// `c[m×n] = a[m×k] · B` with B packed, on the calling thread. Same bits as `sgemm` on the
+/// unpacked matrix.
+pub(super) fn sgemm_packed_serial(m: usize, a: &[f32], b: &Packed, c: &mut [f32]) {
+    sgemm_impl(m, b.n, b.k, a, (b.k, 1), &b.data, true, c, false)
 }
 
 /// `a_st`: (row stride, column stride) of `a`'s elements.
@@ -87,6 +119,7 @@ fn sgemm_impl(
     a: &[f32],
     a_st: (usize, usize),
     b: &[f32],
+    packed: bool,
     c: &mut [f32],
     parallel: bool,
 ) {
@@ -118,7 +151,7 @@ fn sgemm_impl(
         let (j0, j1) = (p0 * nr, (p1 * nr).min(n));
         let cp = cp;
         // SAFETY: parts write disjoint column ranges [j0, j1) of c; bounds asserted above.
-        unsafe { block(isa, m, n, k, a, a_st, b, cp.0, j0, j1) }
+        unsafe { block(isa, m, n, k, a, a_st, b, packed, cp.0, j0, j1) }
     };
     if parts == 1 {
         run(0);
@@ -137,23 +170,29 @@ unsafe fn block(
     a: &[f32],
     (rs, cs): (usize, usize),
     b: &[f32],
+    packed: bool,
     c: *mut f32,
     j0: usize,
     j1: usize,
 ) {
     match isa {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => x86::block512(m, n, k, a.as_ptr(), rs, cs, b.as_ptr(), c, j0, j1),
+        Isa::Avx512 => x86::block512(m, n, k, a.as_ptr(), rs, cs, b.as_ptr(), packed, c, j0, j1),
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => x86::block256(m, n, k, a.as_ptr(), rs, cs, b.as_ptr(), c, j0, j1),
+        Isa::Avx2 => x86::block256(m, n, k, a.as_ptr(), rs, cs, b.as_ptr(), packed, c, j0, j1),
         _ => {
             for i in 0..m {
                 let crow = std::slice::from_raw_parts_mut(c.add(i * n + j0), j1 - j0);
                 crow.fill(0.0);
                 for p in 0..k {
                     let av = a[i * rs + p * cs];
-                    let brow = &b[p * n + j0..p * n + j1];
-                    for (cv, &bv) in crow.iter_mut().zip(brow) {
+                    for (q, cv) in crow.iter_mut().enumerate() {
+                        let j = j0 + q;
+                        let bv = if packed {
+                            b[(j / 16) * k * 16 + p * 16 + j % 16]
+                        } else {
+                            b[p * n + j]
+                        };
                         *cv = av.mul_add(bv, *cv);
                     }
                 }
@@ -177,6 +216,7 @@ mod x86 {
         rs: usize,
         cs: usize,
         b: *const f32,
+        packed: bool,
         c: *mut f32,
         j0: usize,
         j1: usize,
@@ -192,7 +232,11 @@ mod x86 {
             } else {
                 0
             };
-            let bp = b.add(j);
+            let (bp, ldb) = if packed {
+                (b.add(j * k), 32) // j is a multiple of 32: panel j / 32 starts at (j / 32)·k·32
+            } else {
+                (b.add(j), n)
+            };
             let mut i = 0;
             while i < m {
                 let ap = a.add(i * rs);
@@ -200,25 +244,25 @@ mod x86 {
                 let rows = (m - i).min(8);
                 if w == 32 {
                     match rows {
-                        8 => k512::<8, true>(k, ap, rs, cs, bp, n, cpt, n, m0, m1),
-                        7 => k512::<7, true>(k, ap, rs, cs, bp, n, cpt, n, m0, m1),
-                        6 => k512::<6, true>(k, ap, rs, cs, bp, n, cpt, n, m0, m1),
-                        5 => k512::<5, true>(k, ap, rs, cs, bp, n, cpt, n, m0, m1),
-                        4 => k512::<4, true>(k, ap, rs, cs, bp, n, cpt, n, m0, m1),
-                        3 => k512::<3, true>(k, ap, rs, cs, bp, n, cpt, n, m0, m1),
-                        2 => k512::<2, true>(k, ap, rs, cs, bp, n, cpt, n, m0, m1),
-                        _ => k512::<1, true>(k, ap, rs, cs, bp, n, cpt, n, m0, m1),
+                        8 => k512::<8, true>(k, ap, rs, cs, bp, ldb, cpt, n, m0, m1),
+                        7 => k512::<7, true>(k, ap, rs, cs, bp, ldb, cpt, n, m0, m1),
+                        6 => k512::<6, true>(k, ap, rs, cs, bp, ldb, cpt, n, m0, m1),
+                        5 => k512::<5, true>(k, ap, rs, cs, bp, ldb, cpt, n, m0, m1),
+                        4 => k512::<4, true>(k, ap, rs, cs, bp, ldb, cpt, n, m0, m1),
+                        3 => k512::<3, true>(k, ap, rs, cs, bp, ldb, cpt, n, m0, m1),
+                        2 => k512::<2, true>(k, ap, rs, cs, bp, ldb, cpt, n, m0, m1),
+                        _ => k512::<1, true>(k, ap, rs, cs, bp, ldb, cpt, n, m0, m1),
                     }
                 } else {
                     match rows {
-                        8 => k512::<8, false>(k, ap, rs, cs, bp, n, cpt, n, m0, m1),
-                        7 => k512::<7, false>(k, ap, rs, cs, bp, n, cpt, n, m0, m1),
-                        6 => k512::<6, false>(k, ap, rs, cs, bp, n, cpt, n, m0, m1),
-                        5 => k512::<5, false>(k, ap, rs, cs, bp, n, cpt, n, m0, m1),
-                        4 => k512::<4, false>(k, ap, rs, cs, bp, n, cpt, n, m0, m1),
-                        3 => k512::<3, false>(k, ap, rs, cs, bp, n, cpt, n, m0, m1),
-                        2 => k512::<2, false>(k, ap, rs, cs, bp, n, cpt, n, m0, m1),
-                        _ => k512::<1, false>(k, ap, rs, cs, bp, n, cpt, n, m0, m1),
+                        8 => k512::<8, false>(k, ap, rs, cs, bp, ldb, cpt, n, m0, m1),
+                        7 => k512::<7, false>(k, ap, rs, cs, bp, ldb, cpt, n, m0, m1),
+                        6 => k512::<6, false>(k, ap, rs, cs, bp, ldb, cpt, n, m0, m1),
+                        5 => k512::<5, false>(k, ap, rs, cs, bp, ldb, cpt, n, m0, m1),
+                        4 => k512::<4, false>(k, ap, rs, cs, bp, ldb, cpt, n, m0, m1),
+                        3 => k512::<3, false>(k, ap, rs, cs, bp, ldb, cpt, n, m0, m1),
+                        2 => k512::<2, false>(k, ap, rs, cs, bp, ldb, cpt, n, m0, m1),
+                        _ => k512::<1, false>(k, ap, rs, cs, bp, ldb, cpt, n, m0, m1),
                     }
                 }
                 i += rows;
@@ -284,6 +328,7 @@ mod x86 {
         rs: usize,
         cs: usize,
         b: *const f32,
+        packed: bool,
         c: *mut f32,
         j0: usize,
         j1: usize,
@@ -299,7 +344,11 @@ mod x86 {
                 _mm256_loadu_si256(v.as_ptr() as *const __m256i)
             };
             let (m0, m1) = (mk(0), mk(8));
-            let bp = b.add(j);
+            let (bp, ldb) = if packed {
+                (b.add(j * k), 16)
+            } else {
+                (b.add(j), n)
+            };
             let mut i = 0;
             while i < m {
                 let ap = a.add(i * rs);
@@ -308,12 +357,12 @@ mod x86 {
                 macro_rules! go {
                     ($f:literal) => {
                         match rows {
-                            6 => k256::<6, $f>(k, ap, rs, cs, bp, n, cpt, n, m0, m1),
-                            5 => k256::<5, $f>(k, ap, rs, cs, bp, n, cpt, n, m0, m1),
-                            4 => k256::<4, $f>(k, ap, rs, cs, bp, n, cpt, n, m0, m1),
-                            3 => k256::<3, $f>(k, ap, rs, cs, bp, n, cpt, n, m0, m1),
-                            2 => k256::<2, $f>(k, ap, rs, cs, bp, n, cpt, n, m0, m1),
-                            _ => k256::<1, $f>(k, ap, rs, cs, bp, n, cpt, n, m0, m1),
+                            6 => k256::<6, $f>(k, ap, rs, cs, bp, ldb, cpt, n, m0, m1),
+                            5 => k256::<5, $f>(k, ap, rs, cs, bp, ldb, cpt, n, m0, m1),
+                            4 => k256::<4, $f>(k, ap, rs, cs, bp, ldb, cpt, n, m0, m1),
+                            3 => k256::<3, $f>(k, ap, rs, cs, bp, ldb, cpt, n, m0, m1),
+                            2 => k256::<2, $f>(k, ap, rs, cs, bp, ldb, cpt, n, m0, m1),
+                            _ => k256::<1, $f>(k, ap, rs, cs, bp, ldb, cpt, n, m0, m1),
                         }
                     };
                 }

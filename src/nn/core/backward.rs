@@ -117,9 +117,9 @@ impl Core {
                 }
             };
             if D::HOST {
-                let wm = &ld.wext.host;
+                let pk = &ld.packed.as_ref().unwrap().1;
                 let mm =
-                    |a: &[f32], out: &mut [f32]| gemm::sgemm_serial(a.len() / w, h, w, a, wm, out);
+                    |a: &[f32], out: &mut [f32]| gemm::sgemm_packed_serial(a.len() / w, a, pk, out);
                 par_chunks(b, &|r0, r1| chunk(r0, r1, &mm));
             } else {
                 let mm = |a: &[f32], out: &mut [f32]| {

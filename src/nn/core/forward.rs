@@ -174,9 +174,9 @@ impl Core {
                 }
             };
             if D::HOST {
-                let wt = &ld.wext_t.host;
+                let pk = &ld.packed.as_ref().unwrap().0;
                 let mm =
-                    |a: &[f32], out: &mut [f32]| gemm::sgemm_serial(a.len() / h, w, h, a, wt, out);
+                    |a: &[f32], out: &mut [f32]| gemm::sgemm_packed_serial(a.len() / h, a, pk, out);
                 par_chunks(b, &|r0, r1| chunk(r0, r1, &mm));
             } else {
                 let mm = |a: &[f32], out: &mut [f32]| {

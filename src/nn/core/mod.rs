@@ -113,6 +113,8 @@ struct LDev<D: Engine> {
     w_ih_t: Option<DMat<D>>,       // [I, GH] (dense input)
     w_ih: Option<DMat<D>>,         // [GH, I] (dense input)
     w_ih_t_host: Option<Vec<f32>>, // [V, GH] (one-hot input)
+    /// Host only: `wext_t` and `wext` packed for the per-step products.
+    packed: Option<(super::gemm::Packed, super::gemm::Packed)>,
 }
 
 pub(super) struct LCache {
@@ -320,7 +322,14 @@ impl Core {
                     None,
                 )
             };
+            let packed = D::HOST.then(|| {
+                (
+                    super::gemm::pack_b(&wext_t, h, w),
+                    super::gemm::pack_b(&wext, w, h),
+                )
+            });
             layers.push(LDev {
+                packed,
                 wext_t: ctx.mat(&wext_t, h, w),
                 wext: ctx.mat(&wext, w, h),
                 w_ih_t,
