@@ -149,6 +149,7 @@ fn sgemm_impl(
         let p0 = panels * p / parts;
         let p1 = panels * (p + 1) / parts;
         let (j0, j1) = (p0 * nr, (p1 * nr).min(n));
+        #[allow(clippy::redundant_locals)] // capture the Send wrapper, not its raw pointer field
         let cp = cp;
         // SAFETY: parts write disjoint column ranges [j0, j1) of c; bounds asserted above.
         unsafe { block(isa, m, n, k, a, a_st, b, packed, cp.0, j0, j1) }
