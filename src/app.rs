@@ -254,6 +254,8 @@ pub fn run(cli: Cli, root: &Path) -> Result<()> {
             epochs,
             device,
             corpus,
+            unit,
+            embedding,
         } => {
             if device == "cuda" && !cfg!(feature = "cuda") {
                 bail!(
@@ -267,6 +269,8 @@ pub fn run(cli: Cli, root: &Path) -> Result<()> {
                 device,
                 corpus: project.root.join(corpus),
                 threads: cli.threads,
+                unit,
+                embedding,
             })
         }
         Command::Kinds => {

@@ -16,6 +16,10 @@ pub struct BenchArgs {
     pub device: String,
     pub corpus: std::path::PathBuf,
     pub threads: usize,
+    /// `char` (the parity config: first 10,000 characters) or `word` (all of the corpus).
+    pub unit: String,
+    /// Embedding dimension of the input (None: one-hot).
+    pub embedding: Option<usize>,
 }
 
 fn parse_cell(s: &str) -> Result<CellKind> {
@@ -46,15 +50,44 @@ pub fn parity_corpus(path: &Path) -> Result<(Vocab, Vec<u32>)> {
     Ok((vocab, corpus))
 }
 
+/// Word tokens of the whole corpus (the word-level benchmark), vocabulary over all of them.
+fn word_corpus(path: &Path) -> Result<(Vocab, Vec<u32>)> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let lines: Vec<Vec<String>> = text
+        .lines()
+        .map(|l| tokenize_line(&preprocess_d2l(l), Unit::Word))
+        .collect();
+    let vocab = Vocab::build(lines.iter().flatten().map(String::as_str), 0, &[]);
+    let corpus = lines.iter().flatten().map(|t| vocab.get(t)).collect();
+    Ok((vocab, corpus))
+}
+
 pub fn run(args: &BenchArgs) -> Result<()> {
-    let (vocab, corpus) = parity_corpus(&args.corpus)?;
+    let (vocab, corpus) = match args.unit.as_str() {
+        "char" => parity_corpus(&args.corpus)?,
+        "word" => word_corpus(&args.corpus)?,
+        other => anyhow::bail!("unknown unit `{other}`: use char or word"),
+    };
+    let input = match args.embedding {
+        Some(d) => InputMode::Embedding(d),
+        None => InputMode::OneHot,
+    };
     let sampler = crate::stages::SamplerSpec {
         strategy: crate::stages::Strategy::Sequential,
         batch_size: 32,
         num_steps: 35,
         valid_tokens: 0,
     };
-    println!("bench: parity config (10,000 chars, batch 32 × 35 steps, sgd lr 1, clip 1), device {}, {} thread(s), {} epochs each", args.device, args.threads, args.epochs);
+    let data = if args.unit == "word" {
+        format!("{} words, vocabulary {}", corpus.len(), vocab.len())
+    } else {
+        "10,000 chars".to_string()
+    };
+    let emb = args
+        .embedding
+        .map_or("one-hot".to_string(), |d| format!("embedding {d}"));
+    println!("bench: parity config ({data}, {emb}, batch 32 × 35 steps, sgd lr 1, clip 1), device {}, {} thread(s), {} epochs each, matmul {}", args.device, args.threads, args.epochs, nn::matmul_kernel());
     println!(
         "{:<12} {:>6}  {:>12}  {:>12}  {:>10}",
         "cell", "hidden", "tokens/s", "(min..max)", "final ppl"
@@ -66,7 +99,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
                 vocab: vocab.len(),
                 hidden,
                 num_layers: 1,
-                input: InputMode::OneHot,
+                input,
                 activation: nn::Activation::Tanh,
             };
             let mut lm = nn::LanguageModel::new(&spec, device_kind(&args.device), 0)?;
@@ -117,6 +150,9 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             // Per-epoch mean loss, for comparing devices (scripts/gpu-check.sh).
             let l: Vec<String> = losses.iter().map(|l| format!("{l:.6}")).collect();
             println!("losses {cell} {hidden}: {}", l.join(" "));
+            // Per-epoch tokens/s (scripts/bench-vs-torch.sh leaves out the warm-up epoch).
+            let s: Vec<String> = speeds.iter().map(|s| format!("{s:.0}")).collect();
+            println!("speeds {cell} {hidden}: {}", s.join(" "));
         }
     }
     Ok(())

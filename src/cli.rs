@@ -125,6 +125,12 @@ pub enum Command {
         device: String,
         #[arg(long, default_value = "data/timemachine.txt")]
         corpus: PathBuf,
+        /// `char`: the first 10,000 characters; `word`: all of the corpus in word tokens.
+        #[arg(long, default_value = "char", value_parser = ["char", "word"])]
+        unit: String,
+        /// Embedding dimension of the input (default: one-hot).
+        #[arg(long)]
+        embedding: Option<usize>,
     },
     /// Print the JSON Schema (draft 2020-12) of pipeline files (committed as pipelines/schema.json).
     Schema,

@@ -7,8 +7,8 @@
 //! * `predict` returns the prefix followed by the `num_preds` generated tokens (like d2l's
 //!   `predict_ch8`, which returns the whole string).
 //! * `HiddenState` has `batch()`, `shapes()` and `reset()`.
-//! * `set_num_threads(n)` sets the global rayon pool (dfdx's CPU matmul threads); 1 is fastest on
-//!   a 2-core machine at these sizes. Needs the `rayon = "1"` dependency in Cargo.toml.
+//! * `set_num_threads(n)` sets the global rayon pool: the threads of the CPU products and of the
+//!   batch-row chunks of the recurrence (results do not depend on it).
 //! * `Activation` applies to `RnnScratch` and `Rnn` (nn.RNN's `nonlinearity`); GRU/LSTM ignore it.
 //! * `SeriesRnn` (exercise 8.6.3): input windows [batch][tau] are fed as tau steps of a scalar,
 //!   the last step's hidden state goes through a linear head to one output; MSE loss.
@@ -16,9 +16,9 @@
 //! * `Mlp` names follow `nn.Sequential(Linear, act, Linear, ..., Linear)`: `net.0.weight`, `net.0.bias`,
 //!   `net.2.weight`, ... PyTorch layout [out, in]. Weights Xavier-uniform, biases like nn.Linear.
 //!
-//! Implementation: parameters live on the host (`Vec<f32>`, PyTorch layout); each call uploads the
-//! matrices it multiplies with to the dfdx device and runs all matrix products through dfdx
-//! (CPU: `gemm` crate). Forward and BPTT are written by hand (no dfdx tape): per time step only
+//! Implementation: parameters live on the host (`Vec<f32>`, PyTorch layout). On the CPU the matrix
+//! products run in `gemm` (this crate's AVX-512/AVX2 kernel) on host buffers; on CUDA each call
+//! uploads the matrices it multiplies to the dfdx device. Forward and BPTT are written by hand (no dfdx tape): per time step only
 //! `h_t·[W_hh;W_lin]^T` and `[dG,dY]·[W_hh;W_lin]` are matmuls; the weight gradients are one matmul
 //! over all steps; element-wise math (fast rational tanh, sigmoid, softmax-CE, gate math) runs in
 //! plain loops. The same generic code runs on `Cuda` (feature `cuda`), there with a host round trip
@@ -26,6 +26,7 @@
 
 pub(crate) mod backend;
 mod core;
+mod gemm;
 mod lm;
 mod math;
 mod mlp;
@@ -36,7 +37,7 @@ mod tests;
 pub use self::core::HiddenState;
 pub use self::lm::{LanguageModel, SeriesRnn};
 pub use self::mlp::Mlp;
-pub use self::params::{Optimizer, ParamSet};
+pub use self::params::{Model, Optimizer, ParamSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -120,4 +121,9 @@ pub fn set_num_threads(n: usize) -> anyhow::Result<()> {
         .num_threads(n.max(1))
         .build_global()
         .map_err(|e| anyhow::anyhow!("set_num_threads({n}): {e}"))
+}
+
+/// The matrix-product kernel the Cpu backend uses (`avx512f`, `avx2+fma` or `scalar`).
+pub fn matmul_kernel() -> &'static str {
+    gemm::kernel_name()
 }

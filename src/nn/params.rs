@@ -47,6 +47,35 @@ pub trait ParamSet {
     fn param_lens(&self) -> Vec<usize>;
 }
 
+/// What every model offers whatever its kind, so that stages can hold any model as `dyn Model`.
+pub trait Model: ParamSet {
+    fn num_params(&self) -> usize;
+    /// (PyTorch name, shape, values) of every parameter.
+    fn named_tensors(&self) -> Vec<(String, Vec<usize>, Vec<f32>)>;
+    fn save_safetensors(&self, path: &std::path::Path) -> anyhow::Result<()>;
+    fn load_safetensors(&mut self, path: &std::path::Path) -> anyhow::Result<()>;
+}
+
+macro_rules! impl_model {
+    ($($t:ty),*) => {$(
+        impl Model for $t {
+            fn num_params(&self) -> usize {
+                <$t>::num_params(self)
+            }
+            fn named_tensors(&self) -> Vec<(String, Vec<usize>, Vec<f32>)> {
+                <$t>::named_tensors(self)
+            }
+            fn save_safetensors(&self, path: &std::path::Path) -> anyhow::Result<()> {
+                <$t>::save_safetensors(self, path)
+            }
+            fn load_safetensors(&mut self, path: &std::path::Path) -> anyhow::Result<()> {
+                <$t>::load_safetensors(self, path)
+            }
+        }
+    )*};
+}
+impl_model!(super::LanguageModel, super::SeriesRnn, super::Mlp);
+
 /// Global L2 norm over all gradients (f64 accumulation).
 pub(super) fn global_norm(grads: &[Vec<f32>]) -> f32 {
     let mut s = 0.0f64;
@@ -79,7 +108,7 @@ pub struct Optimizer {
 }
 
 impl Optimizer {
-    pub fn new(spec: &OptimSpec, model: &impl ParamSet) -> Self {
+    pub fn new(spec: &OptimSpec, model: &(impl ParamSet + ?Sized)) -> Self {
         let lens = model.param_lens();
         let (m, v) = match spec {
             OptimSpec::Sgd { .. } => (vec![], vec![]),

@@ -133,44 +133,41 @@ impl AnyModel {
         Ok((spec, m))
     }
 
-    pub fn load_weights(&mut self, path: &Path) -> Result<()> {
+    /// The model behind the enum, for what every kind of model offers.
+    pub fn model(&self) -> &dyn nn::Model {
         match self {
-            AnyModel::Lm(m) => m.load_safetensors(path),
-            AnyModel::Mlp(m) => m.load_safetensors(path),
-            AnyModel::Series(m) => m.load_safetensors(path),
+            AnyModel::Lm(m) => m,
+            AnyModel::Mlp(m) => m,
+            AnyModel::Series(m) => m,
         }
+    }
+
+    pub fn model_mut(&mut self) -> &mut dyn nn::Model {
+        match self {
+            AnyModel::Lm(m) => m,
+            AnyModel::Mlp(m) => m,
+            AnyModel::Series(m) => m,
+        }
+    }
+
+    pub fn load_weights(&mut self, path: &Path) -> Result<()> {
+        self.model_mut().load_safetensors(path)
     }
 
     pub fn save_weights(&self, path: &Path) -> Result<()> {
-        match self {
-            AnyModel::Lm(m) => m.save_safetensors(path),
-            AnyModel::Mlp(m) => m.save_safetensors(path),
-            AnyModel::Series(m) => m.save_safetensors(path),
-        }
+        self.model().save_safetensors(path)
     }
 
     pub fn num_params(&self) -> usize {
-        match self {
-            AnyModel::Lm(m) => m.num_params(),
-            AnyModel::Mlp(m) => m.num_params(),
-            AnyModel::Series(m) => m.num_params(),
-        }
+        self.model().num_params()
     }
 
     pub fn optimizer(&self, spec: &nn::OptimSpec) -> Optimizer {
-        match self {
-            AnyModel::Lm(m) => Optimizer::new(spec, m),
-            AnyModel::Mlp(m) => Optimizer::new(spec, m),
-            AnyModel::Series(m) => Optimizer::new(spec, m),
-        }
+        Optimizer::new(spec, self.model())
     }
 
     pub fn named_tensors(&self) -> Vec<(String, Vec<usize>, Vec<f32>)> {
-        match self {
-            AnyModel::Lm(m) => m.named_tensors(),
-            AnyModel::Mlp(m) => m.named_tensors(),
-            AnyModel::Series(m) => m.named_tensors(),
-        }
+        self.model().named_tensors()
     }
 }
 

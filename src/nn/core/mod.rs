@@ -1,0 +1,438 @@
+//! The recurrent core shared by `LanguageModel` and `SeriesRnn`: stacked RNN/GRU/LSTM layers with
+//! a linear head, manual forward and manual BPTT. The element-wise math of each cell lives in
+//! `rnn`, `gru` and `lstm`; the products, the caches and the loss are shared, here.
+//!
+//! Layout conventions (all host buffers row-major, rows time-major: row = t*batch + b):
+//! * layer parameters in PyTorch layout: `w_ih` [G*H, I], `w_hh` [G*H, H], `b_ih`, `b_hh` [G*H];
+//!   head `w_lin` [O, H], `b_lin` [O].
+//! * per step only `h_t · [W_hh; W_lin]^T` (forward) and `[dG_{t+1}, dY_t] · [W_hh; W_lin]`
+//!   (backward) run as matmuls; the head, its gradient and dW_hh/dW_lin are folded into those
+//!   (the "extended" recurrent matrix, W = G*H + O columns for the top layer), and
+//!   `[dW_hh; dW_lin]^T = Hs^T · D` is one matmul over all steps.
+
+use super::backend::{Ctx, DMat, Engine};
+use super::math::transpose;
+use super::params::ParamStore;
+use super::{Activation, CellKind};
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
+use rand_distr::{Distribution, Normal, Uniform};
+
+mod backward;
+mod forward;
+mod gru;
+mod lstm;
+mod rnn;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum InKind {
+    OneHot(usize),
+    Embedding { vocab: usize, dim: usize },
+    Dense(usize),
+}
+
+/// Inputs, time-major.
+pub(super) enum Inputs<'a> {
+    Tokens(&'a [u32]),
+    Dense(&'a [f32]),
+}
+
+/// Loss targets, time-major.
+pub(super) enum Targets<'a> {
+    /// Cross-entropy at every step, mean over all tokens.
+    Tokens(&'a [u32]),
+    /// MSE of the last step's scalar output, mean over the batch.
+    MseLast(&'a [f32]),
+}
+
+/// Opaque recurrent state (per layer; LSTM also has cell states). Clone-able.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HiddenState {
+    pub(super) batch: usize,
+    pub(super) hidden: usize,
+    pub(super) h: Vec<Vec<f32>>,
+    pub(super) c: Option<Vec<Vec<f32>>>,
+}
+
+impl HiddenState {
+    pub fn batch(&self) -> usize {
+        self.batch
+    }
+    /// Shapes of the state tensors: (batch, hidden) per layer for h, then per layer for c (LSTM).
+    pub fn shapes(&self) -> Vec<(usize, usize)> {
+        let n = self.h.len() + self.c.as_ref().map_or(0, |c| c.len());
+        vec![(self.batch, self.hidden); n]
+    }
+    /// Reset to zeros (same shape).
+    pub fn reset(&mut self) {
+        self.h.iter_mut().for_each(|v| v.fill(0.0));
+        if let Some(c) = &mut self.c {
+            c.iter_mut().for_each(|v| v.fill(0.0));
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub(super) struct LayerIdx {
+    pub w_ih: usize,
+    pub w_hh: usize,
+    pub b_ih: usize,
+    pub b_hh: Option<usize>,
+    pub in_dim: usize,
+}
+
+#[derive(Clone, Debug)]
+pub(super) struct Core {
+    pub cell: CellKind,
+    pub act: Activation,
+    pub hidden: usize,
+    pub input: InKind,
+    pub out_dim: usize,
+    pub layers: Vec<LayerIdx>,
+    pub emb: Option<usize>,
+    pub lin_w: usize,
+    pub lin_b: usize,
+    pub store: ParamStore,
+}
+
+pub(super) fn gates(cell: CellKind) -> usize {
+    match cell {
+        CellKind::RnnScratch | CellKind::Rnn => 1,
+        CellKind::Gru => 3,
+        CellKind::Lstm => 4,
+    }
+}
+
+/// Device copies of the weights that enter matrix products.
+pub(super) struct DevW<D: Engine> {
+    layers: Vec<LDev<D>>,
+}
+struct LDev<D: Engine> {
+    wext_t: DMat<D>,               // [H, W]
+    wext: DMat<D>,                 // [W, H]
+    w_ih_t: Option<DMat<D>>,       // [I, GH] (dense input)
+    w_ih: Option<DMat<D>>,         // [GH, I] (dense input)
+    w_ih_t_host: Option<Vec<f32>>, // [V, GH] (one-hot input)
+    /// Host only: `wext_t` and `wext` packed for the per-step products.
+    packed: Option<(super::gemm::Packed, super::gemm::Packed)>,
+}
+
+pub(super) struct LCache {
+    hs: Vec<f32>,           // (T+1) blocks [B, H]
+    cs: Vec<f32>,           // LSTM: (T+1) blocks [B, H]
+    tcs: Vec<f32>,          // LSTM: tanh(c_t), T blocks
+    gates: Vec<f32>,        // GRU: r,z,n ; LSTM: i,f,g,o  [T*B, GH]
+    ghn: Vec<f32>,          // GRU: W_hn h + b_hn  [T*B, H]
+    x_in: Option<Vec<f32>>, // dense input of this layer if not derivable ([T*B, I])
+}
+
+pub(super) struct Fwd {
+    pub caches: Vec<LCache>,
+    pub logits: Vec<f32>, // [T*B, O]
+}
+
+impl Core {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        cell: CellKind,
+        act: Activation,
+        input: InKind,
+        hidden: usize,
+        num_layers: usize,
+        out_dim: usize,
+        rng: &mut ChaCha8Rng,
+    ) -> anyhow::Result<Self> {
+        if hidden == 0 || num_layers == 0 || out_dim == 0 {
+            anyhow::bail!("hidden, num_layers and output size must be > 0");
+        }
+        let in0 = match input {
+            InKind::OneHot(v) => v,
+            InKind::Embedding { dim, .. } => dim,
+            InKind::Dense(i) => i,
+        };
+        if in0 == 0 {
+            anyhow::bail!("input size must be > 0");
+        }
+        if let InKind::Embedding { vocab: 0, .. } = input {
+            anyhow::bail!("vocab must be > 0");
+        }
+        let scratch = cell == CellKind::RnnScratch;
+        if scratch && num_layers != 1 {
+            anyhow::bail!("RnnScratch supports exactly one layer (got {num_layers})");
+        }
+        let g = gates(cell);
+        let gh = g * hidden;
+        let mut store = ParamStore::default();
+        let mut layers = Vec::new();
+        let k = 1.0 / (hidden as f32).sqrt();
+        let uni = Uniform::new(-k, k);
+        let normal = Normal::new(0.0f32, 1.0).unwrap();
+        let mut emb = None;
+        if let InKind::Embedding { vocab, dim } = input {
+            let d: Vec<f32> = (0..vocab * dim).map(|_| normal.sample(rng)).collect();
+            emb = Some(store.add(vec![vocab, dim], d));
+        }
+        for l in 0..num_layers {
+            let in_dim = if l == 0 { in0 } else { hidden };
+            if scratch {
+                // book: W_xh [V,H], W_hh [H,H] ~ N(0,1)*0.01, b_h = 0; stored transposed.
+                let wxh: Vec<f32> = (0..in_dim * hidden)
+                    .map(|_| normal.sample(rng) * 0.01)
+                    .collect();
+                let whh: Vec<f32> = (0..hidden * hidden)
+                    .map(|_| normal.sample(rng) * 0.01)
+                    .collect();
+                let w_ih = store.add(
+                    vec![hidden, in_dim],
+                    super::math::transposed(&wxh, in_dim, hidden),
+                );
+                let w_hh = store.add(
+                    vec![hidden, hidden],
+                    super::math::transposed(&whh, hidden, hidden),
+                );
+                let b_ih = store.add(vec![hidden], vec![0.0; hidden]);
+                layers.push(LayerIdx {
+                    w_ih,
+                    w_hh,
+                    b_ih,
+                    b_hh: None,
+                    in_dim,
+                });
+            } else {
+                let mut u = |n: usize| -> Vec<f32> { (0..n).map(|_| uni.sample(rng)).collect() };
+                let w_ih = store.add(vec![gh, in_dim], u(gh * in_dim));
+                let w_hh = store.add(vec![gh, hidden], u(gh * hidden));
+                let b_ih = store.add(vec![gh], u(gh));
+                let b_hh = Some(store.add(vec![gh], u(gh)));
+                layers.push(LayerIdx {
+                    w_ih,
+                    w_hh,
+                    b_ih,
+                    b_hh,
+                    in_dim,
+                });
+            }
+        }
+        let (lin_w, lin_b) = if scratch {
+            let whq: Vec<f32> = (0..hidden * out_dim)
+                .map(|_| normal.sample(rng) * 0.01)
+                .collect();
+            let lw = store.add(
+                vec![out_dim, hidden],
+                super::math::transposed(&whq, hidden, out_dim),
+            );
+            let lb = store.add(vec![out_dim], vec![0.0; out_dim]);
+            (lw, lb)
+        } else {
+            let lw = store.add(
+                vec![out_dim, hidden],
+                (0..out_dim * hidden).map(|_| uni.sample(rng)).collect(),
+            );
+            let lb = store.add(
+                vec![out_dim],
+                (0..out_dim).map(|_| uni.sample(rng)).collect(),
+            );
+            (lw, lb)
+        };
+        Ok(Self {
+            cell,
+            act,
+            hidden,
+            input,
+            out_dim,
+            layers,
+            emb,
+            lin_w,
+            lin_b,
+            store,
+        })
+    }
+
+    pub fn g(&self) -> usize {
+        gates(self.cell)
+    }
+
+    pub fn zero_state(&self, batch: usize) -> HiddenState {
+        let n = self.layers.len();
+        HiddenState {
+            batch,
+            hidden: self.hidden,
+            h: vec![vec![0.0; batch * self.hidden]; n],
+            c: if self.cell == CellKind::Lstm {
+                Some(vec![vec![0.0; batch * self.hidden]; n])
+            } else {
+                None
+            },
+        }
+    }
+
+    pub fn check_state(&self, st: &HiddenState, batch: usize) -> anyhow::Result<()> {
+        let ok = st.batch == batch
+            && st.hidden == self.hidden
+            && st.h.len() == self.layers.len()
+            && st.h.iter().all(|v| v.len() == batch * self.hidden)
+            && (self.cell == CellKind::Lstm) == st.c.is_some()
+            && st.c.as_ref().is_none_or(|c| {
+                c.len() == self.layers.len() && c.iter().all(|v| v.len() == batch * self.hidden)
+            });
+        if !ok {
+            anyhow::bail!(
+                "hidden state shape mismatch: state has batch {} hidden {} ({} layers), model needs batch {batch} hidden {} ({} layers, {:?})",
+                st.batch, st.hidden, st.h.len(), self.hidden, self.layers.len(), self.cell
+            );
+        }
+        Ok(())
+    }
+
+    fn width(&self, l: usize) -> usize {
+        self.g() * self.hidden
+            + if l + 1 == self.layers.len() {
+                self.out_dim
+            } else {
+                0
+            }
+    }
+
+    pub fn upload<D: Engine>(&self, ctx: &Ctx<D>) -> DevW<D> {
+        let h = self.hidden;
+        let gh = self.g() * h;
+        let p = &self.store.params;
+        let mut layers = Vec::new();
+        for (l, li) in self.layers.iter().enumerate() {
+            let w = self.width(l);
+            let mut wext = Vec::with_capacity(w * h);
+            wext.extend_from_slice(&p[li.w_hh].data);
+            if w > gh {
+                wext.extend_from_slice(&p[self.lin_w].data);
+            }
+            let mut wext_t = vec![0.0; w * h];
+            transpose(&wext, w, h, &mut wext_t);
+            let one_hot = l == 0 && matches!(self.input, InKind::OneHot(_));
+            let (w_ih_t, w_ih, host) = if one_hot {
+                (
+                    None,
+                    None,
+                    Some(super::math::transposed(&p[li.w_ih].data, gh, li.in_dim)),
+                )
+            } else {
+                let t = super::math::transposed(&p[li.w_ih].data, gh, li.in_dim);
+                (
+                    Some(ctx.mat(&t, li.in_dim, gh)),
+                    Some(ctx.mat(&p[li.w_ih].data, gh, li.in_dim)),
+                    None,
+                )
+            };
+            let packed = D::HOST.then(|| {
+                (
+                    super::gemm::pack_b(&wext_t, h, w),
+                    super::gemm::pack_b(&wext, w, h),
+                )
+            });
+            layers.push(LDev {
+                packed,
+                wext_t: ctx.mat(&wext_t, h, w),
+                wext: ctx.mat(&wext, w, h),
+                w_ih_t,
+                w_ih,
+                w_ih_t_host: host,
+            });
+        }
+        DevW { layers }
+    }
+}
+
+/// A time-major buffer that chunks of batch rows write from several threads: a chunk touches
+/// only its rows of each time block, so the slices handed out to different chunks never overlap.
+#[derive(Clone, Copy)]
+pub(super) struct Rows {
+    ptr: *mut f32,
+    len: usize,
+}
+// SAFETY: shared only under the disjointness rule of `at`.
+unsafe impl Send for Rows {}
+unsafe impl Sync for Rows {}
+
+impl Rows {
+    pub fn new(v: &mut [f32]) -> Self {
+        Self {
+            ptr: v.as_mut_ptr(),
+            len: v.len(),
+        }
+    }
+    /// `n` elements from `start`.
+    ///
+    /// # Safety
+    /// The buffer outlives every use, and no two live slices (in any thread) overlap where one
+    /// of them is written.
+    #[allow(clippy::mut_from_ref)]
+    pub unsafe fn at(&self, start: usize, n: usize) -> &mut [f32] {
+        assert!(start + n <= self.len, "internal: row slice out of bounds");
+        std::slice::from_raw_parts_mut(self.ptr.add(start), n)
+    }
+}
+
+/// `Rows` for one f64 per row (the per-row squared norms of dL/dh).
+#[derive(Clone, Copy)]
+pub(super) struct RowsF64 {
+    ptr: *mut f64,
+    len: usize,
+}
+// SAFETY: as for `Rows`.
+unsafe impl Send for RowsF64 {}
+unsafe impl Sync for RowsF64 {}
+
+impl RowsF64 {
+    pub fn new(v: &mut [f64]) -> Self {
+        Self {
+            ptr: v.as_mut_ptr(),
+            len: v.len(),
+        }
+    }
+    /// # Safety
+    /// As `Rows::at`.
+    #[allow(clippy::mut_from_ref)]
+    pub unsafe fn at(&self, i: usize) -> &mut [f64] {
+        assert!(i < self.len, "internal: row out of bounds");
+        std::slice::from_raw_parts_mut(self.ptr.add(i), 1)
+    }
+}
+
+/// Run `f(r0, r1)` over chunks of the `b` batch rows: one chunk per rayon thread (at most one
+/// per row), in parallel; a single chunk with one thread.
+pub(super) fn par_chunks(b: usize, f: &(dyn Fn(usize, usize) + Sync)) {
+    let parts = rayon::current_num_threads().min(b).max(1);
+    if parts == 1 {
+        f(0, b);
+    } else {
+        use rayon::prelude::*;
+        (0..parts)
+            .into_par_iter()
+            .for_each(|p| f(b * p / parts, b * (p + 1) / parts));
+    }
+}
+
+/// Batch-major [b*steps+t] -> time-major [t*batch+b].
+pub(super) fn to_time_major<T: Copy>(x: &[T], batch: usize, steps: usize) -> Vec<T> {
+    let mut out = Vec::with_capacity(x.len());
+    for t in 0..steps {
+        for b in 0..batch {
+            out.push(x[b * steps + t]);
+        }
+    }
+    out
+}
+
+pub(super) fn sample_index(probs: &[f32], rng: &mut impl Rng) -> usize {
+    let total: f64 = probs.iter().map(|&p| p as f64).sum();
+    if !(total.is_finite() && total > 0.0) {
+        return 0;
+    }
+    let mut u = rng.gen::<f64>() * total;
+    for (i, &p) in probs.iter().enumerate() {
+        u -= p as f64;
+        if u < 0.0 {
+            return i;
+        }
+    }
+    probs.len() - 1
+}
