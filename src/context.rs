@@ -115,7 +115,7 @@ impl StageCtx {
 
     pub fn write_bytes(&self, file: &str, bytes: &[u8]) -> Result<()> {
         let path = self.out.join(file);
-        std::fs::write(&path, bytes).with_context(|| format!("writing {}", path.display()))
+        Ok(crate::fsutil::write_parts(&path, &[bytes])?)
     }
 
     /// Write rows as CSV with a header.

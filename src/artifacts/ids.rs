@@ -14,7 +14,6 @@
 //! Python reads one with `numpy.frombuffer(open(f, "rb").read()[16:], dtype=f"<u{width}")`.
 
 use anyhow::{bail, Context, Result};
-use std::io::Write;
 use std::path::Path;
 
 pub const MAGIC: &[u8; 4] = b"SQID";
@@ -166,15 +165,8 @@ impl IdBuf {
         if width != self.width() {
             return write(path, &self.to_vec(), max_id);
         }
-        let mut f = std::io::BufWriter::with_capacity(
-            1 << 20,
-            std::fs::File::create(path).with_context(|| format!("writing {}", path.display()))?,
-        );
-        f.write_all(&header(width, self.len()))?;
-        f.write_all(&self.le_bytes())?;
-        f.into_inner()
-            .map_err(|e| e.into_error())
-            .with_context(|| format!("writing {}", path.display()))?;
+        let body = self.le_bytes();
+        crate::fsutil::write_parts(path, &[&header(width, self.len()), &body])?;
         Ok(())
     }
 }
@@ -193,10 +185,7 @@ fn header(width: IdWidth, len: usize) -> [u8; HEADER] {
 pub fn write(path: &Path, ids: &[u32], max_id: u32) -> Result<()> {
     debug_assert!(ids.iter().all(|&i| i <= max_id));
     let bytes = encode(ids, IdWidth::for_max(max_id));
-    let mut f =
-        std::fs::File::create(path).with_context(|| format!("writing {}", path.display()))?;
-    f.write_all(&bytes)
-        .with_context(|| format!("writing {}", path.display()))?;
+    crate::fsutil::write_parts(path, &[&bytes])?;
     Ok(())
 }
 
