@@ -5,8 +5,8 @@ use crate::cache::Store;
 use crate::cli::{Cli, Command, PipelineArgs};
 use crate::diagnostic::PipelineError;
 use crate::executor::{self, ExecOptions};
-use crate::launcher::{ExecutorKind, ExecutorSetting, Launcher, LocalLauncher, ProcessLauncher};
 use crate::key::{self, FileDigests, KeyRecord};
+use crate::launcher::{ExecutorKind, ExecutorSetting, Launcher, LocalLauncher, ProcessLauncher};
 use crate::pipeline::{self, DeviceSetting, Pipeline};
 use crate::plan::{self, PlanView};
 use crate::progress::Output;
@@ -61,7 +61,7 @@ pub struct Damaged(pub usize);
 struct Loaded {
     pipeline: Pipeline,
     records: Vec<KeyRecord>,
-    device: String,
+    device: crate::device::Device,
 }
 
 fn load(project: &Project, args: &PipelineArgs) -> Result<Loaded> {
@@ -69,14 +69,12 @@ fn load(project: &Project, args: &PipelineArgs) -> Result<Loaded> {
     if let Some(d) = &args.device {
         pipeline.device = DeviceSetting::parse(d).expect("clap checked the value");
     }
-    let device = pipeline.device.resolve().to_string();
-    if device == "cuda" && !cfg!(feature = "cuda") {
-        bail!("device `cuda` needs a build with the `cuda` feature (scripts/build-cuda.sh); use `--device cpu`");
-    }
+    let device = pipeline.device.resolve();
+    device.check_built().map_err(anyhow::Error::msg)?;
     let records = key::compute(
         &pipeline,
         &project.root,
-        &device,
+        device,
         &mut FileDigests::default(),
     )?;
     Ok(Loaded {
@@ -191,21 +189,14 @@ pub fn run(cli: Cli, root: &Path) -> Result<()> {
                 jobs,
                 keep_going,
                 root: project.root.clone(),
-                device: l.device.clone(),
+                device: l.device,
                 threads: cli.threads,
                 executor,
                 run_id,
                 started_unix_ms,
             };
-            let record = executor::execute(
-                p,
-                &l.records,
-                &plan,
-                store,
-                &opts,
-                launcher.as_mut(),
-                &out,
-            )?;
+            let record =
+                executor::execute(p, &l.records, &plan, store, &opts, launcher.as_mut(), &out)?;
             if record.failed() > 0 {
                 return Err(StagesFailed {
                     pipeline: p.name.clone(),
@@ -257,7 +248,8 @@ pub fn run(cli: Cli, root: &Path) -> Result<()> {
             unit,
             embedding,
         } => {
-            if device == "cuda" && !cfg!(feature = "cuda") {
+            let device = crate::device::Device::parse(&device).expect("clap checked the value");
+            if device == crate::device::Device::Cuda && !cfg!(feature = "cuda") {
                 bail!(
                     "`--device cuda` needs a build with the `cuda` feature (scripts/build-cuda.sh)"
                 );

@@ -2,7 +2,6 @@
 //! The Time Machine, batch 32, 35 steps, SGD lr 1, clipping 1, sequential batches).
 
 use crate::nn::{self, CellKind, InputMode, LmSpec, OptimSpec};
-use crate::stages::model::device_kind;
 use crate::stages::{load_corpus::preprocess_d2l, tokenize::tokenize_line, tokenize::Unit, Vocab};
 use anyhow::{Context, Result};
 use rand::SeedableRng;
@@ -13,7 +12,7 @@ pub struct BenchArgs {
     pub cells: Vec<String>,
     pub hidden: Vec<usize>,
     pub epochs: usize,
-    pub device: String,
+    pub device: crate::device::Device,
     pub corpus: std::path::PathBuf,
     pub threads: usize,
     /// `char` (the parity config: first 10,000 characters) or `word` (all of the corpus).
@@ -102,7 +101,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
                 input,
                 activation: nn::Activation::Tanh,
             };
-            let mut lm = nn::LanguageModel::new(&spec, device_kind(&args.device), 0)?;
+            let mut lm = nn::LanguageModel::new(&spec, args.device, 0)?;
             let mut opt = nn::Optimizer::new(
                 &OptimSpec::Sgd {
                     lr: 1.0,

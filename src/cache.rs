@@ -29,8 +29,8 @@ pub enum StoreError {
 }
 
 type Result<T, E = StoreError> = std::result::Result<T, E>;
-use crate::key::{Key, KeyRecord};
 use crate::fsutil::{FsError, IoAt};
+use crate::key::{Key, KeyRecord};
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
@@ -254,19 +254,21 @@ impl Store {
             }
             let trash = self.meta.join("trash");
             fs::create_dir_all(&trash).at("creating", &trash)?;
-            let old = trash.join(format!("{}-{}~{}", key.short(), now_ms(), Owner::me().tag()));
+            let old = trash.join(format!(
+                "{}-{}~{}",
+                key.short(),
+                now_ms(),
+                Owner::me().tag()
+            ));
             if replace {
-                fs::rename(&target, &old)
-                    .at("moving aside the old", &target)?;
+                fs::rename(&target, &old).at("moving aside the old", &target)?;
             } else {
                 self.quarantine(&key)?;
             }
-            fs::rename(staging, &target)
-                .at("committing", &target)?;
+            fs::rename(staging, &target).at("committing", &target)?;
             let _ = fs::remove_dir_all(&old);
         } else {
-            fs::rename(staging, &target)
-                .at("committing", &target)?;
+            fs::rename(staging, &target).at("committing", &target)?;
         }
         sync_dir(parent);
         self.mark_used(&key);
@@ -363,8 +365,7 @@ impl Store {
                 continue;
             }
             if !dry_run {
-                fs::remove_dir_all(&path)
-                    .at("removing", &path)?;
+                fs::remove_dir_all(&path).at("removing", &path)?;
                 let _ = fs::remove_file(self.meta.join("used").join(&key.0));
             }
             removed.push(key);
@@ -382,8 +383,7 @@ impl Store {
                 }
                 bytes += dir_size(&e.path());
                 if !dry_run {
-                    fs::remove_dir_all(e.path())
-                        .at("removing", &e.path())?;
+                    fs::remove_dir_all(e.path()).at("removing", &e.path())?;
                 }
             }
         }
@@ -573,8 +573,7 @@ impl Store {
                     r.damaged
                         .push((format!("entry {} (stage `{stage}`)", key.short()), why));
                     if repair {
-                        fs::remove_dir_all(&dir)
-                            .at("removing", &dir)?;
+                        fs::remove_dir_all(&dir).at("removing", &dir)?;
                         r.repaired += 1;
                     }
                 }
@@ -585,14 +584,16 @@ impl Store {
                 continue;
             };
             let why = match good.get(&key) {
-                None => Some(format!("shows entry {}, which is missing or damaged", key.short())),
+                None => Some(format!(
+                    "shows entry {}, which is missing or damaged",
+                    key.short()
+                )),
                 Some(e) => crate::view::view_differs(&view, &self.object_dir(&key), e),
             };
             if let Some(why) = why {
                 r.damaged.push((format!("view {}", view.display()), why));
                 if repair {
-                    fs::remove_dir_all(&view)
-                        .at("removing", &view)?;
+                    fs::remove_dir_all(&view).at("removing", &view)?;
                     r.repaired += 1;
                 }
             }
@@ -637,7 +638,10 @@ mod tests {
         let st = s.staging(&k).unwrap();
         fs::write(st.join("a.txt"), "hello").unwrap();
         let dir = s.commit(&st, &r, "x", 0.1, false).unwrap();
-        assert!(fs::metadata(dir.join("a.txt")).unwrap().permissions().readonly());
+        assert!(fs::metadata(dir.join("a.txt"))
+            .unwrap()
+            .permissions()
+            .readonly());
         assert!(matches!(s.lookup(&k), Lookup::Hit(_)));
         // A same-size byte flip: caught by the digest (in a fresh process, nothing memoized).
         damage(&dir.join("a.txt"), b"hellO");
@@ -648,14 +652,22 @@ mod tests {
         }
         // A truncated file too.
         damage(&dir.join("a.txt"), b"he");
-        assert!(matches!(Store::new(t.path()).lookup(&k), Lookup::Corrupt(_)));
+        assert!(matches!(
+            Store::new(t.path()).lookup(&k),
+            Lookup::Corrupt(_)
+        ));
         // Recommitting quarantines the damaged entry and serves the new one.
         let st = s.staging(&k).unwrap();
         fs::write(st.join("a.txt"), "hello").unwrap();
         s.commit(&st, &r, "x", 0.1, false).unwrap();
         assert!(matches!(Store::new(t.path()).lookup(&k), Lookup::Hit(_)));
-        assert_eq!(fs::read_dir(s.meta().join("quarantine")).unwrap().count(), 1);
-        let (removed, bytes) = s.gc(&HashSet::new(), true, std::time::Duration::ZERO).unwrap();
+        assert_eq!(
+            fs::read_dir(s.meta().join("quarantine")).unwrap().count(),
+            1
+        );
+        let (removed, bytes) = s
+            .gc(&HashSet::new(), true, std::time::Duration::ZERO)
+            .unwrap();
         assert_eq!(removed, vec![k.clone()]);
         assert!(bytes > 5);
         assert!(
@@ -712,10 +724,14 @@ mod tests {
         fs::write(st.join("a.txt"), "x").unwrap();
         s.commit(&st, &r, "x", 0.1, false).unwrap();
         let live = s.register_run("p", std::slice::from_ref(&k)).unwrap();
-        let (removed, _) = s.gc(&HashSet::new(), false, std::time::Duration::ZERO).unwrap();
+        let (removed, _) = s
+            .gc(&HashSet::new(), false, std::time::Duration::ZERO)
+            .unwrap();
         assert!(removed.is_empty(), "a live run's key is kept");
         drop(live);
-        let (removed, _) = s.gc(&HashSet::new(), false, std::time::Duration::ZERO).unwrap();
+        let (removed, _) = s
+            .gc(&HashSet::new(), false, std::time::Duration::ZERO)
+            .unwrap();
         assert_eq!(removed, vec![k]);
     }
 }

@@ -418,9 +418,17 @@ mod tests {
         fs::create_dir_all(t.path().join("claims")).unwrap();
         let p = c.path(&i.key);
         fs::write(&p, serde_json::to_vec(&i).unwrap()).unwrap();
-        assert!(c.is_held(&i.key), "a fresh heartbeat from another host is live");
+        assert!(
+            c.is_held(&i.key),
+            "a fresh heartbeat from another host is live"
+        );
         let old = SystemTime::now() - stale_after() - Duration::from_secs(5);
-        File::options().write(true).open(&p).unwrap().set_modified(old).unwrap();
+        File::options()
+            .write(true)
+            .open(&p)
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
         assert!(!c.is_held(&i.key));
         assert_eq!(c.clear_stale(), 1);
     }

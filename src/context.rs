@@ -23,7 +23,7 @@ pub struct StageCtx {
     pub seed: u64,
     /// The project root: relative paths in params resolve against it.
     pub root: PathBuf,
-    pub device: String,
+    pub device: crate::device::Device,
     /// (role, (upstream kind, artifact folder)), in the order the pipeline file lists them.
     inputs: Vec<(String, InputInfo)>,
     out: PathBuf,
@@ -40,7 +40,7 @@ impl StageCtx {
         stage: &str,
         seed: u64,
         root: &Path,
-        device: &str,
+        device: crate::device::Device,
         inputs: Vec<(String, InputInfo)>,
         out: PathBuf,
         checkpoints: PathBuf,
@@ -50,7 +50,7 @@ impl StageCtx {
             stage: stage.to_string(),
             seed,
             root: root.to_path_buf(),
-            device: device.to_string(),
+            device,
             inputs,
             out,
             progress,

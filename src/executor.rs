@@ -63,7 +63,7 @@ pub struct RunRecord {
     pub started_unix_ms: u128,
     pub seconds: f64,
     pub seed: u64,
-    pub device: String,
+    pub device: crate::device::Device,
     pub executor: String,
     pub stages: Vec<StageRun>,
     /// The resolved pipeline: each stage's kind, typed params and inputs.
@@ -87,7 +87,7 @@ pub struct ExecOptions {
     pub jobs: usize,
     pub keep_going: bool,
     pub root: PathBuf,
-    pub device: String,
+    pub device: crate::device::Device,
     pub threads: usize,
     pub executor: crate::launcher::ExecutorKind,
     /// `<ms>-<pid>`: names the run record and its folder of job files.
@@ -123,7 +123,7 @@ fn job_spec(
         kind: st.kind.name.to_string(),
         params: st.params.job_params(),
         seed: p.seed,
-        device: opts.device.clone(),
+        device: opts.device,
         threads: opts.threads,
         key: step.key.clone(),
         record: records[step.stage].clone(),
@@ -273,7 +273,9 @@ pub fn execute(
                 notes[i] = r.notes.clone();
                 match store.lookup(&keys[i]) {
                     Lookup::Hit(_) => {}
-                    Lookup::Miss => anyhow::bail!("the job ended but its entry is not in the store"),
+                    Lookup::Miss => {
+                        anyhow::bail!("the job ended but its entry is not in the store")
+                    }
                     Lookup::Corrupt(why) => anyhow::bail!("the job's entry is damaged: {why}"),
                 }
                 publish(store, p, plan.steps[i].stage, &keys[i])?;
@@ -368,7 +370,7 @@ pub fn execute(
         started_unix_ms: opts.started_unix_ms,
         seconds: t0.elapsed().as_secs_f64(),
         seed: p.seed,
-        device: opts.device.clone(),
+        device: opts.device,
         executor: opts.executor.name().to_string(),
         stages,
         resolved,
@@ -436,7 +438,10 @@ fn publish(store: &Store, p: &Pipeline, stage: usize, key: &Key) -> Result<PathB
                 md.push_str(&format!("| {s} | {v:.0} |\n"));
             }
         }
-        crate::cache::write_synced(&store.outputs().join(&p.name).join("report.md"), md.as_bytes())?;
+        crate::cache::write_synced(
+            &store.outputs().join(&p.name).join("report.md"),
+            md.as_bytes(),
+        )?;
     }
     Ok(view)
 }

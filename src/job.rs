@@ -21,7 +21,9 @@ use std::time::{Duration, Instant};
 pub enum JobError {
     #[error("{path} is not a seqpipe job description: {why}")]
     Description { path: String, why: String },
-    #[error("{path} is a job description of schema {found}, this seqpipe reads schema {JOB_SCHEMA}")]
+    #[error(
+        "{path} is a job description of schema {found}, this seqpipe reads schema {JOB_SCHEMA}"
+    )]
     Schema { path: String, found: u32 },
     #[error("unknown stage kind `{0}` in the job description")]
     UnknownKind(String),
@@ -30,9 +32,17 @@ pub enum JobError {
     #[error("the job description of `{stage}` is inconsistent: its params or record do not give key {key}")]
     Inconsistent { stage: String, key: String },
     #[error("input `{role}` ({stage}) is damaged: {why}")]
-    InputDamaged { role: String, stage: String, why: String },
+    InputDamaged {
+        role: String,
+        stage: String,
+        why: String,
+    },
     #[error("input `{role}` ({stage}) is not in the store at {path}")]
-    InputMissing { role: String, stage: String, path: String },
+    InputMissing {
+        role: String,
+        stage: String,
+        path: String,
+    },
     #[error("the stage panicked: {0}")]
     Panicked(String),
 }
@@ -50,7 +60,7 @@ pub struct JobSpec {
     /// Every param, those outside the key (such as `checkpoint_every`) included.
     pub params: serde_json::Map<String, serde_json::Value>,
     pub seed: u64,
-    pub device: String,
+    pub device: crate::device::Device,
     pub threads: usize,
     pub key: Key,
     pub record: KeyRecord,
@@ -117,7 +127,10 @@ impl JobSpec {
     }
 
     pub fn write(&self, path: &Path) -> Result<()> {
-        Ok(crate::cache::write_synced(path, &serde_json::to_vec_pretty(self)?)?)
+        Ok(crate::cache::write_synced(
+            path,
+            &serde_json::to_vec_pretty(self)?,
+        )?)
     }
 }
 
@@ -146,11 +159,13 @@ pub fn run_job(spec: &JobSpec, store: &Store, progress: StageProgress) -> Result
     let info = ClaimInfo::new(&spec.key, &spec.pipeline, &spec.stage);
     let mut waited = false;
     let claim = loop {
-        match store
-            .claims()
-            .try_claim(&info)
-            .with_context(|| format!("claiming key {} in {}", spec.key.short(), store.meta().display()))?
-        {
+        match store.claims().try_claim(&info).with_context(|| {
+            format!(
+                "claiming key {} in {}",
+                spec.key.short(),
+                store.meta().display()
+            )
+        })? {
             TryClaim::Got(c) => break c,
             TryClaim::Held(other) => {
                 if !waited {
@@ -218,7 +233,7 @@ pub fn run_job(spec: &JobSpec, store: &Store, progress: StageProgress) -> Result
         &spec.stage,
         spec.seed,
         &spec.root,
-        &spec.device,
+        spec.device,
         inputs,
         staging.clone(),
         checkpoints.join("ckpt"),

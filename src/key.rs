@@ -84,7 +84,7 @@ impl FileDigests {
 pub fn compute(
     p: &Pipeline,
     root: &Path,
-    device: &str,
+    device: crate::device::Device,
     files: &mut FileDigests,
 ) -> Result<Vec<KeyRecord>, PipelineError> {
     let mut records: Vec<Option<KeyRecord>> = vec![None; p.stages.len()];
@@ -214,7 +214,7 @@ mod tests {
         std::fs::write(dir.path().join("c.txt"), corpus).unwrap();
         let raw = crate::config::parse(Path::new("t.yaml"), text).unwrap();
         let p = crate::pipeline::analyze(raw).unwrap();
-        let recs = compute(&p, dir.path(), "cpu", &mut FileDigests::default()).unwrap();
+        let recs = compute(&p, dir.path(), crate::device::Device::Cpu, &mut FileDigests::default()).unwrap();
         p.stages
             .iter()
             .zip(recs)

@@ -257,8 +257,8 @@ impl Launcher for ProcessLauncher {
         let log = self.dir.join(format!("{base}.log"));
         let result = self.dir.join(format!("{base}.result.json"));
         spec.write(&job)?;
-        let logf = std::fs::File::create(&log)
-            .with_context(|| format!("creating {}", log.display()))?;
+        let logf =
+            std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
         let child = Command::new(&self.exe)
             .arg("--threads")
             .arg(self.threads.to_string())

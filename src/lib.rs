@@ -13,6 +13,7 @@ pub mod sweep;
 
 // Its graph, the cache keys, and the plan a run (or a dry run) follows.
 pub mod dag;
+pub mod device;
 pub mod graph;
 pub mod key;
 pub mod plan;

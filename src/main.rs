@@ -22,7 +22,9 @@ fn main() {
         }
     };
     if let Err(e) = seqpipe::app::run(cli, &root) {
-        if e.downcast_ref::<seqpipe::diagnostic::PipelineError>().is_some() {
+        if e.downcast_ref::<seqpipe::diagnostic::PipelineError>()
+            .is_some()
+        {
             eprintln!("{e:#}"); // each diagnostic says `error:` itself
         } else {
             eprintln!("error: {e:#}");

@@ -31,12 +31,13 @@ impl DeviceSetting {
     }
 
     /// The device actually used: `auto` is cuda when built with it, else cpu.
-    pub fn resolve(self) -> &'static str {
+    pub fn resolve(self) -> crate::device::Device {
+        use crate::device::Device;
         match self {
-            Self::Cpu => "cpu",
-            Self::Cuda => "cuda",
-            Self::Auto if cfg!(feature = "cuda") => "cuda",
-            Self::Auto => "cpu",
+            Self::Cpu => Device::Cpu,
+            Self::Cuda => Device::Cuda,
+            Self::Auto if cfg!(feature = "cuda") => Device::Cuda,
+            Self::Auto => Device::Cpu,
         }
     }
 }
@@ -203,9 +204,7 @@ pub fn apply_overrides(raw: &mut RawPipeline, sets: &[String]) -> Result<(), Pip
             let kind_has: Vec<&str> = raw
                 .stages
                 .iter()
-                .filter(|st| {
-                    find_kind(&st.kind).is_some_and(|k| k.params.contains(&key))
-                })
+                .filter(|st| find_kind(&st.kind).is_some_and(|k| k.params.contains(&key)))
                 .map(|st| st.name.as_str())
                 .collect();
             let help = if let Some(first) = kind_has.first() {
@@ -431,7 +430,9 @@ pub fn analyze(raw: RawPipeline) -> Result<Pipeline, PipelineError> {
         }
     };
     if !wiring.is_empty() {
-        return Err(PipelineError { diagnostics: wiring });
+        return Err(PipelineError {
+            diagnostics: wiring,
+        });
     }
     Ok(Pipeline {
         name: raw.name,
@@ -561,8 +562,11 @@ fn parse_resources(
     for k in map.keys() {
         if !FIELDS.contains(&k.as_str()) {
             diags.push(
-                at(&format!("{base}.{k}"), format!("unknown resource `{k}`"))
-                    .with_help(suggest(k, FIELDS, "resources")),
+                at(&format!("{base}.{k}"), format!("unknown resource `{k}`")).with_help(suggest(
+                    k,
+                    FIELDS,
+                    "resources",
+                )),
             );
             bad = true;
         }
@@ -587,8 +591,11 @@ fn parse_resources(
                 e => e.to_string(),
             };
             diags.push(
-                at(&format!("{base}.{key}"), format!("wrong type for resource `{key}`"))
-                    .with_help(format!("expected {hint}")),
+                at(
+                    &format!("{base}.{key}"),
+                    format!("wrong type for resource `{key}`"),
+                )
+                .with_help(format!("expected {hint}")),
             );
             Resources::default()
         }

@@ -105,7 +105,11 @@ impl Resources {
     pub fn check(&self) -> Vec<(&'static str, String, String)> {
         let mut out = Vec::new();
         if self.cpus == Some(0) {
-            out.push(("cpus", "`cpus` must be at least 1".into(), "e.g. `cpus: 2`".into()));
+            out.push((
+                "cpus",
+                "`cpus` must be at least 1".into(),
+                "e.g. `cpus: 2`".into(),
+            ));
         }
         if let Some(m) = &self.mem {
             if !valid_mem(m) {
@@ -130,7 +134,8 @@ impl Resources {
                 out.push((
                     "extra",
                     format!("`{e}` in `extra` is not an sbatch flag"),
-                    "write flags as sbatch takes them, e.g. `extra: [\"--constraint=avx512\"]`".into(),
+                    "write flags as sbatch takes them, e.g. `extra: [\"--constraint=avx512\"]`"
+                        .into(),
                 ));
             }
         }

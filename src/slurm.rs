@@ -286,7 +286,12 @@ impl SlurmLauncher {
     }
 
     /// The outcome of a job that left the queue or reached a final state, if it can be told.
-    fn outcome(&self, j: &SlurmJob, state: &str, reason: &str) -> Option<Result<crate::job::JobResult>> {
+    fn outcome(
+        &self,
+        j: &SlurmJob,
+        state: &str,
+        reason: &str,
+    ) -> Option<Result<crate::job::JobResult>> {
         let code = std::fs::read_to_string(&j.exit)
             .ok()
             .and_then(|s| s.trim().parse::<i32>().ok());
@@ -320,8 +325,11 @@ impl SlurmLauncher {
 
     fn accounting(&mut self) -> bool {
         if self.sacct.is_none() {
-            let on = slurm_cmd("sacct", &["-n".into(), "-X".into(), "-j".into(), "1".into()])
-                .is_ok();
+            let on = slurm_cmd(
+                "sacct",
+                &["-n".into(), "-X".into(), "-j".into(), "1".into()],
+            )
+            .is_ok();
             self.sacct = Some(on);
         }
         self.sacct == Some(true)
@@ -357,7 +365,10 @@ impl SlurmLauncher {
                 eprintln!("warning: squeue failed ({e}); retrying");
                 if since.elapsed() > CONTROLLER_PATIENCE {
                     while !self.jobs.is_empty() {
-                        let msg = anyhow!("the Slurm controller has not answered for {} s: {e}", CONTROLLER_PATIENCE.as_secs());
+                        let msg = anyhow!(
+                            "the Slurm controller has not answered for {} s: {e}",
+                            CONTROLLER_PATIENCE.as_secs()
+                        );
                         done.push(self.finish(0, Err(msg)));
                     }
                 }
@@ -410,7 +421,9 @@ impl SlurmLauncher {
             match self.outcome(&self.jobs[i], &state, &reason) {
                 Some(r) => done.push(self.finish(i, r)),
                 None => {
-                    self.jobs[i].waiting_exit_since.get_or_insert_with(Instant::now);
+                    self.jobs[i]
+                        .waiting_exit_since
+                        .get_or_insert_with(Instant::now);
                     i += 1;
                 }
             }
@@ -438,7 +451,14 @@ impl Launcher for SlurmLauncher {
         crate::cache::write_synced(&script, self.script(&job, &result, &exit).as_bytes())?;
         let mut args: Vec<String> = vec![
             "--parsable".into(),
-            format!("--job-name=seqpipe-{}", spec.stage.chars().filter(|c| c.is_ascii_alphanumeric() || "_-=,[].".contains(*c)).take(80).collect::<String>()),
+            format!(
+                "--job-name=seqpipe-{}",
+                spec.stage
+                    .chars()
+                    .filter(|c| c.is_ascii_alphanumeric() || "_-=,[].".contains(*c))
+                    .take(80)
+                    .collect::<String>()
+            ),
             format!("--output={}", log.display()),
             "--no-requeue".into(),
             format!("--chdir={}", self.root.display()),
@@ -483,7 +503,9 @@ impl Launcher for SlurmLauncher {
                 done.extend(f);
             }
             if !self.jobs.is_empty()
-                && self.last_poll.is_none_or(|t| t.elapsed() >= self.poll_every)
+                && self
+                    .last_poll
+                    .is_none_or(|t| t.elapsed() >= self.poll_every)
             {
                 self.poll_slurm(&mut done);
             }
@@ -568,7 +590,10 @@ mod tests {
         );
         let o = Command::new("sh").arg("-c").arg(&s).output().unwrap();
         assert_eq!(o.status.code(), Some(1));
-        assert_eq!(std::fs::read_to_string(t.path().join("x.exitcode")).unwrap(), "1\n");
+        assert_eq!(
+            std::fs::read_to_string(t.path().join("x.exitcode")).unwrap(),
+            "1\n"
+        );
         assert_eq!(shell_quote("a'b"), "'a'\\''b'");
     }
 }

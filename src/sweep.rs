@@ -184,8 +184,7 @@ pub fn expand(raw: RawPipeline) -> Result<RawPipeline, PipelineError> {
             .collect::<Vec<_>>()
             .join("\u{1f}")
     };
-    let mut variant_index: HashMap<String, (Vec<String>, HashMap<String, String>)> =
-        HashMap::new();
+    let mut variant_index: HashMap<String, (Vec<String>, HashMap<String, String>)> = HashMap::new();
     let position: HashMap<&str, usize> = raw
         .stages
         .iter()
@@ -286,9 +285,9 @@ pub fn expand(raw: RawPipeline) -> Result<RawPipeline, PipelineError> {
                     }
                     Some(uvs) => {
                         // The upstream variant that agrees with this one on the upstream's axes.
-                        let pick = variant_index.get(up).and_then(|(axes, index)| {
-                            index.get(&restrict(&a, axes)).cloned()
-                        });
+                        let pick = variant_index
+                            .get(up)
+                            .and_then(|(axes, index)| index.get(&restrict(&a, axes)).cloned());
                         let pick = pick
                             .or_else(|| {
                                 uvs.iter()

@@ -35,8 +35,14 @@ pub fn view_differs(view: &Path, object: &Path, entry: &Entry) -> Option<String>
     let mut want: Vec<&str> = entry.files.iter().map(|f| f.name.as_str()).collect();
     want.sort();
     if names != want {
-        let extra: Vec<&String> = names.iter().filter(|n| !want.contains(&n.as_str())).collect();
-        let missing: Vec<&&str> = want.iter().filter(|n| !names.contains(&n.to_string())).collect();
+        let extra: Vec<&String> = names
+            .iter()
+            .filter(|n| !want.contains(&n.as_str()))
+            .collect();
+        let missing: Vec<&&str> = want
+            .iter()
+            .filter(|n| !names.contains(&n.to_string()))
+            .collect();
         return Some(match (extra.first(), missing.first()) {
             (_, Some(m)) => format!("{m} is missing"),
             (Some(x), _) => format!("{x} is not part of the entry"),
@@ -73,7 +79,13 @@ fn same_file(_: &Path, _: &Path) -> bool {
 
 /// Show the entry in `object` (already verified) as `outputs/<pipeline>/<stage>/`. Does
 /// nothing when the view already shows it intact. Returns the view folder.
-pub fn publish(outputs: &Path, pipeline: &str, stage: &str, key: &Key, object: &Path) -> Result<PathBuf> {
+pub fn publish(
+    outputs: &Path,
+    pipeline: &str,
+    stage: &str,
+    key: &Key,
+    object: &Path,
+) -> Result<PathBuf> {
     let base = outputs.join(pipeline);
     let view = base.join(stage);
     let entry = read_entry(object).with_context(|| format!("reading the entry of `{stage}`"))?;
@@ -162,7 +174,9 @@ pub fn all_views(outputs: &Path) -> Vec<PathBuf> {
         if name.starts_with('.') || !p.path().is_dir() {
             continue;
         }
-        let Ok(stages) = fs::read_dir(p.path()) else { continue };
+        let Ok(stages) = fs::read_dir(p.path()) else {
+            continue;
+        };
         for s in stages.filter_map(|e| e.ok()) {
             let sn = s.file_name().to_string_lossy().into_owned();
             if !sn.starts_with('.') && s.path().join(VIEW_KEY).exists() {
@@ -173,4 +187,3 @@ pub fn all_views(outputs: &Path) -> Vec<PathBuf> {
     out.sort();
     out
 }
-

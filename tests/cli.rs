@@ -740,13 +740,19 @@ fn every_pipeline_runs_quick_with_plots_and_report() {
         let path = format!("pipelines/{f}");
         // The quick variant for pipelines that train; a wildcard that matches no stage is an
         // error (it would otherwise run the unchanged pipeline).
-        let trains = std::fs::read_to_string(p.join(&path)).unwrap().contains("epochs:");
+        let trains = std::fs::read_to_string(p.join(&path))
+            .unwrap()
+            .contains("epochs:");
         let mut args = vec!["run", "-q", path.as_str()];
         if trains {
             args.extend(["--set", "*.epochs=2"]);
         } else {
             let o = seqpipe(p, &["run", "-q", &path, "--set", "*.epochs=2", "--dry-run"]);
-            assert_eq!(o.status.code(), Some(2), "{name}: a wildcard that matches nothing");
+            assert_eq!(
+                o.status.code(),
+                Some(2),
+                "{name}: a wildcard that matches nothing"
+            );
         }
         ok(p, &args);
         let record = last_record(p, &name);
@@ -889,8 +895,8 @@ fn a_sweep_shares_upstream_stages_and_resumes_after_a_kill() {
 
 /// The store folder of the entry a view shows.
 fn entry_dir(p: &Path, pipeline: &str, stage: &str) -> PathBuf {
-    let key = std::fs::read_to_string(p.join("outputs").join(pipeline).join(stage).join(".key"))
-        .unwrap();
+    let key =
+        std::fs::read_to_string(p.join("outputs").join(pipeline).join(stage).join(".key")).unwrap();
     p.join("outputs/.seqpipe/objects")
         .join(&key[..2])
         .join(key.trim())
@@ -951,8 +957,15 @@ fn a_flipped_byte_is_never_served_and_verify_finds_it() {
     let o = seqpipe(p, &["run", "pipelines/ex8_2_2.yaml"]);
     assert!(o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("tokens.json does not match its digest"), "{err}");
-    assert_eq!(ran(p, "ex8_2_2"), ["chars"], "only the damaged stage recomputes");
+    assert!(
+        err.contains("tokens.json does not match its digest"),
+        "{err}"
+    );
+    assert_eq!(
+        ran(p, "ex8_2_2"),
+        ["chars"],
+        "only the damaged stage recomputes"
+    );
     assert_eq!(
         std::fs::read(p.join("outputs/ex8_2_2/chars/tokens.json")).unwrap(),
         before
@@ -1003,9 +1016,15 @@ fn views_are_links_checked_and_rebuilt_on_every_run() {
     let vout = String::from_utf8_lossy(&v.stdout);
     assert!(vout.contains("vocab.csv differs"), "{vout}");
     assert!(vout.contains("summary.json is missing"), "{vout}");
-    assert!(vout.contains("extra.txt is not part of the entry"), "{vout}");
+    assert!(
+        vout.contains("extra.txt is not part of the entry"),
+        "{vout}"
+    );
     let out = ok(p, &["run", "pipelines/ex8_2_2.yaml"]);
-    assert!(out.contains("0 ran"), "views are rebuilt from the store: {out}");
+    assert!(
+        out.contains("0 ran"),
+        "views are rebuilt from the store: {out}"
+    );
     assert_eq!(std::fs::read(&view).unwrap(), good);
     assert!(p.join("outputs/ex8_2_2/chars/summary.json").exists());
     assert!(!p.join("outputs/ex8_2_2/words/extra.txt").exists());
@@ -1025,10 +1044,16 @@ fn force_replaces_the_entry_and_the_new_result_wins() {
     let f = entry_dir(p, "ex8_3_3", "words").join("tokens.json");
     let good = std::fs::read(&f).unwrap();
     flip_byte(&f, 50);
-    ok(p, &["run", "-q", "pipelines/ex8_3_3.yaml", "--force", "words"]);
+    ok(
+        p,
+        &["run", "-q", "pipelines/ex8_3_3.yaml", "--force", "words"],
+    );
     let r = ran(p, "ex8_3_3");
     assert!(r.contains(&"words".to_string()) && r.len() == 4, "{r:?}");
-    assert_eq!(std::fs::read(entry_dir(p, "ex8_3_3", "words").join("tokens.json")).unwrap(), good);
+    assert_eq!(
+        std::fs::read(entry_dir(p, "ex8_3_3", "words").join("tokens.json")).unwrap(),
+        good
+    );
     assert!(ok(p, &["verify"]).contains("0 damaged"));
 }
 
@@ -1058,7 +1083,10 @@ fn killed_training(p: &Path, epochs: usize, at_least: u64, extra_args: &[&str]) 
         if let Some(d) = found {
             break d;
         }
-        assert!(std::time::Instant::now() < deadline, "no checkpoint appeared");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no checkpoint appeared"
+        );
         std::thread::sleep(std::time::Duration::from_millis(1));
     };
     child.kill().unwrap();
@@ -1081,7 +1109,13 @@ fn a_damaged_checkpoint_is_refused_and_training_starts_over() {
     std::fs::write(reference.path().join("tiny.yaml"), tiny_lm(epochs, "")).unwrap();
     ok(reference.path(), &["run", "-q", "tiny.yaml"]);
     let same_as_reference = |p: &Path| {
-        let files = ["metrics.csv", "model.safetensors", "samples.txt", "log.txt", "summary.json"];
+        let files = [
+            "metrics.csv",
+            "model.safetensors",
+            "samples.txt",
+            "log.txt",
+            "summary.json",
+        ];
         same_training(reference.path(), p, &files, "from the uninterrupted run");
     };
     let t = project();
@@ -1147,13 +1181,19 @@ fn a_damaged_checkpoint_is_refused_and_training_starts_over() {
             .find(|s| s["name"] == "train")
             .unwrap()["notes"]
             .to_string();
-        assert!(notes.contains(message), "{what}: the run record keeps the note: {notes}");
+        assert!(
+            notes.contains(message),
+            "{what}: the run record keeps the note: {notes}"
+        );
     }
     // An intact one resumes, and the result is the same bytes, log.txt included.
     let _ = std::fs::remove_dir_all(&ckpt);
     copy_dir(&saved, &ckpt);
     let out = ok(p, &["run", "tiny.yaml", "--force", "train"]);
-    assert!(out.contains("resuming from the checkpoint after epoch"), "{out}");
+    assert!(
+        out.contains("resuming from the checkpoint after epoch"),
+        "{out}"
+    );
     same_as_reference(p);
 }
 
@@ -1161,7 +1201,13 @@ fn hostname() -> String {
     gethostname::gethostname()
         .to_string_lossy()
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '_' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect()
 }
 
@@ -1224,13 +1270,19 @@ fn two_pipelines_run_at_once_without_waiting_for_each_other() {
     let claims = p.join("outputs/.seqpipe/claims");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     while !p.join("outputs/.seqpipe/checkpoints").exists() {
-        assert!(std::time::Instant::now() < deadline, "the long run never started training");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the long run never started training"
+        );
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
     assert!(std::fs::read_dir(&claims).unwrap().count() >= 1);
     let t0 = std::time::Instant::now();
     let out = ok(p, &["run", "pipelines/ex8_3_3.yaml"]);
-    assert!(out.contains("4 ran, 1 cached"), "the corpus is shared: {out}");
+    assert!(
+        out.contains("4 ran, 1 cached"),
+        "the corpus is shared: {out}"
+    );
     assert!(
         long.get().try_wait().unwrap().is_none(),
         "the short run finished while the long one still runs"
@@ -1238,7 +1290,10 @@ fn two_pipelines_run_at_once_without_waiting_for_each_other() {
     assert!(t0.elapsed() < std::time::Duration::from_secs(30));
     drop(long);
     // The killed run's claim is taken over by the next run that needs the key.
-    let o = seqpipe(p, &["run", "tiny.yaml", "--set", "train.epochs=1", "--dry-run"]);
+    let o = seqpipe(
+        p,
+        &["run", "tiny.yaml", "--set", "train.epochs=1", "--dry-run"],
+    );
     assert!(o.status.success());
 }
 
@@ -1284,7 +1339,11 @@ fn two_runs_sharing_stages_compute_each_key_once() {
         .1;
     let mut train = by_key[&train_key].clone();
     train.sort();
-    assert_eq!(train, ["ran", "reused"], "one run trains, the other waits and uses it");
+    assert_eq!(
+        train,
+        ["ran", "reused"],
+        "one run trains, the other waits and uses it"
+    );
     assert_eq!(
         std::fs::read(p.join("outputs/one/train/metrics.csv")).unwrap(),
         std::fs::read(p.join("outputs/two/train/metrics.csv")).unwrap()
@@ -1305,11 +1364,20 @@ fn process_executor_gives_the_same_bytes_as_local() {
     let (a, b) = (project(), project());
     let args = ["run", "-q", "pipelines/ex8_5_6.yaml", "--set", "*.epochs=2"];
     ok(a.path(), &args);
-    let out = ok(b.path(), &[&args[..], &["--executor", "process", "-j", "2"]].concat());
+    let out = ok(
+        b.path(),
+        &[&args[..], &["--executor", "process", "-j", "2"]].concat(),
+    );
     assert!(out.contains("0 cached"), "{out}");
-    let (x, y) = (view_files(a.path(), "ex8_5_6"), view_files(b.path(), "ex8_5_6"));
+    let (x, y) = (
+        view_files(a.path(), "ex8_5_6"),
+        view_files(b.path(), "ex8_5_6"),
+    );
     assert!(x.len() > 20);
-    assert_eq!(x.iter().map(|f| &f.0).collect::<Vec<_>>(), y.iter().map(|f| &f.0).collect::<Vec<_>>());
+    assert_eq!(
+        x.iter().map(|f| &f.0).collect::<Vec<_>>(),
+        y.iter().map(|f| &f.0).collect::<Vec<_>>()
+    );
     for (f, g) in x.iter().zip(&y) {
         assert!(f.1 == g.1, "{} differs between local and process", f.0);
     }
@@ -1330,9 +1398,18 @@ fn process_executor_gives_the_same_bytes_as_local() {
     }
     // The file's `executor:` is used when the CLI names none.
     let yaml = std::fs::read_to_string(a.path().join("pipelines/ex8_3_3.yaml")).unwrap();
-    std::fs::write(a.path().join("pe.yaml"), yaml.replacen("stages:", "executor: process\nstages:", 1)).unwrap();
+    std::fs::write(
+        a.path().join("pe.yaml"),
+        yaml.replacen("stages:", "executor: process\nstages:", 1),
+    )
+    .unwrap();
     ok(a.path(), &["run", "-q", "pe.yaml"]);
-    let name = yaml.lines().find_map(|l| l.strip_prefix("name: ")).unwrap().trim().to_string();
+    let name = yaml
+        .lines()
+        .find_map(|l| l.strip_prefix("name: "))
+        .unwrap()
+        .trim()
+        .to_string();
     assert_eq!(last_record(a.path(), &name)["executor"], "process");
 }
 
@@ -1343,7 +1420,8 @@ fn claim_owner(p: &Path) -> Option<u32> {
         .filter_map(|e| e.ok())
         .filter(|e| e.path().extension().is_some_and(|x| x == "claim"))
         .find_map(|e| {
-            let v: serde_json::Value = serde_json::from_slice(&std::fs::read(e.path()).ok()?).ok()?;
+            let v: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(e.path()).ok()?).ok()?;
             v["owner"]["pid"].as_u64().map(|p| p as u32)
         })
 }
@@ -1364,7 +1442,10 @@ fn training_in_a_child(p: &Path) -> (Guard, u32) {
                 return (driver, pid);
             }
         }
-        assert!(std::time::Instant::now() < deadline, "training never started");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "training never started"
+        );
         std::thread::sleep(std::time::Duration::from_millis(2));
     }
 }
@@ -1380,13 +1461,23 @@ fn a_killed_child_job_fails_its_stage_and_the_rerun_completes() {
     let p = t.path();
     std::fs::write(p.join("tiny.yaml"), tiny_lm(epochs, "")).unwrap();
     let (mut driver, child) = training_in_a_child(p);
-    assert_ne!(child, driver.get().id(), "the stage runs in a child, which holds the claim");
+    assert_ne!(
+        child,
+        driver.get().id(),
+        "the stage runs in a child, which holds the claim"
+    );
     unsafe { libc::kill(child as i32, libc::SIGKILL) };
     let o = driver.take().wait_with_output().unwrap();
     assert_eq!(o.status.code(), Some(1));
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("error in stage `train`") && err.contains("SIGKILL"), "{err}");
-    assert!(err.contains("last lines of"), "the log's tail is shown: {err}");
+    assert!(
+        err.contains("error in stage `train`") && err.contains("SIGKILL"),
+        "{err}"
+    );
+    assert!(
+        err.contains("last lines of"),
+        "the log's tail is shown: {err}"
+    );
     let out = ok(p, &["run", "tiny.yaml", "--executor", "process"]);
     assert!(out.contains("1 ran"), "{out}");
     same_training(
@@ -1405,11 +1496,17 @@ fn ctrl_c_stops_child_jobs_and_leaves_no_partial_entry() {
     let (mut driver, child) = training_in_a_child(p);
     unsafe { libc::kill(driver.get().id() as i32, libc::SIGINT) };
     let o = driver.take().wait_with_output().unwrap();
-    assert_eq!(o.status.code(), Some(130), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        o.status.code(),
+        Some(130),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     std::thread::sleep(std::time::Duration::from_millis(100));
     assert!(
         !Path::new(&format!("/proc/{child}")).exists()
-            || std::fs::read_to_string(format!("/proc/{child}/stat")).is_ok_and(|s| s.contains(") Z ")),
+            || std::fs::read_to_string(format!("/proc/{child}/stat"))
+                .is_ok_and(|s| s.contains(") Z ")),
         "the child job is stopped"
     );
     let st = ok(p, &["status", "tiny.yaml"]);
@@ -1474,7 +1571,9 @@ fn slurm_available() -> bool {
         if std::env::var("CI").is_ok_and(|v| v == "true") {
             panic!("CI=true but no Slurm cluster answers: .ci/run starts one with scripts/slurm-up.sh and exports SLURM_CONF");
         }
-        eprintln!("skipped: no Slurm cluster (start one with scripts/slurm-up.sh and export SLURM_CONF)");
+        eprintln!(
+            "skipped: no Slurm cluster (start one with scripts/slurm-up.sh and export SLURM_CONF)"
+        );
     }
     up
 }
@@ -1496,7 +1595,8 @@ fn claimed_job(p: &Path) -> Option<String> {
         .filter_map(|e| e.ok())
         .filter(|e| e.path().extension().is_some_and(|x| x == "claim"))
         .find_map(|e| {
-            let v: serde_json::Value = serde_json::from_slice(&std::fs::read(e.path()).ok()?).ok()?;
+            let v: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(e.path()).ok()?).ok()?;
             v["job"].as_str().map(String::from)
         })
 }
@@ -1528,7 +1628,11 @@ fn slurm_sweep_gives_local_bytes_and_a_cached_rerun_submits_nothing() {
     ok(a.path(), &["run", "-q", "tiny.yaml"]);
     let o = slurm(b.path(), &["run", "tiny.yaml", "--executor", "slurm"]);
     let out = String::from_utf8_lossy(&o.stdout);
-    assert!(o.status.success(), "{out}\n{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "{out}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     // Model stages were jobs; quick text stages ran in the driver.
     let rec = last_record(b.path(), "tiny");
     let jobs: Vec<&str> = rec["stages"]
@@ -1548,9 +1652,16 @@ fn slurm_sweep_gives_local_bytes_and_a_cached_rerun_submits_nothing() {
     }
     let o = slurm(b.path(), &["run", "tiny.yaml", "--executor", "slurm"]);
     let out = String::from_utf8_lossy(&o.stdout);
-    assert!(o.status.success() && out.contains("0 ran") && !out.contains("submit"), "{out}");
+    assert!(
+        o.status.success() && out.contains("0 ran") && !out.contains("submit"),
+        "{out}"
+    );
     let rec = last_record(b.path(), "tiny");
-    assert!(rec["stages"].as_array().unwrap().iter().all(|s| s["job"].is_null()));
+    assert!(rec["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|s| s["job"].is_null()));
 }
 
 #[test]
@@ -1565,9 +1676,18 @@ fn slurm_failure_shows_the_state_and_the_log_tail() {
     let o = slurm(p, &["run", "tiny.yaml", "--executor", "slurm"]);
     assert_eq!(o.status.code(), Some(1));
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("error in stage `train`") && err.contains("FAILED"), "{err}");
-    assert!(err.contains("exited with code 1") && err.contains("last lines of"), "{err}");
-    assert!(err.contains("`batch_size` is for series models"), "the log's tail: {err}");
+    assert!(
+        err.contains("error in stage `train`") && err.contains("FAILED"),
+        "{err}"
+    );
+    assert!(
+        err.contains("exited with code 1") && err.contains("last lines of"),
+        "{err}"
+    );
+    assert!(
+        err.contains("`batch_size` is for series models"),
+        "the log's tail: {err}"
+    );
     let id = last_record(p, "tiny")["stages"]
         .as_array()
         .unwrap()
@@ -1615,7 +1735,10 @@ fn slurm_cancelled_training_is_reported_and_resumes_on_the_rerun() {
         if let (true, Some(id)) = (ckpt, claimed_job(p)) {
             break id;
         }
-        assert!(std::time::Instant::now() < deadline, "the training job never checkpointed");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the training job never checkpointed"
+        );
         std::thread::sleep(std::time::Duration::from_millis(5));
     };
     let _ = driver.get().id();
@@ -1634,7 +1757,10 @@ fn slurm_cancelled_training_is_reported_and_resumes_on_the_rerun() {
         .find(|s| s["name"] == "train")
         .unwrap()["notes"]
         .to_string();
-    assert!(notes.contains("resuming from the checkpoint after epoch"), "{notes}");
+    assert!(
+        notes.contains("resuming from the checkpoint after epoch"),
+        "{notes}"
+    );
     same_training(
         reference.path(),
         p,
@@ -1660,15 +1786,24 @@ fn slurm_ctrl_c_cancels_every_job() {
     ));
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
     let id = loop {
-        if let Some(id) = claimed_job(p).filter(|_| p.join("outputs/.seqpipe/checkpoints").exists()) {
+        if let Some(id) = claimed_job(p).filter(|_| p.join("outputs/.seqpipe/checkpoints").exists())
+        {
             break id;
         }
-        assert!(std::time::Instant::now() < deadline, "no training job started");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no training job started"
+        );
         std::thread::sleep(std::time::Duration::from_millis(5));
     };
     unsafe { libc::kill(driver.get().id() as i32, libc::SIGINT) };
     let o = driver.take().wait_with_output().unwrap();
-    assert_eq!(o.status.code(), Some(130), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        o.status.code(),
+        Some(130),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     // Every job this run submitted (ids from its folder) leaves the queue.
     let run_dir = std::fs::read_dir(p.join("outputs/tiny/runs"))
         .unwrap()
@@ -1679,13 +1814,19 @@ fn slurm_ctrl_c_cancels_every_job() {
     assert!(logs > 0);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     loop {
-        let o = Command::new("squeue").args(["-h", "-o", "%i|%j"]).output().unwrap();
+        let o = Command::new("squeue")
+            .args(["-h", "-o", "%i|%j"])
+            .output()
+            .unwrap();
         let live = String::from_utf8_lossy(&o.stdout).to_string();
         let state = job_state(&id);
         if state == "CANCELLED" && !live.lines().any(|l| l.starts_with(&format!("{id}|"))) {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "job {id} is still {state}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "job {id} is still {state}"
+        );
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
 }
@@ -1696,7 +1837,10 @@ fn a_shared_store_serves_two_projects_and_gc_keeps_what_others_use() {
     let store = shared.path().join("store");
     let store_s = store.to_str().unwrap();
     let (a, b) = (project(), project());
-    ok(a.path(), &["--store", store_s, "run", "-q", "pipelines/ex8_3_3.yaml"]);
+    ok(
+        a.path(),
+        &["--store", store_s, "run", "-q", "pipelines/ex8_3_3.yaml"],
+    );
     // Another project (SEQPIPE_STORE works like --store) gets every stage from the store.
     let o = Command::new(BIN)
         .args(["run", "pipelines/ex8_3_3.yaml"])
@@ -1705,7 +1849,10 @@ fn a_shared_store_serves_two_projects_and_gc_keeps_what_others_use() {
         .output()
         .unwrap();
     let out = String::from_utf8_lossy(&o.stdout);
-    assert!(o.status.success() && out.contains("0 ran, 5 cached"), "{out}");
+    assert!(
+        o.status.success() && out.contains("0 ran, 5 cached"),
+        "{out}"
+    );
     assert!(b.path().join("outputs/ex8_3_3/report/report.md").exists());
     assert!(!b.path().join("outputs/.seqpipe/objects").exists());
     // Project b no longer has that pipeline: its gc must not delete what a uses, unless
@@ -1720,9 +1867,15 @@ fn a_shared_store_serves_two_projects_and_gc_keeps_what_others_use() {
     .unwrap();
     let g = ok(b.path(), &["--store", store_s, "gc"]);
     assert!(g.contains("removed 0 entries"), "{g}");
-    let g = ok(b.path(), &["--store", store_s, "gc", "--dry-run", "--older-than", "0"]);
+    let g = ok(
+        b.path(),
+        &["--store", store_s, "gc", "--dry-run", "--older-than", "0"],
+    );
     assert!(g.contains("would remove 5 entries"), "{g}");
-    let again = ok(a.path(), &["--store", store_s, "run", "pipelines/ex8_3_3.yaml"]);
+    let again = ok(
+        a.path(),
+        &["--store", store_s, "run", "pipelines/ex8_3_3.yaml"],
+    );
     assert!(again.contains("0 ran"), "{again}");
 }
 
@@ -2056,7 +2209,10 @@ fn bad_input_is_stopped_before_anything_runs() {
             out.replace_range(i..end, "this machine's <memory>");
         }
         assert!(
-            !out.contains("FileMirror") && !out.contains("untagged") && !out.contains("u64") && !out.contains("found null"),
+            !out.contains("FileMirror")
+                && !out.contains("untagged")
+                && !out.contains("u64")
+                && !out.contains("found null"),
             "{name}: no internal names: {out}"
         );
         insta::assert_snapshot!(format!("bad_{name}"), out);
@@ -2068,7 +2224,11 @@ fn sweep_values_that_look_alike_stay_apart() {
     let t = project();
     let p = t.path();
     std::fs::create_dir_all(p.join("data/copy")).unwrap();
-    std::fs::write(p.join("data/copy/timemachine.txt"), "a different book\n".repeat(40)).unwrap();
+    std::fs::write(
+        p.join("data/copy/timemachine.txt"),
+        "a different book\n".repeat(40),
+    )
+    .unwrap();
     let long = "x".repeat(300);
     let yaml = format!(
         "name: m\nstages:\n  c:\n    kind: load_corpus\n    params: {{ path: data/timemachine.txt }}\n    matrix: {{ path: [data/timemachine.txt, data/copy/timemachine.txt] }}\n  w:\n    kind: tokenize\n    inputs: {{ corpus: c }}\n    params: {{ unit: word }}\n  g:\n    kind: ngram_generate\n    inputs: {{ tokens: w }}\n    params: {{ n: 2, num_words: 3 }}\n    matrix: {{ prefix: [\"the,time\", \"the_time\", \"{long}\"] }}\n"
@@ -2086,7 +2246,10 @@ fn sweep_values_that_look_alike_stay_apart() {
     uniq.sort();
     uniq.dedup();
     assert_eq!(uniq.len(), 6, "variant names are unique: {gens:?}");
-    assert!(gens.iter().all(|n| n.len() < 200), "long values are shortened: {gens:?}");
+    assert!(
+        gens.iter().all(|n| n.len() < 200),
+        "long values are shortened: {gens:?}"
+    );
     // Every variant computed its own result: none reported as another's hit.
     assert!(statuses(&rec).iter().all(|(_, _, s)| s == "ran"), "{rec}");
     // The two corpora differ, so do their tokens.
@@ -2129,15 +2292,24 @@ fn gc_never_removes_what_a_live_run_uses() {
     ));
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     while !p.join("outputs/.seqpipe/checkpoints").exists() {
-        assert!(std::time::Instant::now() < deadline, "training never started");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "training never started"
+        );
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
     let g = ok(p, &["gc"]);
-    assert!(g.contains("removed 0 entries"), "entries a live run uses stay: {g}");
+    assert!(
+        g.contains("removed 0 entries"),
+        "entries a live run uses stay: {g}"
+    );
     assert!(run.get().try_wait().unwrap().is_none());
     drop(run); // killed: its claim and live record are now stale
     let g = ok(p, &["gc"]);
-    assert!(g.contains("removed 4 entries"), "the corpus is shared with the shipped pipelines: {g}");
+    assert!(
+        g.contains("removed 4 entries"),
+        "the corpus is shared with the shipped pipelines: {g}"
+    );
 }
 
 #[test]

@@ -49,7 +49,14 @@ const TOP_FIELDS: &[&str] = &[
     "resources",
     "stages",
 ];
-const STAGE_FIELDS: &[&str] = &["kind", "description", "inputs", "params", "matrix", "resources"];
+const STAGE_FIELDS: &[&str] = &[
+    "kind",
+    "description",
+    "inputs",
+    "params",
+    "matrix",
+    "resources",
+];
 
 /// A parsed pipeline file: plain values, not yet checked against the stage kinds.
 #[derive(Debug, Clone)]
@@ -94,8 +101,14 @@ pub struct RawStage {
 fn humanize(msg: &str) -> String {
     let mut m = msg.to_string();
     for (from, to) in [
-        ("expected struct FileMirror", "expected a pipeline: a mapping with `name:` and `stages:`"),
-        ("expected struct StageMirror", "expected a stage: a mapping with `kind:`"),
+        (
+            "expected struct FileMirror",
+            "expected a pipeline: a mapping with `name:` and `stages:`",
+        ),
+        (
+            "expected struct StageMirror",
+            "expected a stage: a mapping with `kind:`",
+        ),
         ("expected a YAML mapping", "expected a mapping"),
         ("expected u64", "expected a non-negative integer"),
         ("expected u32", "expected a non-negative integer"),
@@ -212,9 +225,8 @@ pub(super) fn parse(path: &Path, text: &str) -> Result<RawPipeline, PipelineErro
         Some(v) => match parse_executor(v) {
             Ok(e) => Some(e),
             Err(msg) => {
-                let mut d = Diagnostic::new(path, "executor", msg).with_help(
-                    "write `executor: process`, or `executor: { kind: process }`",
-                );
+                let mut d = Diagnostic::new(path, "executor", msg)
+                    .with_help("write `executor: process`, or `executor: { kind: process }`");
                 if let Some((l, c)) = locator.find("executor") {
                     d = d.at(l, c);
                 }
@@ -350,7 +362,9 @@ pub(super) fn parse(path: &Path, text: &str) -> Result<RawPipeline, PipelineErro
             let key = k.as_str().unwrap_or_default().to_string();
             let mpath = format!("{at}.matrix.{key}");
             match v {
-                serde_yaml::Value::Sequence(items) if items.iter().any(|i| non_finite(i).is_some()) => {
+                serde_yaml::Value::Sequence(items)
+                    if items.iter().any(|i| non_finite(i).is_some()) =>
+                {
                     let word = items.iter().find_map(non_finite).unwrap_or(".nan");
                     let d = Diagnostic::new(
                         path,

@@ -41,12 +41,9 @@ pub use self::params::{Model, Optimizer, ParamSet};
 
 use serde::{Deserialize, Serialize};
 
-/// Where tensors live. `Cuda` only with feature `cuda`; otherwise constructors return an error.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum DeviceKind {
-    Cpu,
-    Cuda,
-}
+/// Where tensors live: the crate's one device type (`Cuda` only with feature `cuda`; otherwise
+/// constructors return an error).
+pub use crate::device::Device as DeviceKind;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Activation {

@@ -141,4 +141,3 @@ pub fn render(chart: &Chart, path: &Path, width: u32, height: u32) -> Result<()>
         .unwrap_or_else(|_| Err(anyhow!("plotting library panicked")));
     out.map_err(|e| e.context(format!("rendering plot {}", path.display())))
 }
-

@@ -40,9 +40,7 @@ fn render_both(chart: &Chart, w: u32, h: u32) -> String {
     render(chart, &svg, w, h).unwrap();
     let text = std::fs::read_to_string(&svg).unwrap();
     assert!(text.starts_with("<svg") && text.trim_end().ends_with("</svg>"));
-    assert!(
-        text.contains(&format!("width=\"{w}\"")) && text.contains(&format!("height=\"{h}\""))
-    );
+    assert!(text.contains(&format!("width=\"{w}\"")) && text.contains(&format!("height=\"{h}\"")));
     text
 }
 

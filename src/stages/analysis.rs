@@ -52,7 +52,7 @@ impl Stage for RnnShapes {
     }
 
     fn run(&self, ctx: &mut StageCtx) -> Result<()> {
-        let (spec, model) = AnyModel::load(ctx.input("model")?, &ctx.device)?;
+        let (spec, model) = AnyModel::load(ctx.input("model")?, ctx.device)?;
         let (AnyModel::Lm(lm), super::model::ModelSpec::Lm(s)) = (&model, &spec) else {
             bail!("`rnn_shapes` needs a language model")
         };
@@ -233,7 +233,7 @@ impl Stage for HiddenGrads {
     const USES_DEVICE: bool = true;
 
     fn run(&self, ctx: &mut StageCtx) -> Result<()> {
-        let (_, model) = AnyModel::load(ctx.input("model")?, &ctx.device)?;
+        let (_, model) = AnyModel::load(ctx.input("model")?, ctx.device)?;
         let AnyModel::Lm(lm) = &model else {
             bail!("`hidden_grads` needs a language model")
         };

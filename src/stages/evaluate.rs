@@ -136,7 +136,7 @@ impl Stage for Evaluate {
     }
 
     fn run(&self, ctx: &mut StageCtx) -> Result<()> {
-        let (_, model) = AnyModel::load(ctx.input("model")?, &ctx.device)?;
+        let (_, model) = AnyModel::load(ctx.input("model")?, ctx.device)?;
         let data = ctx.input("data")?.to_path_buf();
         match &model {
             AnyModel::Lm(lm) => {

@@ -84,7 +84,7 @@ impl Stage for Generate {
 
     fn run(&self, ctx: &mut StageCtx) -> Result<()> {
         let dir = ctx.input("model")?.to_path_buf();
-        let (_, model) = AnyModel::load(&dir, &ctx.device)?;
+        let (_, model) = AnyModel::load(&dir, ctx.device)?;
         let AnyModel::Lm(lm) = model else {
             bail!("`generate` needs a language model")
         };

@@ -183,7 +183,10 @@ fn parse_params<S: Stage>(
         Err(e) => {
             let mut key = e.path().to_string();
             let inner = e.into_inner().to_string();
-            if let Some(f) = inner.strip_prefix("missing field `").and_then(|r| r.split('`').next()) {
+            if let Some(f) = inner
+                .strip_prefix("missing field `")
+                .and_then(|r| r.split('`').next())
+            {
                 if key == "." || key.is_empty() {
                     key = f.to_string();
                 }

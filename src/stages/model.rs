@@ -100,17 +100,9 @@ pub enum AnyModel {
     Series(SeriesRnn),
 }
 
-pub fn device_kind(device: &str) -> nn::DeviceKind {
-    if device == "cuda" {
-        nn::DeviceKind::Cuda
-    } else {
-        nn::DeviceKind::Cpu
-    }
-}
-
 impl AnyModel {
-    pub fn create(spec: &ModelSpec, device: &str, seed: u64) -> Result<Self> {
-        let d = device_kind(device);
+    pub fn create(spec: &ModelSpec, device: nn::DeviceKind, seed: u64) -> Result<Self> {
+        let d = device;
         Ok(match spec {
             ModelSpec::Lm(s) => AnyModel::Lm(LanguageModel::new(s, d, seed)?),
             ModelSpec::Mlp {
@@ -125,7 +117,7 @@ impl AnyModel {
     }
 
     /// Rebuild a model from an artifact folder (`spec.json` + `model.safetensors`).
-    pub fn load(dir: &Path, device: &str) -> Result<(ModelSpec, Self)> {
+    pub fn load(dir: &Path, device: nn::DeviceKind) -> Result<(ModelSpec, Self)> {
         let spec: ModelSpec = crate::context::read_json(&dir.join("spec.json"))
             .context("this input is not a model (no spec.json)")?;
         let mut m = Self::create(&spec, device, 0)?;
@@ -323,7 +315,7 @@ impl Stage for BuildModel {
     fn run(&self, ctx: &mut StageCtx) -> Result<()> {
         let shape = data_shape(ctx.input("data")?)?;
         let spec = self.spec(&shape)?;
-        let model = AnyModel::create(&spec, &ctx.device, ctx.seed)?;
+        let model = AnyModel::create(&spec, ctx.device, ctx.seed)?;
         model.save_weights(&ctx.out_path("model.safetensors"))?;
         ctx.write_json("spec.json", &spec)?;
         ctx.summary("params", model.num_params());

@@ -254,7 +254,11 @@ impl Stage for Plot {
             ));
         }
         // Only files of the inputs (which are part of the key) may be read: a plain name.
-        let named = self.file.iter().map(|f| ("file", f)).chain(self.files.iter().map(|f| ("files", f)));
+        let named = self
+            .file
+            .iter()
+            .map(|f| ("file", f))
+            .chain(self.files.iter().map(|f| ("files", f)));
         for (key, f) in named {
             let plain = !f.is_empty()
                 && !f.contains(['/', '\\'])

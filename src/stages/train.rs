@@ -309,7 +309,7 @@ impl Stage for Train {
     }
 
     fn run(&self, ctx: &mut StageCtx) -> Result<()> {
-        let (spec, mut model) = AnyModel::load(ctx.input("model")?, &ctx.device)?;
+        let (spec, mut model) = AnyModel::load(ctx.input("model")?, ctx.device)?;
         let mut opt = model.optimizer(&self.optim_spec());
         let mut rng = ChaCha8Rng::seed_from_u64(ctx.seed);
         rng.set_stream(1); // independent of the stream that initialised the weights
@@ -570,7 +570,11 @@ impl Train {
     ) -> std::result::Result<Option<Progress>, String> {
         let dir = &ctx.checkpoints;
         let mut failures = Vec::new();
-        for d in [dir.to_path_buf(), dir.with_extension("tmp"), dir.with_extension("old")] {
+        for d in [
+            dir.to_path_buf(),
+            dir.with_extension("tmp"),
+            dir.with_extension("old"),
+        ] {
             if !d.join(MANIFEST).exists() {
                 continue;
             }
@@ -599,9 +603,13 @@ impl Train {
         ctx: &StageCtx,
         d: &Path,
     ) -> std::result::Result<(AnyModel, nn::Optimizer, Progress), String> {
-        let m: Manifest = crate::context::read_json(&d.join(MANIFEST)).map_err(|e| format!("{e:#}"))?;
+        let m: Manifest =
+            crate::context::read_json(&d.join(MANIFEST)).map_err(|e| format!("{e:#}"))?;
         for f in CHECKPOINT_FILES {
-            let want = m.files.get(f).ok_or(format!("its manifest does not list {f}"))?;
+            let want = m
+                .files
+                .get(f)
+                .ok_or(format!("its manifest does not list {f}"))?;
             let got = crate::fsutil::digest_file(&d.join(f)).map_err(|e| format!("{f}: {e}"))?;
             if &got != want {
                 return Err(format!("{f} does not match its digest"));
@@ -622,7 +630,7 @@ impl Train {
             return Err("its metrics do not cover the epochs it claims".into());
         }
         let input = ctx.input("model").map_err(|e| e.to_string())?;
-        let (_, mut model) = AnyModel::load(input, &ctx.device).map_err(|e| format!("{e:#}"))?;
+        let (_, mut model) = AnyModel::load(input, ctx.device).map_err(|e| format!("{e:#}"))?;
         model
             .load_weights(&d.join("model.safetensors"))
             .map_err(|e| format!("weights: {e:#}"))?;
