@@ -214,7 +214,13 @@ mod tests {
         std::fs::write(dir.path().join("c.txt"), corpus).unwrap();
         let raw = crate::config::parse(Path::new("t.yaml"), text).unwrap();
         let p = crate::pipeline::analyze(raw).unwrap();
-        let recs = compute(&p, dir.path(), crate::device::Device::Cpu, &mut FileDigests::default()).unwrap();
+        let recs = compute(
+            &p,
+            dir.path(),
+            crate::device::Device::Cpu,
+            &mut FileDigests::default(),
+        )
+        .unwrap();
         p.stages
             .iter()
             .zip(recs)

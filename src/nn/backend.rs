@@ -160,7 +160,7 @@ fn keep_freed_memory() {
 #[cfg(feature = "cuda")]
 pub(super) fn cuda_ctx(seed: u64) -> anyhow::Result<Ctx<Cuda>> {
     let dev =
-        Cuda::try_seed_from_u64(seed).map_err(|e| anyhow::anyhow!("cuda init failed: {e:?}"))?;
+        Cuda::try_seed_from_u64(seed).map_err(|e| nn_err!(Device, "cuda init failed: {e:?}"))?;
     Ok(Ctx::new(dev))
 }
 
@@ -191,7 +191,8 @@ impl Backend {
             super::DeviceKind::Cuda => Ok(Backend::Cuda(cuda_ctx(seed)?)),
             #[cfg(not(feature = "cuda"))]
             super::DeviceKind::Cuda => {
-                anyhow::bail!(
+                nn_bail!(
+                    Device,
                     "DeviceKind::Cuda requested but seqpipe was built without feature `cuda`"
                 )
             }

@@ -1,6 +1,6 @@
 //! `LanguageModel` (d2l chapter 8 char/word LMs) and `SeriesRnn` (exercise 8.6.3).
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use rand::Rng;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -141,17 +141,22 @@ fn core_train(
 
 fn check_dims(x_len: usize, y_len: Option<usize>, batch: usize, steps: usize) -> Result<()> {
     if batch == 0 || steps == 0 {
-        bail!("batch and steps must be > 0 (got batch {batch}, steps {steps})");
+        nn_bail!(
+            Invalid,
+            "batch and steps must be > 0 (got batch {batch}, steps {steps})"
+        );
     }
     if x_len != batch * steps {
-        bail!(
+        nn_bail!(
+            Invalid,
             "x has {x_len} elements, expected batch*steps = {batch}*{steps} = {}",
             batch * steps
         );
     }
     if let Some(yl) = y_len {
         if yl != batch * steps {
-            bail!(
+            nn_bail!(
+                Invalid,
                 "y has {yl} elements, expected batch*steps = {}",
                 batch * steps
             );
@@ -162,7 +167,7 @@ fn check_dims(x_len: usize, y_len: Option<usize>, batch: usize, steps: usize) ->
 
 fn check_tokens(x: &[u32], vocab: usize, what: &str) -> Result<()> {
     if let Some(&bad) = x.iter().find(|&&v| v as usize >= vocab) {
-        bail!("{what} contains token {bad} >= vocab {vocab}");
+        nn_bail!(Invalid, "{what} contains token {bad} >= vocab {vocab}");
     }
     Ok(())
 }
@@ -186,13 +191,13 @@ impl LanguageModel {
     pub fn new(spec: &LmSpec, device: DeviceKind, seed: u64) -> Result<Self> {
         let be = Backend::new(device, seed)?;
         if spec.vocab == 0 {
-            bail!("vocab must be > 0");
+            nn_bail!(Invalid, "vocab must be > 0");
         }
         let input = match spec.input {
             InputMode::OneHot => InKind::OneHot(spec.vocab),
             InputMode::Embedding(dim) => {
                 if spec.cell == CellKind::RnnScratch {
-                    bail!("RnnScratch uses one-hot input only");
+                    nn_bail!(Invalid, "RnnScratch uses one-hot input only");
                 }
                 InKind::Embedding {
                     vocab: spec.vocab,
@@ -305,7 +310,7 @@ impl LanguageModel {
         rng: &mut impl Rng,
     ) -> Result<Vec<u32>> {
         if prefix.is_empty() {
-            bail!("predict needs a non-empty prefix");
+            nn_bail!(Invalid, "predict needs a non-empty prefix");
         }
         check_tokens(prefix, self.spec.vocab, "prefix")?;
         let core = &self.core;
@@ -461,7 +466,8 @@ impl SeriesRnn {
 
     fn dims(x: &[f32], batch: usize) -> Result<usize> {
         if batch == 0 || x.is_empty() || !x.len().is_multiple_of(batch) {
-            bail!(
+            nn_bail!(
+                Invalid,
                 "x has {} values, not a non-empty multiple of batch {batch}",
                 x.len()
             );
@@ -480,7 +486,7 @@ impl SeriesRnn {
     ) -> Result<StepStats> {
         let tau = Self::dims(x, batch)?;
         if y.len() != batch {
-            bail!("y has {} values, expected batch {batch}", y.len());
+            nn_bail!(Invalid, "y has {} values, expected batch {batch}", y.len());
         }
         let xt = to_time_major(x, batch, tau);
         let mut state = self.core.zero_state(batch);

@@ -1,6 +1,6 @@
 //! `Mlp`: d2l 8.1 series regression (tau inputs -> hidden layers -> 1), MSE loss.
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Uniform};
@@ -38,7 +38,7 @@ impl Mlp {
         dims.extend_from_slice(hidden);
         dims.push(1);
         if dims.contains(&0) {
-            bail!("Mlp sizes must be > 0 (got {dims:?})");
+            nn_bail!(Invalid, "Mlp sizes must be > 0 (got {dims:?})");
         }
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let mut store = ParamStore::default();
@@ -89,7 +89,8 @@ impl Mlp {
 
     fn check(&self, x: &[f32], batch: usize) -> Result<()> {
         if batch == 0 || x.len() != batch * self.dims[0] {
-            bail!(
+            nn_bail!(
+                Invalid,
                 "x has {} values, expected batch*input = {batch}*{}",
                 x.len(),
                 self.dims[0]
@@ -133,7 +134,7 @@ impl Mlp {
     ) -> Result<StepStats> {
         self.check(x, batch)?;
         if y.len() != batch {
-            bail!("y has {} values, expected batch {batch}", y.len());
+            nn_bail!(Invalid, "y has {} values, expected batch {batch}", y.len());
         }
         let acts = self.forward(x, batch);
         let nl = self.dims.len() - 1;

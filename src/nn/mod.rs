@@ -24,6 +24,21 @@
 //! plain loops. The same generic code runs on `Cuda` (feature `cuda`), there with a host round trip
 //! per matmul (correct, not fast). The fast path is `DeviceKind::Cpu`.
 
+/// `nn_bail!(Invalid, "...", args)`: return an [`NnError`] of that kind (as an anyhow error, so
+/// callers keep `?` and context), its message formatted like `format!`.
+macro_rules! nn_bail {
+    ($kind:ident, $($t:tt)*) => {
+        return Err(anyhow::Error::from($crate::nn::NnError::$kind(format!($($t)*))))
+    };
+}
+
+/// `nn_err!(Weights, "...")`: an [`NnError`] of that kind as an anyhow error.
+macro_rules! nn_err {
+    ($kind:ident, $($t:tt)*) => {
+        anyhow::Error::from($crate::nn::NnError::$kind(format!($($t)*)))
+    };
+}
+
 pub(crate) mod backend;
 mod core;
 mod gemm;
@@ -40,6 +55,24 @@ pub use self::mlp::Mlp;
 pub use self::params::{Model, Optimizer, ParamSet};
 
 use serde::{Deserialize, Serialize};
+
+/// What goes wrong in the model layer. Callers see it through `anyhow` with their context, and
+/// can downcast to it.
+#[derive(Debug, thiserror::Error)]
+pub enum NnError {
+    /// A model size, shape or input that does not fit (batch, steps, tokens, layer sizes).
+    #[error("{0}")]
+    Invalid(String),
+    /// A weights or optimizer file that cannot be read into this model.
+    #[error("{0}")]
+    Weights(String),
+    /// The device cannot be used (no CUDA build, CUDA failed to start).
+    #[error("{0}")]
+    Device(String),
+    /// The thread pool cannot be set up.
+    #[error("{0}")]
+    Threads(String),
+}
 
 /// Where tensors live: the crate's one device type (`Cuda` only with feature `cuda`; otherwise
 /// constructors return an error).
@@ -117,7 +150,7 @@ pub fn set_num_threads(n: usize) -> anyhow::Result<()> {
     rayon::ThreadPoolBuilder::new()
         .num_threads(n.max(1))
         .build_global()
-        .map_err(|e| anyhow::anyhow!("set_num_threads({n}): {e}"))
+        .map_err(|e| nn_err!(Threads, "set_num_threads({n}): {e}"))
 }
 
 /// The matrix-product kernel the Cpu backend uses (`avx512f`, `avx2+fma` or `scalar`).

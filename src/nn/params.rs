@@ -2,7 +2,7 @@
 //! safetensors I/O. Parameters live on the host as `Vec<f32>` (the master copy); they are uploaded
 //! to the device for the matrix products of each call.
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{Context, Result};
 use safetensors::tensor::{Dtype as StDtype, SafeTensors, TensorView};
 use std::collections::HashMap;
 use std::path::Path;
@@ -143,7 +143,8 @@ impl Optimizer {
     ) -> Result<()> {
         let lens = params.lens();
         if lens != self.lens {
-            bail!(
+            nn_bail!(
+                Weights,
                 "optimizer was built for a different model (param sizes {:?} vs {:?})",
                 self.lens,
                 lens
@@ -206,25 +207,31 @@ impl Optimizer {
     /// Restore state saved by [`Optimizer::save`]. The spec and parameter sizes must match.
     pub fn load(&mut self, path: &Path) -> Result<()> {
         let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-        let (_, md) =
-            SafeTensors::read_metadata(&bytes).map_err(|e| anyhow!("bad safetensors: {e}"))?;
+        let (_, md) = SafeTensors::read_metadata(&bytes)
+            .map_err(|e| nn_err!(Weights, "bad safetensors: {e}"))?;
         let meta = md
             .metadata()
             .clone()
-            .ok_or_else(|| anyhow!("optimizer file without metadata"))?;
-        let spec: OptimSpec =
-            serde_json::from_str(meta.get("spec").ok_or_else(|| anyhow!("no spec"))?)?;
+            .ok_or_else(|| nn_err!(Weights, "optimizer file without metadata"))?;
+        let spec: OptimSpec = serde_json::from_str(
+            meta.get("spec")
+                .ok_or_else(|| nn_err!(Weights, "no spec"))?,
+        )?;
         if std::mem::discriminant(&spec) != std::mem::discriminant(&self.spec) {
-            bail!(
+            nn_bail!(
+                Weights,
                 "optimizer kind mismatch: file has {:?}, this is {:?}",
                 spec,
                 self.spec
             );
         }
-        let lens: Vec<usize> =
-            serde_json::from_str(meta.get("lens").ok_or_else(|| anyhow!("no lens"))?)?;
+        let lens: Vec<usize> = serde_json::from_str(
+            meta.get("lens")
+                .ok_or_else(|| nn_err!(Weights, "no lens"))?,
+        )?;
         if lens != self.lens {
-            bail!(
+            nn_bail!(
+                Weights,
                 "optimizer param sizes mismatch: file {:?}, model {:?}",
                 lens,
                 self.lens
@@ -232,7 +239,7 @@ impl Optimizer {
         }
         let step: u64 = meta
             .get("step")
-            .ok_or_else(|| anyhow!("no step"))?
+            .ok_or_else(|| nn_err!(Weights, "no step"))?
             .parse()?;
         let map = read_safetensors(&bytes)?;
         let n = if matches!(self.spec, OptimSpec::Adam { .. }) {
@@ -246,9 +253,10 @@ impl Optimizer {
             let take = |k: &str| -> Result<Vec<f32>> {
                 let (shape, d) = map
                     .get(k)
-                    .ok_or_else(|| anyhow!("optimizer file lacks {k}"))?;
+                    .ok_or_else(|| nn_err!(Weights, "optimizer file lacks {k}"))?;
                 if shape != &vec![self.lens[i]] {
-                    bail!(
+                    nn_bail!(
+                        Weights,
                         "optimizer tensor {k} has shape {shape:?}, expected [{}]",
                         self.lens[i]
                     );
@@ -277,21 +285,27 @@ pub(super) fn write_safetensors(
         .collect();
     let mut views = Vec::new();
     for ((name, shape, _), b) in tensors.iter().zip(&bytes) {
-        let view =
-            TensorView::new(StDtype::F32, shape.clone(), b).map_err(|e| anyhow!("{name}: {e}"))?;
+        let view = TensorView::new(StDtype::F32, shape.clone(), b)
+            .map_err(|e| nn_err!(Weights, "{name}: {e}"))?;
         views.push((name.clone(), view));
     }
-    let out = safetensors::serialize(views, &meta).map_err(|e| anyhow!("serialize: {e}"))?;
+    let out =
+        safetensors::serialize(views, &meta).map_err(|e| nn_err!(Weights, "serialize: {e}"))?;
     std::fs::write(path, out).with_context(|| format!("writing {}", path.display()))
 }
 
 /// name -> (shape, data); only F32 tensors accepted.
 pub(super) fn read_safetensors(bytes: &[u8]) -> Result<HashMap<String, (Vec<usize>, Vec<f32>)>> {
-    let st = SafeTensors::deserialize(bytes).map_err(|e| anyhow!("bad safetensors: {e}"))?;
+    let st =
+        SafeTensors::deserialize(bytes).map_err(|e| nn_err!(Weights, "bad safetensors: {e}"))?;
     let mut out = HashMap::new();
     for (name, view) in st.tensors() {
         if view.dtype() != StDtype::F32 {
-            bail!("tensor {name} has dtype {:?}, expected F32", view.dtype());
+            nn_bail!(
+                Weights,
+                "tensor {name} has dtype {:?}, expected F32",
+                view.dtype()
+            );
         }
         let data: Vec<f32> = view
             .data()
@@ -311,9 +325,10 @@ pub(super) fn load_named(path: &Path, expected: &[(String, Vec<usize>)]) -> Resu
     for (name, shape) in expected {
         let (s, d) = map
             .remove(name)
-            .ok_or_else(|| anyhow!("{}: missing tensor `{name}`", path.display()))?;
+            .ok_or_else(|| nn_err!(Weights, "{}: missing tensor `{name}`", path.display()))?;
         if &s != shape {
-            bail!(
+            nn_bail!(
+                Weights,
                 "{}: tensor `{name}` has shape {s:?}, model expects {shape:?}",
                 path.display()
             );
@@ -323,7 +338,7 @@ pub(super) fn load_named(path: &Path, expected: &[(String, Vec<usize>)]) -> Resu
     if !map.is_empty() {
         let mut extra: Vec<_> = map.keys().cloned().collect();
         extra.sort();
-        bail!("{}: unexpected tensors {extra:?}", path.display());
+        nn_bail!(Weights, "{}: unexpected tensors {extra:?}", path.display());
     }
     Ok(out)
 }

@@ -850,3 +850,36 @@ fn mlp_and_series_rnn_train() {
         assert_eq!(r.predict(&x, n).unwrap(), r2.predict(&x, n).unwrap());
     }
 }
+
+/// Errors of the model layer are typed: a bad input and an unreadable weights file can be told
+/// apart by their kind, whatever context callers add.
+#[test]
+fn nn_errors_are_typed() {
+    let s = spec(CellKind::Rnn, 5, 4, 1, InputMode::OneHot, Activation::Tanh);
+    let mut m = LanguageModel::new(&s, DeviceKind::Cpu, 1).unwrap();
+    let e = m.predict(
+        &[],
+        3,
+        Sampling::Greedy,
+        &mut rand_chacha::ChaCha8Rng::seed_from_u64(0),
+    );
+    let e = e.unwrap_err().context("generating");
+    assert!(
+        matches!(
+            e.downcast_ref::<super::NnError>(),
+            Some(super::NnError::Invalid(_))
+        ),
+        "{e:#}"
+    );
+    let t = tempfile::tempdir().unwrap();
+    let bad = t.path().join("w.safetensors");
+    std::fs::write(&bad, b"not a safetensors file").unwrap();
+    let e = m.load_safetensors(&bad).unwrap_err();
+    assert!(
+        matches!(
+            e.downcast_ref::<super::NnError>(),
+            Some(super::NnError::Weights(_))
+        ),
+        "{e:#}"
+    );
+}

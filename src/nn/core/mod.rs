@@ -143,7 +143,7 @@ impl Core {
         rng: &mut ChaCha8Rng,
     ) -> anyhow::Result<Self> {
         if hidden == 0 || num_layers == 0 || out_dim == 0 {
-            anyhow::bail!("hidden, num_layers and output size must be > 0");
+            nn_bail!(Invalid, "hidden, num_layers and output size must be > 0");
         }
         let in0 = match input {
             InKind::OneHot(v) => v,
@@ -151,14 +151,17 @@ impl Core {
             InKind::Dense(i) => i,
         };
         if in0 == 0 {
-            anyhow::bail!("input size must be > 0");
+            nn_bail!(Invalid, "input size must be > 0");
         }
         if let InKind::Embedding { vocab: 0, .. } = input {
-            anyhow::bail!("vocab must be > 0");
+            nn_bail!(Invalid, "vocab must be > 0");
         }
         let scratch = cell == CellKind::RnnScratch;
         if scratch && num_layers != 1 {
-            anyhow::bail!("RnnScratch supports exactly one layer (got {num_layers})");
+            nn_bail!(
+                Invalid,
+                "RnnScratch supports exactly one layer (got {num_layers})"
+            );
         }
         let g = gates(cell);
         let gh = g * hidden;
@@ -276,7 +279,7 @@ impl Core {
                 c.len() == self.layers.len() && c.iter().all(|v| v.len() == batch * self.hidden)
             });
         if !ok {
-            anyhow::bail!(
+            nn_bail!(Invalid,
                 "hidden state shape mismatch: state has batch {} hidden {} ({} layers), model needs batch {batch} hidden {} ({} layers, {:?})",
                 st.batch, st.hidden, st.h.len(), self.hidden, self.layers.len(), self.cell
             );
