@@ -32,7 +32,12 @@ impl<T> IoAt<T> for std::io::Result<T> {
 /// The blake3 of a file's content.
 pub fn digest_file(path: &Path) -> std::io::Result<String> {
     let mut h = blake3::Hasher::new();
-    h.update_mmap(path)?;
+    // Large files (corpora, their token ids) are hashed on every core.
+    if fs::metadata(path)?.len() >= 16 << 20 {
+        h.update_mmap_rayon(path)?;
+    } else {
+        h.update_mmap(path)?;
+    }
     Ok(h.finalize().to_hex().to_string())
 }
 

@@ -71,9 +71,7 @@ impl FileDigests {
         if let Some(d) = self.cache.get(path) {
             return Ok(d.clone());
         }
-        let mut h = blake3::Hasher::new();
-        h.update_reader(std::fs::File::open(path)?)?;
-        let d = h.finalize().to_hex().to_string();
+        let d = crate::fsutil::digest_file(path)?;
         self.cache.insert(path.to_path_buf(), d.clone());
         Ok(d)
     }
