@@ -225,6 +225,14 @@ struct Running {
     result: PathBuf,
 }
 
+/// The binary that runs jobs: `SEQPIPE_BIN`, or this one.
+pub fn seqpipe_exe() -> Result<PathBuf> {
+    match std::env::var_os("SEQPIPE_BIN") {
+        Some(p) => Ok(PathBuf::from(p)),
+        None => std::env::current_exe().context("finding the seqpipe binary"),
+    }
+}
+
 /// Runs each job as a child `seqpipe exec-job`.
 pub struct ProcessLauncher {
     exe: PathBuf,
@@ -236,10 +244,7 @@ pub struct ProcessLauncher {
 impl ProcessLauncher {
     /// Job descriptions, logs and results go to `dir` (a folder of the run record).
     pub fn new(dir: PathBuf, threads: usize) -> Result<Self> {
-        let exe = match std::env::var_os("SEQPIPE_BIN") {
-            Some(p) => PathBuf::from(p),
-            None => std::env::current_exe().context("finding the seqpipe binary")?,
-        };
+        let exe = seqpipe_exe()?;
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         Ok(ProcessLauncher {
             exe,

@@ -221,10 +221,7 @@ impl SlurmLauncher {
         store: std::sync::Arc<crate::cache::Store>,
         out: Output,
     ) -> Result<Self> {
-        let exe = match std::env::var_os("SEQPIPE_BIN") {
-            Some(p) => PathBuf::from(p),
-            None => std::env::current_exe().context("finding the seqpipe binary")?,
-        };
+        let exe = crate::launcher::seqpipe_exe()?;
         let poll = std::env::var("SEQPIPE_SLURM_POLL")
             .ok()
             .and_then(|s| s.parse::<f64>().ok())

@@ -1254,20 +1254,16 @@ fn leftovers_of_killed_runs_are_removed_by_run_and_gc() {
     assert!(!d.exists());
 }
 
-#[test]
-fn two_pipelines_run_at_once_without_waiting_for_each_other() {
-    let t = project();
-    let p = t.path();
+/// `run tiny.yaml` with 100,000 epochs (it runs until the test drops it), once it is training.
+fn long_training(p: &Path) -> Guard {
     std::fs::write(p.join("tiny.yaml"), tiny_lm(100000, "")).unwrap();
-    let mut long = Guard(Some(
+    let run = Guard(Some(
         Command::new(BIN)
             .args(["run", "-q", "tiny.yaml"])
             .current_dir(p)
             .spawn()
             .unwrap(),
     ));
-    // Wait until the long run is training (its claim on the train key is there).
-    let claims = p.join("outputs/.seqpipe/claims");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     while !p.join("outputs/.seqpipe/checkpoints").exists() {
         assert!(
@@ -1276,6 +1272,15 @@ fn two_pipelines_run_at_once_without_waiting_for_each_other() {
         );
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
+    run
+}
+
+#[test]
+fn two_pipelines_run_at_once_without_waiting_for_each_other() {
+    let t = project();
+    let p = t.path();
+    let mut long = long_training(p);
+    let claims = p.join("outputs/.seqpipe/claims");
     assert!(std::fs::read_dir(&claims).unwrap().count() >= 1);
     let t0 = std::time::Instant::now();
     let out = ok(p, &["run", "pipelines/ex8_3_3.yaml"]);
@@ -2282,22 +2287,7 @@ fn gc_never_removes_what_a_live_run_uses() {
     let t = project();
     let p = t.path();
     // tiny.yaml is not in pipelines/: gc does not reach its entries, only the live run does.
-    std::fs::write(p.join("tiny.yaml"), tiny_lm(100000, "")).unwrap();
-    let mut run = Guard(Some(
-        Command::new(BIN)
-            .args(["run", "-q", "tiny.yaml"])
-            .current_dir(p)
-            .spawn()
-            .unwrap(),
-    ));
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while !p.join("outputs/.seqpipe/checkpoints").exists() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "training never started"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
+    let mut run = long_training(p);
     let g = ok(p, &["gc"]);
     assert!(
         g.contains("removed 0 entries"),
