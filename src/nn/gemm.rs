@@ -89,6 +89,7 @@ fn panel_width() -> usize {
     }
 }
 
+#[cfg(test)]
 pub(super) fn pack_b(b: &[f32], k: usize, n: usize) -> Packed {
     assert_eq!(b.len(), k * n, "internal: pack size");
     let nr = panel_width();
@@ -99,6 +100,48 @@ pub(super) fn pack_b(b: &[f32], k: usize, n: usize) -> Packed {
         let wdt = nr.min(n - j0);
         for (p, row) in panel.chunks_exact_mut(nr).enumerate() {
             row[..wdt].copy_from_slice(&b[p * n + j0..p * n + j0 + wdt]);
+        }
+    }
+    Packed { k, n, data }
+}
+
+/// `pack_b` of the matrix stacked from `parts` (row-major, `n` columns each, `k` rows in all).
+pub(super) fn pack_b_rows(parts: &[&[f32]], k: usize, n: usize) -> Packed {
+    let nr = panel_width();
+    let panels = n.div_ceil(nr);
+    let mut data = vec![0.0f32; panels * k * nr];
+    let rows = parts.iter().flat_map(|p| p.chunks_exact(n));
+    for (p, src) in rows.enumerate() {
+        for pj in 0..panels {
+            let j0 = pj * nr;
+            let wdt = nr.min(n - j0);
+            let dst = pj * k * nr + p * nr;
+            data[dst..dst + wdt].copy_from_slice(&src[j0..j0 + wdt]);
+        }
+    }
+    assert!(
+        parts.iter().map(|p| p.len()).sum::<usize>() == k * n,
+        "internal: pack size"
+    );
+    Packed { k, n, data }
+}
+
+/// `pack_b` of the TRANSPOSE of the matrix stacked from `parts` (row-major, `rows` × `cols` in
+/// all): the packed matrix is [cols × rows], with no transposed copy made first.
+pub(super) fn pack_b_transposed(parts: &[&[f32]], rows: usize, cols: usize) -> Packed {
+    assert!(
+        parts.iter().map(|p| p.len()).sum::<usize>() == rows * cols,
+        "internal: pack size"
+    );
+    let (k, n) = (cols, rows);
+    let nr = panel_width();
+    let panels = n.div_ceil(nr);
+    let mut data = vec![0.0f32; panels * k * nr];
+    // Row r of the source is column r of the packed matrix: panel r / nr, lane r % nr.
+    for (r, src) in parts.iter().flat_map(|p| p.chunks_exact(cols)).enumerate() {
+        let base = (r / nr) * k * nr + r % nr;
+        for (p, &v) in src.iter().enumerate() {
+            data[base + p * nr] = v;
         }
     }
     Packed { k, n, data }
@@ -136,7 +179,7 @@ fn sgemm_impl(
         Isa::Avx512 => 32,
         _ => 16,
     };
-    let threads = rayon::current_num_threads();
+    let threads = super::team::width();
     let flops = 2 * m * n * k;
     let panels = n.div_ceil(nr);
     let parts = if parallel && threads > 1 && flops >= 1 << 20 {
@@ -154,12 +197,7 @@ fn sgemm_impl(
         // SAFETY: parts write disjoint column ranges [j0, j1) of c; bounds asserted above.
         unsafe { block(isa, m, n, k, a, a_st, b, packed, cp.0, j0, j1) }
     };
-    if parts == 1 {
-        run(0);
-    } else {
-        use rayon::prelude::*;
-        (0..parts).into_par_iter().for_each(run);
-    }
+    super::team::run(parts, &run);
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -206,6 +244,36 @@ unsafe fn block(
 mod x86 {
     use std::arch::x86_64::*;
 
+    /// Rows a product of `m` rows must have before an unpacked right-hand panel is first copied
+    /// into a contiguous buffer: the copy is paid once and read by every micro-tile, and it
+    /// avoids a strided walk (one page per `k` when a row of B spans 4 KB or more).
+    const PACK_MIN_ROWS: usize = 16;
+    /// Depth of one block of a packed panel (256 × 32 floats = 32 KB, within L1).
+    const KC: usize = 256;
+
+    thread_local! {
+        static PANEL: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+
+    /// Columns [j, j + w) of the row-major `b` [k × n], copied into `buf` as [k × nr]
+    /// (zero-padded). Returns the panel's pointer.
+    unsafe fn pack_panel(
+        buf: &mut Vec<f32>,
+        b: *const f32,
+        n: usize,
+        k: usize,
+        j: usize,
+        w: usize,
+        nr: usize,
+    ) -> *const f32 {
+        buf.clear();
+        buf.resize(k * nr, 0.0);
+        for p in 0..k {
+            std::ptr::copy_nonoverlapping(b.add(p * n + j), buf.as_mut_ptr().add(p * nr), w);
+        }
+        buf.as_ptr()
+    }
+
     /// Rows [0, m), columns [j0, j1) of c = a·b; 32-column panels, 8-row micro-tiles.
     #[target_feature(enable = "avx512f")]
     #[allow(clippy::too_many_arguments)]
@@ -233,40 +301,56 @@ mod x86 {
             } else {
                 0
             };
+            let mut guard = None;
             let (bp, ldb) = if packed {
                 (b.add(j * k), 32) // j is a multiple of 32: panel j / 32 starts at (j / 32)·k·32
+            } else if m >= PACK_MIN_ROWS {
+                let mut buf = PANEL.with(|p| std::mem::take(&mut *p.borrow_mut()));
+                let bp = pack_panel(&mut buf, b, n, k, j, w, 32);
+                guard = Some(buf);
+                (bp, 32)
             } else {
                 (b.add(j), n)
             };
-            let mut i = 0;
-            while i < m {
-                let ap = a.add(i * rs);
-                let cpt = c.add(i * n + j);
-                let rows = (m - i).min(8);
-                if w == 32 {
-                    match rows {
-                        8 => k512::<8, true>(k, ap, rs, cs, bp, ldb, cpt, n, m0, m1),
-                        7 => k512::<7, true>(k, ap, rs, cs, bp, ldb, cpt, n, m0, m1),
-                        6 => k512::<6, true>(k, ap, rs, cs, bp, ldb, cpt, n, m0, m1),
-                        5 => k512::<5, true>(k, ap, rs, cs, bp, ldb, cpt, n, m0, m1),
-                        4 => k512::<4, true>(k, ap, rs, cs, bp, ldb, cpt, n, m0, m1),
-                        3 => k512::<3, true>(k, ap, rs, cs, bp, ldb, cpt, n, m0, m1),
-                        2 => k512::<2, true>(k, ap, rs, cs, bp, ldb, cpt, n, m0, m1),
-                        _ => k512::<1, true>(k, ap, rs, cs, bp, ldb, cpt, n, m0, m1),
+            // k in blocks of KC rows when B was packed here: one block of the panel (32 KB) stays
+            // in L1 while every micro-tile of the rows runs over it; each tile's accumulators
+            // carry on from C between blocks (the FMA chain over k is unchanged).
+            let kc = if guard.is_some() { KC } else { k };
+            let mut p0 = 0;
+            while p0 < k {
+                let kb = kc.min(k - p0);
+                let bpk = bp.add(p0 * ldb);
+                let mut i = 0;
+                while i < m {
+                    let ap = a.add(i * rs + p0 * cs);
+                    let cpt = c.add(i * n + j);
+                    let rows = (m - i).min(8);
+                    macro_rules! go {
+                        ($f:literal, $acc:literal) => {
+                            match rows {
+                                8 => k512::<8, $f, $acc>(kb, ap, rs, cs, bpk, ldb, cpt, n, m0, m1),
+                                7 => k512::<7, $f, $acc>(kb, ap, rs, cs, bpk, ldb, cpt, n, m0, m1),
+                                6 => k512::<6, $f, $acc>(kb, ap, rs, cs, bpk, ldb, cpt, n, m0, m1),
+                                5 => k512::<5, $f, $acc>(kb, ap, rs, cs, bpk, ldb, cpt, n, m0, m1),
+                                4 => k512::<4, $f, $acc>(kb, ap, rs, cs, bpk, ldb, cpt, n, m0, m1),
+                                3 => k512::<3, $f, $acc>(kb, ap, rs, cs, bpk, ldb, cpt, n, m0, m1),
+                                2 => k512::<2, $f, $acc>(kb, ap, rs, cs, bpk, ldb, cpt, n, m0, m1),
+                                _ => k512::<1, $f, $acc>(kb, ap, rs, cs, bpk, ldb, cpt, n, m0, m1),
+                            }
+                        };
                     }
-                } else {
-                    match rows {
-                        8 => k512::<8, false>(k, ap, rs, cs, bp, ldb, cpt, n, m0, m1),
-                        7 => k512::<7, false>(k, ap, rs, cs, bp, ldb, cpt, n, m0, m1),
-                        6 => k512::<6, false>(k, ap, rs, cs, bp, ldb, cpt, n, m0, m1),
-                        5 => k512::<5, false>(k, ap, rs, cs, bp, ldb, cpt, n, m0, m1),
-                        4 => k512::<4, false>(k, ap, rs, cs, bp, ldb, cpt, n, m0, m1),
-                        3 => k512::<3, false>(k, ap, rs, cs, bp, ldb, cpt, n, m0, m1),
-                        2 => k512::<2, false>(k, ap, rs, cs, bp, ldb, cpt, n, m0, m1),
-                        _ => k512::<1, false>(k, ap, rs, cs, bp, ldb, cpt, n, m0, m1),
+                    match (w == 32, p0 > 0) {
+                        (true, false) => go!(true, false),
+                        (true, true) => go!(true, true),
+                        (false, false) => go!(false, false),
+                        (false, true) => go!(false, true),
                     }
+                    i += rows;
                 }
-                i += rows;
+                p0 += kb;
+            }
+            if let Some(buf) = guard {
+                PANEL.with(|p| *p.borrow_mut() = buf);
             }
             j += w;
         }
@@ -275,7 +359,7 @@ mod x86 {
     #[target_feature(enable = "avx512f")]
     #[inline]
     #[allow(clippy::too_many_arguments)]
-    unsafe fn k512<const MR: usize, const FULL: bool>(
+    unsafe fn k512<const MR: usize, const FULL: bool, const ACC: bool>(
         k: usize,
         a: *const f32,
         rs: usize,
@@ -289,6 +373,18 @@ mod x86 {
     ) {
         let mut c0 = [_mm512_setzero_ps(); MR];
         let mut c1 = [_mm512_setzero_ps(); MR];
+        if ACC {
+            for r in 0..MR {
+                let cr = c.add(r * ldc);
+                if FULL {
+                    c0[r] = _mm512_loadu_ps(cr);
+                    c1[r] = _mm512_loadu_ps(cr.add(16));
+                } else {
+                    c0[r] = _mm512_maskz_loadu_ps(m0, cr);
+                    c1[r] = _mm512_maskz_loadu_ps(m1, cr.add(16));
+                }
+            }
+        }
         let mut bp = b;
         for p in 0..k {
             let (b0, b1) = if FULL {
@@ -345,8 +441,14 @@ mod x86 {
                 _mm256_loadu_si256(v.as_ptr() as *const __m256i)
             };
             let (m0, m1) = (mk(0), mk(8));
+            let mut guard = None;
             let (bp, ldb) = if packed {
                 (b.add(j * k), 16)
+            } else if m >= PACK_MIN_ROWS {
+                let mut buf = PANEL.with(|p| std::mem::take(&mut *p.borrow_mut()));
+                let bp = pack_panel(&mut buf, b, n, k, j, w, 16);
+                guard = Some(buf);
+                (bp, 16)
             } else {
                 (b.add(j), n)
             };
@@ -373,6 +475,9 @@ mod x86 {
                     go!(false)
                 }
                 i += rows;
+            }
+            if let Some(buf) = guard {
+                PANEL.with(|p| *p.borrow_mut() = buf);
             }
             j += w;
         }
@@ -439,6 +544,22 @@ mod tests {
             }
         }
         c.into_iter().map(|x| x as f32).collect()
+    }
+
+    #[test]
+    fn packing_from_parts_and_transposed_matches_pack_b() {
+        let (r, c) = (45, 37);
+        let m: Vec<f32> = (0..r * c).map(|i| i as f32 * 0.5 - 7.0).collect();
+        let (top, bottom) = m.split_at(20 * c);
+        let t = crate::nn::math::transposed(&m, r, c);
+        assert_eq!(
+            pack_b_rows(&[top, bottom], r, c).data,
+            pack_b(&m, r, c).data
+        );
+        assert_eq!(
+            pack_b_transposed(&[top, bottom], r, c).data,
+            pack_b(&t, c, r).data
+        );
     }
 
     #[test]

@@ -510,7 +510,8 @@ impl SeriesRnn {
         let mut state = core.zero_state(batch);
         let logits = with_ctx!(&self.be, ctx => {
             let dw = core.upload(ctx);
-            core.forward(ctx, &dw, &Inputs::Dense(&xt), batch, tau, &mut state).logits
+            let mut fwd = core.forward(ctx, &dw, &Inputs::Dense(&xt), batch, tau, &mut state);
+            std::mem::take(&mut fwd.logits)
         });
         self.be.empty_cache();
         Ok(logits[(tau - 1) * batch..].to_vec())

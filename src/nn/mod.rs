@@ -46,6 +46,8 @@ mod lm;
 mod math;
 mod mlp;
 mod params;
+mod scratch;
+mod team;
 #[cfg(test)]
 mod tests;
 

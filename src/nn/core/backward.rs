@@ -4,6 +4,7 @@
 use super::super::backend::{Ctx, Engine};
 use super::super::gemm;
 use super::super::math::transpose;
+use super::super::scratch;
 use super::{gru, lstm, par_chunks, rnn, Core, DevW, Fwd, InKind, Inputs, Rows, RowsF64};
 use crate::nn::CellKind;
 
@@ -35,7 +36,11 @@ impl Core {
             let w = self.width(l);
             let ld = &dw.layers[l];
             let c = &fwd.caches[l];
-            let mut d = vec![0.0f32; (t + 1) * b * w];
+            // D: block s+1 holds [dG_s | dY_s]; the cells write every dG_s of blocks 0..t-1, the
+            // head part of blocks 1..t is dY; block 0's head part and block t's gates are zero.
+            let mut d = scratch::take((t + 1) * b * w);
+            d[..b * w].fill(0.0);
+            d[t * b * w..].fill(0.0);
             if top {
                 for s in 0..t {
                     for bb in 0..b {
@@ -45,7 +50,7 @@ impl Core {
                     }
                 }
             }
-            let mut dgi = vec![0.0f32; t * b * gh];
+            let mut dgi = scratch::take(t * b * gh);
             let want_norms = top && record.is_some();
             let mut rowsq = vec![0.0f64; if want_norms { t * b } else { 0 }];
             let (d_w, dgi_w, rowsq_w) = (
@@ -124,7 +129,7 @@ impl Core {
             } else {
                 let mm = |a: &[f32], out: &mut [f32]| {
                     let m = ctx.mat(a, a.len() / w, w);
-                    ctx.mm(&m, false, &ld.wext, false, out)
+                    ctx.mm(&m, false, ld.wext.as_ref().unwrap(), false, out)
                 };
                 chunk(0, b, &mm);
             }
@@ -147,11 +152,13 @@ impl Core {
             let hs_owned = std::mem::take(&mut fwd.caches[l].hs);
             let hsm = ctx.mat_owned(hs_owned, (t + 1) * b, h);
             let dmat = ctx.mat_owned(std::mem::take(&mut d), (t + 1) * b, w);
-            let mut dwt = vec![0.0f32; h * w];
+            let mut dwt = scratch::take(h * w);
             ctx.mm(&hsm, true, &dmat, false, &mut dwt);
-            drop((hsm, dmat));
+            scratch::give(hsm.host);
+            scratch::give(dmat.host);
             // [dW_hh; dW_lin] = dwt^T, one tiled transpose.
             let dw_all = super::super::math::transposed(&dwt, h, w);
+            scratch::give(dwt);
             grads[li.w_hh].copy_from_slice(&dw_all[..gh * h]);
             if top {
                 grads[self.lin_w].copy_from_slice(&dw_all[gh * h..]);
@@ -183,6 +190,7 @@ impl Core {
                 }
                 transpose(&acc, v, gh, &mut grads[li.w_ih]);
                 d_above = None;
+                scratch::give(std::mem::take(&mut dgi));
             } else {
                 let xin: &[f32] = if l > 0 {
                     &fwd.caches[l - 1].hs[b * h..]
@@ -214,6 +222,7 @@ impl Core {
                         }
                     }
                 }
+                scratch::give(dgm.host);
             }
         }
         grads

@@ -4,6 +4,7 @@
 use super::super::backend::{Ctx, Engine};
 use super::super::gemm;
 use super::super::math::softmax_ce;
+use super::super::scratch;
 use super::HiddenState;
 use super::{gru, lstm, par_chunks, rnn, Core, DevW, Fwd, InKind, Inputs, LCache, Rows, Targets};
 use crate::nn::CellKind;
@@ -26,34 +27,48 @@ impl Core {
         let o = self.out_dim;
         let p = &self.store.params;
         let mut caches: Vec<LCache> = Vec::with_capacity(nl);
-        let mut logits = vec![0.0f32; t * b * o];
+        let mut logits = scratch::take(t * b * o);
         for (l, li) in self.layers.iter().enumerate() {
             let top = l + 1 == nl;
             let w = self.width(l);
             let ld = &dw.layers[l];
             // ---- input projection for all steps: gi = x W_ih^T + b_ih (+ b_hh for RNN/LSTM)
-            let mut gi = vec![0.0f32; t * b * gh];
+            let bih = &p[li.b_ih].data;
+            let fold_bhh = self.cell != CellKind::Gru;
+            let mut bias = bih.clone();
+            if fold_bhh {
+                if let Some(bh) = li.b_hh {
+                    bias.iter_mut().zip(&p[bh].data).for_each(|(a, &c)| *a += c);
+                }
+            }
             let mut x_in = None;
-            if let Some(host) = &ld.w_ih_t_host {
+            let gi_buf: Vec<f32> = if let Some(host) = &ld.w_ih_t_host {
                 let Inputs::Tokens(x) = inp else {
                     unreachable!()
                 };
-                for (r, &tok) in x.iter().enumerate() {
+                // A one-hot input selects a row of W_ih^T: gather it with the bias added, in
+                // one pass (the same sums as a product followed by the bias).
+                let mut gi = scratch::take(t * b * gh);
+                for (&tok, dst) in x.iter().zip(gi.chunks_exact_mut(gh)) {
                     let tok = tok as usize;
-                    gi[r * gh..(r + 1) * gh].copy_from_slice(&host[tok * gh..(tok + 1) * gh]);
+                    let row = &host[tok * gh..(tok + 1) * gh];
+                    for ((d, &a), &c) in dst.iter_mut().zip(row).zip(&bias) {
+                        *d = a + c;
+                    }
                 }
+                gi
             } else {
+                let mut gi = scratch::take(t * b * gh);
                 let xin: Vec<f32> = if l > 0 {
                     caches[l - 1].hs[b * h..].to_vec()
                 } else {
                     match (inp, self.input) {
                         (Inputs::Tokens(x), InKind::Embedding { dim, .. }) => {
                             let e = &p[self.emb.unwrap()].data;
-                            let mut v = vec![0.0; x.len() * dim];
-                            for (r, &tok) in x.iter().enumerate() {
+                            let mut v = Vec::with_capacity(x.len() * dim);
+                            for &tok in x.iter() {
                                 let tok = tok as usize;
-                                v[r * dim..(r + 1) * dim]
-                                    .copy_from_slice(&e[tok * dim..(tok + 1) * dim]);
+                                v.extend_from_slice(&e[tok * dim..(tok + 1) * dim]);
                             }
                             v
                         }
@@ -66,18 +81,11 @@ impl Core {
                 }
                 let xm = ctx.mat_owned(xin, t * b, li.in_dim);
                 ctx.mm(&xm, false, ld.w_ih_t.as_ref().unwrap(), false, &mut gi);
-            }
-            let bih = &p[li.b_ih].data;
-            let fold_bhh = self.cell != CellKind::Gru;
-            let mut bias = bih.clone();
-            if fold_bhh {
-                if let Some(bh) = li.b_hh {
-                    bias.iter_mut().zip(&p[bh].data).for_each(|(a, &c)| *a += c);
+                for row in gi.chunks_exact_mut(gh) {
+                    row.iter_mut().zip(&bias).for_each(|(a, &c)| *a += c);
                 }
-            }
-            for row in gi.chunks_exact_mut(gh) {
-                row.iter_mut().zip(&bias).for_each(|(a, &c)| *a += c);
-            }
+                gi
+            };
             let bhh_gru: Option<&Vec<f32>> = if fold_bhh {
                 None
             } else {
@@ -85,17 +93,18 @@ impl Core {
             };
 
             // ---- recurrence
-            let mut hs = vec![0.0f32; (t + 1) * b * h];
+            // Every element of these is written below before it is read (scratch buffers).
+            let mut hs = scratch::take((t + 1) * b * h);
             hs[..b * h].copy_from_slice(&state.h[l]);
             let lstm = self.cell == CellKind::Lstm;
             let gru = self.cell == CellKind::Gru;
             let mut cs = if lstm {
-                vec![0.0f32; (t + 1) * b * h]
+                scratch::take((t + 1) * b * h)
             } else {
                 vec![]
             };
             let mut tcs = if lstm {
-                vec![0.0f32; t * b * h]
+                scratch::take(t * b * h)
             } else {
                 vec![]
             };
@@ -103,11 +112,15 @@ impl Core {
                 cs[..b * h].copy_from_slice(&state.c.as_ref().unwrap()[l]);
             }
             let mut gates_buf = if g > 1 {
-                vec![0.0f32; t * b * gh]
+                scratch::take(t * b * gh)
             } else {
                 vec![]
             };
-            let mut ghn = if gru { vec![0.0f32; t * b * h] } else { vec![] };
+            let mut ghn = if gru {
+                scratch::take(t * b * h)
+            } else {
+                vec![]
+            };
             // Batch rows are independent along the recurrence: with several threads each takes
             // a chunk of rows through all the steps (its own product per step, then its own
             // element-wise work), with no synchronisation per step.
@@ -118,7 +131,7 @@ impl Core {
                 Rows::new(&mut logits),
             );
             let bl = &p[self.lin_b].data;
-            let gi = &gi;
+            let gi = &gi_buf;
             let cell = self.cell;
             let act = self.act;
             // SAFETY (all `Rows::at` below): a chunk touches only rows [r0, r1) of each time
@@ -181,7 +194,7 @@ impl Core {
             } else {
                 let mm = |a: &[f32], out: &mut [f32]| {
                     let m = ctx.mat(a, a.len() / h, h);
-                    ctx.mm(&m, false, &ld.wext_t, false, out)
+                    ctx.mm(&m, false, ld.wext_t.as_ref().unwrap(), false, out)
                 };
                 chunk(0, b, &mm);
             }
@@ -189,6 +202,7 @@ impl Core {
             if lstm {
                 state.c.as_mut().unwrap()[l].copy_from_slice(&cs[t * b * h..]);
             }
+            scratch::give(gi_buf);
             caches.push(LCache {
                 hs,
                 cs,

@@ -11,7 +11,6 @@
 //!   `[dW_hh; dW_lin]^T = Hs^T · D` is one matmul over all steps.
 
 use super::backend::{Ctx, DMat, Engine};
-use super::math::transpose;
 use super::params::ParamStore;
 use super::{Activation, CellKind};
 use rand::Rng;
@@ -108,8 +107,9 @@ pub(super) struct DevW<D: Engine> {
     layers: Vec<LDev<D>>,
 }
 struct LDev<D: Engine> {
-    wext_t: DMat<D>,               // [H, W]
-    wext: DMat<D>,                 // [W, H]
+    /// Device path only: `[H, W]` and `[W, H]` (the host path uses `packed`).
+    wext_t: Option<DMat<D>>,
+    wext: Option<DMat<D>>,
     w_ih_t: Option<DMat<D>>,       // [I, GH] (dense input)
     w_ih: Option<DMat<D>>,         // [GH, I] (dense input)
     w_ih_t_host: Option<Vec<f32>>, // [V, GH] (one-hot input)
@@ -129,6 +129,18 @@ pub(super) struct LCache {
 pub(super) struct Fwd {
     pub caches: Vec<LCache>,
     pub logits: Vec<f32>, // [T*B, O]
+}
+
+impl Drop for Fwd {
+    /// The caches go back to the scratch pool for the next step.
+    fn drop(&mut self) {
+        for c in self.caches.drain(..) {
+            for v in [c.hs, c.cs, c.tcs, c.gates, c.ghn] {
+                super::scratch::give(v);
+            }
+        }
+        super::scratch::give(std::mem::take(&mut self.logits));
+    }
 }
 
 impl Core {
@@ -303,13 +315,12 @@ impl Core {
         let mut layers = Vec::new();
         for (l, li) in self.layers.iter().enumerate() {
             let w = self.width(l);
-            let mut wext = Vec::with_capacity(w * h);
-            wext.extend_from_slice(&p[li.w_hh].data);
-            if w > gh {
-                wext.extend_from_slice(&p[self.lin_w].data);
-            }
-            let mut wext_t = vec![0.0; w * h];
-            transpose(&wext, w, h, &mut wext_t);
+            // [W_hh; W_lin] ([W, H], row-major) as two parts, without a joint copy on the host.
+            let parts: Vec<&[f32]> = if w > gh {
+                vec![&p[li.w_hh].data, &p[self.lin_w].data]
+            } else {
+                vec![&p[li.w_hh].data]
+            };
             let one_hot = l == 0 && matches!(self.input, InKind::OneHot(_));
             let (w_ih_t, w_ih, host) = if one_hot {
                 (
@@ -325,16 +336,25 @@ impl Core {
                     None,
                 )
             };
-            let packed = D::HOST.then(|| {
+            let (packed, wext_t, wext) = if D::HOST {
+                let packed = (
+                    super::gemm::pack_b_transposed(&parts, w, h),
+                    super::gemm::pack_b_rows(&parts, w, h),
+                );
+                (Some(packed), None, None)
+            } else {
+                let wext: Vec<f32> = parts.concat();
+                let wext_t = super::math::transposed(&wext, w, h);
                 (
-                    super::gemm::pack_b(&wext_t, h, w),
-                    super::gemm::pack_b(&wext, w, h),
+                    None,
+                    Some(ctx.mat(&wext_t, h, w)),
+                    Some(ctx.mat(&wext, w, h)),
                 )
-            });
+            };
             layers.push(LDev {
                 packed,
-                wext_t: ctx.mat(&wext_t, h, w),
-                wext: ctx.mat(&wext, w, h),
+                wext_t,
+                wext,
                 w_ih_t,
                 w_ih,
                 w_ih_t_host: host,
@@ -400,18 +420,11 @@ impl RowsF64 {
     }
 }
 
-/// Run `f(r0, r1)` over chunks of the `b` batch rows: one chunk per rayon thread (at most one
-/// per row), in parallel; a single chunk with one thread.
+/// Run `f(r0, r1)` over chunks of the `b` batch rows: one chunk per thread of the team (at most
+/// one per row), in parallel; a single chunk with one thread.
 pub(super) fn par_chunks(b: usize, f: &(dyn Fn(usize, usize) + Sync)) {
-    let parts = rayon::current_num_threads().min(b).max(1);
-    if parts == 1 {
-        f(0, b);
-    } else {
-        use rayon::prelude::*;
-        (0..parts)
-            .into_par_iter()
-            .for_each(|p| f(b * p / parts, b * (p + 1) / parts));
-    }
+    let parts = super::team::width().min(b).max(1);
+    super::team::run(parts, &|p| f(b * p / parts, b * (p + 1) / parts));
 }
 
 /// Batch-major [b*steps+t] -> time-major [t*batch+b].
