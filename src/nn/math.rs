@@ -178,19 +178,71 @@ pub(super) fn softmax_ce(
 /// stride and was 18% of RNN 256's time).
 pub(super) fn transpose(src: &[f32], rows: usize, cols: usize, dst: &mut [f32]) {
     assert_eq!(src.len(), rows * cols);
-    assert_eq!(dst.len(), rows * cols);
+    transpose_cols(src, rows, cols, 0, cols, dst);
+}
+
+/// Columns [c0, c1) of `src` [rows × cols] transposed into `dst` [(c1 - c0) × rows]. Large
+/// ones are split over the thread team by blocks of destination rows.
+pub(super) fn transpose_cols(
+    src: &[f32],
+    rows: usize,
+    cols: usize,
+    c0: usize,
+    c1: usize,
+    dst: &mut [f32],
+) {
+    assert!(src.len() == rows * cols && c0 <= c1 && c1 <= cols);
+    assert_eq!(dst.len(), (c1 - c0) * rows);
     const T: usize = 16;
-    for r0 in (0..rows).step_by(T) {
-        let r1 = (r0 + T).min(rows);
-        for c0 in (0..cols).step_by(T) {
-            let c1 = (c0 + T).min(cols);
-            for r in r0..r1 {
-                for c in c0..c1 {
-                    dst[c * rows + r] = src[r * cols + c];
+    let blocks = (c1 - c0).div_ceil(T);
+    let parts = if dst.len() >= 1 << 16 {
+        super::team::width().min(blocks).max(1)
+    } else {
+        1
+    };
+    let out = super::core::Rows::new(dst);
+    super::team::run(parts, &|p| {
+        let (b0, b1) = (blocks * p / parts, blocks * (p + 1) / parts);
+        let (j0, j1) = (c0 + b0 * T, (c0 + b1 * T).min(c1));
+        // SAFETY: part p writes only destination rows [j0 - c0, j1 - c0).
+        let d = unsafe { out.at((j0 - c0) * rows, (j1 - j0) * rows) };
+        for r0 in (0..rows).step_by(T) {
+            let r1 = (r0 + T).min(rows);
+            for cb in (j0..j1).step_by(T) {
+                let ce = (cb + T).min(j1);
+                for r in r0..r1 {
+                    for c in cb..ce {
+                        d[(c - j0) * rows + r] = src[r * cols + c];
+                    }
                 }
             }
         }
-    }
+    });
+}
+
+/// `dst[j] += Σ_r src[r·stride + j]` for j < dst.len(), the rows added in order (the same
+/// bits however it is split); large ones split their columns over the thread team.
+pub(super) fn add_col_sums(src: &[f32], stride: usize, n: usize, dst: &mut [f32]) {
+    assert!(n <= stride && dst.len() == n && src.len().is_multiple_of(stride));
+    const BLOCK: usize = 64;
+    let blocks = n.div_ceil(BLOCK);
+    let parts = if src.len() >= 1 << 18 {
+        super::team::width().min(blocks).max(1)
+    } else {
+        1
+    };
+    let out = super::core::Rows::new(dst);
+    super::team::run(parts, &|p| {
+        let (j0, j1) = (
+            blocks * p / parts * BLOCK,
+            (blocks * (p + 1) / parts * BLOCK).min(n),
+        );
+        // SAFETY: part p writes only dst[j0..j1].
+        let d = unsafe { out.at(j0, j1 - j0) };
+        for row in src.chunks_exact(stride) {
+            d.iter_mut().zip(&row[j0..j1]).for_each(|(a, &c)| *a += c);
+        }
+    });
 }
 
 pub(super) fn transposed(src: &[f32], rows: usize, cols: usize) -> Vec<f32> {

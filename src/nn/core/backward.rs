@@ -143,10 +143,7 @@ impl Core {
                 }
             }
             if let Some(bh) = li.b_hh {
-                let gb = &mut grads[bh];
-                for row in d.chunks_exact(w) {
-                    gb.iter_mut().zip(&row[..gh]).for_each(|(a, &c)| *a += c);
-                }
+                super::super::math::add_col_sums(&d, w, gh, &mut grads[bh]);
             }
             // ---- weight gradients over all steps at once: [dW_hh; dW_lin]^T = Hs^T D
             let hs_owned = std::mem::take(&mut fwd.caches[l].hs);
@@ -156,12 +153,10 @@ impl Core {
             ctx.mm(&hsm, true, &dmat, false, &mut dwt);
             scratch::give(hsm.host);
             scratch::give(dmat.host);
-            // [dW_hh; dW_lin] = dwt^T, one tiled transpose.
-            let dw_all = super::super::math::transposed(&dwt, h, w);
-            scratch::give(dwt);
-            grads[li.w_hh].copy_from_slice(&dw_all[..gh * h]);
+            // [dW_hh; dW_lin] = dwt^T, transposed straight into the two gradients.
+            super::super::math::transpose_cols(&dwt, h, w, 0, gh, &mut grads[li.w_hh]);
             if top {
-                grads[self.lin_w].copy_from_slice(&dw_all[gh * h..]);
+                super::super::math::transpose_cols(&dwt, h, w, gh, w, &mut grads[self.lin_w]);
                 let gb = &mut grads[self.lin_b];
                 for r in 0..t * b {
                     for oo in 0..o {
@@ -169,12 +164,8 @@ impl Core {
                     }
                 }
             }
-            {
-                let gb = &mut grads[li.b_ih];
-                for row in dgi.chunks_exact(gh) {
-                    gb.iter_mut().zip(row).for_each(|(a, &c)| *a += c);
-                }
-            }
+            scratch::give(dwt);
+            super::super::math::add_col_sums(&dgi, gh, gh, &mut grads[li.b_ih]);
             // ---- input weights and input gradient
             let one_hot = l == 0 && matches!(self.input, InKind::OneHot(_));
             if one_hot {

@@ -367,7 +367,7 @@ impl Core {
 /// A time-major buffer that chunks of batch rows write from several threads: a chunk touches
 /// only its rows of each time block, so the slices handed out to different chunks never overlap.
 #[derive(Clone, Copy)]
-pub(super) struct Rows {
+pub(in crate::nn) struct Rows {
     ptr: *mut f32,
     len: usize,
 }
