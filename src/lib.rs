@@ -20,6 +20,7 @@ pub mod plan;
 pub mod status;
 
 // The store: entries and their digests, per-key claims, the human view.
+pub mod bigmem;
 pub mod cache;
 pub mod claim;
 pub mod fsutil;

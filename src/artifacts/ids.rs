@@ -75,7 +75,7 @@ pub enum IdBuf {
 
 impl IdBuf {
     pub fn with_capacity(n: usize) -> Self {
-        IdBuf::U8(Vec::with_capacity(n))
+        IdBuf::U8(crate::bigmem::with_capacity(n))
     }
 
     #[inline]
@@ -310,16 +310,19 @@ impl Ids {
         match (self.width, IdWidth::for_max(max)) {
             (IdWidth::U8, IdWidth::U8) => {
                 let t: Vec<u8> = table.iter().map(|&x| x as u8).collect();
-                IdBuf::U8(b[..n].iter().map(|&x| t[x as usize]).collect())
+                let mut out = crate::bigmem::with_capacity(n);
+                out.extend(b[..n].iter().map(|&x| t[x as usize]));
+                IdBuf::U8(out)
             }
             (IdWidth::U16, IdWidth::U16) => {
                 let t: Vec<u16> = table.iter().map(|&x| x as u16).collect();
-                IdBuf::U16(
+                let mut out = crate::bigmem::with_capacity(n);
+                out.extend(
                     b[..2 * n]
                         .chunks_exact(2)
-                        .map(|c| t[u16::from_le_bytes([c[0], c[1]]) as usize])
-                        .collect(),
-                )
+                        .map(|c| t[u16::from_le_bytes([c[0], c[1]]) as usize]),
+                );
+                IdBuf::U16(out)
             }
             _ => {
                 let mut out = IdBuf::with_capacity(n);

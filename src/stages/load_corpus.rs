@@ -172,7 +172,7 @@ pub fn clean_d2l(bytes: &[u8]) -> (Vec<u8>, usize) {
     };
     let body = bytes.strip_suffix(b"\n").unwrap_or(bytes);
     // Each byte adds at most one byte (a space is only written for a gap it replaces).
-    let mut out = vec![0u8; body.len() + 1];
+    let mut out = crate::bigmem::zeroed_bytes(body.len() + 1);
     let (mut pos, mut start, mut lines) = (0usize, 0usize, 1usize);
     let mut prev_letter = false;
     let o = out.as_mut_ptr();
@@ -205,7 +205,7 @@ pub fn clean_d2l(bytes: &[u8]) -> (Vec<u8>, usize) {
 
 /// The corpus as it is, line ends normalised to `\n`.
 fn keep_lines(bytes: &[u8]) -> (Vec<u8>, usize) {
-    let mut out = Vec::with_capacity(bytes.len());
+    let mut out = crate::bigmem::with_capacity(bytes.len());
     let mut lines = 0;
     for line in split_lines(bytes) {
         if lines > 0 {
