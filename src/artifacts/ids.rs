@@ -75,7 +75,14 @@ pub enum IdBuf {
 
 impl IdBuf {
     pub fn with_capacity(n: usize) -> Self {
-        IdBuf::U8(crate::bigmem::with_capacity(n))
+        IdBuf::U8(crate::bigmem::byte_capacity(n))
+    }
+
+    /// Hands a large one-byte buffer back for reuse by the next stage (`bigmem::recycle`).
+    pub fn recycle(self) {
+        if let IdBuf::U8(v) = self {
+            crate::bigmem::recycle(v);
+        }
     }
 
     #[inline]
@@ -310,7 +317,7 @@ impl Ids {
         match (self.width, IdWidth::for_max(max)) {
             (IdWidth::U8, IdWidth::U8) => {
                 let t: Vec<u8> = table.iter().map(|&x| x as u8).collect();
-                let mut out = crate::bigmem::with_capacity(n);
+                let mut out = crate::bigmem::byte_capacity(n);
                 out.extend(b[..n].iter().map(|&x| t[x as usize]));
                 IdBuf::U8(out)
             }

@@ -134,6 +134,7 @@ impl Stage for LoadCorpus {
             Preprocess::None => text.iter().filter(|&&b| (b as i8) >= -0x40).count(),
         } - (lines - 1);
         Lines::write(ctx, &text)?;
+        crate::bigmem::recycle(text);
         ctx.summary("lines", lines);
         ctx.summary("chars", chars);
         Ok(())
@@ -172,7 +173,7 @@ pub fn clean_d2l(bytes: &[u8]) -> (Vec<u8>, usize) {
     };
     let body = bytes.strip_suffix(b"\n").unwrap_or(bytes);
     // Each byte adds at most one byte (a space is only written for a gap it replaces).
-    let mut out = crate::bigmem::zeroed_bytes(body.len() + 1);
+    let mut out = crate::bigmem::bytes(body.len() + 1);
     let (mut pos, mut start, mut lines) = (0usize, 0usize, 1usize);
     let mut prev_letter = false;
     let o = out.as_mut_ptr();

@@ -38,7 +38,7 @@ pub fn tokenize_text<'t>(text: &'t str, unit: Unit) -> (Vec<String>, IdBuf) {
                 let mut map = [NEW; 128];
                 map[b'\n' as usize] = 0;
                 let bytes = text.as_bytes();
-                let mut ids = crate::bigmem::zeroed_bytes(bytes.len());
+                let mut ids = crate::bigmem::bytes(bytes.len());
                 let mut pos = 0;
                 for &b in bytes {
                     let mut t = map[b as usize];
@@ -265,6 +265,7 @@ impl Stage for Tokenize {
             types,
         };
         Tokens::write(ctx, &meta, &ids)?;
+        ids.recycle();
         ctx.summary("tokens_total", total);
         ctx.summary("tokens", kept);
         Ok(())
