@@ -105,6 +105,10 @@ pub struct Optimizer {
     lens: Vec<usize>,
     m: Vec<Vec<f32>>,
     v: Vec<Vec<f32>>,
+    /// With feature `cuda`: the Adam moments of the device training step (`nn::cuda`), when it
+    /// ran last; `m` and `v` are then stale and are brought back before any host use.
+    #[cfg(feature = "cuda")]
+    pub(super) cuda: Option<super::cuda::device::DevMoments>,
 }
 
 /// Adam's first and second moments, one vector per parameter tensor.
@@ -146,6 +150,8 @@ impl Optimizer {
             lens,
             m,
             v,
+            #[cfg(feature = "cuda")]
+            cuda: None,
         }
     }
 
@@ -200,6 +206,10 @@ impl Optimizer {
 
     /// The Adam moments as they are now: the host copy, or the device's when it is newer.
     fn moments_now(&self) -> Result<MomentPair> {
+        #[cfg(feature = "cuda")]
+        if let Some(d) = &self.cuda {
+            return d.download(&self.lens);
+        }
         Ok((self.m.clone(), self.v.clone()))
     }
 
@@ -211,6 +221,11 @@ impl Optimizer {
         scale: f32,
     ) -> Result<()> {
         let lens = params.lens();
+        #[cfg(feature = "cuda")]
+        if let Some(d) = self.cuda.take() {
+            // The device step ran last: its moments are the current ones.
+            (self.m, self.v) = d.download(&self.lens)?;
+        }
         match self.next_update(&lens)? {
             Update::Sgd { lr, weight_decay } => {
                 for (p, g) in params.params.iter_mut().zip(grads) {
@@ -327,6 +342,10 @@ impl Optimizer {
         self.step = step;
         self.m = m;
         self.v = v;
+        #[cfg(feature = "cuda")]
+        {
+            self.cuda = None; // the loaded moments are the current ones
+        }
         Ok(())
     }
 }
