@@ -28,7 +28,6 @@ type LaunchFn = unsafe extern "C" fn(
 struct Lib {
     launch: LaunchFn,
     names: Vec<CString>,
-    _dir: tempfile::TempDir,
 }
 
 /// Compile the kernels for the host once per test process.
@@ -87,13 +86,14 @@ fn build() -> Result<Lib, String> {
     }
     // SAFETY: emu_launch has exactly this signature (emu.h). The library stays loaded.
     let launch: LaunchFn = unsafe { std::mem::transmute::<*mut c_void, LaunchFn>(sym) };
+    // The loaded library stays mapped: its files can go.
+    drop(dir);
     Ok(Lib {
         launch,
         names: KERNELS
             .iter()
             .map(|(_, n, _)| CString::new(*n).unwrap())
             .collect(),
-        _dir: dir,
     })
 }
 
