@@ -178,28 +178,28 @@ impl Gpu for CudaGpu {
         .map_err(|e| dev_err(&format!("launching {}", k.name()), e))
     }
     fn gemm(&self, g: &Gemm) -> Result<()> {
-        // Row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T.
         use blas_sys::cublasOperation_t::{CUBLAS_OP_N, CUBLAS_OP_T};
         let op = |t: bool| if t { CUBLAS_OP_T } else { CUBLAS_OP_N };
         let i = |v: usize| v as std::ffi::c_int;
+        let c = g.col_major();
         let (alpha, beta) = (1.0f32, 0.0f32);
         // SAFETY: device addresses of buffers of these shapes (step.rs).
         unsafe {
             blas::sgemm(
                 *self.blas.handle(),
-                op(g.tb),
-                op(g.ta),
-                i(g.n),
-                i(g.m),
-                i(g.k),
+                op(c.trans_a),
+                op(c.trans_b),
+                i(c.m),
+                i(c.n),
+                i(c.k),
                 &alpha,
-                g.b as *const f32,
-                i(g.ldb),
-                g.a as *const f32,
-                i(g.lda),
+                c.a as *const f32,
+                i(c.lda),
+                c.b as *const f32,
+                i(c.ldb),
                 &beta,
-                g.c as *mut f32,
-                i(g.ldc),
+                c.c as *mut f32,
+                i(c.ldc),
             )
         }
         .map_err(|e| dev_err(&format!("cublasSgemm {}x{}x{}", g.m, g.n, g.k), e))

@@ -51,6 +51,43 @@ pub(in crate::nn) struct Gemm {
     pub ldc: usize,
 }
 
+/// The column-major (BLAS) call computing a row-major [`Gemm`]: row-major `C = op(A) op(B)` is
+/// column-major `C^T = op(B)^T op(A)^T`, and a row-major matrix read column-major is its
+/// transpose. So: `gemm(transa = tb, transb = ta, m = n, n = m, k, A = b, lda = ldb, B = a,
+/// ldb = lda, C = c, ldc)`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(in crate::nn) struct ColMajor {
+    pub trans_a: bool,
+    pub trans_b: bool,
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub a: u64,
+    pub lda: usize,
+    pub b: u64,
+    pub ldb: usize,
+    pub c: u64,
+    pub ldc: usize,
+}
+
+impl Gemm {
+    pub fn col_major(&self) -> ColMajor {
+        ColMajor {
+            trans_a: self.tb,
+            trans_b: self.ta,
+            m: self.n,
+            n: self.m,
+            k: self.k,
+            a: self.b,
+            lda: self.ldb,
+            b: self.a,
+            ldb: self.lda,
+            c: self.c,
+            ldc: self.ldc,
+        }
+    }
+}
+
 /// What the step needs from a device. All work is ordered (one stream).
 pub(in crate::nn) trait Gpu {
     type Buf: Buf;
@@ -1183,5 +1220,84 @@ impl<G: Gpu> Trainer<G> {
             tokens: tb,
             grad_norm: stats[1] as f32,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// BLAS semantics (column-major, as cublasSgemm): C[i + j*ldc] = sum_p op(A)(i,p) op(B)(p,j).
+    fn blas_sgemm(g: &ColMajor, a: &[f32], b: &[f32], c: &mut [f32]) {
+        for j in 0..g.n {
+            for i in 0..g.m {
+                let mut acc = 0.0f32;
+                for p in 0..g.k {
+                    let x = if g.trans_a {
+                        a[p + i * g.lda]
+                    } else {
+                        a[i + p * g.lda]
+                    };
+                    let y = if g.trans_b {
+                        b[j + p * g.ldb]
+                    } else {
+                        b[p + j * g.ldb]
+                    };
+                    acc += x * y;
+                }
+                c[i + j * g.ldc] = acc;
+            }
+        }
+    }
+
+    /// The mapping the CUDA device uses for cuBLAS gives the row-major product, for every
+    /// transpose combination and with row strides wider than the rows.
+    #[test]
+    fn row_major_products_map_onto_blas() {
+        let (m, n, k) = (3usize, 4usize, 5usize);
+        let val = |i: usize| ((i * 7919) % 23) as f32 - 11.0;
+        for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+            // A stored [m, k] (or [k, m] when ta) with a padded stride; B likewise.
+            let (ar, ac) = if ta { (k, m) } else { (m, k) };
+            let (br, bc) = if tb { (n, k) } else { (k, n) };
+            let (lda, ldb, ldc) = (ac + 2, bc + 1, n + 3);
+            let a: Vec<f32> = (0..ar * lda).map(val).collect();
+            let b: Vec<f32> = (0..br * ldb).map(|i| val(i + 5)).collect();
+            let at = |i: usize, p: usize| if ta { a[p * lda + i] } else { a[i * lda + p] };
+            let bt = |p: usize, j: usize| if tb { b[j * ldb + p] } else { b[p * ldb + j] };
+            let mut want = vec![f32::NAN; m * ldc];
+            for i in 0..m {
+                for j in 0..n {
+                    want[i * ldc + j] = (0..k).map(|p| at(i, p) * bt(p, j)).sum();
+                }
+            }
+            let g = Gemm {
+                ta,
+                tb,
+                m,
+                n,
+                k,
+                a: 0,
+                lda,
+                b: 1,
+                ldb,
+                c: 2,
+                ldc,
+            };
+            let cm = g.col_major();
+            // The call's A is our B and its B our A (addresses 1 and 0 above).
+            assert_eq!((cm.a, cm.b, cm.c), (1, 0, 2));
+            let mut got = vec![f32::NAN; m * ldc];
+            blas_sgemm(&cm, &b, &a, &mut got);
+            for i in 0..m {
+                for j in 0..n {
+                    assert_eq!(
+                        got[i * ldc + j],
+                        want[i * ldc + j],
+                        "ta {ta} tb {tb} ({i},{j})"
+                    );
+                }
+            }
+        }
     }
 }
