@@ -1,19 +1,30 @@
 #!/usr/bin/env bash
 # Run ON the GPU machine (H100, driver 580 / CUDA 13.0, no Rust), from the repo root, against a
-# cuda binary built elsewhere by scripts/build-cuda.sh.
+# cuda binary built elsewhere by scripts/build-cuda.sh. One short run (a few minutes of device
+# time), meant to be the only command of a device session.
 #
 #   bash scripts/gpu-check.sh [BIN] [SMOKE_BIN]
 #     BIN        default target/cuda/release/seqpipe   (carry BIN and BIN.cuda/)
 #     SMOKE_BIN  optional dfdx smoke binary, run first (carry it and SMOKE_BIN.cuda/ too)
 #
-# Env: OUT (logs go there when set), GPU_CHECK_TIMEOUT (seconds per command, default 180),
-#      GPU_CHECK_EPOCHS (default 20), GPU_CHECK_PIPELINE (a pipeline to run on cuda with 3 epochs), GPU_CHECK_BENCH_ARGS (extra args for both bench runs),
-#      GPU_CHECK_SKIP_CPU=1 (skip the cpu bench), GPU_CHECK_LIB_DIRS (extra library dirs to try first).
+# Env: OUT (logs go there; default a temp dir), GPU_CHECK_TIMEOUT (seconds per command, default
+#      180), GPU_CHECK_EPOCHS (default 20), GPU_CHECK_CELLS (bench cells, default
+#      rnn_scratch,rnn,gru,lstm), GPU_CHECK_HIDDEN (default 256), GPU_CHECK_LAYERS=0 (skip the
+#      1/3/20-layer runs of pipelines/ex8_6_2.yaml), GPU_CHECK_PIPELINE (another pipeline to run
+#      on cuda with 3 epochs), GPU_CHECK_BENCH_ARGS (extra args for both bench runs),
+#      GPU_CHECK_SKIP_CPU=1 (skip the cpu runs, and so the loss comparison),
+#      GPU_CHECK_EXACT_EPOCHS (epochs whose losses must agree to 6 digits, default 3),
+#      GPU_CHECK_REQUIRE_TARGETS=1 (a missed speed target fails the script),
+#      GPU_CHECK_LIB_DIRS (extra library dirs to try first).
 #
 # What it does: prints the GPU/driver, finds the CUDA 13 runtime libraries present there
 # (libcuda, libnvrtc(+builtins), libcublas, libcublasLt) and sets LD_LIBRARY_PATH, recreates the
-# absolute NVRTC include paths baked into each binary (from BIN.cuda/paths.env), then runs the
-# smoke binary and `BIN bench --device cuda|cpu --epochs N`, each under `timeout`.
+# absolute NVRTC include paths baked into each binary (from BIN.cuda/paths.env), runs the smoke
+# binary, `BIN bench --device cuda|cpu --epochs N` (the parity config, one layer) and
+# pipelines/ex8_6_2.yaml (nn.RNN 256 with 1, 3 and 20 layers) on cuda and on cpu, each under
+# `timeout`. Then it compares the per-epoch losses of cuda and cpu (the first
+# GPU_CHECK_EXACT_EPOCHS to 6 significant digits, all within 2%) and prints tokens/s beside the
+# seed's GPU figures and the targets of the issue "CUDA: whole recurrent steps on the device".
 set -uo pipefail
 
 BIN="${1:-target/cuda/release/seqpipe}"
@@ -21,8 +32,11 @@ SMOKE="${2:-}"
 T="${GPU_CHECK_TIMEOUT:-180}"
 EPOCHS="${GPU_CHECK_EPOCHS:-20}"
 read -r -a EXTRA <<<"${GPU_CHECK_BENCH_ARGS:-}"
-LOGDIR="${OUT:-}"
-[ -n "$LOGDIR" ] && mkdir -p "$LOGDIR"
+CELLS="${GPU_CHECK_CELLS:-rnn_scratch,rnn,gru,lstm}"
+HIDDEN="${GPU_CHECK_HIDDEN:-256}"
+EXACT="${GPU_CHECK_EXACT_EPOCHS:-3}"
+LOGDIR="${OUT:-$(mktemp -d /tmp/gpu-check.XXXXXX)}"
+mkdir -p "$LOGDIR"
 export RUST_BACKTRACE=1
 
 say() { printf '%s\n' "$*"; [ -n "$LOGDIR" ] && printf '%s\n' "$*" >>"$LOGDIR/gpu-check.log"; return 0; }
@@ -186,30 +200,107 @@ prepare_bin() {
 if [ -n "$SMOKE" ]; then
   prepare_bin "$SMOKE" && { hdr "smoke"; step smoke "$SMOKE"; }
 fi
+LAYER_RUNS=()
+# ex8_6_2 (nn.RNN 256, 1/3/20 layers, the parity config) on one device; keeps its metrics and speed
+layers_run() {  # layers_run DEVICE
+  local dev="$1" d
+  [ -f pipelines/ex8_6_2.yaml ] || { say "!! pipelines/ex8_6_2.yaml missing"; return 0; }
+  step "layers-$dev" "$BIN" run pipelines/ex8_6_2.yaml --device "$dev" --set "train.epochs=$EPOCHS"
+  for d in outputs/ex8_6_2/train*; do
+    [ -f "$d/speed.csv" ] || continue
+    local n; n="$(basename "$d" | sed -n 's/.*num_layers=\([0-9]*\).*/\1/p')"
+    [ -n "$n" ] || continue
+    mkdir -p "$LOGDIR/layers-$dev"
+    cp "$d/speed.csv" "$LOGDIR/layers-$dev/speed-$n.csv"
+    cp "$d/metrics.csv" "$LOGDIR/layers-$dev/metrics-$n.csv"
+  done
+  LAYER_RUNS+=("$dev")
+}
+
 if prepare_bin "$BIN"; then
   hdr "bench cuda"
-  step bench-cuda "$BIN" bench --device cuda --epochs "$EPOCHS" "${EXTRA[@]}"
+  step bench-cuda "$BIN" bench --device cuda --epochs "$EPOCHS" --cell "$CELLS" --hidden "$HIDDEN" "${EXTRA[@]}"
+  if [ "${GPU_CHECK_LAYERS:-1}" != 0 ]; then hdr "layers on cuda"; layers_run cuda; fi
   if [ -n "${GPU_CHECK_PIPELINE:-}" ]; then
     hdr "pipeline on cuda"
     step pipeline-cuda "$BIN" run "$GPU_CHECK_PIPELINE" --device cuda --set '*.epochs=3'
   fi
   if [ "${GPU_CHECK_SKIP_CPU:-0}" != 1 ]; then
     hdr "bench cpu"
-    step bench-cpu "$BIN" bench --device cpu --epochs "$EPOCHS" "${EXTRA[@]}"
+    step bench-cpu "$BIN" bench --device cpu --epochs "$EPOCHS" --cell "$CELLS" --hidden "$HIDDEN" "${EXTRA[@]}"
+    if [ "${GPU_CHECK_LAYERS:-1}" != 0 ]; then hdr "layers on cpu"; layers_run cpu; fi
   fi
 fi
 
 # ---- compare the per-epoch losses of the two devices -------------------------------------------
-if [ -n "$LOGDIR" ] && [ -f "$LOGDIR/bench-cuda.log" ] && [ -f "$LOGDIR/bench-cpu.log" ]; then
-  hdr "cuda vs cpu losses"
-  paste <(grep '^losses' "$LOGDIR/bench-cuda.log" | cut -d: -f2 | tr ' ' '\n' | grep .) \
-        <(grep '^losses' "$LOGDIR/bench-cpu.log" | cut -d: -f2 | tr ' ' '\n' | grep .) |
-    awk '{d=$1-$2; if(d<0)d=-d; r=d/($2>0?$2:1); if(r>m)m=r; n++; printf "epoch %d  cuda %s  cpu %s  rel.diff %.2e\n", n, $1, $2, r}
-         END {printf "max relative difference over %d epochs: %.3e\n", n, m; exit (n>0 && m<2e-2)?0:1}' | tee -a "$LOGDIR/gpu-check.log"
-  RESULTS+=("compare=${PIPESTATUS[1]}")
+# pairs of loss lists, one "name: l1 l2 ..." line each, from the bench logs and the ex8_6_2 metrics
+losses_of() {  # losses_of DEVICE -> "NAME: l1 l2 ..." lines
+  local dev="$1" f n
+  [ -f "$LOGDIR/bench-$dev.log" ] && sed -n 's/^losses \([^:]*\): /bench \1: /p' "$LOGDIR/bench-$dev.log"
+  for f in "$LOGDIR/layers-$dev"/metrics-*.csv; do
+    [ -f "$f" ] || continue
+    n="$(basename "$f" .csv)"; n="${n#metrics-}"
+    printf 'ex8_6_2 %s layers: %s\n' "$n" "$(awk -F, 'NR==1{for(i=1;i<=NF;i++) if($i=="loss") c=i; next} c{printf "%s ", $c}' "$f")"
+  done
+}
+if [ -f "$LOGDIR/bench-cuda.log" ] && [ -f "$LOGDIR/bench-cpu.log" ]; then
+  hdr "cuda vs cpu losses (first $EXACT epochs to 6 significant digits, all within 2%)"
+  losses_of cuda >"$LOGDIR/losses-cuda.txt"
+  losses_of cpu >"$LOGDIR/losses-cpu.txt"
+  awk -v exact="$EXACT" -F': ' '
+    NR==FNR { cu[$1]=$2; next }
+    ($1 in cu) {
+      n1=split(cu[$1], a, " "); n2=split($2, b, " "); n=(n1<n2)?n1:n2; m=0; bad=0; first=0
+      for (i=1;i<=n;i++) {
+        d=a[i]-b[i]; if(d<0)d=-d; r=d/((b[i]>0)?b[i]:1); if(r>m)m=r
+        if (i<=exact && r>5e-6) bad=1
+        if (r<=5e-6 && first==i-1) first=i
+      }
+      ok=(n>0 && !bad && m<2e-2)
+      printf "%-22s epochs %2d  same to 6 digits for the first %2d  max rel.diff %.2e  %s\n", $1, n, first, m, ok?"ok":"MISMATCH"
+      if (!ok) fail=1; seen++
+    }
+    END { if (!seen) { print "no runs to compare"; exit 1 } exit fail }' \
+    "$LOGDIR/losses-cuda.txt" "$LOGDIR/losses-cpu.txt" | tee -a "$LOGDIR/gpu-check.log"
+  RESULTS+=("compare=${PIPESTATUS[0]}")
 fi
 
+# ---- tokens/s: ours beside the seed's and the targets -------------------------------------------
+bench_speed() {  # bench_speed DEVICE CELL HIDDEN -> median tokens/s from the bench table
+  [ -f "$LOGDIR/bench-$1.log" ] || return 0
+  awk -v c="$2" -v h="$3" '$1==c && $2==h && $3 ~ /^[0-9]+$/ {print $3; exit}' "$LOGDIR/bench-$1.log"
+}
+layer_speed() {  # layer_speed DEVICE N -> median tokens/s over the epochs of speed.csv
+  local f="$LOGDIR/layers-$1/speed-$2.csv"
+  [ -f "$f" ] || return 0
+  awk -F, 'NR==1{for(i=1;i<=NF;i++) if($i=="tokens_per_s") c=i; next} c{print $c}' "$f" |
+    sort -g | awk '{v[NR]=$1} END {if (NR) printf "%.0f\n", v[int((NR+1)/2)]}'
+}
+hdr "tokens/s ($EPOCHS epochs of the parity config; median over epochs)"
+say "seed: the seed's own PyTorch + d2l runs on its author's GPU; target: the issue, on an H100"
+say "$(printf '%-22s %10s %10s %12s %12s  %s' config seed target cuda cpu 'cuda vs target')"
+MISSED=0
+row() {  # row NAME SEED TARGET CUDA CPU
+  local verdict="-"
+  if [ "$3" != "-" ]; then
+    if [ -z "$4" ]; then verdict="not measured"
+    elif [ "$4" -ge "$3" ]; then verdict="met ($(awk -v a="$4" -v b="$3" 'BEGIN{printf "%.2fx", a/b}'))"
+    else verdict="MISSED ($(awk -v a="$4" -v b="$3" 'BEGIN{printf "%.2fx", a/b}'))"; MISSED=$((MISSED+1)); fi
+  fi
+  say "$(printf '%-22s %10s %10s %12s %12s  %s' "$1" "$2" "$3" "${4:--}" "${5:--}" "$verdict")"
+}
+row "rnn_scratch 256"      389000  -       "$(bench_speed cuda rnn_scratch 256)" "$(bench_speed cpu rnn_scratch 256)"
+row "rnn 256"              564000  1200000 "$(bench_speed cuda rnn 256)"         "$(bench_speed cpu rnn 256)"
+row "gru 256"              -       600000  "$(bench_speed cuda gru 256)"         "$(bench_speed cpu gru 256)"
+row "lstm 256"             -       600000  "$(bench_speed cuda lstm 256)"        "$(bench_speed cpu lstm 256)"
+row "rnn 256, 3 layers"    188000  -       "$(layer_speed cuda 3)"               "$(layer_speed cpu 3)"
+row "rnn 256, 20 layers"   29700   60000   "$(layer_speed cuda 20)"              "$(layer_speed cpu 20)"
+say "(ex8_6_2's 1-layer run, for reference: cuda $(layer_speed cuda 1) cpu $(layer_speed cpu 1))"
+say "speed targets missed: $MISSED of 4"
+[ "${GPU_CHECK_REQUIRE_TARGETS:-0}" = 1 ] && RESULTS+=("targets=$MISSED")
+
 hdr "summary"
+say "logs in $LOGDIR"
 say "${RESULTS[*]}"
 for r in "${RESULTS[@]}"; do [ "${r##*=}" = 0 ] || exit 1; done
 exit 0

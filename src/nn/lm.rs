@@ -15,6 +15,9 @@ use super::{Activation, CellKind, DeviceKind, InputMode, LmSpec, Sampling, StepS
 /// How often (in train steps) the device allocation cache is emptied.
 const EMPTY_CACHE_EVERY: u64 = 8;
 
+/// (name, shape, values) of every parameter.
+type Named = Vec<(String, Vec<usize>, Vec<f32>)>;
+
 /// (exported name, exported shape, internal param index, transposed on export)
 type Layout = Vec<(String, Vec<usize>, usize, bool)>;
 
@@ -179,6 +182,9 @@ pub struct LanguageModel {
     spec: LmSpec,
     core: Core,
     be: Backend,
+    /// The device-resident training step's state on CUDA (`nn::cuda`).
+    #[cfg(feature = "cuda")]
+    cuda: super::cuda::device::Resident,
 }
 
 impl ParamSet for LanguageModel {
@@ -219,7 +225,35 @@ impl LanguageModel {
             spec: spec.clone(),
             core,
             be,
+            #[cfg(feature = "cuda")]
+            cuda: Default::default(),
         })
+    }
+
+    /// The model's weights as they are now: with feature `cuda`, after device training steps,
+    /// a copy with the device's weights (the host copy is stale then).
+    fn host_core(&self) -> Result<std::borrow::Cow<'_, Core>> {
+        #[cfg(feature = "cuda")]
+        if let Some(core) = self.cuda.synced_core(&self.core)? {
+            return Ok(std::borrow::Cow::Owned(core));
+        }
+        Ok(std::borrow::Cow::Borrowed(&self.core))
+    }
+
+    /// Bring a hidden state that a CUDA training step left on the device back to the host.
+    fn state_to_host(&self, state: &mut HiddenState) -> Result<()> {
+        if state.on_device.is_none() {
+            return Ok(());
+        }
+        #[cfg(feature = "cuda")]
+        if self.cuda.pull_state(state)? {
+            return Ok(());
+        }
+        nn_bail!(
+            Invalid,
+            "this hidden state is stale or belongs to another model's CUDA training step; use \
+             the state this model's last train_step returned, or a fresh one from zero_state"
+        )
     }
 
     pub fn spec(&self) -> &LmSpec {
@@ -263,6 +297,14 @@ impl LanguageModel {
         self.core.check_state(state, batch)?;
         let xt = to_time_major(x, batch, steps);
         let yt = to_time_major(y, batch, steps);
+        #[cfg(feature = "cuda")]
+        if let Backend::Cuda(_) = &self.be {
+            let c = &self.core;
+            return self
+                .cuda
+                .train_step(c, opt, &xt, &yt, batch, steps, state, clip);
+        }
+        self.state_to_host(state)?;
         core_train(
             &mut self.core,
             &self.be,
@@ -287,9 +329,10 @@ impl LanguageModel {
     ) -> Result<(f64, usize)> {
         self.check_io(x, Some(y), batch, steps)?;
         self.core.check_state(state, batch)?;
+        self.state_to_host(state)?;
         let xt = to_time_major(x, batch, steps);
         let yt = to_time_major(y, batch, steps);
-        let core = &self.core;
+        let core = &*self.host_core()?;
         let (s, n) = with_ctx!(&self.be, ctx => {
             let dw = core.upload(ctx);
             let fwd = core.forward(ctx, &dw, &Inputs::Tokens(&xt), batch, steps, state);
@@ -313,7 +356,7 @@ impl LanguageModel {
             nn_bail!(Invalid, "predict needs a non-empty prefix");
         }
         check_tokens(prefix, self.spec.vocab, "prefix")?;
-        let core = &self.core;
+        let core = &*self.host_core()?;
         let v = self.spec.vocab;
         let out = with_ctx!(&self.be, ctx => {
             let dw = core.upload(ctx);
@@ -363,7 +406,7 @@ impl LanguageModel {
         self.check_io(x, None, batch, steps)?;
         let xt = to_time_major(x, batch, steps);
         let mut state = self.core.zero_state(batch);
-        let core = &self.core;
+        let core = &*self.host_core()?;
         let rows = with_ctx!(&self.be, ctx => {
             let dw = core.upload(ctx);
             let f = core.forward(ctx, &dw, &Inputs::Tokens(&xt), batch, steps, &mut state);
@@ -384,7 +427,7 @@ impl LanguageModel {
         self.check_io(x, Some(y), batch, steps)?;
         let xt = to_time_major(x, batch, steps);
         let yt = to_time_major(y, batch, steps);
-        let core = &self.core;
+        let core = &*self.host_core()?;
         let mut state = core.zero_state(batch);
         let mut norms = Vec::new();
         with_ctx!(&self.be, ctx => {
@@ -399,20 +442,31 @@ impl LanguageModel {
     }
 
     /// Named tensors in PyTorch state_dict names/layouts (RnnScratch: W_xh, W_hh, b_h, W_hq, b_q).
+    ///
+    /// With feature `cuda`, after device training steps this copies the weights from the device;
+    /// it panics if that copy fails (`save_safetensors` returns the error instead).
     pub fn named_tensors(&self) -> Vec<(String, Vec<usize>, Vec<f32>)> {
-        core_named(&self.core, self.scratch())
+        self.try_named_tensors()
+            .unwrap_or_else(|e| panic!("named_tensors: {e:#}"))
+    }
+
+    fn try_named_tensors(&self) -> Result<Named> {
+        Ok(core_named(&*self.host_core()?, self.scratch()))
     }
 
     pub fn save_safetensors(&self, path: &Path) -> Result<()> {
         let mut meta = std::collections::HashMap::new();
         meta.insert("lm_spec".to_string(), serde_json::to_string(&self.spec)?);
-        write_safetensors(path, &self.named_tensors(), Some(meta))
+        write_safetensors(path, &self.try_named_tensors()?, Some(meta))
     }
 
     /// Exact round trip of `save_safetensors`; errors on missing/extra names or shape mismatch.
     pub fn load_safetensors(&mut self, path: &Path) -> Result<()> {
         let scratch = self.scratch();
-        core_load(&mut self.core, scratch, path)
+        core_load(&mut self.core, scratch, path)?;
+        #[cfg(feature = "cuda")]
+        self.cuda.host_changed();
+        Ok(())
     }
 
     pub fn num_params(&self) -> usize {

@@ -22,7 +22,8 @@
 //! `h_t·[W_hh;W_lin]^T` and `[dG,dY]·[W_hh;W_lin]` are matmuls; the weight gradients are one matmul
 //! over all steps; element-wise math (fast rational tanh, sigmoid, softmax-CE, gate math) runs in
 //! plain loops. The same generic code runs on `Cuda` (feature `cuda`), there with a host round trip
-//! per matmul (correct, not fast). The fast path is `DeviceKind::Cpu`.
+//! per matmul (correct, not fast); a `LanguageModel`'s training step on `Cuda` instead runs
+//! entirely on the device (`cuda`: fused kernels plus cuBLAS, weights and state resident).
 
 /// `nn_bail!(Invalid, "...", args)`: return an [`NnError`] of that kind (as an anyhow error, so
 /// callers keep `?` and context), its message formatted like `format!`.
@@ -41,6 +42,7 @@ macro_rules! nn_err {
 
 pub(crate) mod backend;
 mod core;
+mod cuda;
 mod gemm;
 mod lm;
 mod math;

@@ -115,6 +115,33 @@ pub struct Optimizer {
     lens: Vec<usize>,
     m: Vec<Vec<f32>>,
     v: Vec<Vec<f32>>,
+    /// With feature `cuda`: the Adam moments of the device training step (`nn::cuda`), when it
+    /// ran last; `m` and `v` are then stale and are brought back before any host use.
+    #[cfg(feature = "cuda")]
+    pub(super) cuda: Option<super::cuda::device::DevMoments>,
+}
+
+/// Adam's first and second moments, one vector per parameter tensor.
+pub(super) type MomentPair = (Vec<Vec<f32>>, Vec<Vec<f32>>);
+
+/// The scalars of one optimizer update (computed as `Optimizer::apply` uses them), for the
+/// device step's update kernels.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(super) enum Update {
+    Sgd {
+        lr: f32,
+        weight_decay: f32,
+    },
+    Adam {
+        /// lr / (1 - beta1^t)
+        step_size: f32,
+        beta1: f32,
+        beta2: f32,
+        eps: f32,
+        weight_decay: f32,
+        /// sqrt(1 - beta2^t)
+        bc2_sqrt: f32,
+    },
 }
 
 impl Optimizer {
@@ -133,6 +160,8 @@ impl Optimizer {
             lens,
             m,
             v,
+            #[cfg(feature = "cuda")]
+            cuda: None,
         }
     }
 
@@ -144,14 +173,8 @@ impl Optimizer {
         self.step
     }
 
-    /// Apply one update with gradients multiplied by `scale` (the clipping factor).
-    pub(super) fn apply(
-        &mut self,
-        params: &mut ParamStore,
-        grads: &[Vec<f32>],
-        scale: f32,
-    ) -> Result<()> {
-        let lens = params.lens();
+    /// Check the model's sizes, count the step and return its update scalars.
+    pub(super) fn next_update(&mut self, lens: &[usize]) -> Result<Update> {
         if lens != self.lens {
             nn_bail!(
                 Weights,
@@ -161,15 +184,8 @@ impl Optimizer {
             );
         }
         self.step += 1;
-        match self.spec {
-            OptimSpec::Sgd { lr, weight_decay } => {
-                for (p, g) in params.params.iter_mut().zip(grads) {
-                    for (w, &gi) in p.data.iter_mut().zip(g) {
-                        let gg = gi * scale + weight_decay * *w;
-                        *w -= lr * gg;
-                    }
-                }
-            }
+        Ok(match self.spec {
+            OptimSpec::Sgd { lr, weight_decay } => Update::Sgd { lr, weight_decay },
             OptimSpec::Adam {
                 lr,
                 beta1,
@@ -180,8 +196,63 @@ impl Optimizer {
                 let t = self.step as i32;
                 let bc1 = 1.0 - beta1.powi(t);
                 let bc2 = 1.0 - beta2.powi(t);
-                let step_size = lr / bc1;
-                let bc2_sqrt = bc2.sqrt();
+                Update::Adam {
+                    step_size: lr / bc1,
+                    beta1,
+                    beta2,
+                    eps,
+                    weight_decay,
+                    bc2_sqrt: bc2.sqrt(),
+                }
+            }
+        })
+    }
+
+    /// The host Adam moments (empty for SGD), for the device step's first upload.
+    #[cfg(any(test, feature = "cuda"))]
+    pub(super) fn host_moments(&self) -> (&[Vec<f32>], &[Vec<f32>]) {
+        (&self.m, &self.v)
+    }
+
+    /// The Adam moments as they are now: the host copy, or the device's when it is newer.
+    fn moments_now(&self) -> Result<MomentPair> {
+        #[cfg(feature = "cuda")]
+        if let Some(d) = &self.cuda {
+            return d.download(&self.lens);
+        }
+        Ok((self.m.clone(), self.v.clone()))
+    }
+
+    /// Apply one update with gradients multiplied by `scale` (the clipping factor).
+    pub(super) fn apply(
+        &mut self,
+        params: &mut ParamStore,
+        grads: &[Vec<f32>],
+        scale: f32,
+    ) -> Result<()> {
+        let lens = params.lens();
+        #[cfg(feature = "cuda")]
+        if let Some(d) = self.cuda.take() {
+            // The device step ran last: its moments are the current ones.
+            (self.m, self.v) = d.download(&self.lens)?;
+        }
+        match self.next_update(&lens)? {
+            Update::Sgd { lr, weight_decay } => {
+                for (p, g) in params.params.iter_mut().zip(grads) {
+                    for (w, &gi) in p.data.iter_mut().zip(g) {
+                        let gg = gi * scale + weight_decay * *w;
+                        *w -= lr * gg;
+                    }
+                }
+            }
+            Update::Adam {
+                step_size,
+                beta1,
+                beta2,
+                eps,
+                weight_decay,
+                bc2_sqrt,
+            } => {
                 for (i, (p, g)) in params.params.iter_mut().zip(grads).enumerate() {
                     let (m, v) = (&mut self.m[i], &mut self.v[i]);
                     for j in 0..p.data.len() {
@@ -201,10 +272,11 @@ impl Optimizer {
     /// Save the optimizer state (spec, step count, Adam moments) as safetensors.
     pub fn save(&self, path: &Path) -> Result<()> {
         let mut tensors = Vec::new();
-        for (i, m) in self.m.iter().enumerate() {
+        let (ms, vs) = self.moments_now()?;
+        for (i, m) in ms.iter().enumerate() {
             tensors.push((format!("m.{i}"), vec![m.len()], m.clone()));
         }
-        for (i, v) in self.v.iter().enumerate() {
+        for (i, v) in vs.iter().enumerate() {
             tensors.push((format!("v.{i}"), vec![v.len()], v.clone()));
         }
         let mut meta = HashMap::new();
@@ -280,6 +352,10 @@ impl Optimizer {
         self.step = step;
         self.m = m;
         self.v = v;
+        #[cfg(feature = "cuda")]
+        {
+            self.cuda = None; // the loaded moments are the current ones
+        }
         Ok(())
     }
 }

@@ -18,6 +18,10 @@ use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal, Uniform};
 
 mod backward;
+/// The kernels of `nn::cuda`, compiled for the host, against the cells (here to reach them).
+#[cfg(test)]
+#[path = "../cuda/host_test.rs"]
+mod cuda_host_test;
 mod forward;
 mod gru;
 mod lstm;
@@ -51,6 +55,9 @@ pub struct HiddenState {
     pub(super) hidden: usize,
     pub(super) h: Vec<Vec<f32>>,
     pub(super) c: Option<Vec<Vec<f32>>>,
+    /// Set by the CUDA training step (`nn::cuda`): (session, step) whose device buffers hold the
+    /// current values; `h` and `c` are then stale. `None`: `h` and `c` are current.
+    pub(super) on_device: Option<(u64, u64)>,
 }
 
 impl HiddenState {
@@ -64,6 +71,7 @@ impl HiddenState {
     }
     /// Reset to zeros (same shape).
     pub fn reset(&mut self) {
+        self.on_device = None;
         self.h.iter_mut().for_each(|v| v.fill(0.0));
         if let Some(c) = &mut self.c {
             c.iter_mut().for_each(|v| v.fill(0.0));
@@ -278,6 +286,7 @@ impl Core {
             } else {
                 None
             },
+            on_device: None,
         }
     }
 

@@ -1,0 +1,1303 @@
+//! The training step of a token language model (`rnn_scratch`, `rnn`, `gru`, `lstm`; one or more
+//! layers; one-hot or embedding input; SGD or Adam; optional global-norm clipping) with
+//! everything on the device, written once against [`Gpu`] (a real CUDA device in `device.rs`,
+//! the host emulation in `emu.rs`).
+//!
+//! Per step: the token ids go up (one copy); then, all on the device and in one stream: the
+//! input projection of every step (a gather for one-hot input, else one product), per time step
+//! one product `h W_hh^T` and one fused cell kernel, the output layer for all steps as one
+//! product, softmax cross-entropy, `dY W_lin` for all steps as one product, per time step one
+//! product `dG W_hh` and one fused backward kernel, the weight gradients as one product each,
+//! the bias gradients as column sums, the global norm and the clipping factor, the optimizer
+//! update. Then the loss sum and the gradient norm come back (24 bytes): the step's only
+//! transfer to the host. Parameters, gradients, Adam moments and the hidden state stay on the
+//! device between steps.
+//!
+//! The math is the CPU path's (`core::{forward, backward}`), restructured for the device: the
+//! CPU folds the output layer into the top layer's per-step product (the "extended" matrix); here
+//! the output layer and its gradient run once over all steps. Same sums, other summation order.
+
+use super::K;
+use crate::nn::core::{Core, HiddenState, InKind};
+use crate::nn::params::{MomentPair, ParamStore, Update};
+use crate::nn::{Activation, CellKind, StepStats};
+use anyhow::Result;
+use std::ffi::c_void;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Device memory: a byte buffer at a fixed device address. `Clone` copies the contents.
+pub(in crate::nn) trait Buf: Clone {
+    fn ptr(&self) -> u64;
+    /// Host to device, at byte offset `off` (waits for the device's earlier work).
+    fn write(&mut self, off: usize, src: &[u8]) -> Result<()>;
+    /// Device to host, from byte offset `off` (waits for the device's earlier work).
+    fn read(&self, off: usize, dst: &mut [u8]) -> Result<()>;
+}
+
+/// A row-major product `C[m, n] = op(A) op(B)` (op: transposed when the flag is set), `C`
+/// overwritten. Addresses are device addresses; `ld*` the row strides in elements.
+#[derive(Clone, Copy, Debug)]
+pub(in crate::nn) struct Gemm {
+    pub ta: bool,
+    pub tb: bool,
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub a: u64,
+    pub lda: usize,
+    pub b: u64,
+    pub ldb: usize,
+    pub c: u64,
+    pub ldc: usize,
+}
+
+/// The column-major (BLAS) call computing a row-major [`Gemm`]: row-major `C = op(A) op(B)` is
+/// column-major `C^T = op(B)^T op(A)^T`, and a row-major matrix read column-major is its
+/// transpose. So: `gemm(transa = tb, transb = ta, m = n, n = m, k, A = b, lda = ldb, B = a,
+/// ldb = lda, C = c, ldc)`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(in crate::nn) struct ColMajor {
+    pub trans_a: bool,
+    pub trans_b: bool,
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub a: u64,
+    pub lda: usize,
+    pub b: u64,
+    pub ldb: usize,
+    pub c: u64,
+    pub ldc: usize,
+}
+
+impl Gemm {
+    pub fn col_major(&self) -> ColMajor {
+        ColMajor {
+            trans_a: self.tb,
+            trans_b: self.ta,
+            m: self.n,
+            n: self.m,
+            k: self.k,
+            a: self.b,
+            lda: self.ldb,
+            b: self.a,
+            ldb: self.lda,
+            c: self.c,
+            ldc: self.ldc,
+        }
+    }
+}
+
+/// What the step needs from a device. All work is ordered (one stream).
+pub(in crate::nn) trait Gpu {
+    type Buf: Buf;
+    /// Make the device current for this thread.
+    fn bind(&self) -> Result<()>;
+    /// A zeroed buffer of at least `bytes` bytes (aligned to 256 bytes).
+    fn alloc(&self, bytes: usize) -> Result<Self::Buf>;
+    /// Launch kernel `k` on a 1-d grid; `params` as for cuLaunchKernel.
+    fn launch(&self, k: K, grid: u32, block: u32, params: &mut [*mut c_void]) -> Result<()>;
+    fn gemm(&self, g: &Gemm) -> Result<()>;
+    fn copy(&self, dst: u64, src: u64, bytes: usize) -> Result<()>;
+    fn zero(&self, dst: u64, bytes: usize) -> Result<()>;
+    /// Threads per block of the element-wise kernels.
+    fn block(&self) -> u32;
+    /// Most blocks of the first pass of the gradient norm.
+    fn reduce_blocks(&self) -> u32;
+}
+
+/// A kernel argument (stored in an 8-byte slot; 4-byte values in its low bytes).
+#[derive(Clone, Copy, Debug)]
+pub(in crate::nn) enum Arg {
+    /// A device address (0: null).
+    P(u64),
+    I(i32),
+    L(i64),
+    F(f32),
+}
+
+pub(in crate::nn) fn launch<G: Gpu>(
+    gpu: &G,
+    k: K,
+    grid: u32,
+    block: u32,
+    args: &[Arg],
+) -> Result<()> {
+    let mut slots: Vec<u64> = args
+        .iter()
+        .map(|a| match *a {
+            Arg::P(p) => p,
+            Arg::I(v) => v as u32 as u64,
+            Arg::L(v) => v as u64,
+            Arg::F(v) => v.to_bits() as u64,
+        })
+        .collect();
+    let mut ptrs: Vec<*mut c_void> = slots
+        .iter_mut()
+        .map(|s| s as *mut u64 as *mut c_void)
+        .collect();
+    gpu.launch(k, grid.max(1), block, &mut ptrs)
+}
+
+fn blocks(n: usize, block: u32) -> u32 {
+    n.div_ceil(block as usize).max(1) as u32
+}
+
+/// Launch an element-wise kernel over `n` threads.
+fn launch_n<G: Gpu>(gpu: &G, k: K, n: usize, args: &[Arg]) -> Result<()> {
+    let bs = gpu.block();
+    launch(gpu, k, blocks(n, bs), bs, args)
+}
+
+pub(in crate::nn) fn f32_bytes(v: &[f32]) -> &[u8] {
+    // SAFETY: f32 has no padding and any byte is a valid u8.
+    unsafe { std::slice::from_raw_parts(v.as_ptr() as *const u8, std::mem::size_of_val(v)) }
+}
+pub(in crate::nn) fn f32_bytes_mut(v: &mut [f32]) -> &mut [u8] {
+    // SAFETY: as above, and every bit pattern is a valid f32.
+    unsafe { std::slice::from_raw_parts_mut(v.as_mut_ptr() as *mut u8, std::mem::size_of_val(v)) }
+}
+fn i32_bytes(v: &[i32]) -> &[u8] {
+    // SAFETY: as for f32.
+    unsafe { std::slice::from_raw_parts(v.as_ptr() as *const u8, std::mem::size_of_val(v)) }
+}
+
+/// Byte offsets of the parts of one allocation (each aligned to 256 bytes).
+#[derive(Default)]
+struct Arena {
+    bytes: usize,
+}
+impl Arena {
+    fn take(&mut self, bytes: usize) -> usize {
+        let off = self.bytes;
+        self.bytes += bytes.div_ceil(256).max(1) * 256;
+        off
+    }
+    fn f32s(&mut self, n: usize) -> usize {
+        self.take(4 * n)
+    }
+}
+
+/// Adam's moments on the device: flat, in the parameter store's order.
+pub(in crate::nn) struct Moments<B: Buf> {
+    m: B,
+    v: B,
+    total: usize,
+}
+impl<B: Buf> Clone for Moments<B> {
+    fn clone(&self) -> Self {
+        Self {
+            m: self.m.clone(),
+            v: self.v.clone(),
+            total: self.total,
+        }
+    }
+}
+impl<B: Buf> std::fmt::Debug for Moments<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Moments {{ on the device, {} values each }}", self.total)
+    }
+}
+impl<B: Buf> Moments<B> {
+    /// (m, v) per parameter tensor of sizes `lens`.
+    pub fn download(&self, lens: &[usize]) -> Result<MomentPair> {
+        if lens.iter().sum::<usize>() != self.total {
+            nn_bail!(
+                Weights,
+                "device Adam moments hold {} values, the optimizer's sizes {:?} need {}",
+                self.total,
+                lens,
+                lens.iter().sum::<usize>()
+            );
+        }
+        let mut out = Vec::new();
+        for b in [&self.m, &self.v] {
+            let mut flat = vec![0.0f32; self.total];
+            b.read(0, f32_bytes_mut(&mut flat))?;
+            out.push(split(&flat, lens));
+        }
+        let v = out.pop().unwrap();
+        let m = out.pop().unwrap();
+        Ok((m, v))
+    }
+}
+
+fn split(flat: &[f32], lens: &[usize]) -> Vec<Vec<f32>> {
+    let mut out = Vec::with_capacity(lens.len());
+    let mut o = 0;
+    for &n in lens {
+        out.push(flat[o..o + n].to_vec());
+        o += n;
+    }
+    out
+}
+
+/// Per-layer device buffers of one (batch, steps) shape (addresses).
+struct LWs {
+    hs: u64,    // (T+1) blocks [B, H]; block 0 the initial state
+    gi: u64,    // [T*B, GH]: input projection plus the folded biases
+    gates: u64, // GRU r,z,n / LSTM i,f,g,o [T*B, GH]
+    ghn: u64,   // GRU: W_hn h + b_hn [T*B, H]
+    cs: u64,    // LSTM: (T+1) blocks [B, H]
+    tcs: u64,   // LSTM: tanh(c_t) [T*B, H]
+}
+
+/// Device buffers of one (batch, steps) shape.
+struct Ws<B: Buf> {
+    b: usize,
+    t: usize,
+    buf: B,
+    base: u64,
+    layers: Vec<LWs>,
+    ghh: u64,      // per-step product [B, GH]
+    xin: u64,      // embedding rows [T*B, dim]
+    logits: u64,   // [T*B, O]
+    dy: u64,       // dLoss/dlogits [T*B, O]
+    row_loss: u64, // f64 [T*B]
+    dhy: u64,      // dY W_lin [T*B, H]
+    dhmm: u64,     // per-step product dG W_hh [B, H]
+    carry: u64,    // GRU dh through z / LSTM dc [B, H]
+    dg: u64,       // [T*B, GH] gradients at W_hh's outputs (RNN/LSTM: also W_ih's)
+    dgi: u64,      // GRU: [T*B, GH] gradients at W_ih's outputs
+    d_above: u64,  // [T*B, H] gradient from the layer above
+    dx: u64,       // embedding: [T*B, dim]
+    tokens: u64,   // i32: x [T*B], y [T*B], order [T*B], starts [V+1]
+    tokens_off: usize,
+    partial: u64, // f64 [np]
+    np: usize,
+    stats: u64, // f64 [3]: loss sum, grad norm, clip scale
+    stats_off: usize,
+}
+
+/// The device hidden state between steps, per layer [B, H] (h, and c for LSTM).
+struct StateBufs<B: Buf> {
+    b: usize,
+    buf: B,
+    h: Vec<u64>,
+    c: Vec<u64>,
+}
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// The device side of one model: its parameters, gradients, hidden state and work buffers.
+pub(in crate::nn) struct Trainer<G: Gpu> {
+    gpu: G,
+    id: u64,
+    lens: Vec<usize>,
+    offs: Vec<usize>,
+    total: usize,
+    params: G::Buf,
+    grads: G::Buf,
+    /// The host parameters changed (weights loaded): upload them before the next step.
+    pub host_newer: bool,
+    /// The device parameters changed since they were uploaded: the host copy is stale.
+    pub dev_newer: bool,
+    ws: Option<Ws<G::Buf>>,
+    state: Option<StateBufs<G::Buf>>,
+    steps: u64,
+}
+
+impl<G: Gpu> Trainer<G> {
+    /// Upload the parameters of `core`.
+    pub fn new(gpu: G, core: &Core) -> Result<Self> {
+        gpu.bind()?;
+        let lens = core.store.lens();
+        let mut offs = Vec::with_capacity(lens.len());
+        let mut total = 0;
+        for &n in &lens {
+            offs.push(total);
+            total += n;
+        }
+        let params = gpu.alloc(4 * total)?;
+        let grads = gpu.alloc(4 * total)?;
+        let mut tr = Self {
+            gpu,
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            lens,
+            offs,
+            total,
+            params,
+            grads,
+            host_newer: false,
+            dev_newer: false,
+            ws: None,
+            state: None,
+            steps: 0,
+        };
+        tr.upload_params(&core.store)?;
+        Ok(tr)
+    }
+
+    /// A copy on the same device (parameters copied there; no hidden state: states tagged by
+    /// `self` are refused by the copy).
+    pub fn try_clone(&self) -> Result<Self>
+    where
+        G: Clone,
+    {
+        Ok(Self {
+            gpu: self.gpu.clone(),
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            lens: self.lens.clone(),
+            offs: self.offs.clone(),
+            total: self.total,
+            params: self.params.clone(),
+            grads: self.gpu.alloc(4 * self.total)?,
+            host_newer: self.host_newer,
+            dev_newer: self.dev_newer,
+            ws: None,
+            state: None,
+            steps: 0,
+        })
+    }
+
+    fn upload_params(&mut self, store: &ParamStore) -> Result<()> {
+        if store.lens() != self.lens {
+            nn_bail!(
+                Weights,
+                "device copy has parameter sizes {:?}, the model {:?}",
+                self.lens,
+                store.lens()
+            );
+        }
+        let flat: Vec<f32> = store
+            .params
+            .iter()
+            .flat_map(|p| p.data.iter().copied())
+            .collect();
+        self.params.write(0, f32_bytes(&flat))?;
+        self.host_newer = false;
+        self.dev_newer = false;
+        Ok(())
+    }
+
+    /// Write the device parameters into `store` (same sizes).
+    pub fn download_params(&self, store: &mut ParamStore) -> Result<()> {
+        if store.lens() != self.lens {
+            nn_bail!(
+                Weights,
+                "device copy has parameter sizes {:?}, the model {:?}",
+                self.lens,
+                store.lens()
+            );
+        }
+        self.gpu.bind()?;
+        let mut flat = vec![0.0f32; self.total];
+        self.params.read(0, f32_bytes_mut(&mut flat))?;
+        for (p, d) in store.params.iter_mut().zip(split(&flat, &self.lens)) {
+            p.data = d;
+        }
+        Ok(())
+    }
+
+    /// Adam moments on this device from the optimizer's host copy.
+    pub fn moments_from_host(&self, m: &[Vec<f32>], v: &[Vec<f32>]) -> Result<Moments<G::Buf>> {
+        let lens_m: Vec<usize> = m.iter().map(Vec::len).collect();
+        let lens_v: Vec<usize> = v.iter().map(Vec::len).collect();
+        if lens_m != self.lens || lens_v != self.lens {
+            nn_bail!(
+                Weights,
+                "Adam moments have sizes {lens_m:?}/{lens_v:?}, the model {:?}",
+                self.lens
+            );
+        }
+        self.gpu.bind()?;
+        let mut out = Vec::new();
+        for x in [m, v] {
+            let flat: Vec<f32> = x.iter().flat_map(|p| p.iter().copied()).collect();
+            let mut b = self.gpu.alloc(4 * self.total)?;
+            b.write(0, f32_bytes(&flat))?;
+            out.push(b);
+        }
+        let v = out.pop().unwrap();
+        let m = out.pop().unwrap();
+        Ok(Moments {
+            m,
+            v,
+            total: self.total,
+        })
+    }
+
+    /// The tag of the device hidden state the last step left.
+    fn tag(&self) -> (u64, u64) {
+        (self.id, self.steps)
+    }
+
+    /// If `st` is this trainer's current device state: copy it to the host (`h`, `c`), untag it
+    /// and return true. Otherwise false (nothing changes).
+    pub fn pull_state(&self, st: &mut HiddenState) -> Result<bool> {
+        let Some(sb) = &self.state else {
+            return Ok(false);
+        };
+        if st.on_device != Some(self.tag()) || sb.b != st.batch {
+            return Ok(false);
+        }
+        self.gpu.bind()?;
+        let base = sb.buf.ptr();
+        for (l, h) in st.h.iter_mut().enumerate() {
+            sb.buf.read((sb.h[l] - base) as usize, f32_bytes_mut(h))?;
+        }
+        if let Some(c) = &mut st.c {
+            for (l, c) in c.iter_mut().enumerate() {
+                sb.buf.read((sb.c[l] - base) as usize, f32_bytes_mut(c))?;
+            }
+        }
+        st.on_device = None;
+        Ok(true)
+    }
+
+    /// Inputs of a step that this device code cannot take, or that do not fit `core`.
+    pub fn check(
+        &self,
+        core: &Core,
+        x: &[u32],
+        y: &[u32],
+        b: usize,
+        t: usize,
+        state: &HiddenState,
+    ) -> Result<()> {
+        let vocab = match core.input {
+            InKind::OneHot(v) => v,
+            InKind::Embedding { vocab, .. } => vocab,
+            InKind::Dense(_) => nn_bail!(
+                Invalid,
+                "the CUDA training step takes token models only (this model has dense input)"
+            ),
+        };
+        if b == 0 || t == 0 || x.len() != b * t || y.len() != b * t {
+            nn_bail!(
+                Invalid,
+                "CUDA step: x and y need batch*steps = {b}*{t} tokens (got {} and {})",
+                x.len(),
+                y.len()
+            );
+        }
+        if let Some(&bad) = x.iter().find(|&&v| v as usize >= vocab) {
+            nn_bail!(Invalid, "x contains token {bad} >= vocab {vocab}");
+        }
+        if let Some(&bad) = y.iter().find(|&&v| v as usize >= core.out_dim) {
+            nn_bail!(
+                Invalid,
+                "y contains token {bad} >= output size {}",
+                core.out_dim
+            );
+        }
+        if b * t * core.out_dim.max(core.g() * core.hidden) > i32::MAX as usize {
+            nn_bail!(
+                Invalid,
+                "CUDA step: batch*steps*width = {}*{}*{} exceeds the kernels' 32-bit sizes",
+                b,
+                t,
+                core.out_dim.max(core.g() * core.hidden)
+            );
+        }
+        core.check_state(state, b)?;
+        if let Some(tag) = state.on_device {
+            if tag != self.tag() {
+                nn_bail!(
+                    Invalid,
+                    "this hidden state is stale: it was left on the device by {} (a copy made \
+                     before a later step, or another model); use the state the last train_step \
+                     returned, or a fresh one from zero_state",
+                    if tag.0 == self.id {
+                        format!(
+                            "step {} of this model, which is now at step {}",
+                            tag.1, self.steps
+                        )
+                    } else {
+                        "another model's CUDA step".to_string()
+                    }
+                );
+            }
+        }
+        Ok(())
+    }
+
+    fn ensure_ws(&mut self, core: &Core, b: usize, t: usize) -> Result<()> {
+        if self.ws.as_ref().is_some_and(|w| w.b == b && w.t == t) {
+            return Ok(());
+        }
+        self.ws = None; // free the old buffers first
+        let (h, g, nl, o) = (core.hidden, core.g(), core.layers.len(), core.out_dim);
+        let gh = g * h;
+        let (tb, bh) = (t * b, b * h);
+        let cell = core.cell;
+        let (vocab, dim) = match core.input {
+            InKind::OneHot(v) => (v, 0),
+            InKind::Embedding { vocab, dim } => (vocab, dim),
+            InKind::Dense(_) => unreachable!("checked"),
+        };
+        let mut a = Arena::default();
+        let mut lay = Vec::with_capacity(nl);
+        for _ in 0..nl {
+            let hs = a.f32s((t + 1) * bh);
+            let gi = a.f32s(tb * gh);
+            let gates = if g > 1 { a.f32s(tb * gh) } else { usize::MAX };
+            let ghn = if cell == CellKind::Gru {
+                a.f32s(tb * h)
+            } else {
+                usize::MAX
+            };
+            let (cs, tcs) = if cell == CellKind::Lstm {
+                (a.f32s((t + 1) * bh), a.f32s(tb * h))
+            } else {
+                (usize::MAX, usize::MAX)
+            };
+            lay.push([hs, gi, gates, ghn, cs, tcs]);
+        }
+        let ghh = a.f32s(b * gh);
+        let xin = if dim > 0 {
+            a.f32s(tb * dim)
+        } else {
+            usize::MAX
+        };
+        let logits = a.f32s(tb * o);
+        let dy = a.f32s(tb * o);
+        let row_loss = a.take(8 * tb);
+        let dhy = a.f32s(tb * h);
+        let dhmm = a.f32s(bh);
+        let carry = a.f32s(bh);
+        let dg = a.f32s(tb * gh);
+        let dgi = if cell == CellKind::Gru {
+            a.f32s(tb * gh)
+        } else {
+            usize::MAX
+        };
+        let d_above = if nl > 1 { a.f32s(tb * h) } else { usize::MAX };
+        let dx = if dim > 0 {
+            a.f32s(tb * dim)
+        } else {
+            usize::MAX
+        };
+        let tokens = a.take(4 * (3 * tb + vocab + 1));
+        let np = blocks(self.total, self.gpu.block()).min(self.gpu.reduce_blocks()) as usize;
+        let partial = a.take(8 * np);
+        let stats = a.take(8 * 3);
+        let buf = self.gpu.alloc(a.bytes)?;
+        let base = buf.ptr();
+        // Absent parts get address 0 (null): a kernel that touched one would fail loudly.
+        let at = |off: usize| {
+            if off == usize::MAX {
+                0
+            } else {
+                base + off as u64
+            }
+        };
+        let layers = lay
+            .iter()
+            .map(|&[hs, gi, gates, ghn, cs, tcs]| LWs {
+                hs: at(hs),
+                gi: at(gi),
+                gates: at(gates),
+                ghn: at(ghn),
+                cs: at(cs),
+                tcs: at(tcs),
+            })
+            .collect();
+        self.ws = Some(Ws {
+            b,
+            t,
+            base,
+            layers,
+            ghh: at(ghh),
+            xin: at(xin),
+            logits: at(logits),
+            dy: at(dy),
+            row_loss: at(row_loss),
+            dhy: at(dhy),
+            dhmm: at(dhmm),
+            carry: at(carry),
+            dg: at(dg),
+            dgi: at(dgi),
+            d_above: at(d_above),
+            dx: at(dx),
+            tokens: at(tokens),
+            tokens_off: tokens,
+            partial: at(partial),
+            np,
+            stats: at(stats),
+            stats_off: stats,
+            buf,
+        });
+        Ok(())
+    }
+
+    /// Make the device state hold `st`: keep it when `st` is tagged with the current state,
+    /// else upload `st`'s host values (zeros by a memset).
+    fn ensure_state(&mut self, core: &Core, st: &HiddenState) -> Result<()> {
+        let (b, h, nl) = (st.batch, core.hidden, core.layers.len());
+        let lstm = core.cell == CellKind::Lstm;
+        if st.on_device == Some(self.tag()) && self.state.as_ref().is_some_and(|s| s.b == b) {
+            return Ok(());
+        }
+        if self.state.as_ref().is_none_or(|s| s.b != b) {
+            self.state = None;
+            let mut a = Arena::default();
+            let hs: Vec<usize> = (0..nl).map(|_| a.f32s(b * h)).collect();
+            let cs: Vec<usize> = if lstm {
+                (0..nl).map(|_| a.f32s(b * h)).collect()
+            } else {
+                vec![]
+            };
+            let buf = self.gpu.alloc(a.bytes)?;
+            let base = buf.ptr();
+            self.state = Some(StateBufs {
+                b,
+                h: hs.iter().map(|&o| base + o as u64).collect(),
+                c: cs.iter().map(|&o| base + o as u64).collect(),
+                buf,
+            });
+        }
+        let sb = self.state.as_mut().unwrap();
+        let base = sb.buf.ptr();
+        let host =
+            st.h.iter()
+                .zip(&sb.h)
+                .chain(st.c.iter().flat_map(|c| c.iter()).zip(if lstm {
+                    &sb.c[..]
+                } else {
+                    &[][..]
+                }));
+        let host: Vec<(&Vec<f32>, u64)> = host.map(|(v, &a)| (v, a)).collect();
+        for (v, addr) in host {
+            if v.iter().all(|&x| x == 0.0) {
+                self.gpu.zero(addr, 4 * v.len())?;
+            } else {
+                sb.buf.write((addr - base) as usize, f32_bytes(v))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// One training step (inputs time-major, as `Core` takes them): forward, loss, BPTT,
+    /// clipping and the update `upd` (from `Optimizer::next_update`; `moments` for Adam), all on
+    /// the device. `state` is left tagged with the device state after the step.
+    #[allow(clippy::too_many_arguments)]
+    pub fn step(
+        &mut self,
+        core: &Core,
+        upd: Update,
+        moments: Option<&mut Moments<G::Buf>>,
+        x: &[u32],
+        y: &[u32],
+        b: usize,
+        t: usize,
+        state: &mut HiddenState,
+        clip: Option<f32>,
+    ) -> Result<StepStats> {
+        self.check(core, x, y, b, t, state)?;
+        if let (Update::Adam { .. }, None) = (upd, &moments) {
+            nn_bail!(Invalid, "internal: an Adam step without device moments");
+        }
+        self.gpu.bind()?;
+        if self.host_newer {
+            self.upload_params(&core.store)?;
+        }
+        self.ensure_ws(core, b, t)?;
+        self.ensure_state(core, state)?;
+
+        let (h, g, nl, o) = (core.hidden, core.g(), core.layers.len(), core.out_dim);
+        let gh = g * h;
+        let (tb, bh) = (t * b, b * h);
+        let cell = core.cell;
+        let relu = i32::from(core.act == Activation::Relu);
+        let (vocab, dim) = match core.input {
+            InKind::OneHot(v) => (v, 0),
+            InKind::Embedding { vocab, dim } => (vocab, dim),
+            InKind::Dense(_) => unreachable!("checked"),
+        };
+
+        // ---- tokens: x, y, and the rows of x grouped by token (stable) for the input gradients
+        let mut tok = Vec::with_capacity(3 * tb + vocab + 1);
+        tok.extend(x.iter().map(|&v| v as i32));
+        tok.extend(y.iter().map(|&v| v as i32));
+        let mut starts = vec![0i32; vocab + 1];
+        for &v in x {
+            starts[v as usize + 1] += 1;
+        }
+        for i in 0..vocab {
+            starts[i + 1] += starts[i];
+        }
+        let mut fill = starts.clone();
+        let mut order = vec![0i32; tb];
+        for (r, &v) in x.iter().enumerate() {
+            order[fill[v as usize] as usize] = r as i32;
+            fill[v as usize] += 1;
+        }
+        tok.extend_from_slice(&order);
+        tok.extend_from_slice(&starts);
+        {
+            let ws = self.ws.as_mut().unwrap();
+            let off = ws.tokens_off;
+            ws.buf.write(off, i32_bytes(&tok))?;
+        }
+
+        let gpu = &self.gpu;
+        let ws = self.ws.as_ref().unwrap();
+        let sb = self.state.as_ref().unwrap();
+        let (pbase, gbase) = (self.params.ptr(), self.grads.ptr());
+        let p = |i: usize| pbase + 4 * self.offs[i] as u64;
+        let gr = |i: usize| gbase + 4 * self.offs[i] as u64;
+        let f = |base: u64, elems: usize| base + 4 * elems as u64;
+        let tok_x = ws.tokens;
+        let tok_y = f(ws.tokens, tb);
+        let order = f(ws.tokens, 2 * tb);
+        let starts = f(ws.tokens, 3 * tb);
+        use Arg::{F, I, L, P};
+        let (tbi, ghi, hi, bi) = (tb as i32, gh as i32, h as i32, b as i32);
+        let mm = |ta, tb_, m, n, k, a, lda, bb, ldb, c, ldc| {
+            gpu.gemm(&Gemm {
+                ta,
+                tb: tb_,
+                m,
+                n,
+                k,
+                a,
+                lda,
+                b: bb,
+                ldb,
+                c,
+                ldc,
+            })
+        };
+
+        // ---- forward
+        for (l, li) in core.layers.iter().enumerate() {
+            let lw = &ws.layers[l];
+            let bhh_fold = match (cell, li.b_hh) {
+                (CellKind::Gru, _) | (_, None) => 0,
+                (_, Some(bh)) => p(bh),
+            };
+            match (l, core.input) {
+                (0, InKind::OneHot(v)) => launch_n(
+                    gpu,
+                    K::GatherOnehot,
+                    tb * gh,
+                    &[
+                        P(lw.gi),
+                        P(p(li.w_ih)),
+                        P(p(li.b_ih)),
+                        P(bhh_fold),
+                        P(tok_x),
+                        I(tbi),
+                        I(ghi),
+                        I(v as i32),
+                    ],
+                )?,
+                _ => {
+                    let (xin, in_dim) = if l == 0 {
+                        let e = core.emb.expect("embedding input has a table");
+                        launch_n(
+                            gpu,
+                            K::GatherRows,
+                            tb * dim,
+                            &[P(ws.xin), P(p(e)), P(tok_x), I(tbi), I(dim as i32)],
+                        )?;
+                        (ws.xin, dim)
+                    } else {
+                        (f(ws.layers[l - 1].hs, bh), h)
+                    };
+                    debug_assert_eq!(in_dim, li.in_dim);
+                    // gi [TB, GH] = X [TB, I] W_ih^T (W_ih [GH, I])
+                    mm(
+                        false,
+                        true,
+                        tb,
+                        gh,
+                        in_dim,
+                        xin,
+                        in_dim,
+                        p(li.w_ih),
+                        in_dim,
+                        lw.gi,
+                        gh,
+                    )?;
+                    launch_n(
+                        gpu,
+                        K::AddBias,
+                        tb * gh,
+                        &[P(lw.gi), P(p(li.b_ih)), P(bhh_fold), I(tbi), I(ghi)],
+                    )?;
+                }
+            }
+            gpu.copy(lw.hs, sb.h[l], 4 * bh)?;
+            if cell == CellKind::Lstm {
+                gpu.copy(lw.cs, sb.c[l], 4 * bh)?;
+            }
+            for s in 0..t {
+                let hp = f(lw.hs, s * bh);
+                let hc = f(lw.hs, (s + 1) * bh);
+                // ghh [B, GH] = h_s [B, H] W_hh^T
+                mm(false, true, b, gh, h, hp, h, p(li.w_hh), h, ws.ghh, gh)?;
+                let gi_s = f(lw.gi, s * b * gh);
+                match cell {
+                    CellKind::Rnn | CellKind::RnnScratch => launch_n(
+                        gpu,
+                        K::RnnFwd,
+                        bh,
+                        &[I(relu), P(gi_s), P(ws.ghh), P(hc), I(bh as i32)],
+                    )?,
+                    CellKind::Gru => launch_n(
+                        gpu,
+                        K::GruFwd,
+                        bh,
+                        &[
+                            P(gi_s),
+                            P(ws.ghh),
+                            P(p(li.b_hh.expect("GRU has b_hh"))),
+                            P(hp),
+                            P(f(lw.gates, s * b * gh)),
+                            P(f(lw.ghn, s * bh)),
+                            P(hc),
+                            I(bi),
+                            I(hi),
+                        ],
+                    )?,
+                    CellKind::Lstm => launch_n(
+                        gpu,
+                        K::LstmFwd,
+                        bh,
+                        &[
+                            P(gi_s),
+                            P(ws.ghh),
+                            P(f(lw.cs, s * bh)),
+                            P(f(lw.gates, s * b * gh)),
+                            P(f(lw.cs, (s + 1) * bh)),
+                            P(f(lw.tcs, s * bh)),
+                            P(hc),
+                            I(bi),
+                            I(hi),
+                        ],
+                    )?,
+                }
+            }
+            gpu.copy(sb.h[l], f(lw.hs, t * bh), 4 * bh)?;
+            if cell == CellKind::Lstm {
+                gpu.copy(sb.c[l], f(lw.cs, t * bh), 4 * bh)?;
+            }
+        }
+
+        // ---- output layer and loss (all steps at once)
+        let top = &ws.layers[nl - 1];
+        let hs1 = f(top.hs, bh); // h_1 .. h_T: [TB, H]
+        mm(
+            false,
+            true,
+            tb,
+            o,
+            h,
+            hs1,
+            h,
+            p(core.lin_w),
+            h,
+            ws.logits,
+            o,
+        )?;
+        launch_n(
+            gpu,
+            K::AddBias,
+            tb * o,
+            &[P(ws.logits), P(p(core.lin_b)), P(0), I(tbi), I(o as i32)],
+        )?;
+        let scale = 1.0 / (t * b) as f32;
+        launch(
+            gpu,
+            K::SoftmaxCe,
+            tb as u32,
+            gpu.block().min(128),
+            &[
+                P(ws.logits),
+                P(tok_y),
+                P(ws.dy),
+                P(ws.row_loss),
+                I(o as i32),
+                F(scale),
+            ],
+        )?;
+
+        // ---- backward
+        // dh from the output layer for all steps: [TB, H] = dY [TB, O] W_lin [O, H]
+        mm(
+            false,
+            false,
+            tb,
+            h,
+            o,
+            ws.dy,
+            o,
+            p(core.lin_w),
+            h,
+            ws.dhy,
+            h,
+        )?;
+        // dW_lin [O, H] = dY^T Hs_1..T
+        mm(true, false, o, h, tb, ws.dy, o, hs1, h, gr(core.lin_w), h)?;
+        launch_n(
+            gpu,
+            K::ColSum,
+            o,
+            &[P(ws.dy), I(tbi), I(o as i32), P(gr(core.lin_b)), P(0)],
+        )?;
+        let mut extra = ws.dhy;
+        for l in (0..nl).rev() {
+            let li = &core.layers[l];
+            let lw = &ws.layers[l];
+            let dgi = if cell == CellKind::Gru { ws.dgi } else { ws.dg };
+            gpu.zero(ws.carry, 4 * bh)?;
+            for tt in (1..=t).rev() {
+                let s = tt - 1;
+                let mmp = if tt < t {
+                    // dh_tt [B, H] = dG_tt [B, GH] W_hh [GH, H]
+                    mm(
+                        false,
+                        false,
+                        b,
+                        h,
+                        gh,
+                        f(ws.dg, tt * b * gh),
+                        gh,
+                        p(li.w_hh),
+                        h,
+                        ws.dhmm,
+                        h,
+                    )?;
+                    ws.dhmm
+                } else {
+                    0
+                };
+                let ex = f(extra, s * bh);
+                let dg_s = f(ws.dg, s * b * gh);
+                match cell {
+                    CellKind::Rnn | CellKind::RnnScratch => launch_n(
+                        gpu,
+                        K::RnnBwd,
+                        bh,
+                        &[
+                            I(relu),
+                            P(mmp),
+                            P(ex),
+                            P(f(lw.hs, tt * bh)),
+                            P(dg_s),
+                            I(bh as i32),
+                        ],
+                    )?,
+                    CellKind::Gru => launch_n(
+                        gpu,
+                        K::GruBwd,
+                        bh,
+                        &[
+                            P(mmp),
+                            P(ex),
+                            P(f(lw.gates, s * b * gh)),
+                            P(f(lw.ghn, s * bh)),
+                            P(f(lw.hs, s * bh)),
+                            P(ws.carry),
+                            P(dg_s),
+                            P(f(dgi, s * b * gh)),
+                            I(bi),
+                            I(hi),
+                        ],
+                    )?,
+                    CellKind::Lstm => launch_n(
+                        gpu,
+                        K::LstmBwd,
+                        bh,
+                        &[
+                            P(mmp),
+                            P(ex),
+                            P(f(lw.gates, s * b * gh)),
+                            P(f(lw.cs, s * bh)),
+                            P(f(lw.tcs, s * bh)),
+                            P(ws.carry),
+                            P(dg_s),
+                            I(bi),
+                            I(hi),
+                        ],
+                    )?,
+                }
+            }
+            // dW_hh [GH, H] = dG^T [GH, TB] Hs_0..T-1 [TB, H]
+            mm(true, false, gh, h, tb, ws.dg, gh, lw.hs, h, gr(li.w_hh), h)?;
+            match li.b_hh {
+                Some(bh_i) if cell == CellKind::Gru => {
+                    launch_n(
+                        gpu,
+                        K::ColSum,
+                        gh,
+                        &[P(ws.dg), I(tbi), I(ghi), P(gr(bh_i)), P(0)],
+                    )?;
+                    launch_n(
+                        gpu,
+                        K::ColSum,
+                        gh,
+                        &[P(dgi), I(tbi), I(ghi), P(gr(li.b_ih)), P(0)],
+                    )?;
+                }
+                Some(bh_i) => launch_n(
+                    gpu,
+                    K::ColSum,
+                    gh,
+                    &[P(ws.dg), I(tbi), I(ghi), P(gr(bh_i)), P(gr(li.b_ih))],
+                )?,
+                None => launch_n(
+                    gpu,
+                    K::ColSum,
+                    gh,
+                    &[P(ws.dg), I(tbi), I(ghi), P(gr(li.b_ih)), P(0)],
+                )?,
+            }
+            match (l, core.input) {
+                (0, InKind::OneHot(v)) => launch_n(
+                    gpu,
+                    K::ScatterRows,
+                    v * gh,
+                    &[
+                        P(gr(li.w_ih)),
+                        P(dgi),
+                        P(order),
+                        P(starts),
+                        I(v as i32),
+                        I(ghi),
+                        I(1),
+                        I(v as i32),
+                    ],
+                )?,
+                _ => {
+                    let in_dim = li.in_dim;
+                    let xin = if l > 0 {
+                        f(ws.layers[l - 1].hs, bh)
+                    } else {
+                        ws.xin
+                    };
+                    // dW_ih [GH, I] = dGi^T X
+                    mm(
+                        true,
+                        false,
+                        gh,
+                        in_dim,
+                        tb,
+                        dgi,
+                        gh,
+                        xin,
+                        in_dim,
+                        gr(li.w_ih),
+                        in_dim,
+                    )?;
+                    // dX [TB, I] = dGi W_ih
+                    let dx = if l > 0 { ws.d_above } else { ws.dx };
+                    mm(
+                        false,
+                        false,
+                        tb,
+                        in_dim,
+                        gh,
+                        dgi,
+                        gh,
+                        p(li.w_ih),
+                        in_dim,
+                        dx,
+                        in_dim,
+                    )?;
+                    if l > 0 {
+                        extra = ws.d_above;
+                    } else {
+                        let e = core.emb.expect("embedding input has a table");
+                        launch_n(
+                            gpu,
+                            K::ScatterRows,
+                            vocab * dim,
+                            &[
+                                P(gr(e)),
+                                P(ws.dx),
+                                P(order),
+                                P(starts),
+                                I(vocab as i32),
+                                I(dim as i32),
+                                I(dim as i32),
+                                I(1),
+                            ],
+                        )?;
+                    }
+                }
+            }
+        }
+
+        // ---- global norm, clipping factor, loss sum; update
+        let bs = gpu.block();
+        launch(
+            gpu,
+            K::SumsqPartial,
+            ws.np as u32,
+            bs,
+            &[P(gbase), L(self.total as i64), P(ws.partial)],
+        )?;
+        let (has_clip, theta) = match clip {
+            Some(c) => (1, c),
+            None => (0, 0.0),
+        };
+        launch(
+            gpu,
+            K::FinishStep,
+            1,
+            1,
+            &[
+                P(ws.partial),
+                I(ws.np as i32),
+                P(ws.row_loss),
+                I(tbi),
+                I(has_clip),
+                F(theta),
+                P(ws.stats),
+            ],
+        )?;
+        let n = self.total;
+        match (upd, moments) {
+            (Update::Sgd { lr, weight_decay }, _) => launch_n(
+                gpu,
+                K::SgdStep,
+                n,
+                &[
+                    P(pbase),
+                    P(gbase),
+                    L(n as i64),
+                    P(ws.stats),
+                    F(lr),
+                    F(weight_decay),
+                ],
+            )?,
+            (
+                Update::Adam {
+                    step_size,
+                    beta1,
+                    beta2,
+                    eps,
+                    weight_decay,
+                    bc2_sqrt,
+                },
+                Some(mo),
+            ) => {
+                if mo.total != n {
+                    nn_bail!(
+                        Weights,
+                        "device Adam moments hold {} values, the model {n}",
+                        mo.total
+                    );
+                }
+                launch_n(
+                    gpu,
+                    K::AdamStep,
+                    n,
+                    &[
+                        P(pbase),
+                        P(gbase),
+                        P(mo.m.ptr()),
+                        P(mo.v.ptr()),
+                        L(n as i64),
+                        P(ws.stats),
+                        F(step_size),
+                        F(beta1),
+                        F(beta2),
+                        F(eps),
+                        F(weight_decay),
+                        F(bc2_sqrt),
+                    ],
+                )?
+            }
+            (Update::Adam { .. }, None) => unreachable!("checked above"),
+        }
+        let mut stats = [0f64; 3];
+        {
+            // SAFETY: f64 has no padding; every bit pattern is valid.
+            let bytes =
+                unsafe { std::slice::from_raw_parts_mut(stats.as_mut_ptr() as *mut u8, 24) };
+            ws.buf.read(ws.stats_off, bytes)?;
+        }
+        debug_assert_eq!(ws.base, ws.buf.ptr());
+        self.steps += 1;
+        self.dev_newer = true;
+        state.on_device = Some(self.tag());
+        Ok(StepStats {
+            loss_sum: stats[0],
+            tokens: tb,
+            grad_norm: stats[1] as f32,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// BLAS semantics (column-major, as cublasSgemm): C[i + j*ldc] = sum_p op(A)(i,p) op(B)(p,j).
+    fn blas_sgemm(g: &ColMajor, a: &[f32], b: &[f32], c: &mut [f32]) {
+        for j in 0..g.n {
+            for i in 0..g.m {
+                let mut acc = 0.0f32;
+                for p in 0..g.k {
+                    let x = if g.trans_a {
+                        a[p + i * g.lda]
+                    } else {
+                        a[i + p * g.lda]
+                    };
+                    let y = if g.trans_b {
+                        b[j + p * g.ldb]
+                    } else {
+                        b[p + j * g.ldb]
+                    };
+                    acc += x * y;
+                }
+                c[i + j * g.ldc] = acc;
+            }
+        }
+    }
+
+    /// The mapping the CUDA device uses for cuBLAS gives the row-major product, for every
+    /// transpose combination and with row strides wider than the rows.
+    #[test]
+    fn row_major_products_map_onto_blas() {
+        let (m, n, k) = (3usize, 4usize, 5usize);
+        let val = |i: usize| ((i * 7919) % 23) as f32 - 11.0;
+        for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+            // A stored [m, k] (or [k, m] when ta) with a padded stride; B likewise.
+            let (ar, ac) = if ta { (k, m) } else { (m, k) };
+            let (br, bc) = if tb { (n, k) } else { (k, n) };
+            let (lda, ldb, ldc) = (ac + 2, bc + 1, n + 3);
+            let a: Vec<f32> = (0..ar * lda).map(val).collect();
+            let b: Vec<f32> = (0..br * ldb).map(|i| val(i + 5)).collect();
+            let at = |i: usize, p: usize| if ta { a[p * lda + i] } else { a[i * lda + p] };
+            let bt = |p: usize, j: usize| if tb { b[j * ldb + p] } else { b[p * ldb + j] };
+            let mut want = vec![f32::NAN; m * ldc];
+            for i in 0..m {
+                for j in 0..n {
+                    want[i * ldc + j] = (0..k).map(|p| at(i, p) * bt(p, j)).sum();
+                }
+            }
+            let g = Gemm {
+                ta,
+                tb,
+                m,
+                n,
+                k,
+                a: 0,
+                lda,
+                b: 1,
+                ldb,
+                c: 2,
+                ldc,
+            };
+            let cm = g.col_major();
+            // The call's A is our B and its B our A (addresses 1 and 0 above).
+            assert_eq!((cm.a, cm.b, cm.c), (1, 0, 2));
+            let mut got = vec![f32::NAN; m * ldc];
+            blas_sgemm(&cm, &b, &a, &mut got);
+            for i in 0..m {
+                for j in 0..n {
+                    assert_eq!(
+                        got[i * ldc + j],
+                        want[i * ldc + j],
+                        "ta {ta} tb {tb} ({i},{j})"
+                    );
+                }
+            }
+        }
+    }
+}
