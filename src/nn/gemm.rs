@@ -137,13 +137,26 @@ pub(super) fn pack_b_transposed(parts: &[&[f32]], rows: usize, cols: usize) -> P
     let nr = panel_width();
     let panels = n.div_ceil(nr);
     let mut data = vec![0.0f32; panels * k * nr];
-    // Row r of the source is column r of the packed matrix: panel r / nr, lane r % nr.
-    for (r, src) in parts.iter().flat_map(|p| p.chunks_exact(cols)).enumerate() {
-        let base = (r / nr) * k * nr + r % nr;
-        for (p, &v) in src.iter().enumerate() {
-            data[base + p * nr] = v;
+    let rows_of: Vec<&[f32]> = parts.iter().flat_map(|p| p.chunks_exact(cols)).collect();
+    // Row r of the source is column r of the packed matrix: panel r / nr, lane r % nr. The
+    // panels are split over the thread team (each writes its own panels).
+    let out = super::core::Rows::new(&mut data);
+    let split = if rows * cols >= 1 << 16 {
+        super::team::width().min(panels)
+    } else {
+        1
+    };
+    super::team::run(split, &|q| {
+        let (p0, p1) = (panels * q / split, panels * (q + 1) / split);
+        // SAFETY: part q writes only panels [p0, p1).
+        let dst = unsafe { out.at(p0 * k * nr, (p1 - p0) * k * nr) };
+        for r in p0 * nr..(p1 * nr).min(n) {
+            let base = (r / nr - p0) * k * nr + r % nr;
+            for (p, &v) in rows_of[r].iter().enumerate() {
+                dst[base + p * nr] = v;
+            }
         }
-    }
+    });
     Packed { k, n, data }
 }
 

@@ -142,7 +142,10 @@ impl Core {
                     );
                 }
             }
-            if let Some(bh) = li.b_hh {
+            // GRU: dL/db_hh differs from dL/db_ih (the n gate); for RNN and LSTM the two are
+            // the same sum (dG of every step, in the same order), taken once below.
+            let gru = cell == CellKind::Gru;
+            if let (Some(bh), true) = (li.b_hh, gru) {
                 super::super::math::add_col_sums(&d, w, gh, &mut grads[bh]);
             }
             // ---- weight gradients over all steps at once: [dW_hh; dW_lin]^T = Hs^T D
@@ -166,6 +169,17 @@ impl Core {
             }
             scratch::give(dwt);
             super::super::math::add_col_sums(&dgi, gh, gh, &mut grads[li.b_ih]);
+            if let (Some(bh), false) = (li.b_hh, gru) {
+                // d's rows hold exactly dgi's rows (and zeros): the same sums, bit for bit.
+                let (src, dst) = if li.b_ih < bh {
+                    let (a, b) = grads.split_at_mut(bh);
+                    (&a[li.b_ih], &mut b[0])
+                } else {
+                    let (a, b) = grads.split_at_mut(li.b_ih);
+                    (&b[0], &mut a[bh])
+                };
+                dst.copy_from_slice(src);
+            }
             // ---- input weights and input gradient
             let one_hot = l == 0 && matches!(self.input, InKind::OneHot(_));
             if one_hot {
