@@ -150,9 +150,11 @@ pub(super) fn pack_b_transposed(parts: &[&[f32]], rows: usize, cols: usize) -> P
         let (p0, p1) = (panels * q / split, panels * (q + 1) / split);
         // SAFETY: part q writes only panels [p0, p1).
         let dst = unsafe { out.at(p0 * k * nr, (p1 - p0) * k * nr) };
-        for r in p0 * nr..(p1 * nr).min(n) {
+        let r0 = p0 * nr;
+        let r1 = (p1 * nr).min(n);
+        for (r, row) in rows_of.iter().enumerate().take(r1).skip(r0) {
             let base = (r / nr - p0) * k * nr + r % nr;
-            for (p, &v) in rows_of[r].iter().enumerate() {
+            for (p, &v) in row.iter().enumerate() {
                 dst[base + p * nr] = v;
             }
         }
