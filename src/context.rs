@@ -146,6 +146,12 @@ impl StageCtx {
         self.log.push(line);
     }
 
+    /// Lines already shown by an earlier, interrupted run of this stage (a resumed training's
+    /// samples): kept for `log.txt` without being shown again.
+    pub fn restore_log(&mut self, lines: impl IntoIterator<Item = String>) {
+        self.log.extend(lines);
+    }
+
     /// A note about this run of the stage, not about its result (resuming from a checkpoint,
     /// a checkpoint that failed its check): shown, and kept in the run record, never in the
     /// stage's files, so that a resumed run commits exactly what an uninterrupted one does.

@@ -1120,7 +1120,8 @@ fn a_damaged_checkpoint_is_refused_and_training_starts_over() {
     };
     let t = project();
     let p = t.path();
-    let ckpt = killed_training(p, epochs, 3, &[]);
+    // After epoch 6: the checkpoint holds the sample of epoch 5, which log.txt must keep.
+    let ckpt = killed_training(p, epochs, 6, &[]);
     let saved = p.join("saved-ckpt");
     copy_dir(&ckpt, &saved);
     // Each damage: the run warns, trains from scratch, and commits what an uninterrupted run

@@ -327,6 +327,8 @@ impl Stage for Train {
                     "resuming from the checkpoint after epoch {}",
                     p.epochs_done
                 ));
+                // log.txt holds the samples of every epoch, those before the checkpoint too.
+                ctx.restore_log(p.samples.iter().cloned());
                 prog = p;
             }
             Ok(None) => {}
