@@ -38,17 +38,45 @@ pub fn tokenize_text<'t>(text: &'t str, unit: Unit) -> (Vec<String>, IdBuf) {
                 let mut map = [NEW; 128];
                 map[b'\n' as usize] = 0;
                 let bytes = text.as_bytes();
-                let mut ids = crate::bigmem::bytes(bytes.len());
+                // 64 bytes of slack: the vector path stores whole registers.
+                let mut ids = crate::bigmem::bytes(bytes.len() + 64);
                 let mut pos = 0;
-                for &b in bytes {
-                    let mut t = map[b as usize];
-                    if t == NEW {
-                        t = types.len() as u8;
-                        map[b as usize] = t;
-                        types.push((b as char).to_string());
+                let mut i = 0;
+                let new_type = |b: u8, map: &mut [u8; 128], types: &mut Vec<String>| {
+                    let t = types.len() as u8;
+                    map[b as usize] = t;
+                    types.push((b as char).to_string());
+                    t
+                };
+                while i < bytes.len() {
+                    #[cfg(target_arch = "x86_64")]
+                    if simd::available() {
+                        // SAFETY: the CPU has the features; the text is ASCII; `ids` has room
+                        // for every byte plus 64.
+                        let (read, wrote) =
+                            unsafe { simd::map_bytes(&bytes[i..], &map, &mut ids[pos..]) };
+                        i += read;
+                        pos += wrote;
+                        if i == bytes.len() {
+                            break;
+                        }
                     }
-                    ids[pos] = t;
-                    pos += (b != b'\n') as usize;
+                    // One byte at a time up to the end of the block that met a new type (or all
+                    // of it without the vector path).
+                    let end = if cfg!(target_arch = "x86_64") {
+                        (i + 64).min(bytes.len())
+                    } else {
+                        bytes.len()
+                    };
+                    for &b in &bytes[i..end] {
+                        let mut t = map[b as usize];
+                        if t == NEW {
+                            t = new_type(b, &mut map, &mut types);
+                        }
+                        ids[pos] = t;
+                        pos += (b != b'\n') as usize;
+                    }
+                    i = end;
                 }
                 ids.truncate(pos);
                 (types, IdBuf::U8(ids))
@@ -272,9 +300,84 @@ impl Stage for Tokenize {
     }
 }
 
+#[cfg(target_arch = "x86_64")]
+mod simd {
+    use std::arch::x86_64::*;
+
+    pub fn available() -> bool {
+        std::env::var_os("SEQPIPE_NO_AVX512").is_none()
+            && is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx512bw")
+            && is_x86_feature_detected!("avx512vbmi")
+            && is_x86_feature_detected!("avx512vbmi2")
+    }
+
+    /// Maps ASCII bytes to ids through `map` (128 entries, `u8::MAX` for a byte not seen yet),
+    /// 64 at a time, dropping line ends (VPERMI2B looks up, VPCOMPRESSB packs). Stops before
+    /// the first block holding an unseen byte; returns the bytes read and the ids written.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F/BW/VBMI/VBMI2, `text` is ASCII and `out.len() >= text.len() + 64`.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vbmi,avx512vbmi2,popcnt")]
+    pub unsafe fn map_bytes(text: &[u8], map: &[u8; 128], out: &mut [u8]) -> (usize, usize) {
+        assert!(out.len() >= text.len() + 64);
+        let lo = _mm512_loadu_si512(map.as_ptr() as *const _);
+        let hi = _mm512_loadu_si512(map.as_ptr().add(64) as *const _);
+        let (nl, new) = (_mm512_set1_epi8(b'\n' as i8), _mm512_set1_epi8(-1));
+        let (mut i, mut pos) = (0, 0);
+        while i < text.len() {
+            let n = (text.len() - i).min(64);
+            let valid = if n == 64 { u64::MAX } else { (1u64 << n) - 1 };
+            let v = _mm512_maskz_loadu_epi8(valid, text.as_ptr().add(i) as *const i8);
+            let ids = _mm512_permutex2var_epi8(lo, v, hi);
+            if _mm512_mask_cmpeq_epi8_mask(valid, ids, new) != 0 {
+                break;
+            }
+            let keep = !_mm512_cmpeq_epi8_mask(v, nl) & valid;
+            let packed = _mm512_maskz_compress_epi8(keep, ids);
+            _mm512_storeu_si512(out.as_mut_ptr().add(pos) as *mut _, packed);
+            pos += keep.count_ones() as usize;
+            i += n;
+        }
+        (i, pos)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn char_ids_do_not_depend_on_the_vector_path() {
+        // New types appear at every distance from the 64-byte blocks, line ends everywhere.
+        let mut text = String::new();
+        for k in 0..400usize {
+            let c = (b'a' + (k * 7 % 26) as u8) as char;
+            text.push(c);
+            if k % 13 == 0 {
+                text.push('\n');
+            }
+            if k % 97 == 0 {
+                text.push((b'A' + (k / 97) as u8) as char);
+            }
+        }
+        let (types, ids) = tokenize_text(&text, Unit::Char);
+        let mut want_types: Vec<String> = Vec::new();
+        let mut want_ids = Vec::new();
+        for c in text.chars().filter(|&c| c != '\n') {
+            let s = c.to_string();
+            let id = match want_types.iter().position(|t| *t == s) {
+                Some(i) => i,
+                None => {
+                    want_types.push(s);
+                    want_types.len() - 1
+                }
+            };
+            want_ids.push(id as u32);
+        }
+        assert_eq!(types, want_types);
+        assert_eq!(ids.to_vec(), want_ids);
+    }
 
     #[test]
     fn many_distinct_words_keep_their_ids() {
