@@ -226,12 +226,7 @@ fn clean_scalar(body: &[u8], out: &mut [u8]) -> (usize, usize) {
 mod simd {
     use std::arch::x86_64::*;
 
-    pub fn available() -> bool {
-        std::env::var_os("SEQPIPE_NO_AVX512").is_none()
-            && is_x86_feature_detected!("avx512f")
-            && is_x86_feature_detected!("avx512bw")
-            && is_x86_feature_detected!("avx512vbmi2")
-    }
+    pub use super::super::byte_simd::available;
 
     /// `clean_scalar` on 64 bytes at a time, with bit masks:
     /// * L letters, N line ends, G the other bytes (gaps);

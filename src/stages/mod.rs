@@ -4,6 +4,7 @@
 
 mod analysis;
 pub mod build_vocab;
+mod byte_simd;
 mod encode;
 mod evaluate;
 mod fields;

@@ -304,13 +304,7 @@ impl Stage for Tokenize {
 mod simd {
     use std::arch::x86_64::*;
 
-    pub fn available() -> bool {
-        std::env::var_os("SEQPIPE_NO_AVX512").is_none()
-            && is_x86_feature_detected!("avx512f")
-            && is_x86_feature_detected!("avx512bw")
-            && is_x86_feature_detected!("avx512vbmi")
-            && is_x86_feature_detected!("avx512vbmi2")
-    }
+    pub use super::super::byte_simd::available;
 
     /// Maps ASCII bytes to ids through `map` (128 entries, `u8::MAX` for a byte not seen yet),
     /// 64 at a time, dropping line ends (VPERMI2B looks up, VPCOMPRESSB packs). Stops before
