@@ -27,6 +27,13 @@ if ! have_slurm && [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
   ((made_policy)) && rm -f /usr/sbin/policy-rc.d
 fi
 
+# The CUDA kernels are tested on the host through the C++ compiler (C++20, GCC 11 or later).
+if ! command -v "${CXX:-c++}" >/dev/null && [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
+  echo "installing g++ (the host-emulated CUDA kernel tests)"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends g++ >/dev/null
+fi
+
 if have_slurm && [[ $(id -u) == 0 ]]; then
   # 8 CPUs advertised on a small machine, so that a sweep's jobs run side by side.
   export SLURM_CI_CPUS=${SLURM_CI_CPUS:-8}
