@@ -563,7 +563,12 @@ mod tests {
 
     #[test]
     fn packing_from_parts_and_transposed_matches_pack_b() {
-        let (r, c) = (45, 37);
+        for (r, c) in [(45, 37), (1_052, 256)] {
+            packing_matches(r, c);
+        }
+    }
+
+    fn packing_matches(r: usize, c: usize) {
         let m: Vec<f32> = (0..r * c).map(|i| i as f32 * 0.5 - 7.0).collect();
         let (top, bottom) = m.split_at(20 * c);
         let t = crate::nn::math::transposed(&m, r, c);

@@ -250,3 +250,45 @@ pub(super) fn transposed(src: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     transpose(src, rows, cols, &mut d);
     d
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn matrix(rows: usize, cols: usize) -> Vec<f32> {
+        (0..rows * cols)
+            .map(|i| ((i * 7919) % 1000) as f32 * 0.001 - 0.5)
+            .collect()
+    }
+
+    #[test]
+    fn large_transposes_and_column_sums_split_over_the_team_match_the_plain_loops() {
+        // Sizes past the thresholds where the team splits the work (and odd edges).
+        let (rows, cols) = (300, 1_037);
+        let src = matrix(rows, cols);
+        let mut t = vec![0.0; rows * cols];
+        transpose(&src, rows, cols, &mut t);
+        let (c0, c1) = (17, 1_000);
+        let mut part = vec![0.0; (c1 - c0) * rows];
+        transpose_cols(&src, rows, cols, c0, c1, &mut part);
+        for r in 0..rows {
+            for c in 0..cols {
+                assert_eq!(t[c * rows + r], src[r * cols + c]);
+                if (c0..c1).contains(&c) {
+                    assert_eq!(part[(c - c0) * rows + r], src[r * cols + c]);
+                }
+            }
+        }
+        let n = 1_000;
+        let mut sums = vec![1.0f32; n];
+        add_col_sums(&src, cols, n, &mut sums);
+        for (j, s) in sums.iter().enumerate() {
+            // the same additions in the same order
+            let mut want = 1.0f32;
+            for r in 0..rows {
+                want += src[r * cols + j];
+            }
+            assert_eq!(s.to_bits(), want.to_bits(), "column {j}");
+        }
+    }
+}

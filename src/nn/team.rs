@@ -197,6 +197,26 @@ mod tests {
     }
 
     #[test]
+    fn regions_from_several_threads_at_once_each_run_every_part_once() {
+        // One thread gets the team, the others run their regions on their own thread; every
+        // region still runs each of its parts exactly once.
+        std::thread::scope(|s| {
+            for t in 0..4u64 {
+                s.spawn(move || {
+                    for round in 0..300u64 {
+                        let parts = 2 + (round % 2) as usize;
+                        let hits: Vec<AtomicU64> = (0..parts).map(|_| AtomicU64::new(0)).collect();
+                        run(parts, &|p| {
+                            hits[p].fetch_add(t + 1, Ordering::Relaxed);
+                        });
+                        assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == t + 1));
+                    }
+                });
+            }
+        });
+    }
+
+    #[test]
     fn a_panicking_part_is_raised_to_the_caller_and_the_team_still_works() {
         let width = width();
         let r = catch_unwind(|| run(width.max(2), &|p| assert!(p != 1, "part 1 fails")));
