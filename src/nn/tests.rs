@@ -883,3 +883,44 @@ fn nn_errors_are_typed() {
         "{e:#}"
     );
 }
+
+#[test]
+fn one_and_two_threads_train_to_the_same_bits() {
+    // Big enough that the team splits the recurrences, the products, the transposes, the
+    // column sums and the packing (their thresholds), small enough for the test profile.
+    let o = OptimSpec::Sgd {
+        lr: 1.0,
+        weight_decay: 0.0,
+    };
+    for cell in [CellKind::Rnn, CellKind::Gru, CellKind::Lstm] {
+        let s = spec(cell, 28, 128, 1, InputMode::OneHot, Activation::Tanh);
+        let run = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            pool.install(|| {
+                let mut m = LanguageModel::new(&s, DeviceKind::Cpu, 3).unwrap();
+                let mut opt = Optimizer::new(&o, &m);
+                let (b, t) = (32, 20);
+                let mut st = m.zero_state(b);
+                let mut losses = vec![];
+                for i in 0..3u64 {
+                    let x = rand_tokens(b * t, 28, 10 + i);
+                    let y = rand_tokens(b * t, 28, 20 + i);
+                    let r = m
+                        .train_step(&mut opt, &x, &y, b, t, &mut st, Some(1.0))
+                        .unwrap();
+                    losses.push((r.loss_sum.to_bits(), r.grad_norm.to_bits()));
+                }
+                (losses, m.named_tensors())
+            })
+        };
+        let (one, two) = (run(1), run(2));
+        assert_eq!(one.0, two.0, "{cell:?}: losses and gradient norms");
+        for ((n, _, a), (_, _, b)) in one.1.iter().zip(&two.1) {
+            let same = a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());
+            assert!(same, "{cell:?}: {n} differs between 1 and 2 threads");
+        }
+    }
+}
