@@ -200,7 +200,6 @@ impl Stage for BuildVocab {
         VocabArtifact::write(ctx, &vocab, &corpus)?;
         ctx.summary("corpus_len", corpus.len());
         ctx.summary("vocab_size", vocab.len());
-        corpus.recycle();
         Ok(())
     }
 }
