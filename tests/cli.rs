@@ -2325,3 +2325,44 @@ fn wrong_wiring_is_stopped_before_anything_runs() {
         format!("exit code {code}\n{}", String::from_utf8_lossy(&o.stderr))
     );
 }
+
+#[test]
+fn text_stages_write_the_same_bytes_with_and_without_the_vector_paths() {
+    // Both corpora, char and word tokens: the 64-bytes-at-a-time passes (where the CPU has
+    // them) and the byte-at-a-time ones (SEQPIPE_NO_AVX512) must agree byte for byte.
+    let yaml = |unit: &str, path: &str| {
+        format!(
+            "name: t_{unit}\nstages:\n  corpus:\n    kind: load_corpus\n    params: {{ path: {path} }}\n  tokens:\n    kind: tokenize\n    inputs: {{ corpus: corpus }}\n    params: {{ unit: {unit} }}\n  vocab:\n    kind: build_vocab\n    inputs: {{ tokens: tokens }}\n"
+        )
+    };
+    let (a, b) = (project(), project());
+    for path in ["data/timemachine.txt", "data/war_of_the_worlds.txt"] {
+        for unit in ["char", "word"] {
+            for t in [&a, &b] {
+                std::fs::write(t.path().join("t.yaml"), yaml(unit, path)).unwrap();
+            }
+            ok(a.path(), &["run", "-q", "--force", "corpus", "t.yaml"]);
+            let o = Command::new(BIN)
+                .args(["run", "-q", "--force", "corpus", "t.yaml"])
+                .current_dir(b.path())
+                .env("SEQPIPE_NO_AVX512", "1")
+                .output()
+                .unwrap();
+            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+            for f in [
+                "corpus/lines.txt",
+                "tokens/tokens.bin",
+                "tokens/tokens.json",
+                "vocab/vocab.csv",
+                "vocab/corpus.bin",
+            ] {
+                let p = format!("outputs/t_{unit}/{f}");
+                let (x, y) = (
+                    std::fs::read(a.path().join(&p)).unwrap(),
+                    std::fs::read(b.path().join(&p)).unwrap(),
+                );
+                assert!(x == y, "{path} {unit}: {f} differs");
+            }
+        }
+    }
+}
