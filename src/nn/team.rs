@@ -101,8 +101,14 @@ fn helper(sh: &'static Shared, i: usize) {
                 break;
             }
             spins = spins.wrapping_add(1);
-            if !spins.is_multiple_of(1024) || idle.elapsed() < SPIN {
+            if !spins.is_multiple_of(1024) {
                 std::hint::spin_loop();
+                continue;
+            }
+            if idle.elapsed() < SPIN {
+                // Every 1,024 spins: let a thread that waits for this core run (more threads
+                // than free cores: without this, spinning helpers would slow the work down).
+                std::thread::yield_now();
                 continue;
             }
             sh.parked[i].store(true, Ordering::SeqCst);
@@ -161,8 +167,14 @@ pub(super) fn run(parts: usize, f: &(dyn Fn(usize) + Sync)) {
     INSIDE.with(|c| c.set(true));
     let mine = catch_unwind(AssertUnwindSafe(|| f(0)));
     INSIDE.with(|c| c.set(false));
+    let mut spins = 0u32;
     while sh.pending.load(Ordering::Acquire) != 0 {
-        std::hint::spin_loop();
+        spins = spins.wrapping_add(1);
+        if spins.is_multiple_of(1024) {
+            std::thread::yield_now();
+        } else {
+            std::hint::spin_loop();
+        }
     }
     if let Err(p) = mine {
         resume_unwind(p);
