@@ -11,8 +11,9 @@
 //! (virtio-balloon free page reporting), and touching it again costs about 1 ms per MB. So a
 //! stage hands its corpus-sized byte buffer back (`recycle`) when it is done, and the next
 //! stage of the run (`load_corpus` → `tokenize` → `build_vocab`) reuses it instead of
-//! allocating another: one corpus-sized allocation per run instead of three. (`build_vocab`,
-//! the last of them, keeps nothing back, so no buffer outlives the text stages.)
+//! allocating another: one corpus-sized allocation per run instead of three. `build_vocab`,
+//! the last of them, hands nothing back; a buffer whose next stage was cached stays kept (at
+//! most `POOL_BUFFERS` of them).
 
 use std::sync::Mutex;
 

@@ -505,6 +505,20 @@ fn tiny_lm(epochs: usize, extra: &str) -> String {
     )
 }
 
+/// A project holding `tiny.yaml` with `epochs` epochs.
+fn tiny_project(epochs: usize) -> tempfile::TempDir {
+    let t = project();
+    std::fs::write(t.path().join("tiny.yaml"), tiny_lm(epochs, "")).unwrap();
+    t
+}
+
+/// `tiny_project` run to the end: the reference an interrupted run must match.
+fn trained_tiny(epochs: usize) -> tempfile::TempDir {
+    let t = tiny_project(epochs);
+    ok(t.path(), &["run", "-q", "tiny.yaml"]);
+    t
+}
+
 fn round3(x: f64) -> String {
     if !x.is_finite() {
         return format!("{x}");
@@ -608,13 +622,9 @@ fn divergence_is_recorded_not_a_crash() {
 #[test]
 fn a_killed_training_resumes_bit_identical() {
     let epochs = 80;
-    let reference = project();
-    std::fs::write(reference.path().join("tiny.yaml"), tiny_lm(epochs, "")).unwrap();
-    ok(reference.path(), &["run", "-q", "tiny.yaml"]);
-
-    let t = project();
+    let reference = trained_tiny(epochs);
+    let t = tiny_project(epochs);
     let p = t.path();
-    std::fs::write(p.join("tiny.yaml"), tiny_lm(epochs, "")).unwrap();
     let mut child = Command::new(BIN)
         .args(["run", "-q", "tiny.yaml"])
         .current_dir(p)
@@ -1105,9 +1115,7 @@ fn copy_dir(from: &Path, to: &Path) {
 #[test]
 fn a_damaged_checkpoint_is_refused_and_training_starts_over() {
     let epochs = 40;
-    let reference = project();
-    std::fs::write(reference.path().join("tiny.yaml"), tiny_lm(epochs, "")).unwrap();
-    ok(reference.path(), &["run", "-q", "tiny.yaml"]);
+    let reference = trained_tiny(epochs);
     let same_as_reference = |p: &Path| {
         let files = [
             "metrics.csv",
@@ -1459,13 +1467,9 @@ fn training_in_a_child(p: &Path) -> (Guard, u32) {
 #[test]
 fn a_killed_child_job_fails_its_stage_and_the_rerun_completes() {
     let epochs = 60;
-    let reference = project();
-    std::fs::write(reference.path().join("tiny.yaml"), tiny_lm(epochs, "")).unwrap();
-    ok(reference.path(), &["run", "-q", "tiny.yaml"]);
-
-    let t = project();
+    let reference = trained_tiny(epochs);
+    let t = tiny_project(epochs);
     let p = t.path();
-    std::fs::write(p.join("tiny.yaml"), tiny_lm(epochs, "")).unwrap();
     let (mut driver, child) = training_in_a_child(p);
     assert_ne!(
         child,
@@ -1712,12 +1716,9 @@ fn slurm_cancelled_training_is_reported_and_resumes_on_the_rerun() {
         return;
     }
     let epochs = 60;
-    let reference = project();
-    std::fs::write(reference.path().join("tiny.yaml"), tiny_lm(epochs, "")).unwrap();
-    ok(reference.path(), &["run", "-q", "tiny.yaml"]);
-    let t = project();
+    let reference = trained_tiny(epochs);
+    let t = tiny_project(epochs);
     let p = t.path();
-    std::fs::write(p.join("tiny.yaml"), tiny_lm(epochs, "")).unwrap();
     let mut driver = Guard(Some(
         Command::new(BIN)
             .args(["run", "tiny.yaml", "--executor", "slurm"])

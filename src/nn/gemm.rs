@@ -270,23 +270,42 @@ mod x86 {
         static PANEL: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
     }
 
-    /// Columns [j, j + w) of the row-major `b` [k × n], copied into `buf` as [k × nr]
-    /// (zero-padded). Returns the panel's pointer.
-    unsafe fn pack_panel(
-        buf: &mut Vec<f32>,
+    /// The panel of columns [j, j + w) of B (`nr` wide) as (pointer, row stride, the buffer to
+    /// hand back with `give_back`): in place when B is packed, or for fewer than
+    /// `PACK_MIN_ROWS` rows; else copied into this thread's buffer as [k × nr], zero-padded.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn panel(
         b: *const f32,
+        packed: bool,
+        m: usize,
         n: usize,
         k: usize,
         j: usize,
         w: usize,
         nr: usize,
-    ) -> *const f32 {
+    ) -> (*const f32, usize, Option<Vec<f32>>) {
+        if packed {
+            // j is a multiple of nr: panel j / nr starts at (j / nr)·k·nr
+            return (b.add(j * k), nr, None);
+        }
+        if m < PACK_MIN_ROWS {
+            return (b.add(j), n, None);
+        }
+        let mut buf = PANEL.with(|p| std::mem::take(&mut *p.borrow_mut()));
         buf.clear();
         buf.resize(k * nr, 0.0);
         for p in 0..k {
             std::ptr::copy_nonoverlapping(b.add(p * n + j), buf.as_mut_ptr().add(p * nr), w);
         }
-        buf.as_ptr()
+        // The pointer stays valid: moving the Vec does not move its heap buffer.
+        (buf.as_ptr(), nr, Some(buf))
+    }
+
+    /// Returns a buffer from `panel` to this thread for the next product.
+    fn give_back(buf: Option<Vec<f32>>) {
+        if let Some(buf) = buf {
+            PANEL.with(|p| *p.borrow_mut() = buf);
+        }
     }
 
     /// Rows [0, m), columns [j0, j1) of c = a·b; 32-column panels, 8-row micro-tiles.
@@ -316,17 +335,7 @@ mod x86 {
             } else {
                 0
             };
-            let mut guard = None;
-            let (bp, ldb) = if packed {
-                (b.add(j * k), 32) // j is a multiple of 32: panel j / 32 starts at (j / 32)·k·32
-            } else if m >= PACK_MIN_ROWS {
-                let mut buf = PANEL.with(|p| std::mem::take(&mut *p.borrow_mut()));
-                let bp = pack_panel(&mut buf, b, n, k, j, w, 32);
-                guard = Some(buf);
-                (bp, 32)
-            } else {
-                (b.add(j), n)
-            };
+            let (bp, ldb, guard) = panel(b, packed, m, n, k, j, w, 32);
             // k in blocks of KC rows when B was packed here: one block of the panel (32 KB) stays
             // in L1 while every micro-tile of the rows runs over it; each tile's accumulators
             // carry on from C between blocks (the FMA chain over k is unchanged).
@@ -364,9 +373,7 @@ mod x86 {
                 }
                 p0 += kb;
             }
-            if let Some(buf) = guard {
-                PANEL.with(|p| *p.borrow_mut() = buf);
-            }
+            give_back(guard);
             j += w;
         }
     }
@@ -456,17 +463,7 @@ mod x86 {
                 _mm256_loadu_si256(v.as_ptr() as *const __m256i)
             };
             let (m0, m1) = (mk(0), mk(8));
-            let mut guard = None;
-            let (bp, ldb) = if packed {
-                (b.add(j * k), 16)
-            } else if m >= PACK_MIN_ROWS {
-                let mut buf = PANEL.with(|p| std::mem::take(&mut *p.borrow_mut()));
-                let bp = pack_panel(&mut buf, b, n, k, j, w, 16);
-                guard = Some(buf);
-                (bp, 16)
-            } else {
-                (b.add(j), n)
-            };
+            let (bp, ldb, guard) = panel(b, packed, m, n, k, j, w, 16);
             let mut i = 0;
             while i < m {
                 let ap = a.add(i * rs);
@@ -491,9 +488,7 @@ mod x86 {
                 }
                 i += rows;
             }
-            if let Some(buf) = guard {
-                PANEL.with(|p| *p.borrow_mut() = buf);
-            }
+            give_back(guard);
             j += w;
         }
     }
