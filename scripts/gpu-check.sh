@@ -15,6 +15,9 @@
 #      GPU_CHECK_SKIP_CPU=1 (skip the cpu runs, and so the loss comparison),
 #      GPU_CHECK_EXACT_EPOCHS (epochs whose losses must agree to 6 digits, default 3),
 #      GPU_CHECK_REQUIRE_TARGETS=1 (a missed speed target fails the script),
+#      GPU_CHECK_NOGRAPH_CELLS (cells benched again with SEQPIPE_CUDA_GRAPHS=0, the step's
+#      kernels launched one by one instead of as a recorded CUDA graph; default rnn,lstm;
+#      empty skips),
 #      GPU_CHECK_LIB_DIRS (extra library dirs to try first).
 #
 # What it does: prints the GPU/driver, finds the CUDA 13 runtime libraries present there
@@ -35,6 +38,7 @@ read -r -a EXTRA <<<"${GPU_CHECK_BENCH_ARGS:-}"
 CELLS="${GPU_CHECK_CELLS:-rnn_scratch,rnn,gru,lstm}"
 HIDDEN="${GPU_CHECK_HIDDEN:-256}"
 EXACT="${GPU_CHECK_EXACT_EPOCHS:-3}"
+NOGRAPH_CELLS="${GPU_CHECK_NOGRAPH_CELLS-rnn,lstm}"
 LOGDIR="${OUT:-$(mktemp -d /tmp/gpu-check.XXXXXX)}"
 mkdir -p "$LOGDIR"
 export RUST_BACKTRACE=1
@@ -220,6 +224,10 @@ layers_run() {  # layers_run DEVICE
 if prepare_bin "$BIN"; then
   hdr "bench cuda"
   step bench-cuda "$BIN" bench --device cuda --epochs "$EPOCHS" --cell "$CELLS" --hidden "$HIDDEN" "${EXTRA[@]}"
+  if [ -n "$NOGRAPH_CELLS" ]; then
+    hdr "bench cuda, CUDA graphs off (each step's kernels launched one by one)"
+    step bench-cuda-nographs env SEQPIPE_CUDA_GRAPHS=0 "$BIN" bench --device cuda --epochs "$EPOCHS" --cell "$NOGRAPH_CELLS" --hidden "$HIDDEN" "${EXTRA[@]}"
+  fi
   if [ "${GPU_CHECK_LAYERS:-1}" != 0 ]; then hdr "layers on cuda"; layers_run cuda; fi
   if [ -n "${GPU_CHECK_PIPELINE:-}" ]; then
     hdr "pipeline on cuda"
@@ -293,10 +301,21 @@ row "rnn_scratch 256"      389000  -       "$(bench_speed cuda rnn_scratch 256)"
 row "rnn 256"              564000  1200000 "$(bench_speed cuda rnn 256)"         "$(bench_speed cpu rnn 256)"
 row "gru 256"              -       600000  "$(bench_speed cuda gru 256)"         "$(bench_speed cpu gru 256)"
 row "lstm 256"             -       600000  "$(bench_speed cuda lstm 256)"        "$(bench_speed cpu lstm 256)"
+[ -n "$NOGRAPH_CELLS" ] && for c in ${NOGRAPH_CELLS//,/ }; do
+  row "$c $HIDDEN, graphs off" - - "$(bench_speed cuda-nographs "$c" "$HIDDEN")" ""
+done
 row "rnn 256, 3 layers"    188000  -       "$(layer_speed cuda 3)"               "$(layer_speed cpu 3)"
 row "rnn 256, 20 layers"   29700   60000   "$(layer_speed cuda 20)"              "$(layer_speed cpu 20)"
 say "(ex8_6_2's 1-layer run, for reference: cuda $(layer_speed cuda 1) cpu $(layer_speed cpu 1))"
 say "speed targets missed: $MISSED of 4"
+FALLBACK="$(cat "$LOGDIR"/bench-cuda.log "$LOGDIR"/layers-cuda.log 2>/dev/null |
+  grep -E "seqpipe: (could not record|launching the recorded|CUDA graphs are off)" | sort | uniq -c)"
+if [ -n "$FALLBACK" ]; then
+  say "$FALLBACK"
+  say "!! CUDA graphs fell back to one-by-one launches (lines above)"
+else
+  say "CUDA graphs: no fallback reported"
+fi
 [ "${GPU_CHECK_REQUIRE_TARGETS:-0}" = 1 ] && RESULTS+=("targets=$MISSED")
 
 hdr "summary"

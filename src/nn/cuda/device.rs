@@ -7,8 +7,8 @@
 //! `CudaDevice` and cuBLAS handle on that context and on the same legacy default stream).
 //! Products run in cuBLAS (`cublasSgemm`, FP32, no TF32: the default math mode).
 
-use super::step::{Buf, Gemm, Gpu, Moments, Trainer};
-use super::{K, KERNELS, SOURCE};
+use super::step::{Buf, Gemm, Gpu, Moments, Op, Trainer};
+use super::{KERNELS, SOURCE};
 use crate::nn::core::{Core, HiddenState};
 use crate::nn::params::{Optimizer, Update};
 use crate::nn::StepStats;
@@ -92,6 +92,55 @@ pub(in crate::nn) struct CudaGpu {
     dev: Arc<CudaDevice>,
     blas: Arc<CudaBlas>,
     module: Arc<Module>,
+    /// What recording graphs takes; None: steps launch their operations one by one.
+    rec: Option<Arc<Recorder>>,
+}
+
+/// cuBLAS's workspace (it must not allocate while a graph records; one workspace for both
+/// streams, so that recorded and direct products pick the same kernels).
+const BLAS_WORKSPACE: usize = 32 << 20;
+
+/// A stream of its own for recording graphs (the legacy stream cannot record) and the
+/// workspace cuBLAS uses on both streams.
+struct Recorder {
+    dev: Arc<CudaDevice>,
+    stream: drv_sys::CUstream,
+    workspace: CudaSlice<u8>,
+}
+// SAFETY: a CUDA stream handle may be used from any thread of its context; the recorder is
+// used through `&mut Trainer` only.
+unsafe impl Send for Recorder {}
+unsafe impl Sync for Recorder {}
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        if self.dev.bind_to_thread().is_ok() {
+            // SAFETY: created by us, destroyed once; no recording is open (record() ends it).
+            let _ = unsafe { drv_sys::cuStreamDestroy_v2(self.stream) };
+        }
+    }
+}
+
+/// An instantiated CUDA graph: one step's operations, launched as one.
+pub(in crate::nn) struct CudaGraph {
+    dev: Arc<CudaDevice>,
+    exec: drv_sys::CUgraphExec,
+}
+// SAFETY: as for `Recorder`.
+unsafe impl Send for CudaGraph {}
+unsafe impl Sync for CudaGraph {}
+impl Drop for CudaGraph {
+    fn drop(&mut self) {
+        if self.dev.bind_to_thread().is_ok() {
+            // SAFETY: instantiated by us, destroyed once (CUDA frees it after a launch in flight).
+            let _ = unsafe { drv_sys::cuGraphExecDestroy(self.exec) };
+        }
+    }
+}
+
+/// Whether steps may record graphs: `SEQPIPE_CUDA_GRAPHS=0` says no (to compare, or to rule
+/// graphs out).
+fn graphs_wanted() -> bool {
+    std::env::var("SEQPIPE_CUDA_GRAPHS").map_or(true, |v| v.trim() != "0")
 }
 
 impl CudaGpu {
@@ -114,15 +163,174 @@ impl CudaGpu {
                 .map_err(|e| dev_err(&format!("kernel {name} missing from the PTX"), e))?;
             module.funcs.push(f);
         }
-        Ok(Self {
+        let mut gpu = Self {
             dev,
             blas,
             module: Arc::new(module),
-        })
+            rec: None,
+        };
+        if graphs_wanted() {
+            match gpu.recorder() {
+                Ok(rec) => gpu.rec = Some(Arc::new(rec)),
+                Err(e) => eprintln!(
+                    "seqpipe: CUDA graphs are off ({e:#}); each step launches its kernels one by one"
+                ),
+            }
+        }
+        Ok(gpu)
+    }
+
+    fn recorder(&self) -> Result<Recorder> {
+        let workspace = self.alloc(BLAS_WORKSPACE)?;
+        let mut stream: drv_sys::CUstream = std::ptr::null_mut();
+        // SAFETY: creates a stream in the bound context.
+        unsafe {
+            drv_sys::cuStreamCreate(
+                &mut stream,
+                drv_sys::CUstream_flags::CU_STREAM_NON_BLOCKING as u32,
+            )
+        }
+        .result()
+        .map_err(|e| dev_err("creating a stream to record graphs on", e))?;
+        let rec = Recorder {
+            dev: self.dev.clone(),
+            stream,
+            workspace,
+        };
+        self.blas_on(Some(&rec), self.stream())?;
+        Ok(rec)
     }
 
     fn stream(&self) -> drv_sys::CUstream {
         *self.dev.cu_stream()
+    }
+
+    /// Point cuBLAS at `stream`, with the recorder's workspace when there is one (setting the
+    /// stream resets cuBLAS's workspace, so both go together).
+    fn blas_on(&self, rec: Option<&Recorder>, stream: drv_sys::CUstream) -> Result<()> {
+        let h = *self.blas.handle();
+        // SAFETY: our handle; a stream of its context.
+        unsafe { blas::set_stream(h, stream as *mut _) }
+            .map_err(|e| dev_err("cublasSetStream", e))?;
+        if let Some(rec) = rec {
+            // SAFETY: a live device buffer of BLAS_WORKSPACE bytes, 256-byte aligned.
+            unsafe {
+                blas_sys::cublasSetWorkspace_v2(
+                    h,
+                    *rec.workspace.device_ptr() as *mut c_void,
+                    BLAS_WORKSPACE,
+                )
+            }
+            .result()
+            .map_err(|e| dev_err("cublasSetWorkspace", e))?;
+        }
+        Ok(())
+    }
+
+    /// A product on cuBLAS's current stream.
+    fn gemm(&self, g: &Gemm) -> Result<()> {
+        use blas_sys::cublasOperation_t::{CUBLAS_OP_N, CUBLAS_OP_T};
+        let op = |t: bool| if t { CUBLAS_OP_T } else { CUBLAS_OP_N };
+        let i = |v: usize| v as std::ffi::c_int;
+        let c = g.col_major();
+        let (alpha, beta) = (1.0f32, 0.0f32);
+        // SAFETY: device addresses of buffers of these shapes (step.rs).
+        unsafe {
+            blas::sgemm(
+                *self.blas.handle(),
+                op(c.trans_a),
+                op(c.trans_b),
+                i(c.m),
+                i(c.n),
+                i(c.k),
+                &alpha,
+                c.a as *const f32,
+                i(c.lda),
+                c.b as *const f32,
+                i(c.ldb),
+                &beta,
+                c.c as *mut f32,
+                i(c.ldc),
+            )
+        }
+        .map_err(|e| dev_err(&format!("cublasSgemm {}x{}x{}", g.m, g.n, g.k), e))
+    }
+
+    /// Issue `op` on `stream` (cuBLAS must already be on it).
+    fn issue(&self, op: &Op, stream: drv_sys::CUstream) -> Result<()> {
+        match op {
+            Op::Launch {
+                k,
+                grid,
+                block,
+                args,
+            } => {
+                let mut slots = args.clone();
+                let mut ptrs: Vec<*mut c_void> = slots
+                    .iter_mut()
+                    .map(|s| s as *mut u64 as *mut c_void)
+                    .collect();
+                // SAFETY: `args` hold values of the kernel's parameter types (step.rs builds
+                // them so; the host-emulated tests run the same calls against the same
+                // signatures).
+                unsafe {
+                    drv::launch_kernel(
+                        self.module.funcs[*k as usize],
+                        (*grid, 1, 1),
+                        (*block, 1, 1),
+                        0,
+                        stream,
+                        &mut ptrs,
+                    )
+                }
+                .map_err(|e| dev_err(&format!("launching {}", k.name()), e))
+            }
+            Op::Gemm(g) => self.gemm(g),
+            // SAFETY: device addresses within live buffers (step.rs).
+            Op::Copy { dst, src, bytes } => {
+                unsafe { drv::memcpy_dtod_async(*dst, *src, *bytes, stream) }
+                    .map_err(|e| dev_err("device copy", e))
+            }
+            // SAFETY: as above.
+            Op::Zero { dst, bytes } => unsafe { drv::memset_d8_async(*dst, 0, *bytes, stream) }
+                .map_err(|e| dev_err("device memset", e)),
+        }
+    }
+
+    /// Record `prog` on the recorder's stream and instantiate it.
+    fn try_record(&self, rec: &Recorder, prog: &[Op]) -> Result<CudaGraph> {
+        use drv_sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL;
+        self.blas_on(Some(rec), rec.stream)?;
+        // SAFETY: our stream; the recording is ended below on every path.
+        let begun = unsafe {
+            drv_sys::cuStreamBeginCapture_v2(rec.stream, CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
+        }
+        .result()
+        .map_err(|e| dev_err("beginning to record a graph", e));
+        let issued = begun.and_then(|()| prog.iter().try_for_each(|op| self.issue(op, rec.stream)));
+        let mut graph: drv_sys::CUgraph = std::ptr::null_mut();
+        // SAFETY: ends the recording begun above (an error when none is open).
+        let ended = unsafe { drv_sys::cuStreamEndCapture(rec.stream, &mut graph) }.result();
+        let back = self.blas_on(Some(rec), self.stream());
+        let made = issued
+            .and_then(|()| ended.map_err(|e| dev_err("ending a graph's recording", e)))
+            .and_then(|()| {
+                let mut exec: drv_sys::CUgraphExec = std::ptr::null_mut();
+                // SAFETY: a graph just recorded.
+                unsafe { drv_sys::cuGraphInstantiateWithFlags(&mut exec, graph, 0) }
+                    .result()
+                    .map_err(|e| dev_err("instantiating a recorded graph", e))?;
+                Ok(CudaGraph {
+                    dev: self.dev.clone(),
+                    exec,
+                })
+            });
+        if !graph.is_null() {
+            // SAFETY: the recorded graph; its instance (if any) does not need it.
+            let _ = unsafe { drv_sys::cuGraphDestroy(graph) };
+        }
+        back?;
+        made
     }
 }
 
@@ -154,6 +362,7 @@ impl Buf for CudaSlice<u8> {
 
 impl Gpu for CudaGpu {
     type Buf = CudaSlice<u8>;
+    type Graph = CudaGraph;
     fn bind(&self) -> Result<()> {
         self.dev.bind_to_thread().map_err(|e| dev_err("bind", e))
     }
@@ -162,63 +371,37 @@ impl Gpu for CudaGpu {
             .alloc_zeros::<u8>(bytes.max(256))
             .map_err(|e| dev_err(&format!("allocating {bytes} bytes"), e))
     }
-    fn launch(&self, k: K, grid: u32, block: u32, params: &mut [*mut c_void]) -> Result<()> {
-        // SAFETY: `params` point at values of the kernel's parameter types (step.rs builds
-        // them so; the host-emulated tests run the same calls against the same signatures).
-        unsafe {
-            drv::launch_kernel(
-                self.module.funcs[k as usize],
-                (grid, 1, 1),
-                (block, 1, 1),
-                0,
-                self.stream(),
-                params,
-            )
-        }
-        .map_err(|e| dev_err(&format!("launching {}", k.name()), e))
-    }
-    fn gemm(&self, g: &Gemm) -> Result<()> {
-        use blas_sys::cublasOperation_t::{CUBLAS_OP_N, CUBLAS_OP_T};
-        let op = |t: bool| if t { CUBLAS_OP_T } else { CUBLAS_OP_N };
-        let i = |v: usize| v as std::ffi::c_int;
-        let c = g.col_major();
-        let (alpha, beta) = (1.0f32, 0.0f32);
-        // SAFETY: device addresses of buffers of these shapes (step.rs).
-        unsafe {
-            blas::sgemm(
-                *self.blas.handle(),
-                op(c.trans_a),
-                op(c.trans_b),
-                i(c.m),
-                i(c.n),
-                i(c.k),
-                &alpha,
-                c.a as *const f32,
-                i(c.lda),
-                c.b as *const f32,
-                i(c.ldb),
-                &beta,
-                c.c as *mut f32,
-                i(c.ldc),
-            )
-        }
-        .map_err(|e| dev_err(&format!("cublasSgemm {}x{}x{}", g.m, g.n, g.k), e))
-    }
-    fn copy(&self, dst: u64, src: u64, bytes: usize) -> Result<()> {
-        // SAFETY: device addresses within live buffers (step.rs).
-        unsafe { drv::memcpy_dtod_async(dst, src, bytes, self.stream()) }
-            .map_err(|e| dev_err("device copy", e))
-    }
-    fn zero(&self, dst: u64, bytes: usize) -> Result<()> {
-        // SAFETY: as above.
-        unsafe { drv::memset_d8_async(dst, 0, bytes, self.stream()) }
-            .map_err(|e| dev_err("device memset", e))
-    }
     fn block(&self) -> u32 {
         256
     }
     fn reduce_blocks(&self) -> u32 {
         256
+    }
+    fn run(&self, op: &Op) -> Result<()> {
+        self.issue(op, self.stream())
+    }
+    fn record(&self, prog: &[Op]) -> Result<Option<CudaGraph>> {
+        let Some(rec) = &self.rec else {
+            return Ok(None);
+        };
+        match self.try_record(rec, prog) {
+            Ok(g) => Ok(Some(g)),
+            Err(e) => {
+                // Nothing ran: the model's steps go on launching their operations one by one.
+                eprintln!(
+                    "seqpipe: could not record the CUDA step as a graph ({e:#}); this model's \
+                     steps launch their kernels one by one"
+                );
+                Ok(None)
+            }
+        }
+    }
+    fn replay(&self, graph: &CudaGraph) -> Result<()> {
+        // SAFETY: an instance of this context, launched on its legacy stream (ordered after
+        // the step's upload, before its read-back).
+        unsafe { drv_sys::cuGraphLaunch(graph.exec, self.stream()) }
+            .result()
+            .map_err(|e| dev_err("launching the step's graph", e))
     }
 }
 

@@ -6,7 +6,7 @@
 //! compiler (`c++`, or `$CXX`) the tests that need it skip with a message, except under
 //! `CI=true`, where they fail.
 
-use super::step::{Buf, Gemm, Gpu};
+use super::step::{Buf, Gemm, Gpu, Op};
 use super::{EMU_HEADER, K, KERNELS, SOURCE};
 use anyhow::Result;
 use std::ffi::{c_char, c_int, c_void, CString};
@@ -100,7 +100,12 @@ fn build() -> Result<Lib, String> {
 /// The host emulation, or None (after saying why) when no C++ compiler is at hand outside CI.
 pub(in crate::nn) fn gpu_or_skip(test: &str) -> Option<EmuGpu> {
     match lib() {
-        Ok(lib) => Some(EmuGpu { lib, block: 32 }),
+        Ok(lib) => Some(EmuGpu {
+            lib,
+            block: 32,
+            graphs: true,
+            replay_fails: false,
+        }),
         Err(e) => {
             if std::env::var("CI").as_deref() == Ok("true") {
                 panic!("{test}: the host-emulated CUDA kernels are needed under CI=true: {e}");
@@ -116,6 +121,10 @@ pub(in crate::nn) struct EmuGpu {
     lib: &'static Lib,
     /// Threads per block of the element-wise kernels (tests vary it).
     pub block: u32,
+    /// Record graphs (a graph here is the list of operations, replayed in order).
+    pub graphs: bool,
+    /// Graph launches fail (as a device that cannot launch them would, running nothing).
+    pub replay_fails: bool,
 }
 
 /// Host memory standing in for device memory (8-byte aligned, zeroed).
@@ -185,12 +194,52 @@ impl Buf for EmuBuf {
 
 impl Gpu for EmuGpu {
     type Buf = EmuBuf;
+    type Graph = Vec<Op>;
     fn bind(&self) -> Result<()> {
         Ok(())
     }
     fn alloc(&self, bytes: usize) -> Result<EmuBuf> {
         Ok(EmuBuf::new(bytes))
     }
+    fn run(&self, op: &Op) -> Result<()> {
+        match op {
+            Op::Launch {
+                k,
+                grid,
+                block,
+                args,
+            } => {
+                let mut slots = args.clone();
+                let mut ptrs: Vec<*mut c_void> = slots
+                    .iter_mut()
+                    .map(|s| s as *mut u64 as *mut c_void)
+                    .collect();
+                self.launch(*k, *grid, *block, &mut ptrs)
+            }
+            Op::Gemm(g) => self.gemm(g),
+            Op::Copy { dst, src, bytes } => self.copy(*dst, *src, *bytes),
+            Op::Zero { dst, bytes } => self.zero_bytes(*dst, *bytes),
+        }
+    }
+    fn block(&self) -> u32 {
+        self.block
+    }
+    fn reduce_blocks(&self) -> u32 {
+        3
+    }
+    fn record(&self, prog: &[Op]) -> Result<Option<Vec<Op>>> {
+        Ok(self.graphs.then(|| prog.to_vec()))
+    }
+    fn replay(&self, graph: &Vec<Op>) -> Result<()> {
+        if self.replay_fails {
+            nn_bail!(Device, "emulated: graph launches fail");
+        }
+        graph.iter().try_for_each(|op| self.run(op))
+    }
+}
+
+/// The operations, one at a time on the host.
+impl EmuGpu {
     fn launch(&self, k: K, grid: u32, block: u32, params: &mut [*mut c_void]) -> Result<()> {
         let mut err = [0 as c_char; 512];
         // SAFETY: the parameters point at values of the kernel's parameter types (step.rs and
@@ -247,16 +296,10 @@ impl Gpu for EmuGpu {
         unsafe { std::ptr::copy(src as *const u8, dst as *mut u8, bytes) };
         Ok(())
     }
-    fn zero(&self, dst: u64, bytes: usize) -> Result<()> {
+    fn zero_bytes(&self, dst: u64, bytes: usize) -> Result<()> {
         // SAFETY: as above.
         unsafe { std::ptr::write_bytes(dst as *mut u8, 0, bytes) };
         Ok(())
-    }
-    fn block(&self) -> u32 {
-        self.block
-    }
-    fn reduce_blocks(&self) -> u32 {
-        3
     }
 }
 
@@ -290,7 +333,7 @@ impl EmuGpu {
 
 #[cfg(test)]
 mod tests {
-    use super::super::step::{Moments, Trainer};
+    use super::super::step::{Counts, Moments, Trainer};
     use super::*;
     use crate::nn::core::to_time_major;
     use crate::nn::params::Update;
@@ -398,6 +441,17 @@ mod tests {
                 s_cpu.grad_norm
             );
         }
+        // The first step ran one by one; the second recorded the program as a graph, and it
+        // and every later step replayed it (the per-step values come from device memory).
+        assert_eq!(
+            tr.counts,
+            Counts {
+                one_by_one: 1,
+                recorded: 1,
+                replayed: steps as u64 - 1
+            },
+            "{what}: graph use"
+        );
         // Weights: the device's, brought back, against the CPU's.
         tr.download_params(&mut core.store).unwrap();
         let mut moved = 0.0f64;
@@ -498,7 +552,7 @@ mod tests {
                 clip: Some(0.05),
             },
         ] {
-            cpu_vs_device(&case, 3, 3, 4);
+            cpu_vs_device(&case, 4, 3, 4);
         }
     }
 
@@ -522,7 +576,7 @@ mod tests {
                 clip: Some(0.1),
             },
         ] {
-            cpu_vs_device(&case, 3, 2, 5);
+            cpu_vs_device(&case, 4, 2, 5);
         }
     }
 
@@ -742,5 +796,118 @@ mod tests {
         assert!(mo.download(&[1, 2]).is_err());
         let bad: Vec<Vec<f32>> = vec![vec![0.0; 3]];
         assert!(tr.moments_from_host(&bad, &bad).is_err());
+    }
+
+    /// A step replayed from a recorded graph gives the bits of the same step launched one by
+    /// one, with the optimizer's per-step values (Adam's bias corrections) changing under it;
+    /// a new shape or clipping threshold makes a new program, run one by one and recorded anew;
+    /// a graph launch that fails leaves the model to go on one by one with the same bits.
+    #[test]
+    fn graphs_replay_the_bits_of_one_by_one() {
+        let Some(gpu) = gpu_or_skip("graphs_replay_the_bits_of_one_by_one") else {
+            return;
+        };
+        let vocab = 6;
+        let spec = LmSpec {
+            cell: CellKind::Lstm,
+            vocab,
+            hidden: 4,
+            num_layers: 2,
+            input: InputMode::Embedding(3),
+            activation: Activation::Tanh,
+        };
+        let model = LanguageModel::new(&spec, DeviceKind::Cpu, 5).unwrap();
+        let b = 2;
+        // (steps, clip) of each step; the batch stays 2, so the state carries over.
+        let plan = [
+            (3, None),
+            (3, None),
+            (3, None),
+            (4, None),
+            (4, None),
+            (4, Some(0.3)),
+            (4, Some(0.3)),
+            (4, Some(0.3)),
+        ];
+        let run = |graphs: bool, replay_fails: bool| {
+            let gpu = EmuGpu {
+                graphs,
+                replay_fails,
+                ..gpu
+            };
+            let mut core = model.core().clone();
+            let mut opt = Optimizer::new(&adam(), &model);
+            let mut tr = Trainer::new(gpu, &core).unwrap();
+            let mut st = model.zero_state(b);
+            let mut rng = ChaCha8Rng::seed_from_u64(2);
+            let mut moments: Option<Moments<EmuBuf>> = None;
+            let mut seen = Vec::new();
+            for &(t, clip) in &plan {
+                let x: Vec<u32> = (0..b * t).map(|_| rng.gen_range(0..vocab as u32)).collect();
+                let y: Vec<u32> = (0..b * t).map(|_| rng.gen_range(0..vocab as u32)).collect();
+                let upd = opt.next_update(&core.store.lens()).unwrap();
+                if moments.is_none() {
+                    let (m, v) = opt.host_moments();
+                    moments = Some(tr.moments_from_host(m, v).unwrap());
+                }
+                let s = tr
+                    .step(&core, upd, moments.as_mut(), &x, &y, b, t, &mut st, clip)
+                    .unwrap();
+                seen.push((s.loss_sum.to_bits(), s.grad_norm.to_bits()));
+            }
+            tr.download_params(&mut core.store).unwrap();
+            let w: Vec<u32> = core
+                .store
+                .params
+                .iter()
+                .flat_map(|p| p.data.iter().map(|v| v.to_bits()))
+                .collect();
+            (seen, w, tr.counts)
+        };
+        let (seen_g, w_g, counts_g) = run(true, false);
+        let (seen_1, w_1, counts_1) = run(false, false);
+        // A device whose graph launches fail: the step goes on one by one, nothing lost.
+        let (seen_f, w_f, counts_f) = run(true, true);
+        assert_eq!(
+            seen_f, seen_1,
+            "losses and norms after a failed graph launch"
+        );
+        assert_eq!(w_f, w_1, "weights after a failed graph launch");
+        assert_eq!(
+            counts_f,
+            Counts {
+                one_by_one: 8,
+                recorded: 1,
+                replayed: 0
+            }
+        );
+        assert_eq!(seen_g, seen_1, "losses and norms, graphs vs one by one");
+        assert_eq!(w_g, w_1, "weights, graphs vs one by one");
+        assert_ne!(
+            w_g,
+            model
+                .core()
+                .store
+                .params
+                .iter()
+                .flat_map(|p| p.data.iter().map(|v| v.to_bits()))
+                .collect::<Vec<_>>()
+        );
+        assert_eq!(
+            counts_1,
+            Counts {
+                one_by_one: 8,
+                recorded: 0,
+                replayed: 0
+            }
+        );
+        assert_eq!(
+            counts_g,
+            Counts {
+                one_by_one: 3,
+                recorded: 3,
+                replayed: 5
+            }
+        );
     }
 }

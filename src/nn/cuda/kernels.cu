@@ -390,10 +390,12 @@ SP_KERNEL void finish_step(const double* partial, int np, const double* row_loss
 }
 
 // params.rs Optimizer::apply, SGD: w -= lr * (g * scale + wd * w); scale = stats[2].
-SP_KERNEL void sgd_step(float* w, const float* g, long long n, const double* stats, float lr,
-                        float wd) {
+// hp: lr, wd (in device memory: a recorded graph replays with each step's values).
+SP_KERNEL void sgd_step(float* w, const float* g, long long n, const double* stats,
+                        const float* hp) {
     long long i = sp_tid();
     if (i >= n) return;
+    float lr = hp[0], wd = hp[1];
     float s = (float)stats[2];
     float gg = g[i] * s + wd * w[i];
     w[i] = w[i] - lr * gg;
@@ -401,11 +403,13 @@ SP_KERNEL void sgd_step(float* w, const float* g, long long n, const double* sta
 
 // params.rs Optimizer::apply, Adam (PyTorch's): step_size = lr / (1 - beta1^t) and
 // bc2_sqrt = sqrt(1 - beta2^t) come from the host, computed as there.
+// hp: step_size, beta1, beta2, eps, wd, bc2_sqrt (device memory, as for sgd_step).
 SP_KERNEL void adam_step(float* w, const float* g, float* m, float* v, long long n,
-                         const double* stats, float step_size, float beta1, float beta2, float eps,
-                         float wd, float bc2_sqrt) {
+                         const double* stats, const float* hp) {
     long long i = sp_tid();
     if (i >= n) return;
+    float step_size = hp[0], beta1 = hp[1], beta2 = hp[2], eps = hp[3], wd = hp[4],
+          bc2_sqrt = hp[5];
     float s = (float)stats[2];
     float wi = w[i];
     float gg = g[i] * s + wd * wi;

@@ -6,9 +6,11 @@
 //! * `step.rs`: the training step written once against a small [`step::Gpu`] trait: parameters,
 //!   gradients, Adam moments, hidden state and all intermediates stay on the device; the matrix
 //!   products run in cuBLAS; the only transfer back per step is the loss sum and the gradient
-//!   norm (one 24-byte copy). Token ids go up once per step.
-//! * `device.rs` (feature `cuda`): the `Gpu` of a real device (cudarc driver + cuBLAS + NVRTC)
-//!   and `Resident`, the glue `LanguageModel` holds.
+//!   norm (one 24-byte copy). Token ids and the optimizer's scalars go up once per step. The
+//!   step is written down as a program of operations; from the second step of a shape on, it
+//!   runs as one recorded CUDA graph (one launch instead of ~4 per time step and layer).
+//! * `device.rs` (feature `cuda`): the `Gpu` of a real device (cudarc driver + cuBLAS + NVRTC,
+//!   graphs recorded on a stream of its own) and `Resident`, the glue `LanguageModel` holds.
 //! * `emu.rs` (tests): the same kernels compiled for the host by the system C++ compiler through
 //!   `emu.h`, behind the same `Gpu` trait, so that the kernels and the whole device step are
 //!   checked against the CPU implementation in the default (CPU-only) build. The kernel-level

@@ -13,6 +13,15 @@
 //! transfer to the host. Parameters, gradients, Adam moments and the hidden state stay on the
 //! device between steps.
 //!
+//! Those operations are first written down as a program ([`Op`]s: kernel, grid and argument
+//! slots; products; copies), a pure function of the shapes, the buffers' addresses and the
+//! constant settings. What changes from step to step (token ids, the optimizer's step sizes)
+//! is read by the kernels from device memory written before the program runs. So a step whose
+//! program equals the previous one's can replay a recorded graph of it: the second step of a
+//! shape records one ([`Gpu::record`]), later steps launch it ([`Gpu::replay`]), and any
+//! change of program (shape, state buffers, optimizer, clipping) runs one by one and records
+//! anew. A device that cannot record or launch graphs goes on one by one.
+//!
 //! The math is the CPU path's (`core::{forward, backward}`), restructured for the device: the
 //! CPU folds the output layer into the top layer's per-step product (the "extended" matrix); here
 //! the output layer and its gradient run once over all steps. Same sums, other summation order.
@@ -22,7 +31,6 @@ use crate::nn::core::{Core, HiddenState, InKind};
 use crate::nn::params::{MomentPair, ParamStore, Update};
 use crate::nn::{Activation, CellKind, StepStats};
 use anyhow::Result;
-use std::ffi::c_void;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Device memory: a byte buffer at a fixed device address. `Clone` copies the contents.
@@ -36,7 +44,7 @@ pub(in crate::nn) trait Buf: Clone {
 
 /// A row-major product `C[m, n] = op(A) op(B)` (op: transposed when the flag is set), `C`
 /// overwritten. Addresses are device addresses; `ld*` the row strides in elements.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(in crate::nn) struct Gemm {
     pub ta: bool,
     pub tb: bool,
@@ -88,22 +96,55 @@ impl Gemm {
     }
 }
 
+/// One device operation of a step's program. Everything it does is in its fields (addresses,
+/// sizes, constant scalars), so two equal programs do the same work: a recorded graph of one
+/// can stand in for the other. What changes from step to step (the token ids, the optimizer's
+/// step sizes) lives in device memory that the step writes before the program runs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(in crate::nn) enum Op {
+    /// Kernel `k` on a 1-d grid; each argument in an 8-byte slot (4-byte values in its low bytes).
+    Launch {
+        k: K,
+        grid: u32,
+        block: u32,
+        args: Vec<u64>,
+    },
+    Gemm(Gemm),
+    Copy {
+        dst: u64,
+        src: u64,
+        bytes: usize,
+    },
+    Zero {
+        dst: u64,
+        bytes: usize,
+    },
+}
+
 /// What the step needs from a device. All work is ordered (one stream).
 pub(in crate::nn) trait Gpu {
     type Buf: Buf;
+    /// A recorded program (a CUDA graph), replayed as a whole.
+    type Graph;
     /// Make the device current for this thread.
     fn bind(&self) -> Result<()>;
     /// A zeroed buffer of at least `bytes` bytes (aligned to 256 bytes).
     fn alloc(&self, bytes: usize) -> Result<Self::Buf>;
-    /// Launch kernel `k` on a 1-d grid; `params` as for cuLaunchKernel.
-    fn launch(&self, k: K, grid: u32, block: u32, params: &mut [*mut c_void]) -> Result<()>;
-    fn gemm(&self, g: &Gemm) -> Result<()>;
-    fn copy(&self, dst: u64, src: u64, bytes: usize) -> Result<()>;
-    fn zero(&self, dst: u64, bytes: usize) -> Result<()>;
+    /// Run one operation now (after the earlier ones).
+    fn run(&self, op: &Op) -> Result<()>;
+    fn zero(&self, dst: u64, bytes: usize) -> Result<()> {
+        self.run(&Op::Zero { dst, bytes })
+    }
     /// Threads per block of the element-wise kernels.
     fn block(&self) -> u32;
     /// Most blocks of the first pass of the gradient norm.
     fn reduce_blocks(&self) -> u32;
+    /// Record `prog` as one graph without running it. `Ok(None)`: this device records no
+    /// graphs (switched off, or recording failed and was undone); the caller runs the
+    /// operations one by one.
+    fn record(&self, prog: &[Op]) -> Result<Option<Self::Graph>>;
+    /// Run a recorded graph (ordered like any other work).
+    fn replay(&self, graph: &Self::Graph) -> Result<()>;
 }
 
 /// A kernel argument (stored in an 8-byte slot; 4-byte values in its low bytes).
@@ -116,6 +157,30 @@ pub(in crate::nn) enum Arg {
     F(f32),
 }
 
+impl Arg {
+    fn slot(self) -> u64 {
+        match self {
+            Arg::P(p) => p,
+            Arg::I(v) => v as u32 as u64,
+            Arg::L(v) => v as u64,
+            Arg::F(v) => v.to_bits() as u64,
+        }
+    }
+}
+
+impl Op {
+    pub fn launch(k: K, grid: u32, block: u32, args: &[Arg]) -> Self {
+        Op::Launch {
+            k,
+            grid: grid.max(1),
+            block,
+            args: args.iter().map(|a| a.slot()).collect(),
+        }
+    }
+}
+
+/// Launch kernel `k` now.
+#[cfg(test)]
 pub(in crate::nn) fn launch<G: Gpu>(
     gpu: &G,
     k: K,
@@ -123,30 +188,66 @@ pub(in crate::nn) fn launch<G: Gpu>(
     block: u32,
     args: &[Arg],
 ) -> Result<()> {
-    let mut slots: Vec<u64> = args
-        .iter()
-        .map(|a| match *a {
-            Arg::P(p) => p,
-            Arg::I(v) => v as u32 as u64,
-            Arg::L(v) => v as u64,
-            Arg::F(v) => v.to_bits() as u64,
-        })
-        .collect();
-    let mut ptrs: Vec<*mut c_void> = slots
-        .iter_mut()
-        .map(|s| s as *mut u64 as *mut c_void)
-        .collect();
-    gpu.launch(k, grid.max(1), block, &mut ptrs)
+    gpu.run(&Op::launch(k, grid, block, args))
 }
 
 fn blocks(n: usize, block: u32) -> u32 {
     n.div_ceil(block as usize).max(1) as u32
 }
 
-/// Launch an element-wise kernel over `n` threads.
-fn launch_n<G: Gpu>(gpu: &G, k: K, n: usize, args: &[Arg]) -> Result<()> {
-    let bs = gpu.block();
-    launch(gpu, k, blocks(n, bs), bs, args)
+/// A step's program as it is written down: the operations in order.
+struct Prog {
+    ops: Vec<Op>,
+    block: u32,
+}
+impl Prog {
+    fn launch(&mut self, k: K, grid: u32, block: u32, args: &[Arg]) {
+        self.ops.push(Op::launch(k, grid, block, args));
+    }
+    /// An element-wise kernel over `n` threads.
+    fn launch_n(&mut self, k: K, n: usize, args: &[Arg]) {
+        let bs = self.block;
+        self.launch(k, blocks(n, bs), bs, args);
+    }
+    fn gemm(&mut self, g: Gemm) {
+        self.ops.push(Op::Gemm(g));
+    }
+    /// A row-major product (see [`Gemm`]).
+    #[allow(clippy::too_many_arguments)]
+    fn mm(
+        &mut self,
+        ta: bool,
+        tb: bool,
+        m: usize,
+        n: usize,
+        k: usize,
+        a: u64,
+        lda: usize,
+        b: u64,
+        ldb: usize,
+        c: u64,
+        ldc: usize,
+    ) {
+        self.gemm(Gemm {
+            ta,
+            tb,
+            m,
+            n,
+            k,
+            a,
+            lda,
+            b,
+            ldb,
+            c,
+            ldc,
+        });
+    }
+    fn copy(&mut self, dst: u64, src: u64, bytes: usize) {
+        self.ops.push(Op::Copy { dst, src, bytes });
+    }
+    fn zero(&mut self, dst: u64, bytes: usize) {
+        self.ops.push(Op::Zero { dst, bytes });
+    }
 }
 
 pub(in crate::nn) fn f32_bytes(v: &[f32]) -> &[u8] {
@@ -176,6 +277,20 @@ impl Arena {
     fn f32s(&mut self, n: usize) -> usize {
         self.take(4 * n)
     }
+}
+
+/// Room for the optimizer's per-step scalars (Adam's six).
+const HYPER: usize = 8;
+
+/// How the steps of a [`Trainer`] ran.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(in crate::nn) struct Counts {
+    /// Steps whose operations were launched one by one.
+    pub one_by_one: u64,
+    /// Graphs recorded.
+    pub recorded: u64,
+    /// Steps run as a recorded graph.
+    pub replayed: u64,
 }
 
 /// Adam's moments on the device: flat, in the parameter store's order.
@@ -263,6 +378,8 @@ struct Ws<B: Buf> {
     dx: u64,       // embedding: [T*B, dim]
     tokens: u64,   // i32: x [T*B], y [T*B], order [T*B], starts [V+1]
     tokens_off: usize,
+    /// Where the optimizer's scalars start in `tokens` (in 4-byte elements).
+    hyper_at: usize,
     partial: u64, // f64 [np]
     np: usize,
     stats: u64, // f64 [3]: loss sum, grad norm, clip scale
@@ -295,6 +412,13 @@ pub(in crate::nn) struct Trainer<G: Gpu> {
     ws: Option<Ws<G::Buf>>,
     state: Option<StateBufs<G::Buf>>,
     steps: u64,
+    /// The recorded graph and the program it holds.
+    graph: Option<(Vec<Op>, G::Graph)>,
+    /// The program of the last step run one by one.
+    last: Vec<Op>,
+    /// Still try to record graphs (false after the device declined once).
+    graphs: bool,
+    pub counts: Counts,
 }
 
 impl<G: Gpu> Trainer<G> {
@@ -323,6 +447,10 @@ impl<G: Gpu> Trainer<G> {
             ws: None,
             state: None,
             steps: 0,
+            graph: None,
+            last: Vec::new(),
+            graphs: true,
+            counts: Counts::default(),
         };
         tr.upload_params(&core.store)?;
         Ok(tr)
@@ -347,6 +475,10 @@ impl<G: Gpu> Trainer<G> {
             ws: None,
             state: None,
             steps: 0,
+            graph: None,
+            last: Vec::new(),
+            graphs: self.graphs,
+            counts: Counts::default(),
         })
     }
 
@@ -568,7 +700,8 @@ impl<G: Gpu> Trainer<G> {
         } else {
             usize::MAX
         };
-        let tokens = a.take(4 * (3 * tb + vocab + 1));
+        let hyper_at = 3 * tb + vocab + 1;
+        let tokens = a.take(4 * (hyper_at + HYPER));
         let np = blocks(self.total, self.gpu.block()).min(self.gpu.reduce_blocks()) as usize;
         let partial = a.take(8 * np);
         let stats = a.take(8 * 3);
@@ -612,6 +745,7 @@ impl<G: Gpu> Trainer<G> {
             dx: at(dx),
             tokens: at(tokens),
             tokens_off: tokens,
+            hyper_at,
             partial: at(partial),
             np,
             stats: at(stats),
@@ -668,6 +802,493 @@ impl<G: Gpu> Trainer<G> {
         Ok(())
     }
 
+    /// The operations of one training step (forward, loss, BPTT, norm and clipping, the
+    /// update: Adam when `moments` is given, else SGD) for the work buffers and state in place.
+    /// Equal for every step of one shape, optimizer and clipping: what changes from step to
+    /// step is read from device memory (`Ws::tokens`).
+    fn program(
+        &self,
+        core: &Core,
+        moments: Option<&Moments<G::Buf>>,
+        clip: Option<f32>,
+    ) -> Result<Vec<Op>> {
+        let ws = self.ws.as_ref().expect("ensure_ws before program");
+        let (b, t) = (ws.b, ws.t);
+        let (h, g, nl, o) = (core.hidden, core.g(), core.layers.len(), core.out_dim);
+        let gh = g * h;
+        let (tb, bh) = (t * b, b * h);
+        let cell = core.cell;
+        let relu = i32::from(core.act == Activation::Relu);
+        let (vocab, dim) = match core.input {
+            InKind::OneHot(v) => (v, 0),
+            InKind::Embedding { vocab, dim } => (vocab, dim),
+            InKind::Dense(_) => unreachable!("checked"),
+        };
+        let mut pr = Prog {
+            ops: Vec::with_capacity(8 * t * nl + 32),
+            block: self.gpu.block(),
+        };
+        let ws = self.ws.as_ref().unwrap();
+        let sb = self.state.as_ref().unwrap();
+        let (pbase, gbase) = (self.params.ptr(), self.grads.ptr());
+        let p = |i: usize| pbase + 4 * self.offs[i] as u64;
+        let gr = |i: usize| gbase + 4 * self.offs[i] as u64;
+        let f = |base: u64, elems: usize| base + 4 * elems as u64;
+        let tok_x = ws.tokens;
+        let tok_y = f(ws.tokens, tb);
+        let order = f(ws.tokens, 2 * tb);
+        let starts = f(ws.tokens, 3 * tb);
+        use Arg::{F, I, L, P};
+        let (tbi, ghi, hi, bi) = (tb as i32, gh as i32, h as i32, b as i32);
+
+        // ---- forward
+        for (l, li) in core.layers.iter().enumerate() {
+            let lw = &ws.layers[l];
+            let bhh_fold = match (cell, li.b_hh) {
+                (CellKind::Gru, _) | (_, None) => 0,
+                (_, Some(bh)) => p(bh),
+            };
+            match (l, core.input) {
+                (0, InKind::OneHot(v)) => pr.launch_n(
+                    K::GatherOnehot,
+                    tb * gh,
+                    &[
+                        P(lw.gi),
+                        P(p(li.w_ih)),
+                        P(p(li.b_ih)),
+                        P(bhh_fold),
+                        P(tok_x),
+                        I(tbi),
+                        I(ghi),
+                        I(v as i32),
+                    ],
+                ),
+                _ => {
+                    let (xin, in_dim) = if l == 0 {
+                        let e = core.emb.expect("embedding input has a table");
+                        pr.launch_n(
+                            K::GatherRows,
+                            tb * dim,
+                            &[P(ws.xin), P(p(e)), P(tok_x), I(tbi), I(dim as i32)],
+                        );
+                        (ws.xin, dim)
+                    } else {
+                        (f(ws.layers[l - 1].hs, bh), h)
+                    };
+                    debug_assert_eq!(in_dim, li.in_dim);
+                    // gi [TB, GH] = X [TB, I] W_ih^T (W_ih [GH, I])
+                    pr.mm(
+                        false,
+                        true,
+                        tb,
+                        gh,
+                        in_dim,
+                        xin,
+                        in_dim,
+                        p(li.w_ih),
+                        in_dim,
+                        lw.gi,
+                        gh,
+                    );
+                    pr.launch_n(
+                        K::AddBias,
+                        tb * gh,
+                        &[P(lw.gi), P(p(li.b_ih)), P(bhh_fold), I(tbi), I(ghi)],
+                    );
+                }
+            }
+            pr.copy(lw.hs, sb.h[l], 4 * bh);
+            if cell == CellKind::Lstm {
+                pr.copy(lw.cs, sb.c[l], 4 * bh);
+            }
+            for s in 0..t {
+                let hp = f(lw.hs, s * bh);
+                let hc = f(lw.hs, (s + 1) * bh);
+                // ghh [B, GH] = h_s [B, H] W_hh^T
+                pr.mm(false, true, b, gh, h, hp, h, p(li.w_hh), h, ws.ghh, gh);
+                let gi_s = f(lw.gi, s * b * gh);
+                match cell {
+                    CellKind::Rnn | CellKind::RnnScratch => pr.launch_n(
+                        K::RnnFwd,
+                        bh,
+                        &[I(relu), P(gi_s), P(ws.ghh), P(hc), I(bh as i32)],
+                    ),
+                    CellKind::Gru => pr.launch_n(
+                        K::GruFwd,
+                        bh,
+                        &[
+                            P(gi_s),
+                            P(ws.ghh),
+                            P(p(li.b_hh.expect("GRU has b_hh"))),
+                            P(hp),
+                            P(f(lw.gates, s * b * gh)),
+                            P(f(lw.ghn, s * bh)),
+                            P(hc),
+                            I(bi),
+                            I(hi),
+                        ],
+                    ),
+                    CellKind::Lstm => pr.launch_n(
+                        K::LstmFwd,
+                        bh,
+                        &[
+                            P(gi_s),
+                            P(ws.ghh),
+                            P(f(lw.cs, s * bh)),
+                            P(f(lw.gates, s * b * gh)),
+                            P(f(lw.cs, (s + 1) * bh)),
+                            P(f(lw.tcs, s * bh)),
+                            P(hc),
+                            I(bi),
+                            I(hi),
+                        ],
+                    ),
+                }
+            }
+            pr.copy(sb.h[l], f(lw.hs, t * bh), 4 * bh);
+            if cell == CellKind::Lstm {
+                pr.copy(sb.c[l], f(lw.cs, t * bh), 4 * bh);
+            }
+        }
+
+        // ---- output layer and loss (all steps at once)
+        let top = &ws.layers[nl - 1];
+        let hs1 = f(top.hs, bh); // h_1 .. h_T: [TB, H]
+        pr.mm(
+            false,
+            true,
+            tb,
+            o,
+            h,
+            hs1,
+            h,
+            p(core.lin_w),
+            h,
+            ws.logits,
+            o,
+        );
+        pr.launch_n(
+            K::AddBias,
+            tb * o,
+            &[P(ws.logits), P(p(core.lin_b)), P(0), I(tbi), I(o as i32)],
+        );
+        let scale = 1.0 / (t * b) as f32;
+        pr.launch(
+            K::SoftmaxCe,
+            tb as u32,
+            pr.block.min(128),
+            &[
+                P(ws.logits),
+                P(tok_y),
+                P(ws.dy),
+                P(ws.row_loss),
+                I(o as i32),
+                F(scale),
+            ],
+        );
+
+        // ---- backward
+        // dh from the output layer for all steps: [TB, H] = dY [TB, O] W_lin [O, H]
+        pr.mm(
+            false,
+            false,
+            tb,
+            h,
+            o,
+            ws.dy,
+            o,
+            p(core.lin_w),
+            h,
+            ws.dhy,
+            h,
+        );
+        // dW_lin [O, H] = dY^T Hs_1..T
+        pr.mm(true, false, o, h, tb, ws.dy, o, hs1, h, gr(core.lin_w), h);
+        pr.launch_n(
+            K::ColSum,
+            o,
+            &[P(ws.dy), I(tbi), I(o as i32), P(gr(core.lin_b)), P(0)],
+        );
+        let mut extra = ws.dhy;
+        for l in (0..nl).rev() {
+            let li = &core.layers[l];
+            let lw = &ws.layers[l];
+            let dgi = if cell == CellKind::Gru { ws.dgi } else { ws.dg };
+            pr.zero(ws.carry, 4 * bh);
+            for tt in (1..=t).rev() {
+                let s = tt - 1;
+                let mmp = if tt < t {
+                    // dh_tt [B, H] = dG_tt [B, GH] W_hh [GH, H]
+                    pr.mm(
+                        false,
+                        false,
+                        b,
+                        h,
+                        gh,
+                        f(ws.dg, tt * b * gh),
+                        gh,
+                        p(li.w_hh),
+                        h,
+                        ws.dhmm,
+                        h,
+                    );
+                    ws.dhmm
+                } else {
+                    0
+                };
+                let ex = f(extra, s * bh);
+                let dg_s = f(ws.dg, s * b * gh);
+                match cell {
+                    CellKind::Rnn | CellKind::RnnScratch => pr.launch_n(
+                        K::RnnBwd,
+                        bh,
+                        &[
+                            I(relu),
+                            P(mmp),
+                            P(ex),
+                            P(f(lw.hs, tt * bh)),
+                            P(dg_s),
+                            I(bh as i32),
+                        ],
+                    ),
+                    CellKind::Gru => pr.launch_n(
+                        K::GruBwd,
+                        bh,
+                        &[
+                            P(mmp),
+                            P(ex),
+                            P(f(lw.gates, s * b * gh)),
+                            P(f(lw.ghn, s * bh)),
+                            P(f(lw.hs, s * bh)),
+                            P(ws.carry),
+                            P(dg_s),
+                            P(f(dgi, s * b * gh)),
+                            I(bi),
+                            I(hi),
+                        ],
+                    ),
+                    CellKind::Lstm => pr.launch_n(
+                        K::LstmBwd,
+                        bh,
+                        &[
+                            P(mmp),
+                            P(ex),
+                            P(f(lw.gates, s * b * gh)),
+                            P(f(lw.cs, s * bh)),
+                            P(f(lw.tcs, s * bh)),
+                            P(ws.carry),
+                            P(dg_s),
+                            I(bi),
+                            I(hi),
+                        ],
+                    ),
+                }
+            }
+            // dW_hh [GH, H] = dG^T [GH, TB] Hs_0..T-1 [TB, H]
+            pr.mm(true, false, gh, h, tb, ws.dg, gh, lw.hs, h, gr(li.w_hh), h);
+            match li.b_hh {
+                Some(bh_i) if cell == CellKind::Gru => {
+                    pr.launch_n(
+                        K::ColSum,
+                        gh,
+                        &[P(ws.dg), I(tbi), I(ghi), P(gr(bh_i)), P(0)],
+                    );
+                    pr.launch_n(
+                        K::ColSum,
+                        gh,
+                        &[P(dgi), I(tbi), I(ghi), P(gr(li.b_ih)), P(0)],
+                    );
+                }
+                Some(bh_i) => pr.launch_n(
+                    K::ColSum,
+                    gh,
+                    &[P(ws.dg), I(tbi), I(ghi), P(gr(bh_i)), P(gr(li.b_ih))],
+                ),
+                None => pr.launch_n(
+                    K::ColSum,
+                    gh,
+                    &[P(ws.dg), I(tbi), I(ghi), P(gr(li.b_ih)), P(0)],
+                ),
+            }
+            match (l, core.input) {
+                (0, InKind::OneHot(v)) => pr.launch_n(
+                    K::ScatterRows,
+                    v * gh,
+                    &[
+                        P(gr(li.w_ih)),
+                        P(dgi),
+                        P(order),
+                        P(starts),
+                        I(v as i32),
+                        I(ghi),
+                        I(1),
+                        I(v as i32),
+                    ],
+                ),
+                _ => {
+                    let in_dim = li.in_dim;
+                    let xin = if l > 0 {
+                        f(ws.layers[l - 1].hs, bh)
+                    } else {
+                        ws.xin
+                    };
+                    // dW_ih [GH, I] = dGi^T X
+                    pr.mm(
+                        true,
+                        false,
+                        gh,
+                        in_dim,
+                        tb,
+                        dgi,
+                        gh,
+                        xin,
+                        in_dim,
+                        gr(li.w_ih),
+                        in_dim,
+                    );
+                    // dX [TB, I] = dGi W_ih
+                    let dx = if l > 0 { ws.d_above } else { ws.dx };
+                    pr.mm(
+                        false,
+                        false,
+                        tb,
+                        in_dim,
+                        gh,
+                        dgi,
+                        gh,
+                        p(li.w_ih),
+                        in_dim,
+                        dx,
+                        in_dim,
+                    );
+                    if l > 0 {
+                        extra = ws.d_above;
+                    } else {
+                        let e = core.emb.expect("embedding input has a table");
+                        pr.launch_n(
+                            K::ScatterRows,
+                            vocab * dim,
+                            &[
+                                P(gr(e)),
+                                P(ws.dx),
+                                P(order),
+                                P(starts),
+                                I(vocab as i32),
+                                I(dim as i32),
+                                I(dim as i32),
+                                I(1),
+                            ],
+                        );
+                    }
+                }
+            }
+        }
+
+        // ---- global norm, clipping factor, loss sum; update
+        let bs = pr.block;
+        pr.launch(
+            K::SumsqPartial,
+            ws.np as u32,
+            bs,
+            &[P(gbase), L(self.total as i64), P(ws.partial)],
+        );
+        let (has_clip, theta) = match clip {
+            Some(c) => (1, c),
+            None => (0, 0.0),
+        };
+        pr.launch(
+            K::FinishStep,
+            1,
+            1,
+            &[
+                P(ws.partial),
+                I(ws.np as i32),
+                P(ws.row_loss),
+                I(tbi),
+                I(has_clip),
+                F(theta),
+                P(ws.stats),
+            ],
+        );
+        let n = self.total;
+        let hyper = f(ws.tokens, ws.hyper_at);
+        match moments {
+            // hyper: lr, weight decay
+            None => pr.launch_n(
+                K::SgdStep,
+                n,
+                &[P(pbase), P(gbase), L(n as i64), P(ws.stats), P(hyper)],
+            ),
+            // hyper: step size, beta1, beta2, eps, weight decay, sqrt(1 - beta2^t)
+            Some(mo) => {
+                if mo.total != n {
+                    nn_bail!(
+                        Weights,
+                        "device Adam moments hold {} values, the model {n}",
+                        mo.total
+                    );
+                }
+                pr.launch_n(
+                    K::AdamStep,
+                    n,
+                    &[
+                        P(pbase),
+                        P(gbase),
+                        P(mo.m.ptr()),
+                        P(mo.v.ptr()),
+                        L(n as i64),
+                        P(ws.stats),
+                        P(hyper),
+                    ],
+                )
+            }
+        }
+        Ok(pr.ops)
+    }
+
+    /// Run a step's program: as its recorded graph when there is one, else one by one. A
+    /// graph is recorded from the second step in a row with the same program (the first ran
+    /// every operation once, so cuBLAS chose and loaded its kernels outside the recording).
+    /// When the device cannot record or launch graphs, the model goes on one by one.
+    fn run_program(&mut self, prog: Vec<Op>) -> Result<()> {
+        if self.graph.as_ref().is_some_and(|(p, _)| *p != prog) {
+            self.graph = None;
+        }
+        if self.graph.is_none() && self.graphs && self.last == prog {
+            match self.gpu.record(&prog)? {
+                Some(g) => {
+                    self.counts.recorded += 1;
+                    self.graph = Some((prog.clone(), g));
+                    self.last = Vec::new();
+                }
+                None => self.graphs = false,
+            }
+        }
+        if let Some((_, g)) = &self.graph {
+            match self.gpu.replay(g) {
+                Ok(()) => {
+                    self.counts.replayed += 1;
+                    return Ok(());
+                }
+                // A launch that failed ran nothing: go on one by one.
+                Err(e) => {
+                    eprintln!(
+                        "seqpipe: launching the recorded CUDA step failed ({e:#}); this model's \
+                         steps launch their kernels one by one"
+                    );
+                    self.graph = None;
+                    self.graphs = false;
+                }
+            }
+        }
+        for op in &prog {
+            self.gpu.run(op)?;
+        }
+        self.counts.one_by_one += 1;
+        self.last = prog;
+        Ok(())
+    }
+
     /// One training step (inputs time-major, as `Core` takes them): forward, loss, BPTT,
     /// clipping and the update `upd` (from `Optimizer::next_update`; `moments` for Adam), all on
     /// the device. `state` is left tagged with the device state after the step.
@@ -695,19 +1316,15 @@ impl<G: Gpu> Trainer<G> {
         self.ensure_ws(core, b, t)?;
         self.ensure_state(core, state)?;
 
-        let (h, g, nl, o) = (core.hidden, core.g(), core.layers.len(), core.out_dim);
-        let gh = g * h;
-        let (tb, bh) = (t * b, b * h);
-        let cell = core.cell;
-        let relu = i32::from(core.act == Activation::Relu);
-        let (vocab, dim) = match core.input {
-            InKind::OneHot(v) => (v, 0),
-            InKind::Embedding { vocab, dim } => (vocab, dim),
+        let tb = t * b;
+        let vocab = match core.input {
+            InKind::OneHot(v) | InKind::Embedding { vocab: v, .. } => v,
             InKind::Dense(_) => unreachable!("checked"),
         };
 
-        // ---- tokens: x, y, and the rows of x grouped by token (stable) for the input gradients
-        let mut tok = Vec::with_capacity(3 * tb + vocab + 1);
+        // ---- what changes from step to step, in one upload: x, y, the rows of x grouped by
+        // token (stable) for the input gradients, and the optimizer's scalars ("hyper")
+        let mut tok = Vec::with_capacity(3 * tb + vocab + 1 + HYPER);
         tok.extend(x.iter().map(|&v| v as i32));
         tok.extend(y.iter().map(|&v| v as i32));
         let mut starts = vec![0i32; vocab + 1];
@@ -725,485 +1342,30 @@ impl<G: Gpu> Trainer<G> {
         }
         tok.extend_from_slice(&order);
         tok.extend_from_slice(&starts);
+        let hyper: &[f32] = match upd {
+            Update::Sgd { lr, weight_decay } => &[lr, weight_decay],
+            Update::Adam {
+                step_size,
+                beta1,
+                beta2,
+                eps,
+                weight_decay,
+                bc2_sqrt,
+            } => &[step_size, beta1, beta2, eps, weight_decay, bc2_sqrt],
+        };
+        debug_assert!(hyper.len() <= HYPER);
+        tok.extend(hyper.iter().map(|v| v.to_bits() as i32));
         {
             let ws = self.ws.as_mut().unwrap();
+            debug_assert_eq!(ws.hyper_at, 3 * tb + vocab + 1);
             let off = ws.tokens_off;
             ws.buf.write(off, i32_bytes(&tok))?;
         }
 
-        let gpu = &self.gpu;
+        let prog = self.program(core, moments.as_deref(), clip)?;
+        self.run_program(prog)?;
+
         let ws = self.ws.as_ref().unwrap();
-        let sb = self.state.as_ref().unwrap();
-        let (pbase, gbase) = (self.params.ptr(), self.grads.ptr());
-        let p = |i: usize| pbase + 4 * self.offs[i] as u64;
-        let gr = |i: usize| gbase + 4 * self.offs[i] as u64;
-        let f = |base: u64, elems: usize| base + 4 * elems as u64;
-        let tok_x = ws.tokens;
-        let tok_y = f(ws.tokens, tb);
-        let order = f(ws.tokens, 2 * tb);
-        let starts = f(ws.tokens, 3 * tb);
-        use Arg::{F, I, L, P};
-        let (tbi, ghi, hi, bi) = (tb as i32, gh as i32, h as i32, b as i32);
-        let mm = |ta, tb_, m, n, k, a, lda, bb, ldb, c, ldc| {
-            gpu.gemm(&Gemm {
-                ta,
-                tb: tb_,
-                m,
-                n,
-                k,
-                a,
-                lda,
-                b: bb,
-                ldb,
-                c,
-                ldc,
-            })
-        };
-
-        // ---- forward
-        for (l, li) in core.layers.iter().enumerate() {
-            let lw = &ws.layers[l];
-            let bhh_fold = match (cell, li.b_hh) {
-                (CellKind::Gru, _) | (_, None) => 0,
-                (_, Some(bh)) => p(bh),
-            };
-            match (l, core.input) {
-                (0, InKind::OneHot(v)) => launch_n(
-                    gpu,
-                    K::GatherOnehot,
-                    tb * gh,
-                    &[
-                        P(lw.gi),
-                        P(p(li.w_ih)),
-                        P(p(li.b_ih)),
-                        P(bhh_fold),
-                        P(tok_x),
-                        I(tbi),
-                        I(ghi),
-                        I(v as i32),
-                    ],
-                )?,
-                _ => {
-                    let (xin, in_dim) = if l == 0 {
-                        let e = core.emb.expect("embedding input has a table");
-                        launch_n(
-                            gpu,
-                            K::GatherRows,
-                            tb * dim,
-                            &[P(ws.xin), P(p(e)), P(tok_x), I(tbi), I(dim as i32)],
-                        )?;
-                        (ws.xin, dim)
-                    } else {
-                        (f(ws.layers[l - 1].hs, bh), h)
-                    };
-                    debug_assert_eq!(in_dim, li.in_dim);
-                    // gi [TB, GH] = X [TB, I] W_ih^T (W_ih [GH, I])
-                    mm(
-                        false,
-                        true,
-                        tb,
-                        gh,
-                        in_dim,
-                        xin,
-                        in_dim,
-                        p(li.w_ih),
-                        in_dim,
-                        lw.gi,
-                        gh,
-                    )?;
-                    launch_n(
-                        gpu,
-                        K::AddBias,
-                        tb * gh,
-                        &[P(lw.gi), P(p(li.b_ih)), P(bhh_fold), I(tbi), I(ghi)],
-                    )?;
-                }
-            }
-            gpu.copy(lw.hs, sb.h[l], 4 * bh)?;
-            if cell == CellKind::Lstm {
-                gpu.copy(lw.cs, sb.c[l], 4 * bh)?;
-            }
-            for s in 0..t {
-                let hp = f(lw.hs, s * bh);
-                let hc = f(lw.hs, (s + 1) * bh);
-                // ghh [B, GH] = h_s [B, H] W_hh^T
-                mm(false, true, b, gh, h, hp, h, p(li.w_hh), h, ws.ghh, gh)?;
-                let gi_s = f(lw.gi, s * b * gh);
-                match cell {
-                    CellKind::Rnn | CellKind::RnnScratch => launch_n(
-                        gpu,
-                        K::RnnFwd,
-                        bh,
-                        &[I(relu), P(gi_s), P(ws.ghh), P(hc), I(bh as i32)],
-                    )?,
-                    CellKind::Gru => launch_n(
-                        gpu,
-                        K::GruFwd,
-                        bh,
-                        &[
-                            P(gi_s),
-                            P(ws.ghh),
-                            P(p(li.b_hh.expect("GRU has b_hh"))),
-                            P(hp),
-                            P(f(lw.gates, s * b * gh)),
-                            P(f(lw.ghn, s * bh)),
-                            P(hc),
-                            I(bi),
-                            I(hi),
-                        ],
-                    )?,
-                    CellKind::Lstm => launch_n(
-                        gpu,
-                        K::LstmFwd,
-                        bh,
-                        &[
-                            P(gi_s),
-                            P(ws.ghh),
-                            P(f(lw.cs, s * bh)),
-                            P(f(lw.gates, s * b * gh)),
-                            P(f(lw.cs, (s + 1) * bh)),
-                            P(f(lw.tcs, s * bh)),
-                            P(hc),
-                            I(bi),
-                            I(hi),
-                        ],
-                    )?,
-                }
-            }
-            gpu.copy(sb.h[l], f(lw.hs, t * bh), 4 * bh)?;
-            if cell == CellKind::Lstm {
-                gpu.copy(sb.c[l], f(lw.cs, t * bh), 4 * bh)?;
-            }
-        }
-
-        // ---- output layer and loss (all steps at once)
-        let top = &ws.layers[nl - 1];
-        let hs1 = f(top.hs, bh); // h_1 .. h_T: [TB, H]
-        mm(
-            false,
-            true,
-            tb,
-            o,
-            h,
-            hs1,
-            h,
-            p(core.lin_w),
-            h,
-            ws.logits,
-            o,
-        )?;
-        launch_n(
-            gpu,
-            K::AddBias,
-            tb * o,
-            &[P(ws.logits), P(p(core.lin_b)), P(0), I(tbi), I(o as i32)],
-        )?;
-        let scale = 1.0 / (t * b) as f32;
-        launch(
-            gpu,
-            K::SoftmaxCe,
-            tb as u32,
-            gpu.block().min(128),
-            &[
-                P(ws.logits),
-                P(tok_y),
-                P(ws.dy),
-                P(ws.row_loss),
-                I(o as i32),
-                F(scale),
-            ],
-        )?;
-
-        // ---- backward
-        // dh from the output layer for all steps: [TB, H] = dY [TB, O] W_lin [O, H]
-        mm(
-            false,
-            false,
-            tb,
-            h,
-            o,
-            ws.dy,
-            o,
-            p(core.lin_w),
-            h,
-            ws.dhy,
-            h,
-        )?;
-        // dW_lin [O, H] = dY^T Hs_1..T
-        mm(true, false, o, h, tb, ws.dy, o, hs1, h, gr(core.lin_w), h)?;
-        launch_n(
-            gpu,
-            K::ColSum,
-            o,
-            &[P(ws.dy), I(tbi), I(o as i32), P(gr(core.lin_b)), P(0)],
-        )?;
-        let mut extra = ws.dhy;
-        for l in (0..nl).rev() {
-            let li = &core.layers[l];
-            let lw = &ws.layers[l];
-            let dgi = if cell == CellKind::Gru { ws.dgi } else { ws.dg };
-            gpu.zero(ws.carry, 4 * bh)?;
-            for tt in (1..=t).rev() {
-                let s = tt - 1;
-                let mmp = if tt < t {
-                    // dh_tt [B, H] = dG_tt [B, GH] W_hh [GH, H]
-                    mm(
-                        false,
-                        false,
-                        b,
-                        h,
-                        gh,
-                        f(ws.dg, tt * b * gh),
-                        gh,
-                        p(li.w_hh),
-                        h,
-                        ws.dhmm,
-                        h,
-                    )?;
-                    ws.dhmm
-                } else {
-                    0
-                };
-                let ex = f(extra, s * bh);
-                let dg_s = f(ws.dg, s * b * gh);
-                match cell {
-                    CellKind::Rnn | CellKind::RnnScratch => launch_n(
-                        gpu,
-                        K::RnnBwd,
-                        bh,
-                        &[
-                            I(relu),
-                            P(mmp),
-                            P(ex),
-                            P(f(lw.hs, tt * bh)),
-                            P(dg_s),
-                            I(bh as i32),
-                        ],
-                    )?,
-                    CellKind::Gru => launch_n(
-                        gpu,
-                        K::GruBwd,
-                        bh,
-                        &[
-                            P(mmp),
-                            P(ex),
-                            P(f(lw.gates, s * b * gh)),
-                            P(f(lw.ghn, s * bh)),
-                            P(f(lw.hs, s * bh)),
-                            P(ws.carry),
-                            P(dg_s),
-                            P(f(dgi, s * b * gh)),
-                            I(bi),
-                            I(hi),
-                        ],
-                    )?,
-                    CellKind::Lstm => launch_n(
-                        gpu,
-                        K::LstmBwd,
-                        bh,
-                        &[
-                            P(mmp),
-                            P(ex),
-                            P(f(lw.gates, s * b * gh)),
-                            P(f(lw.cs, s * bh)),
-                            P(f(lw.tcs, s * bh)),
-                            P(ws.carry),
-                            P(dg_s),
-                            I(bi),
-                            I(hi),
-                        ],
-                    )?,
-                }
-            }
-            // dW_hh [GH, H] = dG^T [GH, TB] Hs_0..T-1 [TB, H]
-            mm(true, false, gh, h, tb, ws.dg, gh, lw.hs, h, gr(li.w_hh), h)?;
-            match li.b_hh {
-                Some(bh_i) if cell == CellKind::Gru => {
-                    launch_n(
-                        gpu,
-                        K::ColSum,
-                        gh,
-                        &[P(ws.dg), I(tbi), I(ghi), P(gr(bh_i)), P(0)],
-                    )?;
-                    launch_n(
-                        gpu,
-                        K::ColSum,
-                        gh,
-                        &[P(dgi), I(tbi), I(ghi), P(gr(li.b_ih)), P(0)],
-                    )?;
-                }
-                Some(bh_i) => launch_n(
-                    gpu,
-                    K::ColSum,
-                    gh,
-                    &[P(ws.dg), I(tbi), I(ghi), P(gr(bh_i)), P(gr(li.b_ih))],
-                )?,
-                None => launch_n(
-                    gpu,
-                    K::ColSum,
-                    gh,
-                    &[P(ws.dg), I(tbi), I(ghi), P(gr(li.b_ih)), P(0)],
-                )?,
-            }
-            match (l, core.input) {
-                (0, InKind::OneHot(v)) => launch_n(
-                    gpu,
-                    K::ScatterRows,
-                    v * gh,
-                    &[
-                        P(gr(li.w_ih)),
-                        P(dgi),
-                        P(order),
-                        P(starts),
-                        I(v as i32),
-                        I(ghi),
-                        I(1),
-                        I(v as i32),
-                    ],
-                )?,
-                _ => {
-                    let in_dim = li.in_dim;
-                    let xin = if l > 0 {
-                        f(ws.layers[l - 1].hs, bh)
-                    } else {
-                        ws.xin
-                    };
-                    // dW_ih [GH, I] = dGi^T X
-                    mm(
-                        true,
-                        false,
-                        gh,
-                        in_dim,
-                        tb,
-                        dgi,
-                        gh,
-                        xin,
-                        in_dim,
-                        gr(li.w_ih),
-                        in_dim,
-                    )?;
-                    // dX [TB, I] = dGi W_ih
-                    let dx = if l > 0 { ws.d_above } else { ws.dx };
-                    mm(
-                        false,
-                        false,
-                        tb,
-                        in_dim,
-                        gh,
-                        dgi,
-                        gh,
-                        p(li.w_ih),
-                        in_dim,
-                        dx,
-                        in_dim,
-                    )?;
-                    if l > 0 {
-                        extra = ws.d_above;
-                    } else {
-                        let e = core.emb.expect("embedding input has a table");
-                        launch_n(
-                            gpu,
-                            K::ScatterRows,
-                            vocab * dim,
-                            &[
-                                P(gr(e)),
-                                P(ws.dx),
-                                P(order),
-                                P(starts),
-                                I(vocab as i32),
-                                I(dim as i32),
-                                I(dim as i32),
-                                I(1),
-                            ],
-                        )?;
-                    }
-                }
-            }
-        }
-
-        // ---- global norm, clipping factor, loss sum; update
-        let bs = gpu.block();
-        launch(
-            gpu,
-            K::SumsqPartial,
-            ws.np as u32,
-            bs,
-            &[P(gbase), L(self.total as i64), P(ws.partial)],
-        )?;
-        let (has_clip, theta) = match clip {
-            Some(c) => (1, c),
-            None => (0, 0.0),
-        };
-        launch(
-            gpu,
-            K::FinishStep,
-            1,
-            1,
-            &[
-                P(ws.partial),
-                I(ws.np as i32),
-                P(ws.row_loss),
-                I(tbi),
-                I(has_clip),
-                F(theta),
-                P(ws.stats),
-            ],
-        )?;
-        let n = self.total;
-        match (upd, moments) {
-            (Update::Sgd { lr, weight_decay }, _) => launch_n(
-                gpu,
-                K::SgdStep,
-                n,
-                &[
-                    P(pbase),
-                    P(gbase),
-                    L(n as i64),
-                    P(ws.stats),
-                    F(lr),
-                    F(weight_decay),
-                ],
-            )?,
-            (
-                Update::Adam {
-                    step_size,
-                    beta1,
-                    beta2,
-                    eps,
-                    weight_decay,
-                    bc2_sqrt,
-                },
-                Some(mo),
-            ) => {
-                if mo.total != n {
-                    nn_bail!(
-                        Weights,
-                        "device Adam moments hold {} values, the model {n}",
-                        mo.total
-                    );
-                }
-                launch_n(
-                    gpu,
-                    K::AdamStep,
-                    n,
-                    &[
-                        P(pbase),
-                        P(gbase),
-                        P(mo.m.ptr()),
-                        P(mo.v.ptr()),
-                        L(n as i64),
-                        P(ws.stats),
-                        F(step_size),
-                        F(beta1),
-                        F(beta2),
-                        F(eps),
-                        F(weight_decay),
-                        F(bc2_sqrt),
-                    ],
-                )?
-            }
-            (Update::Adam { .. }, None) => unreachable!("checked above"),
-        }
         let mut stats = [0f64; 3];
         {
             // SAFETY: f64 has no padding; every bit pattern is valid.
