@@ -213,7 +213,7 @@ impl Store {
         let key = record.key();
         let mut files = Vec::new();
         let mut names: Vec<PathBuf> = fs::read_dir(staging)
-            .at("reading", &staging)?
+            .at("reading", staging)?
             .map(|e| e.map(|e| e.path()))
             .collect::<std::io::Result<_>>()
             .at("listing", staging)?;
@@ -245,7 +245,7 @@ impl Store {
         sync_dir(staging);
         let target = self.object_dir(&key);
         let parent = target.parent().unwrap();
-        fs::create_dir_all(parent).at("creating", &parent)?;
+        fs::create_dir_all(parent).at("creating", parent)?;
         if target.exists() {
             if !replace && verify_entry(&target, &key).is_ok() {
                 // Same key, intact content: keep the one that is there.

@@ -66,7 +66,7 @@ impl Vocab {
     ) -> Self {
         let mut order: Vec<(&str, usize)> = counts.into_iter().collect();
         // Stable sort by descending count keeps ties in first-occurrence order.
-        order.sort_by(|a, b| b.1.cmp(&a.1));
+        order.sort_by_key(|b| std::cmp::Reverse(b.1));
         let mut v = Vocab {
             tokens: Vec::new(),
             counts: Vec::new(),

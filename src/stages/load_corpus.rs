@@ -111,7 +111,7 @@ impl Stage for LoadCorpus {
                 self.path
             );
         }
-        if let Err(e) = std::str::from_utf8(&bytes) {
+        if let Err(e) = std::str::from_utf8(bytes) {
             let at = e.valid_up_to();
             let line = bytes[..at].iter().filter(|&&b| b == b'\n').count() + 1;
             bail!("corpus `{}` is not UTF-8 text (invalid byte at offset {at}, line {line}); convert it to UTF-8, e.g. `iconv -f latin1 -t utf-8`", self.path);

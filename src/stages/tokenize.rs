@@ -26,7 +26,7 @@ pub struct Tokenize {
 
 /// The tokens of a text (lines joined by `\n`) as ids into the distinct tokens, which are
 /// numbered in order of first occurrence. One pass; no string per token.
-pub fn tokenize_text<'t>(text: &'t str, unit: Unit) -> (Vec<String>, IdBuf) {
+pub fn tokenize_text(text: &str, unit: Unit) -> (Vec<String>, IdBuf) {
     let mut types: Vec<String> = Vec::new();
     match unit {
         Unit::Char => {
