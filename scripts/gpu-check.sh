@@ -16,8 +16,8 @@
 #      GPU_CHECK_EXACT_EPOCHS (epochs whose losses must agree to 6 digits, default 3),
 #      GPU_CHECK_REQUIRE_TARGETS=1 (a missed speed target fails the script),
 #      GPU_CHECK_NOGRAPH_CELLS (cells benched again with SEQPIPE_CUDA_GRAPHS=0, the step's
-#      kernels launched one by one instead of as a recorded CUDA graph; default rnn,lstm;
-#      empty skips),
+#      kernels launched one by one instead of as a recorded CUDA graph; their printed losses
+#      must equal the graph run's; default rnn,lstm; empty skips),
 #      GPU_CHECK_LIB_DIRS (extra library dirs to try first).
 #
 # What it does: prints the GPU/driver, finds the CUDA 13 runtime libraries present there
@@ -271,6 +271,20 @@ if [ -f "$LOGDIR/bench-cuda.log" ] && [ -f "$LOGDIR/bench-cpu.log" ]; then
     END { if (!seen) { print "no runs to compare"; exit 1 } exit fail }' \
     "$LOGDIR/losses-cuda.txt" "$LOGDIR/losses-cpu.txt" | tee -a "$LOGDIR/gpu-check.log"
   RESULTS+=("compare=${PIPESTATUS[0]}")
+fi
+
+# ---- graphs on and off: the same cuBLAS kernels on one stream, so the same printed losses ---------
+if [ -n "$NOGRAPH_CELLS" ] && [ -f "$LOGDIR/bench-cuda.log" ] && [ -f "$LOGDIR/bench-cuda-nographs.log" ]; then
+  hdr "cuda losses with and without CUDA graphs (must be identical)"
+  GDIFF=0
+  for c in ${NOGRAPH_CELLS//,/ }; do
+    a="$(grep "^losses $c $HIDDEN:" "$LOGDIR/bench-cuda.log")"
+    b="$(grep "^losses $c $HIDDEN:" "$LOGDIR/bench-cuda-nographs.log")"
+    if [ -z "$a" ] || [ -z "$b" ]; then say "$c $HIDDEN: missing"; GDIFF=1
+    elif [ "$a" = "$b" ]; then say "$c $HIDDEN: identical"
+    else say "$c $HIDDEN: DIFFERENT"; say "  graphs:     $a"; say "  one by one: $b"; GDIFF=1; fi
+  done
+  RESULTS+=("graphs-vs-one-by-one=$GDIFF")
 fi
 
 # ---- tokens/s: ours beside the seed's and the targets -------------------------------------------

@@ -19,7 +19,7 @@ use cudarc::driver::{
 };
 use cudarc::nvrtc::{compile_ptx_with_opts, CompileOptions};
 use std::ffi::{c_void, CString};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 fn dev_err(what: &str, e: impl std::fmt::Debug) -> anyhow::Error {
     nn_err!(Device, "CUDA: {what}: {e:?}")
@@ -90,10 +90,26 @@ fn device() -> Result<(Arc<CudaDevice>, &'static str)> {
 #[derive(Clone)]
 pub(in crate::nn) struct CudaGpu {
     dev: Arc<CudaDevice>,
-    blas: Arc<CudaBlas>,
+    blas: Arc<Blas>,
     module: Arc<Module>,
-    /// What recording graphs takes; None: steps launch their operations one by one.
+    /// The stream graphs are recorded on and cuBLAS's workspace (None: they could not be made;
+    /// then no graphs).
     rec: Option<Arc<Recorder>>,
+    /// Record graphs (`SEQPIPE_CUDA_GRAPHS=0`: no).
+    graphs: bool,
+}
+
+/// The cuBLAS handle of a model and its clones (`Trainer::try_clone`). `busy` is held by every
+/// operation and by a whole recording, which moves the handle to the recording stream: a clone
+/// training on another thread can neither race with a recording nor land in its graph.
+struct Blas {
+    handle: CudaBlas,
+    busy: Mutex<()>,
+}
+impl Blas {
+    fn lock(&self) -> MutexGuard<'_, ()> {
+        self.busy.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 /// cuBLAS's workspace (it must not allocate while a graph records; one workspace for both
@@ -107,8 +123,8 @@ struct Recorder {
     stream: drv_sys::CUstream,
     workspace: CudaSlice<u8>,
 }
-// SAFETY: a CUDA stream handle may be used from any thread of its context; the recorder is
-// used through `&mut Trainer` only.
+// SAFETY: a CUDA stream handle may be used from any thread of its context; recordings on it
+// hold `Blas::busy`, so there is one at a time.
 unsafe impl Send for Recorder {}
 unsafe impl Sync for Recorder {}
 impl Drop for Recorder {
@@ -120,12 +136,15 @@ impl Drop for Recorder {
     }
 }
 
-/// An instantiated CUDA graph: one step's operations, launched as one.
+/// An instantiated CUDA graph: one step's operations, launched as one. It keeps the kernels'
+/// module and cuBLAS's workspace alive while it is (its fields drop after its `Drop`).
 pub(in crate::nn) struct CudaGraph {
     dev: Arc<CudaDevice>,
     exec: drv_sys::CUgraphExec,
+    _module: Arc<Module>,
+    _rec: Arc<Recorder>,
 }
-// SAFETY: as for `Recorder`.
+// SAFETY: a graph exec may be launched and destroyed from any thread of its context.
 unsafe impl Send for CudaGraph {}
 unsafe impl Sync for CudaGraph {}
 impl Drop for CudaGraph {
@@ -147,7 +166,10 @@ impl CudaGpu {
     pub fn new() -> Result<Self> {
         let (dev, ptx) = device()?;
         dev.bind_to_thread().map_err(|e| dev_err("bind", e))?;
-        let blas = Arc::new(CudaBlas::new(dev.clone()).map_err(|e| dev_err("cuBLAS init", e))?);
+        let blas = Arc::new(Blas {
+            handle: CudaBlas::new(dev.clone()).map_err(|e| dev_err("cuBLAS init", e))?,
+            busy: Mutex::new(()),
+        });
         let src = CString::new(ptx).map_err(|e| dev_err("PTX", e))?;
         // SAFETY: a NUL-terminated PTX image.
         let cu = unsafe { drv::module::load_data(src.as_ptr() as *const c_void) }
@@ -168,14 +190,15 @@ impl CudaGpu {
             blas,
             module: Arc::new(module),
             rec: None,
+            graphs: graphs_wanted(),
         };
-        if graphs_wanted() {
-            match gpu.recorder() {
-                Ok(rec) => gpu.rec = Some(Arc::new(rec)),
-                Err(e) => eprintln!(
-                    "seqpipe: CUDA graphs are off ({e:#}); each step launches its kernels one by one"
-                ),
-            }
+        // Made with graphs off too: the same workspace, so the same cuBLAS kernels either way.
+        match gpu.recorder() {
+            Ok(rec) => gpu.rec = Some(Arc::new(rec)),
+            Err(e) if gpu.graphs => eprintln!(
+                "seqpipe: CUDA graphs are off ({e:#}); each step launches its kernels one by one"
+            ),
+            Err(_) => {}
         }
         Ok(gpu)
     }
@@ -208,7 +231,7 @@ impl CudaGpu {
     /// Point cuBLAS at `stream`, with the recorder's workspace when there is one (setting the
     /// stream resets cuBLAS's workspace, so both go together).
     fn blas_on(&self, rec: Option<&Recorder>, stream: drv_sys::CUstream) -> Result<()> {
-        let h = *self.blas.handle();
+        let h = *self.blas.handle.handle();
         // SAFETY: our handle; a stream of its context.
         unsafe { blas::set_stream(h, stream as *mut _) }
             .map_err(|e| dev_err("cublasSetStream", e))?;
@@ -227,7 +250,7 @@ impl CudaGpu {
         Ok(())
     }
 
-    /// A product on cuBLAS's current stream.
+    /// A product on cuBLAS's current stream (the caller holds `Blas::busy`).
     fn gemm(&self, g: &Gemm) -> Result<()> {
         use blas_sys::cublasOperation_t::{CUBLAS_OP_N, CUBLAS_OP_T};
         let op = |t: bool| if t { CUBLAS_OP_T } else { CUBLAS_OP_N };
@@ -237,7 +260,7 @@ impl CudaGpu {
         // SAFETY: device addresses of buffers of these shapes (step.rs).
         unsafe {
             blas::sgemm(
-                *self.blas.handle(),
+                *self.blas.handle.handle(),
                 op(c.trans_a),
                 op(c.trans_b),
                 i(c.m),
@@ -256,7 +279,7 @@ impl CudaGpu {
         .map_err(|e| dev_err(&format!("cublasSgemm {}x{}x{}", g.m, g.n, g.k), e))
     }
 
-    /// Issue `op` on `stream` (cuBLAS must already be on it).
+    /// Issue `op` on `stream` (the caller holds `Blas::busy`, and cuBLAS is on `stream`).
     fn issue(&self, op: &Op, stream: drv_sys::CUstream) -> Result<()> {
         match op {
             Op::Launch {
@@ -297,24 +320,28 @@ impl CudaGpu {
         }
     }
 
-    /// Record `prog` on the recorder's stream and instantiate it.
-    fn try_record(&self, rec: &Recorder, prog: &[Op]) -> Result<CudaGraph> {
+    /// Record `prog` on the recorder's stream and instantiate it. Inner error: no graph (nothing
+    /// ran, the caller goes on one by one); outer error: cuBLAS could not be moved back to the
+    /// legacy stream (its products would race with the kernels there).
+    fn try_record(&self, rec: &Arc<Recorder>, prog: &[Op]) -> Result<Result<CudaGraph>> {
         use drv_sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL;
-        self.blas_on(Some(rec), rec.stream)?;
-        // SAFETY: our stream; the recording is ended below on every path.
-        let begun = unsafe {
-            drv_sys::cuStreamBeginCapture_v2(rec.stream, CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
-        }
-        .result()
-        .map_err(|e| dev_err("beginning to record a graph", e));
-        let issued = begun.and_then(|()| prog.iter().try_for_each(|op| self.issue(op, rec.stream)));
-        let mut graph: drv_sys::CUgraph = std::ptr::null_mut();
-        // SAFETY: ends the recording begun above (an error when none is open).
-        let ended = unsafe { drv_sys::cuStreamEndCapture(rec.stream, &mut graph) }.result();
-        let back = self.blas_on(Some(rec), self.stream());
-        let made = issued
-            .and_then(|()| ended.map_err(|e| dev_err("ending a graph's recording", e)))
-            .and_then(|()| {
+        let _busy = self.blas.lock();
+        let made = (|| {
+            self.blas_on(Some(rec), rec.stream)?;
+            // SAFETY: our stream, not recording (recordings hold `busy`).
+            unsafe {
+                drv_sys::cuStreamBeginCapture_v2(rec.stream, CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
+            }
+            .result()
+            .map_err(|e| dev_err("beginning to record a graph", e))?;
+            let issued = prog.iter().try_for_each(|op| self.issue(op, rec.stream));
+            let mut graph: drv_sys::CUgraph = std::ptr::null_mut();
+            // SAFETY: ends the recording begun above, on every path (a failed one returns a
+            // null graph or one to destroy).
+            let ended = unsafe { drv_sys::cuStreamEndCapture(rec.stream, &mut graph) }
+                .result()
+                .map_err(|e| dev_err("ending a graph's recording", e));
+            let made = issued.and(ended).and_then(|()| {
                 let mut exec: drv_sys::CUgraphExec = std::ptr::null_mut();
                 // SAFETY: a graph just recorded.
                 unsafe { drv_sys::cuGraphInstantiateWithFlags(&mut exec, graph, 0) }
@@ -323,14 +350,18 @@ impl CudaGpu {
                 Ok(CudaGraph {
                     dev: self.dev.clone(),
                     exec,
+                    _module: self.module.clone(),
+                    _rec: rec.clone(),
                 })
             });
-        if !graph.is_null() {
-            // SAFETY: the recorded graph; its instance (if any) does not need it.
-            let _ = unsafe { drv_sys::cuGraphDestroy(graph) };
-        }
-        back?;
-        made
+            if !graph.is_null() {
+                // SAFETY: the recorded graph; its instance (if any) does not need it.
+                let _ = unsafe { drv_sys::cuGraphDestroy(graph) };
+            }
+            made
+        })();
+        self.blas_on(Some(rec), self.stream())?;
+        Ok(made)
     }
 }
 
@@ -378,13 +409,14 @@ impl Gpu for CudaGpu {
         256
     }
     fn run(&self, op: &Op) -> Result<()> {
+        let _busy = self.blas.lock();
         self.issue(op, self.stream())
     }
     fn record(&self, prog: &[Op]) -> Result<Option<CudaGraph>> {
-        let Some(rec) = &self.rec else {
+        let (true, Some(rec)) = (self.graphs, &self.rec) else {
             return Ok(None);
         };
-        match self.try_record(rec, prog) {
+        match self.try_record(rec, prog)? {
             Ok(g) => Ok(Some(g)),
             Err(e) => {
                 // Nothing ran: the model's steps go on launching their operations one by one.
