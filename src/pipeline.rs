@@ -89,22 +89,39 @@ impl Pipeline {
         self.stages.iter().position(|s| s.name == name)
     }
 
-    /// Resolve user-given stage names, with "did you mean" for typos.
+    /// Resolve user-given stage names, with "did you mean" for typos. A stage as written in
+    /// the file names all its sweep variants.
     pub fn resolve_names(&self, names: &[String]) -> Result<Vec<usize>, PipelineError> {
-        let all: Vec<&str> = self.stages.iter().map(|s| s.name.as_str()).collect();
+        // Candidates: the stages as written (each names its variants).
+        let mut all: Vec<&str> = Vec::new();
+        for s in &self.stages {
+            if !all.contains(&s.origin.as_str()) {
+                all.push(&s.origin);
+            }
+        }
         let mut out = Vec::new();
         let mut diags = Vec::new();
         for n in names {
-            match self.index(n) {
-                Some(i) => out.push(i),
-                None => diags.push(
+            let variants: Vec<usize> = match self.index(n) {
+                Some(i) => vec![i],
+                None => (0..self.stages.len())
+                    .filter(|&i| self.stages[i].origin == *n)
+                    .collect(),
+            };
+            if variants.is_empty() {
+                diags.push(
                     Diagnostic::new(
                         &self.file,
                         "",
                         format!("no stage named `{n}` in pipeline `{}`", self.name),
                     )
                     .with_help(suggest(n, &all, "stages")),
-                ),
+                );
+            }
+            for i in variants {
+                if !out.contains(&i) {
+                    out.push(i);
+                }
             }
         }
         if diags.is_empty() {
@@ -126,6 +143,10 @@ fn locate(
     path: &str,
     message: impl Into<String>,
 ) -> Diagnostic {
+    if let Some(set) = locator.override_of(path) {
+        // The value is not in the file: point at the flag that gave it.
+        return Diagnostic::new(format!("--set `{set}`"), path, message);
+    }
     let d = Diagnostic::new(file, path, message);
     match locator.find(path) {
         Some((l, c)) => d.at(l, c),
@@ -139,14 +160,29 @@ pub fn apply_overrides(raw: &mut RawPipeline, sets: &[String]) -> Result<(), Pip
     let names: Vec<String> = raw.stages.iter().map(|s| s.name.clone()).collect();
     for s in sets {
         let err = |m: String, h: String| Diagnostic::new(&raw.file, "", m).with_help(h);
-        let Some((lhs, value)) = s.split_once('=') else {
+        // The first `=` outside brackets: `train[lr=1].epochs=2` names a variant.
+        let mut depth = 0i32;
+        let eq = s.char_indices().find_map(|(i, c)| {
+            match c {
+                '[' => depth += 1,
+                ']' => depth -= 1,
+                '=' if depth <= 0 => return Some(i),
+                _ => {}
+            }
+            None
+        });
+        let Some((lhs, value)) = eq.map(|i| (&s[..i], &s[i + 1..])) else {
             diags.push(err(
                 format!("bad --set `{s}`"),
                 "write `--set stage.param=value`, e.g. `--set train.epochs=5`".into(),
             ));
             continue;
         };
-        let Some((stage, key)) = lhs.split_once('.') else {
+        let after = lhs.rfind(']').map_or(0, |i| i + 1);
+        let Some((stage, key)) = lhs[after..]
+            .split_once('.')
+            .map(|(a, k)| (&lhs[..after + a.len()], k))
+        else {
             if lhs == "seed" {
                 match value.trim().parse::<u64>() {
                     Ok(v) => raw.seed = Some(v),
@@ -173,10 +209,46 @@ pub fn apply_overrides(raw: &mut RawPipeline, sets: &[String]) -> Result<(), Pip
                 continue;
             }
         };
+        // `stage.matrix.param=[values]` replaces a sweep axis.
+        if let Some(axis) = key.strip_prefix("matrix.") {
+            let Some(st) = raw.stages.iter_mut().find(|st| st.name == stage) else {
+                let ns: Vec<&str> = names.iter().map(String::as_str).collect();
+                diags.push(err(
+                    format!("--set `{s}`: no stage named `{stage}`"),
+                    suggest(stage, &ns, "stages"),
+                ));
+                continue;
+            };
+            let axes: Vec<&str> = st.matrix.iter().map(|(k, _)| k.as_str()).collect();
+            let Some(i) = axes.iter().position(|k| *k == axis) else {
+                let help = if axes.is_empty() {
+                    format!("stage `{stage}` has no `matrix:`; set a param with `--set {stage}.PARAM=VALUE`")
+                } else {
+                    suggest(axis, &axes, "axes of its matrix")
+                };
+                diags.push(err(
+                    format!("--set `{s}`: stage `{stage}` does not sweep `{axis}`"),
+                    help,
+                ));
+                continue;
+            };
+            match v {
+                serde_json::Value::Array(vs) if !vs.is_empty() => {
+                    st.matrix[i].1 = vs;
+                    raw.locator
+                        .set_by(&format!("stages.{stage}.matrix.{axis}"), s);
+                }
+                _ => diags.push(err(
+                    format!("--set `{s}`: a sweep axis takes a list of values"),
+                    format!("e.g. `--set '{stage}.matrix.{axis}=[1, 2]'` (one value: `[1]`)"),
+                )),
+            }
+            continue;
+        }
         let targets: Vec<&mut RawStage> = if stage == "*" {
             raw.stages
                 .iter_mut()
-                .filter(|st| st.params.contains_key(key))
+                .filter(|st| st.params.contains_key(key) || st.matrix.iter().any(|(k, _)| k == key))
                 .collect()
         } else {
             raw.stages
@@ -186,10 +258,15 @@ pub fn apply_overrides(raw: &mut RawPipeline, sets: &[String]) -> Result<(), Pip
         };
         if targets.is_empty() && stage != "*" {
             let ns: Vec<&str> = names.iter().map(String::as_str).collect();
-            diags.push(err(
-                format!("--set `{s}`: no stage named `{stage}`"),
-                suggest(stage, &ns, "stages"),
-            ));
+            let help = if names.iter().any(|n| stage.starts_with(&format!("{n}["))) {
+                "a --set applies to a stage as written in the file, with all its variants: \
+                 name it without `[...]`, or narrow its sweep with \
+                 `--set 'STAGE.matrix.PARAM=[VALUE]'`"
+                    .to_string()
+            } else {
+                suggest(stage, &ns, "stages")
+            };
+            diags.push(err(format!("--set `{s}`: no stage named `{stage}`"), help));
             continue;
         }
         if targets.is_empty() {
@@ -221,7 +298,25 @@ pub fn apply_overrides(raw: &mut RawPipeline, sets: &[String]) -> Result<(), Pip
             continue;
         }
         for t in targets {
+            // A swept param takes its value from the matrix: the --set would be dropped.
+            if let Some((_, values)) = t.matrix.iter().find(|(k, _)| k == key) {
+                let shown: Vec<String> = values.iter().map(|v| v.to_string()).collect();
+                diags.push(err(
+                    format!(
+                        "--set `{s}`: `{key}` of stage `{}` is swept by its `matrix:` ({}), so a value for it would be ignored",
+                        t.name,
+                        shown.join(", ")
+                    ),
+                    format!(
+                        "to run other values, replace the sweep: `--set '{}.matrix.{key}=[{value}]'`",
+                        t.name
+                    ),
+                ));
+                continue;
+            }
             t.params.insert(key.to_string(), v.clone());
+            raw.locator
+                .set_by(&format!("stages.{}.params.{key}", t.name), s);
         }
     }
     if diags.is_empty() {
@@ -324,8 +419,13 @@ pub fn analyze(raw: RawPipeline) -> Result<Pipeline, PipelineError> {
                     inputs.push((role.clone(), i))
                 }
                 None => {
-                    let others: Vec<&str> =
-                        names.iter().copied().filter(|n| *n != st.name).collect();
+                    // Stages as written in the file (an input names all variants of one).
+                    let mut others: Vec<&str> = Vec::new();
+                    for s in &raw.stages {
+                        if s.origin != st.origin && !others.contains(&s.origin.as_str()) {
+                            others.push(&s.origin);
+                        }
+                    }
                     diags.push(
                         at(
                             &ipath,

@@ -2200,6 +2200,26 @@ fn bad_input_is_stopped_before_anything_runs() {
                 .args(&["run", "p.yaml"]),
             2,
         ),
+        (
+            "set_swept_param",
+            Case::new().args(&["run", "pipelines/ex8_6_1.yaml", "--set", "train.lr=0.1"]),
+            2,
+        ),
+        (
+            "set_variant_name",
+            Case::new().args(&["run", "pipelines/ex8_6_1.yaml", "--set", "train[lr=1].epochs=2"]),
+            2,
+        ),
+        (
+            "set_bad_value_points_at_the_flag",
+            Case::new().args(&["run", "pipelines/ex8_6_1.yaml", "--set", "*.epochs=-1"]),
+            2,
+        ),
+        (
+            "set_axis_not_a_list",
+            Case::new().args(&["run", "pipelines/ex8_6_1.yaml", "--set", "train.matrix.lr=0.1"]),
+            2,
+        ),
         ("zero_threads", Case::new().args(&["--threads", "0", "kinds"]), 2),
         ("zero_jobs", Case::new().args(&["run", "-j", "0", "pipelines/ex8_3_3.yaml"]), 2),
         (
@@ -2366,4 +2386,56 @@ fn text_stages_write_the_same_bytes_with_and_without_the_vector_paths() {
             }
         }
     }
+}
+
+#[test]
+fn a_stage_as_written_names_all_its_variants_and_a_sweep_can_be_replaced() {
+    let t = project();
+    let p = t.path();
+    // Targets and --force take the written name of a swept stage: every variant.
+    let plan = ok(
+        p,
+        &[
+            "run",
+            "pipelines/ex8_2_2.yaml",
+            "--force",
+            "tokens",
+            "--dry-run",
+        ],
+    );
+    for v in ["tokens[unit=char]", "tokens[unit=word]"] {
+        let line = plan
+            .lines()
+            .find(|l| l.split_whitespace().nth(1) == Some(v))
+            .unwrap_or_else(|| panic!("{v} missing from the plan:\n{plan}"));
+        assert!(
+            line.trim_start().starts_with("run"),
+            "{v} not forced: {line}"
+        );
+    }
+    let plan = ok(p, &["run", "pipelines/ex8_2_2.yaml", "tokens", "--dry-run"]);
+    assert!(plan.contains("tokens[unit=char]") && plan.contains("tokens[unit=word]"));
+    assert!(
+        !plan.contains("vocab_vs_min_freq"),
+        "only the targets' ancestors: {plan}"
+    );
+    // A swept param's values are replaced with `STAGE.matrix.PARAM=[...]`.
+    let plan = ok(
+        p,
+        &[
+            "run",
+            "pipelines/ex8_6_1.yaml",
+            "--set",
+            "train.matrix.lr=[0.1, 2]",
+            "--dry-run",
+        ],
+    );
+    assert!(
+        plan.contains("train[lr=0.1]") && plan.contains("train[lr=2]"),
+        "{plan}"
+    );
+    assert!(
+        !plan.contains("train[lr=1]") && !plan.contains("train[lr=10]"),
+        "{plan}"
+    );
 }

@@ -9,6 +9,8 @@ pub struct Locator {
     positions: HashMap<String, (usize, usize)>,
     /// Where a key written twice under the same parent appears the second time.
     repeats: HashMap<String, (usize, usize)>,
+    /// Key paths whose value comes from a `--set` (path → the `--set` as given).
+    overrides: HashMap<String, String>,
 }
 
 impl Locator {
@@ -50,12 +52,32 @@ impl Locator {
             }
             stack.push((indent, key));
         }
-        Locator { positions, repeats }
+        Locator {
+            positions,
+            repeats,
+            overrides: HashMap::new(),
+        }
     }
 
     /// Where `path` is written a second time, if it is.
     pub fn repeat(&self, path: &str) -> Option<(usize, usize)> {
         self.repeats.get(path).copied()
+    }
+
+    /// The value at `path` comes from `--set {set}`, not from the file.
+    pub fn set_by(&mut self, path: &str, set: &str) {
+        self.overrides.insert(path.to_string(), set.to_string());
+    }
+
+    /// The `--set` that gave the value at `path` or at one of its parents, if one did.
+    pub fn override_of(&self, path: &str) -> Option<&str> {
+        let mut p = path;
+        loop {
+            if let Some(s) = self.overrides.get(p) {
+                return Some(s);
+            }
+            p = &p[..p.rfind('.')?];
+        }
     }
 
     /// (line, column), both 1-based, of the key at `path`; the nearest written parent otherwise.
