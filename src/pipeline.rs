@@ -534,6 +534,12 @@ pub fn analyze(raw: RawPipeline) -> Result<Pipeline, PipelineError> {
             diagnostics: wiring,
         });
     }
+    let columns = check_plot_columns(&stages, &at);
+    if !columns.is_empty() {
+        return Err(PipelineError {
+            diagnostics: columns,
+        });
+    }
     Ok(Pipeline {
         name: raw.name,
         file: raw.file,
@@ -545,6 +551,70 @@ pub fn analyze(raw: RawPipeline) -> Result<Pipeline, PipelineError> {
         order,
         locator: raw.locator,
     })
+}
+
+/// A `plot` of its inputs' CSV files whose `x` or `y` names a column those files cannot have
+/// (where the producing kind's columns are fixed): found now, not after the training.
+fn check_plot_columns(
+    stages: &[StageDef],
+    at: &dyn Fn(&str, String) -> Diagnostic,
+) -> Vec<Diagnostic> {
+    let mut diags: Vec<Diagnostic> = Vec::new();
+    for st in stages.iter().filter(|s| s.kind.name == "plot") {
+        let p = st.params.canonical_params();
+        if p.get("source").and_then(|v| v.as_str()) != Some("file") {
+            continue;
+        }
+        let strings = |v: Option<&serde_json::Value>| -> Vec<String> {
+            match v {
+                Some(serde_json::Value::String(s)) => vec![s.clone()],
+                Some(serde_json::Value::Array(a)) => a
+                    .iter()
+                    .filter_map(|x| x.as_str().map(String::from))
+                    .collect(),
+                _ => vec![],
+            }
+        };
+        let mut files = strings(p.get("file"));
+        files.extend(strings(p.get("files")));
+        let wanted: Vec<(&str, String)> = strings(p.get("x"))
+            .into_iter()
+            .map(|c| ("x", c))
+            .chain(strings(p.get("y")).into_iter().map(|c| ("y", c)))
+            .collect();
+        for (_, up) in &st.inputs {
+            let upstream = &stages[*up];
+            let Some(art) = upstream.kind.output else {
+                continue;
+            };
+            for f in &files {
+                let Some(cols) = art.csv_columns(f) else {
+                    continue;
+                };
+                for (param, c) in &wanted {
+                    if cols.contains(&c.as_str()) {
+                        continue;
+                    }
+                    let path = format!("stages.{}.params.{param}", st.origin);
+                    let d = at(
+                        &path,
+                        format!(
+                            "`{f}` of a `{}` stage (input `{}`) has no column `{c}`",
+                            upstream.kind.name, upstream.origin
+                        ),
+                    )
+                    .with_help(suggest(c, cols, "columns"));
+                    if !diags
+                        .iter()
+                        .any(|x| x.path == d.path && x.message == d.message)
+                    {
+                        diags.push(d);
+                    }
+                }
+            }
+        }
+    }
+    diags
 }
 
 /// Whether the stage feeding `role` produces an artifact type the role accepts; the

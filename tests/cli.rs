@@ -2220,6 +2220,18 @@ fn bad_input_is_stopped_before_anything_runs() {
             Case::new().args(&["run", "pipelines/ex8_6_1.yaml", "--set", "train.matrix.lr=0.1"]),
             2,
         ),
+        (
+            "plot_column_typo",
+            Case::new()
+                .file(
+                    "p.yaml",
+                    &std::fs::read_to_string("pipelines/ex8_6_1.yaml")
+                        .unwrap()
+                        .replace("y: perplexity", "y: perplexiti"),
+                )
+                .args(&["run", "p.yaml"]),
+            2,
+        ),
         ("zero_threads", Case::new().args(&["--threads", "0", "kinds"]), 2),
         ("zero_jobs", Case::new().args(&["run", "-j", "0", "pipelines/ex8_3_3.yaml"]), 2),
         (

@@ -72,6 +72,26 @@ impl Art {
     }
 }
 
+impl Art {
+    /// Every column a CSV file of this artifact can have (some only sometimes), where that is
+    /// fixed: the analyzer checks a `plot`'s `x` and `y` against it before anything runs.
+    /// `train`'s tests check these against the files it writes.
+    pub fn csv_columns(self, file: &str) -> Option<&'static [&'static str]> {
+        match (self, file) {
+            (Art::TrainedModel, "metrics.csv") => Some(&[
+                "epoch",
+                "loss",
+                "perplexity",
+                "grad_norm",
+                "grad_norm_max",
+                "valid_perplexity",
+            ]),
+            (Art::TrainedModel, "speed.csv") => Some(&["epoch", "seconds", "tokens_per_s"]),
+            _ => None,
+        }
+    }
+}
+
 /// "batches", "a model or a trained model", "x, y or z".
 pub fn describe(types: &[Art]) -> String {
     let names: Vec<&str> = types.iter().map(|t| t.name()).collect();

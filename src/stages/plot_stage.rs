@@ -211,20 +211,20 @@ fn lookup(info: &InputInfo, key: &str) -> Option<String> {
 }
 
 /// Columns `x` and `y` of a CSV file as numbers (rows where either is not a number are skipped).
-fn read_xy(path: &Path, x: &str, y: &str) -> Result<Vec<(f64, f64)>> {
-    let mut r =
-        csv::Reader::from_path(path).with_context(|| format!("reading {}", path.display()))?;
+/// `label` names the file for the user: the input stage and the file name.
+fn read_xy(path: &Path, label: &str, x: &str, y: &str) -> Result<Vec<(f64, f64)>> {
+    let mut r = csv::Reader::from_path(path).with_context(|| format!("reading {label}"))?;
     let h = r.headers()?.clone();
-    let col = |c: &str| {
+    let col = |c: &str, param: &str| {
         h.iter().position(|n| n == c).with_context(|| {
+            let names: Vec<&str> = h.iter().collect();
             format!(
-                "{} has no column `{c}` (columns: {})",
-                path.display(),
-                h.iter().collect::<Vec<_>>().join(", ")
+                "param `{param}`: {label} has no column `{c}`; {}",
+                crate::diagnostic::suggest(c, &names, "columns")
             )
         })
     };
-    let (xi, yi) = (col(x)?, col(y)?);
+    let (xi, yi) = (col(x, "x")?, col(y, "y")?);
     let mut pts = Vec::new();
     for rec in r.records() {
         let rec = rec?;
@@ -335,7 +335,12 @@ impl Stage for Plot {
                             }
                             series.push(Series {
                                 name: name.join(" "),
-                                points: read_xy(&info.dir.join(f), &self.x, y)?,
+                                points: read_xy(
+                                    &info.dir.join(f),
+                                    &format!("`{}`'s {f}", info.stage),
+                                    &self.x,
+                                    y,
+                                )?,
                                 style,
                             });
                         }

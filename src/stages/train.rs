@@ -642,3 +642,40 @@ impl Train {
         Ok((model, opt, prog))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::artifacts::Art;
+
+    fn header<T: Serialize>(row: &T) -> Vec<String> {
+        let mut w = csv::Writer::from_writer(Vec::new());
+        w.serialize(row).unwrap();
+        let bytes = w.into_inner().unwrap();
+        let text = String::from_utf8(bytes).unwrap();
+        let first = text.lines().next().unwrap().to_string();
+        first.split(',').map(String::from).collect()
+    }
+
+    /// The columns the analyzer checks plots against are the columns `train` writes.
+    #[test]
+    fn declared_csv_columns_are_the_written_ones() {
+        let m = MetricRow {
+            epoch: 1,
+            loss: 1.0,
+            perplexity: Some(2.0),
+            grad_norm: 0.5,
+            grad_norm_max: 0.7,
+            valid_perplexity: Some(3.0),
+        };
+        let s = SpeedRow {
+            epoch: 1,
+            seconds: 0.1,
+            tokens_per_s: 10.0,
+        };
+        for (file, cols) in [("metrics.csv", header(&m)), ("speed.csv", header(&s))] {
+            let declared = Art::TrainedModel.csv_columns(file).unwrap();
+            assert_eq!(cols, declared, "{file}");
+        }
+    }
+}
