@@ -247,8 +247,8 @@ pub fn execute(
                     Err(e) => {
                         state[i] = State::Done(Status::Failed);
                         errors[i] = Some(format!("{e:#}"));
-                        eprintln!("error in stage `{}`: {e:#}", st.name);
-                        skip_downstream(p, plan, &pos, &mut state, i);
+                        out.println(&format!("  FAILED  {:<w$}  not started", st.name));
+                        fail_and_skip(p, plan, &pos, &mut state, i, &e);
                         stop |= !opts.keep_going;
                     }
                 }
@@ -302,15 +302,7 @@ pub fn execute(
                         st.name,
                         fmt_secs(seconds[i])
                     ));
-                    eprintln!("error in stage `{}`: {e:#}", st.name);
-                    let skipped = skip_downstream(p, plan, &pos, &mut state, i);
-                    if !skipped.is_empty() {
-                        eprintln!(
-                            "  skipping downstream of `{}`: {}",
-                            st.name,
-                            skipped.join(", ")
-                        );
-                    }
+                    fail_and_skip(p, plan, &pos, &mut state, i, &e);
                     stop |= !opts.keep_going;
                 }
             }
@@ -386,6 +378,23 @@ pub fn execute(
 }
 
 /// Mark every not-yet-started stage downstream of step `i` skipped; returns their names.
+/// Say why step `i` failed and which stages downstream of it are skipped (and mark them).
+fn fail_and_skip(
+    p: &Pipeline,
+    plan: &Plan,
+    pos: &BTreeMap<usize, usize>,
+    state: &mut [State],
+    i: usize,
+    e: &anyhow::Error,
+) {
+    let name = &p.stages[plan.steps[i].stage].name;
+    eprintln!("error in stage `{name}`: {e:#}");
+    let skipped = skip_downstream(p, plan, pos, state, i);
+    if !skipped.is_empty() {
+        eprintln!("  skipping downstream of `{name}`: {}", skipped.join(", "));
+    }
+}
+
 fn skip_downstream(
     p: &Pipeline,
     plan: &Plan,

@@ -139,14 +139,42 @@ pub fn cancel_submitted() -> usize {
     ids.len()
 }
 
+/// How long a Slurm client command may keep the user waiting before seqpipe says why.
+const SLOW_ANSWER: Duration = Duration::from_secs(5);
+
+/// Run `prog args`, saying so on stderr when it has not answered within [`SLOW_ANSWER`] (a
+/// Slurm client retries an unreachable controller for about a minute, silently).
+fn output_noting_delay(prog: &str, args: &[String]) -> std::io::Result<std::process::Output> {
+    let (done, wait) = std::sync::mpsc::channel::<()>();
+    std::thread::scope(|sc| {
+        sc.spawn(move || {
+            if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = wait.recv_timeout(SLOW_ANSWER)
+            {
+                eprintln!(
+                    "  waiting for `{prog}`: the Slurm controller has not answered for {} s (it may be busy or unreachable)…",
+                    SLOW_ANSWER.as_secs()
+                );
+            }
+        });
+        let out = Command::new(prog).args(args).output();
+        drop(done);
+        out
+    })
+}
+
 /// Run a Slurm client command, retrying transient errors (3 tries, 1 s and 2 s apart).
 fn slurm_cmd(prog: &str, args: &[String]) -> Result<String, String> {
     let mut last = String::new();
-    for attempt in 0..3 {
+    for attempt in 0..3u64 {
         if attempt > 0 {
+            eprintln!(
+                "  `{prog}` failed ({}); retrying in {attempt} s (try {} of 3)",
+                last.lines().last().unwrap_or(""),
+                attempt + 1
+            );
             std::thread::sleep(Duration::from_secs(attempt));
         }
-        match Command::new(prog).args(args).output() {
+        match output_noting_delay(prog, args) {
             Ok(o) if o.status.success() => return Ok(String::from_utf8_lossy(&o.stdout).into()),
             Ok(o) => {
                 last = String::from_utf8_lossy(&o.stderr).trim().to_string();

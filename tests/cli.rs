@@ -2451,3 +2451,47 @@ fn a_stage_as_written_names_all_its_variants_and_a_sweep_can_be_replaced() {
         "{plan}"
     );
 }
+
+/// A Slurm controller that takes long to answer: the run says it is waiting (instead of minutes
+/// of silence), and a refused submission fails its stage like any other failure, naming the
+/// stages it skips. A stand-in `sbatch` on PATH answers after 6 s with a non-transient error.
+#[test]
+fn a_slow_slurm_controller_is_reported_while_waiting() {
+    let t = project();
+    let p = t.path();
+    let bin = p.join("fake-slurm");
+    std::fs::create_dir_all(&bin).unwrap();
+    let sbatch = bin.join("sbatch");
+    std::fs::write(
+        &sbatch,
+        "#!/bin/sh\nsleep 6\necho 'sbatch: error: invalid partition specified: nope' >&2\nexit 1\n",
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&sbatch, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+    let o = Command::new(BIN)
+        .args(["run", "pipelines/ex8_4_1.yaml", "--executor", "slurm"])
+        .current_dir(p)
+        .env("NO_COLOR", "1")
+        .env("PATH", path)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(1), "{out}\n{err}");
+    assert!(
+        err.contains("waiting for `sbatch`: the Slurm controller has not answered for 5 s"),
+        "{err}"
+    );
+    assert!(err.contains("invalid partition specified"), "{err}");
+    assert!(
+        !err.contains("retrying"),
+        "a non-transient error is not retried: {err}"
+    );
+    assert!(out.contains("FAILED  model"), "{out}");
+    assert!(
+        err.contains("skipping downstream of `model`: shapes, report"),
+        "{err}"
+    );
+}
