@@ -70,7 +70,17 @@ fn load(project: &Project, args: &PipelineArgs) -> Result<Loaded> {
         pipeline.device = DeviceSetting::parse(d).expect("clap checked the value");
     }
     let device = pipeline.device.resolve();
-    device.check_built().map_err(anyhow::Error::msg)?;
+    if let Err(why) = device.check_built() {
+        // A usage error (exit 2), at the flag or the file's `device:` that asked for it.
+        let d = match &args.device {
+            Some(d) => crate::diagnostic::Diagnostic::new(format!("--device {d}"), "", why),
+            None => pipeline.diag("device", why),
+        };
+        return Err(PipelineError {
+            diagnostics: vec![d],
+        }
+        .into());
+    }
     let records = key::compute(
         &pipeline,
         &project.root,
@@ -335,7 +345,8 @@ fn compare(project: &Project, args: &PipelineArgs, only: Option<&str>) -> Result
                 }
             })
             .collect();
-        println!("{o} ({} variants)", rows.len());
+        let n = rows.len();
+        println!("{o} ({n} variant{})", if n == 1 { "" } else { "s" });
         print!("{}", crate::results::table(&rows, &[], true).text());
         println!();
         shown += 1;

@@ -86,7 +86,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let emb = args
         .embedding
         .map_or("one-hot".to_string(), |d| format!("embedding {d}"));
-    println!("bench: parity config ({data}, {emb}, batch 32 × 35 steps, sgd lr 1, clip 1), device {}, {} thread(s), {} epochs each, matmul {}", args.device, args.threads, args.epochs, nn::matmul_kernel());
+    println!("bench: parity config ({data}, {emb}, batch 32 × 35 steps, sgd lr 1, clip 1), device {}, {} thread(s), {} epoch{} each, matmul {}", args.device, args.threads, args.epochs, if args.epochs == 1 { "" } else { "s" }, nn::matmul_kernel());
     println!(
         "{:<12} {:>6}  {:>12}  {:>12}  {:>10}",
         "cell", "hidden", "tokens/s", "(min..max)", "final ppl"

@@ -37,6 +37,16 @@ fn flatten(prefix: &str, v: &Value, out: &mut BTreeMap<String, String>) {
         Value::String(s) => {
             out.insert(prefix.to_string(), s.clone());
         }
+        // As in variant names: `lr=1`, not `lr=1.0`.
+        Value::Number(n) => {
+            let s = match n.as_f64() {
+                Some(f) if n.is_f64() && f.fract() == 0.0 && f.abs() < 1e15 => {
+                    format!("{}", f as i64)
+                }
+                _ => n.to_string(),
+            };
+            out.insert(prefix.to_string(), s);
+        }
         other => {
             out.insert(prefix.to_string(), other.to_string());
         }

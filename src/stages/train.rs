@@ -438,7 +438,13 @@ impl Train {
                         Sampling::Greedy,
                         &mut prog.rng.clone(),
                     )?;
-                    let line = format!("epoch {epoch} (perplexity {ppl:.2}): {}", v.decode(&out));
+                    // 2 decimals; a diverging run's 1.5e20 in scientific notation, not 21 digits.
+                    let shown = if ppl.abs() >= 1e6 {
+                        format!("{ppl:.3e}")
+                    } else {
+                        format!("{ppl:.2}")
+                    };
+                    let line = format!("epoch {epoch} (perplexity {shown}): {}", v.decode(&out));
                     ctx.log(line.clone());
                     prog.samples.push(line);
                 }
