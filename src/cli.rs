@@ -75,6 +75,7 @@ pub enum Command {
     Dag {
         #[command(flatten)]
         pipeline: PipelineArgs,
+        /// `text` (the stages in run order, with their inputs), `dot` (Graphviz) or `mermaid`.
         #[arg(long, value_enum, default_value_t = DagFormat::Text)]
         format: DagFormat,
     },
@@ -115,21 +116,25 @@ pub enum Command {
     /// Training throughput (tokens/s) on the book's parity config.
     Bench {
         /// Cells to measure: rnn_scratch, rnn, gru, lstm.
-        #[arg(long, value_delimiter = ',', default_value = "rnn")]
+        #[arg(long, value_delimiter = ',', default_value = "rnn", value_parser = bench_cell)]
         cell: Vec<String>,
-        #[arg(long, value_delimiter = ',', default_value = "256")]
+        /// Hidden units to measure, e.g. 256,512 (each 1 to 65536).
+        #[arg(long, value_delimiter = ',', default_value = "256", value_parser = bench_hidden)]
         hidden: Vec<usize>,
-        #[arg(long, default_value_t = 5)]
+        /// Epochs per cell and size (1 or more); the table shows the median epoch's speed.
+        #[arg(long, default_value_t = 5, value_parser = bench_epochs)]
         epochs: usize,
+        /// Device to train on (`cuda` needs a build with the `cuda` feature).
         #[arg(long, default_value = "cpu", value_parser = ["cpu", "cuda"])]
         device: String,
+        /// The corpus to train on.
         #[arg(long, default_value = "data/timemachine.txt")]
         corpus: PathBuf,
         /// `char`: the first 10,000 characters; `word`: all of the corpus in word tokens.
         #[arg(long, default_value = "char", value_parser = ["char", "word"])]
         unit: String,
         /// Embedding dimension of the input (default: one-hot).
-        #[arg(long)]
+        #[arg(long, value_parser = bench_embedding)]
         embedding: Option<usize>,
     },
     /// Print the JSON Schema (draft 2020-12) of pipeline files (committed as pipelines/schema.json).
@@ -142,5 +147,47 @@ fn at_least_one(s: &str) -> Result<usize, String> {
         Ok(0) => Err("must be at least 1 (0 would run nothing)".into()),
         Ok(n) => Ok(n),
         Err(_) => Err(format!("`{s}` is not a whole number; give 1 or more")),
+    }
+}
+
+/// A whole number from 1 to `max`; `what` says what 0 would mean.
+fn in_range(s: &str, max: usize, zero: &str) -> Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(0) => Err(format!("must be at least 1 ({zero})")),
+        Ok(n) if n > max => Err(format!("must be {max} or less")),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!("`{s}` is not a whole number; give 1 to {max}")),
+    }
+}
+
+/// `bench --epochs`: the bounds of a pipeline's `epochs`.
+fn bench_epochs(s: &str) -> Result<usize, String> {
+    in_range(s, crate::stages::bounds::EPOCHS, "0 would measure nothing")
+}
+
+/// `bench --hidden`: the bounds of a pipeline's `hidden`.
+fn bench_hidden(s: &str) -> Result<usize, String> {
+    in_range(s, crate::stages::bounds::HIDDEN, "a layer needs units")
+}
+
+/// `bench --embedding`: the bounds of a pipeline's `embedding`.
+fn bench_embedding(s: &str) -> Result<usize, String> {
+    in_range(
+        s,
+        crate::stages::bounds::EMBEDDING,
+        "leave it out for one-hot",
+    )
+}
+
+/// The cells `seqpipe bench` measures.
+pub const BENCH_CELLS: [&str; 4] = ["rnn_scratch", "rnn", "gru", "lstm"];
+
+/// `bench --cell`: a known cell, with a suggestion for a near miss.
+fn bench_cell(s: &str) -> Result<String, String> {
+    let s = s.trim();
+    if BENCH_CELLS.contains(&s) {
+        Ok(s.to_string())
+    } else {
+        Err(crate::diagnostic::suggest(s, &BENCH_CELLS, "cells"))
     }
 }

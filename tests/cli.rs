@@ -2259,6 +2259,43 @@ fn bad_input_is_stopped_before_anything_runs() {
 }
 
 #[test]
+fn bad_bench_flags_exit_2_before_anything_is_printed() {
+    let t = project();
+    let cases: [(&[&str], &str); 5] = [
+        (
+            &["bench", "--epochs", "0"],
+            "error: invalid value '0' for '--epochs <EPOCHS>': must be at least 1",
+        ),
+        (
+            &["bench", "--cell", "foo"],
+            "error: invalid value 'foo' for '--cell <CELL>': valid cells: `rnn_scratch`, `rnn`, `gru`, `lstm`",
+        ),
+        (
+            &["bench", "--cell", "rnn,lstn"],
+            "invalid value 'lstn' for '--cell <CELL>': did you mean `lstm`?",
+        ),
+        (
+            &["bench", "--hidden", "256,0"],
+            "invalid value '0' for '--hidden <HIDDEN>': must be at least 1",
+        ),
+        (
+            &["bench", "--embedding", "0"],
+            "invalid value '0' for '--embedding <EMBEDDING>': must be at least 1",
+        ),
+    ];
+    for (args, want) in cases {
+        let o = seqpipe(t.path(), args);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(want), "{args:?}: {err}");
+        assert!(
+            o.stdout.is_empty(),
+            "{args:?}: nothing printed before the error"
+        );
+    }
+}
+
+#[test]
 fn sweep_values_that_look_alike_stay_apart() {
     let t = project();
     let p = t.path();
