@@ -388,16 +388,56 @@ fn gc(project: &Project, dry_run: bool, older_than: f64) -> Result<()> {
         }
     }
     let recent = std::time::Duration::from_secs_f64(older_than * 86400.0);
-    let (removed, bytes) = project.store.gc(&keep, dry_run, recent)?;
+    let mut r = project.store.gc(&keep, dry_run, recent)?;
+    if dry_run {
+        r.removed
+            .sort_by(|a, b| a.stage.cmp(&b.stage).then(a.key.cmp(&b.key)));
+        for e in &r.removed {
+            let stage = if e.stage.is_empty() { "?" } else { &e.stage };
+            println!(
+                "  would remove  {}  {:>10}  {stage}",
+                e.key.short(),
+                size_text(e.bytes)
+            );
+        }
+    }
     let verb = if dry_run { "would remove" } else { "removed" };
+    let mut why = vec![format!("{} reachable from pipelines/", r.kept_reachable)];
+    if r.kept_shown > 0 {
+        why.push(format!("{} shown in outputs/", r.kept_shown));
+    }
+    if r.kept_in_use > 0 {
+        why.push(format!(
+            "{} in use{}",
+            r.kept_in_use,
+            if project.store.is_shared() {
+                " or used recently"
+            } else {
+                ""
+            }
+        ));
+    }
     println!(
-        "gc: {verb} {} entries, {} bytes ({:.1} MiB); kept {} reachable",
-        removed.len(),
-        bytes,
-        bytes as f64 / 1048576.0,
-        keep.len()
+        "gc: {verb} {} entries, {} bytes ({:.1} MiB); {} {} entries ({})",
+        r.removed.len(),
+        r.bytes,
+        r.bytes as f64 / 1048576.0,
+        if dry_run { "would keep" } else { "kept" },
+        r.kept(),
+        why.join(", ")
     );
     Ok(())
+}
+
+/// "812 B", "12.3 KiB", "4.5 MiB".
+fn size_text(b: u64) -> String {
+    if b < 1024 {
+        format!("{b} B")
+    } else if b < 1024 * 1024 {
+        format!("{:.1} KiB", b as f64 / 1024.0)
+    } else {
+        format!("{:.1} MiB", b as f64 / 1048576.0)
+    }
 }
 
 /// On Ctrl-C: stop the child jobs, release this process's claims, exit 130. Committed entries
@@ -421,12 +461,24 @@ fn verify(project: &Project, repair: bool) -> Result<()> {
     for (what, why) in &r.damaged {
         println!("damaged  {what}: {why}");
     }
+    for (view, key) in &r.absent {
+        println!(
+            "note     view {view} shows entry {}, which is no longer in the store (not damage: \
+             its files are not checked; the next run of its pipeline recomputes the entry)",
+            key.short()
+        );
+    }
     let secs = t.elapsed().as_secs_f64();
     println!(
-        "verify: {} entries, {:.1} MiB hashed in {secs:.2} s; {} damaged{}",
+        "verify: {} entries, {:.1} MiB hashed in {secs:.2} s; {} damaged{}{}",
         r.entries,
         r.bytes as f64 / 1048576.0,
         r.damaged.len(),
+        if r.absent.is_empty() {
+            String::new()
+        } else {
+            format!(", {} view(s) without an entry", r.absent.len())
+        },
         if repair && r.repaired > 0 {
             format!(", {} removed (the next run recomputes them)", r.repaired)
         } else {

@@ -332,8 +332,8 @@ impl Store {
         keys
     }
 
-    /// Remove entries whose key is neither in `keep` nor used by a live run, with their
-    /// checkpoints, and the quarantine. Returns (entries removed, bytes freed).
+    /// Remove entries whose key is not in `keep`, not shown by a view under `outputs/` and not
+    /// used by a live run, with their checkpoints, and the quarantine.
     ///
     /// On a shared store, entries used within `recent` are kept too: other projects' entries
     /// are not this project's to judge, so only what nobody has used for that long goes.
@@ -342,34 +342,50 @@ impl Store {
         keep: &HashSet<Key>,
         dry_run: bool,
         recent: std::time::Duration,
-    ) -> Result<(Vec<Key>, u64)> {
-        let mut removed = Vec::new();
-        let mut bytes = 0;
+    ) -> Result<GcReport> {
+        let mut r = GcReport::default();
         let now = std::time::SystemTime::now();
-        let candidates: Vec<_> = self
-            .entries()?
-            .into_iter()
-            .filter(|(k, _, _)| !keep.contains(k))
-            .filter(|(k, d, _)| {
-                !self.shared
-                    || self
-                        .last_used(k, d)
-                        .and_then(|t| now.duration_since(t).ok())
-                        .is_some_and(|age| age > recent)
-            })
+        // What the views show: a user's visible results keep their entries.
+        let shown: HashSet<Key> = crate::view::all_views(&self.outputs)
+            .iter()
+            .filter_map(|v| crate::view::view_key_at(v))
             .collect();
+        let mut candidates = Vec::new();
+        for (k, d, size) in self.entries()? {
+            // An age that cannot be told counts as recent.
+            let used_recently = || {
+                self.last_used(&k, &d)
+                    .and_then(|t| now.duration_since(t).ok())
+                    .is_none_or(|age| age <= recent)
+            };
+            if keep.contains(&k) {
+                r.kept_reachable += 1;
+            } else if shown.contains(&k) {
+                r.kept_shown += 1;
+            } else if self.shared && used_recently() {
+                r.kept_in_use += 1;
+            } else {
+                candidates.push((k, d, size));
+            }
+        }
         // Read what live runs use after listing, so that a run that started meanwhile is seen.
         let in_use = self.keys_in_use();
         for (key, path, size) in candidates {
             if in_use.contains(&key) {
+                r.kept_in_use += 1;
                 continue;
             }
+            let stage = read_entry(&path).map(|e| e.stage).unwrap_or_default();
             if !dry_run {
                 fs::remove_dir_all(&path).at("removing", &path)?;
                 let _ = fs::remove_file(self.meta.join("used").join(&key.0));
             }
-            removed.push(key);
-            bytes += size;
+            r.removed.push(Removed {
+                key,
+                stage,
+                bytes: size,
+            });
+            r.bytes += size;
         }
         for sub in ["checkpoints", "quarantine"] {
             let d = self.meta.join(sub);
@@ -378,10 +394,12 @@ impl Store {
                 let e = e.at("listing", &d)?;
                 let name = e.file_name().to_string_lossy().into_owned();
                 let key = Key(name.split('-').next().unwrap_or_default().to_string());
-                if sub == "checkpoints" && (keep.contains(&key) || in_use.contains(&key)) {
+                if sub == "checkpoints"
+                    && (keep.contains(&key) || shown.contains(&key) || in_use.contains(&key))
+                {
                     continue;
                 }
-                bytes += dir_size(&e.path());
+                r.bytes += dir_size(&e.path());
                 if !dry_run {
                     fs::remove_dir_all(e.path()).at("removing", &e.path())?;
                 }
@@ -390,7 +408,7 @@ impl Store {
         if !dry_run {
             self.clean_leftovers();
         }
-        Ok((removed, bytes))
+        Ok(r)
     }
 
     /// Announce the keys a run uses, so that `gc` leaves them alone while it lives.
@@ -413,6 +431,40 @@ impl Store {
             &serde_json::to_vec(&LiveRecord { keys: all, ..rec })?,
         )?;
         Ok(LiveRun { path })
+    }
+}
+
+/// An entry `gc` removed (or, in a dry run, would remove).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Removed {
+    pub key: Key,
+    /// The stage that produced it, as its record says (empty if unreadable).
+    pub stage: String,
+    pub bytes: u64,
+}
+
+/// What `gc` did (or, in a dry run, would do).
+#[derive(Debug, Default)]
+pub struct GcReport {
+    pub removed: Vec<Removed>,
+    /// Bytes freed: the removed entries, stale checkpoints and the quarantine.
+    pub bytes: u64,
+    /// Entries kept because a pipeline reaches them.
+    pub kept_reachable: usize,
+    /// Entries kept only because a view under `outputs/` shows them.
+    pub kept_shown: usize,
+    /// Entries kept only because a live run uses them or (shared store) they were used recently.
+    pub kept_in_use: usize,
+}
+
+impl GcReport {
+    /// Entries left in the store.
+    pub fn kept(&self) -> usize {
+        self.kept_reachable + self.kept_shown + self.kept_in_use
+    }
+
+    pub fn removed_keys(&self) -> Vec<Key> {
+        self.removed.iter().map(|r| r.key.clone()).collect()
     }
 }
 
@@ -551,6 +603,9 @@ pub struct VerifyReport {
     pub bytes: u64,
     /// (what, why) for each damaged entry or view.
     pub damaged: Vec<(String, String)>,
+    /// Views (folder, key) whose entry is not in the store at all: not damage, nothing to
+    /// check their files against.
+    pub absent: Vec<(String, Key)>,
     pub repaired: usize,
 }
 
@@ -561,7 +616,9 @@ impl Store {
         self.forget_verified();
         let mut r = VerifyReport::default();
         let mut good: HashMap<Key, Entry> = HashMap::new();
+        let mut listed: HashSet<Key> = HashSet::new();
         for (key, dir, size) in self.entries()? {
+            listed.insert(key.clone());
             r.entries += 1;
             r.bytes += size;
             match verify_entry(&dir, &key) {
@@ -583,11 +640,15 @@ impl Store {
             let Some(key) = crate::view::view_key_at(&view) else {
                 continue;
             };
+            if !listed.contains(&key) {
+                // Not damage: the entry is gone (another project's gc on a shared store, a
+                // hand-deleted folder). The view's files stay readable; the next run of its
+                // pipeline recomputes the entry.
+                r.absent.push((view.display().to_string(), key));
+                continue;
+            }
             let why = match good.get(&key) {
-                None => Some(format!(
-                    "shows entry {}, which is missing or damaged",
-                    key.short()
-                )),
+                None => Some(format!("shows entry {}, which is damaged", key.short())),
                 Some(e) => crate::view::view_differs(&view, &self.object_dir(&key), e),
             };
             if let Some(why) = why {
@@ -665,11 +726,13 @@ mod tests {
             fs::read_dir(s.meta().join("quarantine")).unwrap().count(),
             1
         );
-        let (removed, bytes) = s
+        let r = s
             .gc(&HashSet::new(), true, std::time::Duration::ZERO)
             .unwrap();
-        assert_eq!(removed, vec![k.clone()]);
-        assert!(bytes > 5);
+        assert_eq!(r.removed_keys(), vec![k.clone()]);
+        assert_eq!(r.removed[0].stage, "x");
+        assert_eq!(r.kept(), 0);
+        assert!(r.bytes > 5);
         assert!(
             matches!(s.lookup(&k), Lookup::Hit(_)),
             "a dry run removes nothing"
@@ -715,6 +778,28 @@ mod tests {
     }
 
     #[test]
+    fn gc_keeps_what_a_view_shows() {
+        let t = tempfile::tempdir().unwrap();
+        let s = Store::new(t.path());
+        let mut keys = Vec::new();
+        for p in [5, 6] {
+            let r = record(p);
+            let st = s.staging(&r.key()).unwrap();
+            fs::write(st.join("a.txt"), format!("{p}")).unwrap();
+            let dir = s.commit(&st, &r, "x", 0.1, false).unwrap();
+            keys.push((r.key(), dir));
+        }
+        crate::view::publish(t.path(), "pipe", "x", &keys[0].0, &keys[0].1).unwrap();
+        let r = s
+            .gc(&HashSet::new(), false, std::time::Duration::ZERO)
+            .unwrap();
+        assert_eq!(r.removed_keys(), vec![keys[1].0.clone()]);
+        assert_eq!((r.kept(), r.kept_shown), (1, 1));
+        let v = s.verify_all(false).unwrap();
+        assert!(v.damaged.is_empty() && v.absent.is_empty(), "{v:?}");
+    }
+
+    #[test]
     fn gc_leaves_keys_of_live_runs() {
         let t = tempfile::tempdir().unwrap();
         let s = Store::new(t.path());
@@ -724,14 +809,15 @@ mod tests {
         fs::write(st.join("a.txt"), "x").unwrap();
         s.commit(&st, &r, "x", 0.1, false).unwrap();
         let live = s.register_run("p", std::slice::from_ref(&k)).unwrap();
-        let (removed, _) = s
+        let r = s
             .gc(&HashSet::new(), false, std::time::Duration::ZERO)
             .unwrap();
-        assert!(removed.is_empty(), "a live run's key is kept");
+        assert!(r.removed.is_empty(), "a live run's key is kept");
+        assert_eq!((r.kept(), r.kept_in_use), (1, 1));
         drop(live);
-        let (removed, _) = s
+        let r = s
             .gc(&HashSet::new(), false, std::time::Duration::ZERO)
             .unwrap();
-        assert_eq!(removed, vec![k]);
+        assert_eq!(r.removed_keys(), vec![k]);
     }
 }

@@ -87,10 +87,10 @@ pub enum Command {
         #[arg(long)]
         stage: Option<String>,
     },
-    /// Drop cache entries that no pipeline in pipelines/ reaches (on a shared store: that
-    /// nothing has used for --older-than days either).
+    /// Drop cache entries that no pipeline in pipelines/ reaches and no view in outputs/ shows
+    /// (on a shared store: that nothing has used for --older-than days either).
     Gc {
-        /// Show what would be removed, remove nothing.
+        /// List what would be removed, remove nothing.
         #[arg(long)]
         dry_run: bool,
         /// On a shared store (`--store`), keep every entry used in the last DAYS days.

@@ -417,12 +417,127 @@ fn gc_keeps_what_the_pipelines_reach() {
             "ngrams.top_fraction=0.5",
         ],
     );
+    // The views show the override's results: they stay while they are shown.
+    let out = ok(p, &["gc"]);
+    assert!(
+        out.contains("removed 0 entries")
+            && out.contains("kept 8 entries (5 reachable from pipelines/, 3 shown in outputs/)"),
+        "{out}"
+    );
+    // Back to the pipeline as written: the override's entries are shown nowhere and go.
+    let again = ok(p, &["run", "pipelines/ex8_3_3.yaml"]);
+    assert!(again.contains("0 ran, 5 cached"), "{again}");
     let dry = ok(p, &["gc", "--dry-run"]);
     assert!(dry.contains("would remove 3 entries"), "{dry}");
     let out = ok(p, &["gc"]);
-    assert!(out.contains("removed 3 entries"), "{out}");
+    assert!(
+        out.contains("removed 3 entries")
+            && out.contains("kept 5 entries (5 reachable from pipelines/)"),
+        "{out}"
+    );
     let again = ok(p, &["run", "pipelines/ex8_3_3.yaml"]);
     assert!(again.contains("0 ran, 5 cached"), "{again}");
+}
+
+/// The entry folders in the store.
+fn store_entries(p: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for shard in std::fs::read_dir(p.join("outputs/.seqpipe/objects")).unwrap() {
+        for e in std::fs::read_dir(shard.unwrap().path()).unwrap() {
+            out.push(e.unwrap().path());
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn gc_keeps_what_the_views_show_and_verify_stays_clean() {
+    let t = project();
+    let p = t.path();
+    let run = |fraction: &str| {
+        let set = format!("ngrams.top_fraction={fraction}");
+        ok(p, &["run", "-q", "pipelines/ex8_3_3.yaml", "--set", &set]);
+    };
+    // Two overrides: the first one's ngrams, zipf_plot and report are shown nowhere now, the
+    // second one's are what outputs/ex8_3_3/ shows.
+    run("0.3");
+    run("0.5");
+    let before = store_entries(p);
+    assert_eq!(before.len(), 8);
+    let shown = view_files(p, "ex8_3_3");
+    let dry = ok(p, &["gc", "--dry-run"]);
+    let listed: Vec<&str> = dry
+        .lines()
+        .filter(|l| l.starts_with("  would remove  "))
+        .collect();
+    assert_eq!(listed.len(), 3, "{dry}");
+    for (line, stage) in listed.iter().zip(["ngrams", "report", "zipf_plot"]) {
+        assert!(line.ends_with(&format!("  {stage}")), "{dry}");
+        assert!(
+            line.contains("iB  ") || line.contains(" B  "),
+            "a size: {dry}"
+        );
+    }
+    assert!(
+        dry.contains("would remove 3 entries")
+            && dry.contains(
+                "would keep 5 entries (2 reachable from pipelines/, 3 shown in outputs/)"
+            ),
+        "{dry}"
+    );
+    assert_eq!(store_entries(p), before, "a dry run removes nothing");
+    let out = ok(p, &["gc"]);
+    assert!(
+        out.contains("removed 3 entries") && out.contains("kept 5 entries"),
+        "{out}"
+    );
+    assert_eq!(store_entries(p).len(), 5, "kept counts what is left: {out}");
+    let v = seqpipe(p, &["verify"]);
+    let vout = String::from_utf8_lossy(&v.stdout);
+    assert_eq!(v.status.code(), Some(0), "{vout}");
+    assert!(
+        vout.contains("0 damaged") && !vout.contains("view"),
+        "{vout}"
+    );
+    assert_eq!(view_files(p, "ex8_3_3"), shown, "the views are intact");
+    let again = ok(
+        p,
+        &[
+            "run",
+            "pipelines/ex8_3_3.yaml",
+            "--set",
+            "ngrams.top_fraction=0.5",
+        ],
+    );
+    assert!(again.contains("0 ran, 5 cached"), "{again}");
+}
+
+#[test]
+fn verify_tells_a_view_without_its_entry_from_damage() {
+    let t = project();
+    let p = t.path();
+    ok(p, &["run", "-q", "pipelines/ex8_3_3.yaml"]);
+    // As another project's gc on a shared store, or a hand-deleted folder, leaves it.
+    std::fs::remove_dir_all(entry_dir(p, "ex8_3_3", "report")).unwrap();
+    let v = seqpipe(p, &["verify"]);
+    let vout = String::from_utf8_lossy(&v.stdout);
+    assert_eq!(v.status.code(), Some(0), "{vout}");
+    assert!(
+        vout.contains("0 damaged, 1 view(s) without an entry")
+            && vout.contains("report shows entry")
+            && vout.contains("no longer in the store")
+            && !vout.contains("damaged  "),
+        "{vout}"
+    );
+    assert!(p.join("outputs/ex8_3_3/report/report.md").exists());
+    let out = ok(p, &["run", "pipelines/ex8_3_3.yaml"]);
+    assert!(out.contains("1 ran, 4 cached"), "{out}");
+    let v = ok(p, &["verify"]);
+    assert!(
+        v.contains("0 damaged") && !v.contains("without an entry"),
+        "{v}"
+    );
 }
 
 #[test]
@@ -1862,11 +1977,12 @@ fn a_shared_store_serves_two_projects_and_gc_keeps_what_others_use() {
     );
     assert!(b.path().join("outputs/ex8_3_3/report/report.md").exists());
     assert!(!b.path().join("outputs/.seqpipe/objects").exists());
-    // Project b no longer has that pipeline: its gc must not delete what a uses, unless
-    // nobody has used it for the given number of days.
+    // Project b no longer has that pipeline nor its outputs: its gc must not delete what a
+    // uses, unless nobody has used it for the given number of days.
     for e in std::fs::read_dir(b.path().join("pipelines")).unwrap() {
         std::fs::remove_file(e.unwrap().path()).unwrap();
     }
+    std::fs::remove_dir_all(b.path().join("outputs/ex8_3_3")).unwrap();
     std::fs::write(
         b.path().join("pipelines/other.yaml"),
         "name: other\nstages:\n  toy:\n    kind: toy_sequence\n    params: { length: 50 }\n",
@@ -2357,8 +2473,10 @@ fn a_closed_pipe_ends_quietly() {
 fn gc_never_removes_what_a_live_run_uses() {
     let t = project();
     let p = t.path();
-    // tiny.yaml is not in pipelines/: gc does not reach its entries, only the live run does.
+    // tiny.yaml is not in pipelines/ and its views are gone: gc does not reach its entries,
+    // only the live run does.
     let mut run = long_training(p);
+    std::fs::remove_dir_all(p.join("outputs/tiny")).unwrap();
     let g = ok(p, &["gc"]);
     assert!(
         g.contains("removed 0 entries"),
