@@ -171,10 +171,11 @@ pub fn run(cli: Cli, root: &Path) -> Result<()> {
                 }
             }
             out.println(&format!(
-                "{}: {} stages, {} to run",
+                "{}: {} stages, {} to run{}",
                 p.name,
                 plan.steps.len(),
-                plan.to_run()
+                plan.to_run(),
+                plan::twins_note(plan.twins())
             ));
             let started_unix_ms = crate::claim::now_ms();
             let run_id = format!("{started_unix_ms}-{}", std::process::id());
@@ -216,10 +217,17 @@ pub fn run(cli: Cli, root: &Path) -> Result<()> {
                 .into());
             }
             let ran = record.count(executor::Status::Ran);
-            let hits = record.count(executor::Status::Hit) + record.count(executor::Status::Reused);
+            // A planned run served by a stage of the same key that ran here is no cache hit:
+            // count it as the plan did.
+            let twins = (plan.steps.iter().zip(&record.stages))
+                .filter(|(s, r)| s.action != plan::Action::Hit && r.status == executor::Status::Hit)
+                .count();
+            let hits = record.count(executor::Status::Hit) + record.count(executor::Status::Reused)
+                - twins;
             println!(
-                "{}: {ran} ran, {hits} cached, in {:.2} s; outputs in {}",
+                "{}: {ran} ran, {hits} cached{}, in {:.2} s; outputs in {}",
                 p.name,
+                plan::twins_note(twins),
                 record.seconds,
                 store.outputs().join(&p.name).display()
             );

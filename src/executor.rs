@@ -218,15 +218,23 @@ pub fn execute(
                 if !ready {
                     continue;
                 }
-                // Two stages with the same key are the same computation: run it once.
+                // Two stages with the same key are the same computation: run it once (a forced
+                // stage does not take a cached entry, but does take what this run computed).
                 let forced = plan.steps[i].action == Action::Run(Reason::Forced);
                 let twin = (0..n).find(|&j| {
-                    !forced && j != i && keys[j] == keys[i] && state[j] != State::Waiting
+                    j != i
+                        && keys[j] == keys[i]
+                        && state[j] != State::Waiting
+                        && !(forced && plan.steps[j].action == Action::Hit)
                 });
                 if let Some(j) = twin {
                     if is_done(state[j]) {
                         publish(store, p, plan.steps[i].stage, &keys[i])?;
                         state[i] = State::Done(Status::Hit);
+                        notes[i].push(format!(
+                            "same key as `{}`: computed once",
+                            p.stages[plan.steps[j].stage].name
+                        ));
                         progressed = true;
                         out.println(&format!(
                             "  hit     {:<w$}  {} (same as {})",

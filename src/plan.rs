@@ -4,6 +4,7 @@
 use crate::graph;
 use crate::key::{Key, KeyRecord};
 use crate::pipeline::Pipeline;
+use std::collections::HashMap;
 use std::fmt;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -33,6 +34,9 @@ pub struct Step {
     pub stage: usize,
     pub key: Key,
     pub action: Action,
+    /// For a step that runs: the first earlier running step with the same key. The run
+    /// computes that key once and serves it to both.
+    pub twin: Option<usize>,
 }
 
 #[derive(Debug, Clone)]
@@ -41,11 +45,36 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// Results this run computes: the steps that run, less those that share their key with an
+    /// earlier running step.
     pub fn to_run(&self) -> usize {
         self.steps
             .iter()
-            .filter(|s| s.action != Action::Hit)
+            .filter(|s| s.action != Action::Hit && s.twin.is_none())
             .count()
+    }
+
+    /// Steps served from the store as the plan is made.
+    pub fn cached(&self) -> usize {
+        self.steps
+            .iter()
+            .filter(|s| s.action == Action::Hit)
+            .count()
+    }
+
+    /// Steps that run but share their key with an earlier running step: computed once.
+    pub fn twins(&self) -> usize {
+        self.steps.iter().filter(|s| s.twin.is_some()).count()
+    }
+}
+
+/// `, N same as another stage` for a one-line count, when N stages run but share their key with
+/// another (nothing when none do).
+pub fn twins_note(twins: usize) -> String {
+    if twins == 0 {
+        String::new()
+    } else {
+        format!(", {twins} same as another stage")
     }
 }
 
@@ -75,6 +104,7 @@ pub fn make_plan(
         graph::ancestors(n, &e, targets)
     };
     let forced = graph::descendants(n, &e, force);
+    let mut first_run: HashMap<Key, usize> = HashMap::new();
     let steps = p
         .order
         .iter()
@@ -90,10 +120,26 @@ pub fn make_plan(
                     Cached::Broken(why) => Action::Run(Reason::Corrupt(why)),
                 }
             };
+            (i, key, action)
+        })
+        .enumerate()
+        .map(|(at, (i, key, action))| {
+            let twin = if action == Action::Hit {
+                None
+            } else {
+                match first_run.get(&key) {
+                    Some(&j) => Some(j),
+                    None => {
+                        first_run.insert(key.clone(), at);
+                        None
+                    }
+                }
+            };
             Step {
                 stage: i,
                 key,
                 action,
+                twin,
             }
         })
         .collect();
@@ -108,11 +154,12 @@ impl fmt::Display for PlanView<'_> {
         let (p, plan) = (self.0, self.1);
         writeln!(
             f,
-            "plan for `{}`: {} stages, {} to run, {} cached",
+            "plan for `{}`: {} stages, {} to run, {} cached{}",
             p.name,
             plan.steps.len(),
             plan.to_run(),
-            plan.steps.len() - plan.to_run()
+            plan.cached(),
+            twins_note(plan.twins())
         )?;
         let w = plan
             .steps
@@ -128,11 +175,20 @@ impl fmt::Display for PlanView<'_> {
             .unwrap_or(0);
         for s in &plan.steps {
             let st = &p.stages[s.stage];
-            let (what, why) = match &s.action {
-                Action::Hit => ("hit", String::new()),
-                Action::Run(Reason::NotCached) => ("run", "not cached".to_string()),
-                Action::Run(Reason::Forced) => ("run", "forced".to_string()),
-                Action::Run(Reason::Corrupt(w)) => ("run", format!("broken cache entry: {w}")),
+            let (what, why) = match (&s.action, s.twin) {
+                (Action::Hit, _) => ("hit", String::new()),
+                (Action::Run(_), Some(j)) => (
+                    "same",
+                    format!(
+                        "same key as {}: computed once",
+                        p.stages[plan.steps[j].stage].name
+                    ),
+                ),
+                (Action::Run(Reason::NotCached), None) => ("run", "not cached".to_string()),
+                (Action::Run(Reason::Forced), None) => ("run", "forced".to_string()),
+                (Action::Run(Reason::Corrupt(w)), None) => {
+                    ("run", format!("broken cache entry: {w}"))
+                }
             };
             let inputs: Vec<&str> = st
                 .inputs

@@ -235,6 +235,58 @@ fn dry_run_prints_the_plan_and_runs_nothing() {
     assert!(!p.join("outputs/ex8_3_3/ngrams").exists());
 }
 
+/// Two stages of each pair have the same key: the same kind, params and inputs.
+const TWINS: &str = "name: twins\nstages:\n  a:\n    kind: load_corpus\n    params: { path: data/timemachine.txt }\n  b:\n    kind: load_corpus\n    params: { path: data/timemachine.txt }\n  wa:\n    kind: tokenize\n    inputs: { corpus: a }\n    params: { unit: word }\n  wb:\n    kind: tokenize\n    inputs: { corpus: b }\n    params: { unit: word }\n";
+
+#[test]
+fn the_plan_counts_stages_of_one_key_once_as_the_run_does() {
+    let t = project();
+    let p = t.path();
+    std::fs::write(p.join("twins.yaml"), TWINS).unwrap();
+    let plan = ok(p, &["run", "twins.yaml", "--dry-run"]);
+    assert!(
+        plan.contains("plan for `twins`: 4 stages, 2 to run, 0 cached, 2 same as another stage"),
+        "{plan}"
+    );
+    assert!(
+        plan.lines()
+            .any(|l| l.starts_with("  same b ") && l.ends_with("(same key as a: computed once)")),
+        "{plan}"
+    );
+    let out = ok(p, &["run", "twins.yaml"]);
+    assert!(
+        out.contains("twins: 4 stages, 2 to run, 2 same as another stage")
+            && out.contains("twins: 2 ran, 0 cached, 2 same as another stage"),
+        "{out}"
+    );
+    let rec = last_record(p, "twins");
+    let noted = rec["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| {
+            s["notes"][0]
+                .as_str()
+                .is_some_and(|n| n.contains("same key as `"))
+        })
+        .count();
+    assert_eq!(noted, 2, "{rec}");
+    assert!(ok(p, &["run", "twins.yaml", "--dry-run"]).contains("4 stages, 0 to run, 4 cached\n"));
+    assert!(ok(p, &["run", "twins.yaml"]).contains("0 ran, 4 cached, in"));
+    // Forced twins: computed once as well, and the plan says so.
+    let force = ["run", "twins.yaml", "--force", "a", "--force", "b"];
+    let plan = ok(p, &[&force[..], &["--dry-run"]].concat());
+    assert!(
+        plan.contains("4 stages, 2 to run, 0 cached, 2 same as another stage"),
+        "{plan}"
+    );
+    let out = ok(p, &force);
+    assert!(
+        out.contains("2 ran, 0 cached, 2 same as another stage"),
+        "{out}"
+    );
+}
+
 #[test]
 fn plans_and_dags_of_shipped_pipelines() {
     let t = project();
