@@ -2612,6 +2612,24 @@ fn a_stage_as_written_names_all_its_variants_and_a_sweep_can_be_replaced() {
     let t = project();
     let p = t.path();
     // Targets and --force take the written name of a swept stage: every variant.
+    let plan = ok(p, &["run", "pipelines/ex8_2_2.yaml", "tokens", "--dry-run"]);
+    assert!(plan.contains("tokens[unit=char]") && plan.contains("tokens[unit=word]"));
+    assert!(
+        !plan.contains("vocab_vs_min_freq"),
+        "only the targets' ancestors: {plan}"
+    );
+    // Cache them (and `chars`/`words`, which share their keys), then force them.
+    ok(
+        p,
+        &[
+            "run",
+            "-q",
+            "pipelines/ex8_2_2.yaml",
+            "tokens",
+            "chars",
+            "words",
+        ],
+    );
     let plan = ok(
         p,
         &[
@@ -2629,15 +2647,9 @@ fn a_stage_as_written_names_all_its_variants_and_a_sweep_can_be_replaced() {
             .unwrap_or_else(|| panic!("{v} missing from the plan:\n{plan}"));
         assert!(
             line.trim_start().starts_with("run"),
-            "{v} not forced: {line}"
+            "{v} cached, yet not forced: {line}"
         );
     }
-    let plan = ok(p, &["run", "pipelines/ex8_2_2.yaml", "tokens", "--dry-run"]);
-    assert!(plan.contains("tokens[unit=char]") && plan.contains("tokens[unit=word]"));
-    assert!(
-        !plan.contains("vocab_vs_min_freq"),
-        "only the targets' ancestors: {plan}"
-    );
     // A swept param's values are replaced with `STAGE.matrix.PARAM=[...]`.
     let plan = ok(
         p,
