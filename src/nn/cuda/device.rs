@@ -7,7 +7,7 @@
 //! `CudaDevice` and cuBLAS handle on that context and on the same legacy default stream).
 //! Products run in cuBLAS (`cublasSgemm`, FP32, no TF32: the default math mode).
 
-use super::step::{Buf, Gemm, Gpu, Moments, Op, Trainer};
+use super::step::{with_arg_ptrs, Buf, Gemm, Gpu, Moments, Op, Trainer};
 use super::{KERNELS, SOURCE};
 use crate::nn::core::{Core, HiddenState};
 use crate::nn::params::{Optimizer, Update};
@@ -288,25 +288,22 @@ impl CudaGpu {
                 block,
                 args,
             } => {
-                let mut slots = args.clone();
-                let mut ptrs: Vec<*mut c_void> = slots
-                    .iter_mut()
-                    .map(|s| s as *mut u64 as *mut c_void)
-                    .collect();
-                // SAFETY: `args` hold values of the kernel's parameter types (step.rs builds
-                // them so; the host-emulated tests run the same calls against the same
-                // signatures).
-                unsafe {
-                    drv::launch_kernel(
-                        self.module.funcs[*k as usize],
-                        (*grid, 1, 1),
-                        (*block, 1, 1),
-                        0,
-                        stream,
-                        &mut ptrs,
-                    )
-                }
-                .map_err(|e| dev_err(&format!("launching {}", k.name()), e))
+                with_arg_ptrs(args, |ptrs| {
+                    // SAFETY: `args` hold values of the kernel's parameter types (step.rs builds
+                    // them so; the host-emulated tests run the same calls against the same
+                    // signatures).
+                    unsafe {
+                        drv::launch_kernel(
+                            self.module.funcs[*k as usize],
+                            (*grid, 1, 1),
+                            (*block, 1, 1),
+                            0,
+                            stream,
+                            ptrs,
+                        )
+                    }
+                    .map_err(|e| dev_err(&format!("launching {}", k.name()), e))
+                })
             }
             Op::Gemm(g) => self.gemm(g),
             // SAFETY: device addresses within live buffers (step.rs).

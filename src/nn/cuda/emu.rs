@@ -6,7 +6,7 @@
 //! compiler (`c++`, or `$CXX`) the tests that need it skip with a message, except under
 //! `CI=true`, where they fail.
 
-use super::step::{Buf, Gemm, Gpu, Op};
+use super::step::{with_arg_ptrs, Buf, Gemm, Gpu, Op};
 use super::{EMU_HEADER, K, KERNELS, SOURCE};
 use anyhow::Result;
 use std::ffi::{c_char, c_int, c_void, CString};
@@ -208,14 +208,7 @@ impl Gpu for EmuGpu {
                 grid,
                 block,
                 args,
-            } => {
-                let mut slots = args.clone();
-                let mut ptrs: Vec<*mut c_void> = slots
-                    .iter_mut()
-                    .map(|s| s as *mut u64 as *mut c_void)
-                    .collect();
-                self.launch(*k, *grid, *block, &mut ptrs)
-            }
+            } => with_arg_ptrs(args, |ptrs| self.launch(*k, *grid, *block, ptrs)),
             Op::Gemm(g) => self.gemm(g),
             Op::Copy { dst, src, bytes } => self.copy(*dst, *src, *bytes),
             Op::Zero { dst, bytes } => self.zero_bytes(*dst, *bytes),

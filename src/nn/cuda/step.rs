@@ -179,6 +179,19 @@ impl Op {
     }
 }
 
+/// Call `f` with a launch's arguments as cuLaunchKernel takes them: a pointer to each slot.
+pub(in crate::nn) fn with_arg_ptrs<R>(
+    args: &[u64],
+    f: impl FnOnce(&mut [*mut std::ffi::c_void]) -> R,
+) -> R {
+    let mut slots = args.to_vec();
+    let mut ptrs: Vec<*mut std::ffi::c_void> = slots
+        .iter_mut()
+        .map(|s| s as *mut u64 as *mut std::ffi::c_void)
+        .collect();
+    f(&mut ptrs)
+}
+
 /// Launch kernel `k` now.
 #[cfg(test)]
 pub(in crate::nn) fn launch<G: Gpu>(
