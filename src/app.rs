@@ -356,6 +356,15 @@ fn compare(project: &Project, args: &PipelineArgs, only: Option<&str>) -> Result
         let n = rows.len();
         println!("{o} ({n} variant{})", if n == 1 { "" } else { "s" });
         print!("{}", crate::results::table(&rows, &[], true).text());
+        let missing = rows.iter().filter(|r| r.dir.is_none()).count();
+        if missing > 0 {
+            // Rows without numbers: say why instead of leaving bare names.
+            let sets: String = args.sets.iter().map(|s| format!(" --set '{s}'")).collect();
+            println!(
+                "({missing} of {n} not computed with these params yet: `seqpipe run {}{sets}` computes them)",
+                args.file.display()
+            );
+        }
         println!();
         shown += 1;
     }

@@ -32,7 +32,7 @@ pub struct PipelineArgs {
     /// The pipeline file, e.g. pipelines/ex8_2_2.yaml
     pub file: PathBuf,
     /// Override a param for this run: `stage.param=value` (typed like YAML), `*.param=value` for
-    /// every stage that sets it, or `seed=N`.
+    /// every stage that sets it, `stage.matrix.param=[a, b]` to replace a sweep, or `seed=N`.
     #[arg(long = "set", value_name = "STAGE.PARAM=VALUE")]
     pub sets: Vec<String>,
     /// Device for model stages (overrides the pipeline's `device:`).
