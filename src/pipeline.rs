@@ -468,6 +468,31 @@ pub fn analyze(raw: RawPipeline) -> Result<Pipeline, PipelineError> {
                 }
             }
         }
+        // A value under `params:` that the matrix replaces is never used, but a wrong one is
+        // still a mistake in the file: check it as if there were no matrix.
+        if !st.shadowed.is_empty() {
+            let mut written = st.params.clone();
+            for (k, v) in &st.shadowed {
+                written.insert(k.clone(), v.clone());
+            }
+            if let Err(issues) = (kind.parse)(&written) {
+                for i in issues {
+                    if let Some((_, v)) = st.shadowed.iter().find(|(k, _)| *k == i.key) {
+                        let mut d = at(
+                            &format!("{base}.params.{}", i.key),
+                            format!(
+                                "{} (this value is replaced by the `matrix:` axis `{}`, but must still be valid)",
+                                i.message, i.key
+                            ),
+                        );
+                        d.help = i
+                            .help
+                            .or_else(|| Some(format!("found {v}; or remove it from `params:`")));
+                        diags.push(d);
+                    }
+                }
+            }
+        }
         let params = match (kind.parse)(&st.params) {
             Ok(p) => Some(p),
             Err(issues) => {

@@ -258,6 +258,7 @@ pub fn expand(raw: RawPipeline) -> Result<RawPipeline, PipelineError> {
                 params: s.params.clone(),
                 matrix: Vec::new(),
                 resources: s.resources.clone(),
+                shadowed: Vec::new(),
             };
             for (param, values) in &s.matrix {
                 let chosen = a
@@ -267,7 +268,9 @@ pub fn expand(raw: RawPipeline) -> Result<RawPipeline, PipelineError> {
                     .unwrap_or_default();
                 let _ = values;
                 if let Some(v) = value_by_label.get(&(param.clone(), chosen)) {
-                    st.params.insert(param.clone(), v.clone());
+                    if let Some(old) = st.params.insert(param.clone(), v.clone()) {
+                        st.shadowed.push((param.clone(), old));
+                    }
                 }
             }
             st.inputs = Vec::new();

@@ -2400,6 +2400,18 @@ fn bad_input_is_stopped_before_anything_runs() {
                 .args(&["run", "p.yaml"]),
             2,
         ),
+        (
+            "bad_value_beside_its_matrix_axis",
+            Case::new()
+                .file(
+                    "p.yaml",
+                    &std::fs::read_to_string("pipelines/ex8_6_1.yaml")
+                        .unwrap()
+                        .replace("params: { epochs: 500, lr: 1 }", "params: { epochs: 500, lr: fast }"),
+                )
+                .args(&["run", "p.yaml"]),
+            2,
+        ),
         ("zero_threads", Case::new().args(&["--threads", "0", "kinds"]), 2),
         ("zero_jobs", Case::new().args(&["run", "-j", "0", "pipelines/ex8_3_3.yaml"]), 2),
         (

@@ -95,6 +95,9 @@ pub struct RawStage {
     pub matrix: Vec<(String, Vec<serde_json::Value>)>,
     /// The stage's `resources:` (a mapping, checked by the analyzer).
     pub resources: Option<serde_json::Value>,
+    /// Values written under `params:` for params its `matrix:` sweeps (set by the sweep
+    /// expansion, which replaces them): the analyzer still checks them.
+    pub shadowed: Vec<(String, serde_json::Value)>,
 }
 
 /// serde's wording, in the file's terms: no Rust type names (`u64`, `FileMirror`).
@@ -423,6 +426,7 @@ pub(super) fn parse(path: &Path, text: &str) -> Result<RawPipeline, PipelineErro
             inputs,
             params,
             matrix,
+            shadowed: Vec::new(),
         });
     }
     if stages.is_empty() && diags.is_empty() {
