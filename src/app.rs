@@ -283,7 +283,8 @@ pub fn run(cli: Cli, root: &Path) -> Result<()> {
                 embedding,
             })
         }
-        Command::Kinds => {
+        Command::Kinds { kind: Some(kind) } => describe_kind(&kind),
+        Command::Kinds { kind: None } => {
             for k in crate::stages::registry() {
                 println!("{:<16} v{}  {}", k.name, k.version, k.about);
                 if let crate::stages::Roles::Fixed(r) = k.roles {
@@ -372,6 +373,61 @@ fn compare(project: &Project, args: &PipelineArgs, only: Option<&str>) -> Result
         println!(
             "`{}` has no swept stages (add `matrix:` to a stage, or name one with --stage)",
             p.name
+        );
+    }
+    Ok(())
+}
+
+/// `seqpipe kinds KIND`: the kind, its inputs and output, and a line per param.
+fn describe_kind(kind: &str) -> Result<()> {
+    let reg = crate::stages::registry();
+    let Some(k) = reg.iter().find(|k| k.name == kind) else {
+        let names: Vec<&str> = reg.iter().map(|k| k.name).collect();
+        let d =
+            crate::diagnostic::Diagnostic::new("seqpipe kinds", "", format!("no kind `{kind}`"))
+                .with_help(crate::diagnostic::suggest(kind, &names, "kinds"));
+        return Err(PipelineError {
+            diagnostics: vec![d],
+        }
+        .into());
+    };
+    println!("{}  v{}  {}", k.name, k.version, k.about);
+    match k.roles {
+        crate::stages::Roles::Fixed([]) => println!("inputs: none"),
+        crate::stages::Roles::Fixed(r) => println!("inputs: {}", r.join(", ")),
+        crate::stages::Roles::AnyNonEmpty => println!("inputs: any stages (one or more)"),
+    }
+    if let Some(o) = k.output {
+        println!("output: {}", o.name());
+    }
+    let params = crate::schema::kind_params(kind).unwrap_or_default();
+    if params.is_empty() {
+        println!("params: none");
+        return Ok(());
+    }
+    println!("params (a default of `–`: none, the stage decides):");
+    let w = params.iter().map(|p| p.name.len()).max().unwrap_or(0);
+    let defaults: Vec<String> = params
+        .iter()
+        .map(|p| match &p.default {
+            None => "required".to_string(),
+            Some(d) => format!("default {d}"),
+        })
+        .collect();
+    let tw = params
+        .iter()
+        .map(|p| p.ty.chars().count())
+        .max()
+        .unwrap_or(0);
+    let dw = defaults
+        .iter()
+        .map(|d| d.chars().count())
+        .max()
+        .unwrap_or(0);
+    for (p, default) in params.iter().zip(&defaults) {
+        println!(
+            "  {:<w$}  {:<tw$}  {default:<dw$}  {}",
+            p.name, p.ty, p.about
         );
     }
     Ok(())

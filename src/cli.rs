@@ -111,8 +111,11 @@ pub enum Command {
         #[arg(long)]
         result: Option<PathBuf>,
     },
-    /// List the stage kinds and their params.
-    Kinds,
+    /// List the stage kinds and their params; with KIND, each param's type, default and meaning.
+    Kinds {
+        /// A kind to describe in full, e.g. `train`.
+        kind: Option<String>,
+    },
     /// Training throughput (tokens/s) on the book's parity config.
     Bench {
         /// Cells to measure: rnn_scratch, rnn, gru, lstm.

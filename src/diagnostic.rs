@@ -78,10 +78,17 @@ impl fmt::Display for PipelineError {
             writeln!(f, "{d}")?;
         }
         let n = self.diagnostics.len();
+        // "in pipeline file" only where one is at fault (not for a flag's value alone).
+        let in_file = self.diagnostics.iter().any(|d| {
+            d.file
+                .extension()
+                .is_some_and(|e| e == "yaml" || e == "yml")
+        });
         write!(
             f,
-            "{n} error{} in pipeline file",
-            if n == 1 { "" } else { "s" }
+            "{n} error{}{}",
+            if n == 1 { "" } else { "s" },
+            if in_file { " in pipeline file" } else { "" }
         )
     }
 }

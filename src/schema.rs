@@ -310,3 +310,156 @@ fn tidy(v: &mut Value) {
         _ => {}
     }
 }
+
+/// One param of a kind, for `seqpipe kinds KIND`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ParamDoc {
+    pub name: String,
+    /// `integer ≥ 0`, `sgd|adam`, `number or none`, `string (optional)`.
+    pub ty: String,
+    /// The default as YAML would write it; None: required.
+    pub default: Option<String>,
+    pub about: String,
+}
+
+/// The params of kind `kind` (None: no such kind), from its params struct's schema: names,
+/// types, defaults and doc comments, in declaration order.
+pub fn kind_params(kind: &str) -> Option<Vec<ParamDoc>> {
+    let k = registry().iter().find(|k| k.name == kind)?;
+    let mut gen = schemars::generate::SchemaSettings::draft2020_12().into_generator();
+    let r = (k.params_schema)(&mut gen).to_value();
+    let defs: Map<String, Value> = gen.take_definitions(true);
+    let params = match r["$ref"].as_str().and_then(|n| n.strip_prefix("#/$defs/")) {
+        Some(name) => defs.get(name)?,
+        None => &r,
+    };
+    let required: Vec<&str> = params["required"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|v| v.as_str()).collect())
+        .unwrap_or_default();
+    let Some(props) = params["properties"].as_object() else {
+        return Some(Vec::new()); // a kind without params
+    };
+    Some(
+        props
+            .iter()
+            .map(|(p, s)| ParamDoc {
+                name: p.clone(),
+                ty: type_text(s, &defs),
+                default: if required.contains(&p.as_str()) {
+                    None
+                } else {
+                    Some(match s.get("default") {
+                        None | Some(Value::Null) => "–".into(),
+                        Some(Value::String(v)) => v.clone(),
+                        Some(v) => v.to_string(),
+                    })
+                },
+                about: s["description"]
+                    .as_str()
+                    .or_else(|| {
+                        s["$ref"]
+                            .as_str()
+                            .and_then(|r| r.strip_prefix("#/$defs/"))
+                            .and_then(|n| defs.get(n)?["description"].as_str())
+                    })
+                    .unwrap_or("")
+                    .replace('\n', " "),
+            })
+            .collect(),
+    )
+}
+
+/// A schema's type in a few words (best effort; "value" when it cannot tell).
+fn type_text(s: &Value, defs: &Map<String, Value>) -> String {
+    if let Some(n) = s["$ref"].as_str().and_then(|r| r.strip_prefix("#/$defs/")) {
+        return defs.get(n).map_or("value".into(), |d| type_text(d, defs));
+    }
+    if let Some(c) = s.get("const") {
+        return c.as_str().map_or(c.to_string(), String::from);
+    }
+    if let Some(e) = s["enum"].as_array() {
+        let v: Vec<String> = e
+            .iter()
+            .map(|x| x.as_str().map_or(x.to_string(), String::from))
+            .collect();
+        return v.join("|");
+    }
+    for alt in ["oneOf", "anyOf"] {
+        if let Some(a) = s[alt].as_array() {
+            let non_null: Vec<&Value> = a.iter().filter(|x| x["type"] != "null").collect();
+            let text: Vec<String> = non_null.iter().map(|x| type_text(x, defs)).collect();
+            let all_words = text.iter().all(|t| !t.contains(' ') && !t.is_empty());
+            let joined = text.join(if all_words { "|" } else { " or " });
+            return if non_null.len() < a.len() {
+                format!("{joined} (optional)")
+            } else {
+                joined
+            };
+        }
+    }
+    let bound = |t: &str| match (s["minimum"].as_f64(), s["exclusiveMinimum"].as_f64()) {
+        (Some(m), _) => format!("{t} ≥ {m}"),
+        (_, Some(m)) => format!("{t} > {m}"),
+        _ => t.to_string(),
+    };
+    match &s["type"] {
+        Value::String(t) if t == "array" => {
+            format!("list of {}", type_text(&s["items"], defs))
+        }
+        Value::String(t) => bound(t),
+        Value::Array(ts) => {
+            let t: Vec<&str> = ts
+                .iter()
+                .filter_map(|x| x.as_str())
+                .filter(|x| *x != "null")
+                .collect();
+            let base = bound(&t.join("|"));
+            if t.len() < ts.len() {
+                format!("{base} (optional)")
+            } else {
+                base
+            }
+        }
+        _ => "value".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every kind's params, as `seqpipe kinds KIND` lists them, are the registry's, each with a
+    /// type; required ones have no default.
+    #[test]
+    fn kind_params_follow_the_params_structs() {
+        for k in registry() {
+            let docs = kind_params(k.name).unwrap();
+            let names: Vec<&str> = docs.iter().map(|d| d.name.as_str()).collect();
+            let mut want: Vec<&str> = k.params.to_vec();
+            let mut got = names.clone();
+            want.sort();
+            got.sort();
+            assert_eq!(got, want, "{}", k.name);
+            for d in &docs {
+                assert!(
+                    !d.ty.is_empty() && d.ty != "value",
+                    "{}.{}: {}",
+                    k.name,
+                    d.name,
+                    d.ty
+                );
+            }
+        }
+        let train = kind_params("train").unwrap();
+        let get = |n: &str| train.iter().find(|d| d.name == n).unwrap().clone();
+        assert_eq!(get("epochs").default, None);
+        assert_eq!(get("epochs").ty, "integer ≥ 0");
+        assert_eq!(get("optimizer").ty, "sgd|adam");
+        assert_eq!(get("optimizer").default.as_deref(), Some("sgd"));
+        assert_eq!(get("clip_grad_norm").ty, "number > 0 or none");
+        assert_eq!(get("sample_every").default.as_deref(), Some("50"));
+        assert!(get("lr").about.contains("Learning rate"));
+        assert!(kind_params("trian").is_none());
+    }
+}

@@ -2726,3 +2726,26 @@ fn a_slow_slurm_controller_is_reported_while_waiting() {
         "{err}"
     );
 }
+
+#[test]
+fn kinds_describes_one_kind_with_types_and_defaults() {
+    let t = project();
+    let out = ok(t.path(), &["kinds", "train"]);
+    assert!(out.starts_with("train  v"), "{out}");
+    assert!(out.contains("inputs: model, data"), "{out}");
+    let line = |p: &str| {
+        out.lines()
+            .find(|l| l.split_whitespace().next() == Some(p))
+            .unwrap_or_else(|| panic!("no line for {p}:\n{out}"))
+            .to_string()
+    };
+    assert!(line("epochs").contains("required"), "{out}");
+    assert!(line("optimizer").contains("sgd|adam") && line("optimizer").contains("default sgd"));
+    let o = seqpipe(t.path(), &["kinds", "trian"]);
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("no kind `trian`") && err.contains("did you mean `train`?"),
+        "{err}"
+    );
+}
