@@ -394,8 +394,12 @@ impl Store {
                 let e = e.at("listing", &d)?;
                 let name = e.file_name().to_string_lossy().into_owned();
                 let key = Key(name.split('-').next().unwrap_or_default().to_string());
+                // A checkpoint serves a computation not yet committed: once its entry is in
+                // the store (or nothing wants the key), only a live run may still need it.
                 if sub == "checkpoints"
-                    && (keep.contains(&key) || shown.contains(&key) || in_use.contains(&key))
+                    && (in_use.contains(&key)
+                        || ((keep.contains(&key) || shown.contains(&key))
+                            && !self.object_dir(&key).exists()))
                 {
                     continue;
                 }

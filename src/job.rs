@@ -229,6 +229,18 @@ pub fn run_job(spec: &JobSpec, store: &Store, progress: StageProgress) -> Result
     }
     let staging = store.staging(&spec.key)?;
     let checkpoints = store.checkpoint_dir(&spec.key);
+    if spec.force && checkpoints.exists() {
+        // Forced means from scratch: not from where an earlier, interrupted run stopped.
+        std::fs::remove_dir_all(&checkpoints).map_err(|e| {
+            anyhow::anyhow!(
+                "removing the checkpoint {} of a forced stage: {e}",
+                checkpoints.display()
+            )
+        })?;
+        let note = "forced: an earlier run's checkpoint was discarded".to_string();
+        progress.println(&format!("  [{}] {note}", spec.stage));
+        notes.push(note);
+    }
     let mut ctx = StageCtx::new(
         &spec.stage,
         spec.seed,

@@ -2749,3 +2749,66 @@ fn kinds_describes_one_kind_with_types_and_defaults() {
         "{err}"
     );
 }
+
+/// `run tiny.yaml --force train` killed (SIGKILL) once its checkpoint is `epochs` epochs in.
+fn killed_forced_training(p: &Path, epochs: u64) {
+    let mut child = Command::new(BIN)
+        .args(["run", "-q", "tiny.yaml", "--force", "train"])
+        .current_dir(p)
+        .spawn()
+        .unwrap();
+    let ckpts = p.join("outputs/.seqpipe/checkpoints");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let done = std::fs::read_dir(&ckpts)
+            .into_iter()
+            .flatten()
+            .filter_map(|e| std::fs::read(e.ok()?.path().join("ckpt/progress.json")).ok())
+            .any(|bytes| {
+                let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+                v["epochs_done"].as_u64().unwrap_or(0) >= epochs
+            });
+        if done {
+            break;
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the forced run ended before its kill"
+        );
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no checkpoint appeared"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+/// --force recomputes from scratch: a checkpoint an interrupted forced run left is discarded,
+/// not resumed; and once the key's entry is committed, gc removes such a checkpoint.
+#[test]
+fn force_never_resumes_an_old_checkpoint_and_gc_drops_stale_ones() {
+    let t = trained_tiny(60);
+    let p = t.path();
+    let ckpts = p.join("outputs/.seqpipe/checkpoints");
+    killed_forced_training(p, 3);
+    // The entry is still committed: a plain run serves it, the checkpoint stays behind...
+    let out = ok(p, &["run", "tiny.yaml"]);
+    assert!(out.contains("0 ran, 6 cached"), "{out}");
+    assert_eq!(std::fs::read_dir(&ckpts).unwrap().count(), 1);
+    // ...until gc, which drops a checkpoint whose entry is in the store.
+    ok(p, &["gc"]);
+    assert_eq!(
+        std::fs::read_dir(&ckpts).unwrap().count(),
+        0,
+        "stale checkpoint kept"
+    );
+    killed_forced_training(p, 3);
+    let out = ok(p, &["run", "tiny.yaml", "--force", "train"]);
+    assert!(!out.contains("resuming"), "a forced stage resumed: {out}");
+    assert!(
+        out.contains("forced: an earlier run's checkpoint was discarded"),
+        "{out}"
+    );
+}
