@@ -36,12 +36,15 @@ pub fn exit_code(e: &anyhow::Error) -> i32 {
 pub struct Project {
     pub root: PathBuf,
     pub store: Arc<Store>,
+    /// The store was named (`--store`, `SEQPIPE_STORE`), not the default.
+    pub store_named: bool,
 }
 
 impl Project {
     /// The project in `root`, with its store in `store` (default `outputs/.seqpipe`).
     pub fn at(root: &Path, store: Option<&Path>) -> Self {
         let outputs = root.join("outputs");
+        let store_named = store.is_some();
         let store = match store {
             Some(s) => Store::with_meta(&outputs, &root.join(s)),
             None => Store::new(&outputs),
@@ -49,7 +52,29 @@ impl Project {
         Project {
             root: root.to_path_buf(),
             store: Arc::new(store),
+            store_named,
         }
+    }
+
+    /// For commands that read the store (verify, gc, status): a store path that is a file is an
+    /// error; a named store that does not exist is one too (a typo would otherwise read as an
+    /// empty store), and the default one not existing yet just means nothing has run here.
+    /// Returns whether the store exists.
+    pub fn check_store(&self) -> Result<bool> {
+        let meta = self.store.meta();
+        if meta.exists() && !meta.is_dir() {
+            bail!(
+                "{} is a file, but seqpipe keeps its store (a folder) there; move the file away or name another store",
+                meta.display()
+            );
+        }
+        if !meta.exists() && self.store_named {
+            bail!(
+                "no store at {}: nothing has run with it yet (check the --store path or SEQPIPE_STORE; a run creates it)",
+                meta.display()
+            );
+        }
+        Ok(meta.exists())
     }
 }
 
@@ -233,9 +258,13 @@ pub fn run(cli: Cli, root: &Path) -> Result<()> {
             );
             Ok(())
         }
-        Command::Verify { repair } => verify(&project, repair),
+        Command::Verify { repair } => {
+            project.check_store()?;
+            verify(&project, repair)
+        }
         Command::ExecJob { file, result } => exec_job(&file, result.as_deref()),
         Command::Status { pipeline: args } => {
+            project.check_store()?;
             let l = load(&project, &args)?;
             let st = crate::status::status(&l.pipeline, &l.records, &project.store);
             print!("{}", crate::status::StatusView(&l.pipeline, &st));
@@ -252,7 +281,10 @@ pub fn run(cli: Cli, root: &Path) -> Result<()> {
         Command::Gc {
             dry_run,
             older_than,
-        } => gc(&project, dry_run, older_than),
+        } => {
+            project.check_store()?;
+            gc(&project, dry_run, older_than)
+        }
         Command::Compare {
             pipeline: args,
             stage,

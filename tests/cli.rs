@@ -1271,6 +1271,25 @@ fn killed_training(p: &Path, epochs: usize, at_least: u64, extra_args: &[&str]) 
     dir
 }
 
+/// Remove the store entry of stage kind `kind` if there is one (at most one), as if its run had
+/// been interrupted before the commit: the next run computes it, from a checkpoint if any.
+fn drop_entry(p: &Path, kind: &str) {
+    let objects = p.join("outputs/.seqpipe/objects");
+    let mut dropped = 0;
+    for shard in std::fs::read_dir(&objects).unwrap() {
+        for e in std::fs::read_dir(shard.unwrap().path()).unwrap() {
+            let d = e.unwrap().path();
+            let rec: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(d.join("entry.json")).unwrap()).unwrap();
+            if rec["record"]["kind"] == kind {
+                std::fs::remove_dir_all(&d).unwrap();
+                dropped += 1;
+            }
+        }
+    }
+    assert!(dropped <= 1, "{dropped} entries of kind {kind}");
+}
+
 fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for e in std::fs::read_dir(from).unwrap() {
@@ -1341,7 +1360,8 @@ fn a_damaged_checkpoint_is_refused_and_training_starts_over() {
         let _ = std::fs::remove_dir_all(&ckpt);
         copy_dir(&saved, &ckpt);
         damage(&ckpt);
-        let o = seqpipe(p, &["run", "tiny.yaml", "--force", "train"]);
+        drop_entry(p, "train");
+        let o = seqpipe(p, &["run", "tiny.yaml"]);
         let out = String::from_utf8_lossy(&o.stdout);
         assert!(o.status.success(), "{what}: {out}");
         assert!(
@@ -1365,7 +1385,8 @@ fn a_damaged_checkpoint_is_refused_and_training_starts_over() {
     // An intact one resumes, and the result is the same bytes, log.txt included.
     let _ = std::fs::remove_dir_all(&ckpt);
     copy_dir(&saved, &ckpt);
-    let out = ok(p, &["run", "tiny.yaml", "--force", "train"]);
+    drop_entry(p, "train");
+    let out = ok(p, &["run", "tiny.yaml"]);
     assert!(
         out.contains("resuming from the checkpoint after epoch"),
         "{out}"
@@ -2811,4 +2832,37 @@ fn force_never_resumes_an_old_checkpoint_and_gc_drops_stale_ones() {
         out.contains("forced: an earlier run's checkpoint was discarded"),
         "{out}"
     );
+}
+
+/// verify, gc and status read the store: one that is a file, or a named one that does not exist
+/// (a typo), is an error, not an empty store that "verifies".
+#[test]
+fn store_readers_refuse_a_missing_or_file_store() {
+    let t = project();
+    let p = t.path();
+    std::fs::write(p.join("storefile"), "x").unwrap();
+    for cmd in [
+        vec!["verify"],
+        vec!["gc"],
+        vec!["status", "pipelines/ex8_3_3.yaml"],
+    ] {
+        for (store, says) in [
+            ("storefile", "is a file, but seqpipe keeps its store"),
+            ("no_such_store", "no store at"),
+        ] {
+            let mut args = vec!["--store", store];
+            args.extend(cmd.iter().copied());
+            let o = seqpipe(p, &args);
+            let err = String::from_utf8_lossy(&o.stderr);
+            assert_eq!(o.status.code(), Some(1), "{args:?}: {err}");
+            assert!(err.contains(says), "{args:?}: {err}");
+        }
+    }
+    assert!(
+        !p.join("no_such_store").exists(),
+        "a reader created the store"
+    );
+    // The default store not existing yet is no error: nothing has run here.
+    let out = ok(p, &["verify"]);
+    assert!(out.contains("0 entries"), "{out}");
 }
