@@ -283,6 +283,8 @@ impl Store {
         for d in ["tmp", "trash"] {
             n += remove_dead(&self.meta.join(d), |_| true);
         }
+        // The announcements of runs that were killed (kill -9 runs no destructor).
+        live_runs(&self.meta, true);
         self.claims.clear_stale();
         n
     }
@@ -328,7 +330,11 @@ impl Store {
     /// Keys that running processes use or compute: their claims and their live-run files.
     pub fn keys_in_use(&self) -> HashSet<Key> {
         let mut keys: HashSet<Key> = self.claims.live().into_iter().map(|c| c.key).collect();
-        keys.extend(live_runs(&self.meta).into_iter().flat_map(|r| r.keys));
+        keys.extend(
+            live_runs(&self.meta, false)
+                .into_iter()
+                .flat_map(|r| r.keys),
+        );
         keys
     }
 
@@ -434,7 +440,29 @@ impl Store {
             &path,
             &serde_json::to_vec(&LiveRecord { keys: all, ..rec })?,
         )?;
+        live_files()
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(path.clone());
         Ok(LiveRun { path })
+    }
+}
+
+/// The announcements this process wrote and has not removed yet (for an exit on Ctrl-C, which
+/// runs no destructor).
+fn live_files() -> &'static std::sync::Mutex<Vec<PathBuf>> {
+    static F: std::sync::OnceLock<std::sync::Mutex<Vec<PathBuf>>> = std::sync::OnceLock::new();
+    F.get_or_init(|| std::sync::Mutex::new(Vec::new()))
+}
+
+/// Remove this process's run announcements (the Ctrl-C handler calls it before exiting).
+pub fn remove_live_files_on_exit() {
+    for p in live_files()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .drain(..)
+    {
+        let _ = fs::remove_file(p);
     }
 }
 
@@ -489,6 +517,10 @@ impl LiveRun {
 impl Drop for LiveRun {
     fn drop(&mut self) {
         let _ = fs::remove_file(&self.path);
+        live_files()
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|p| *p != self.path);
     }
 }
 
@@ -504,7 +536,9 @@ fn read_live(path: &Path) -> Option<LiveRecord> {
 }
 
 /// Live-run records whose owners still run (same host), or whose heartbeat is fresh.
-fn live_runs(meta: &Path) -> Vec<LiveRecord> {
+/// The runs announced in `live/` whose process still runs (or, on another host, whose record
+/// is recent). `prune`: remove the records of the others (never in a dry run).
+fn live_runs(meta: &Path, prune: bool) -> Vec<LiveRecord> {
     let Ok(rd) = fs::read_dir(meta.join("live")) else {
         return Vec::new();
     };
@@ -519,7 +553,7 @@ fn live_runs(meta: &Path) -> Vec<LiveRecord> {
                     .and_then(|m| m.elapsed().ok())
                     .is_some_and(|age| age < crate::claim::stale_after()),
             };
-            if !alive {
+            if !alive && prune {
                 let _ = fs::remove_file(e.path());
             }
             alive.then_some(r)

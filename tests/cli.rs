@@ -2866,3 +2866,39 @@ fn store_readers_refuse_a_missing_or_file_store() {
     let out = ok(p, &["verify"]);
     assert!(out.contains("0 entries"), "{out}");
 }
+
+/// A run announces its keys in `live/` for gc. Ctrl-C removes the announcement; one left by a
+/// run killed with SIGKILL is removed by the next run, and `gc --dry-run` removes nothing.
+#[test]
+fn run_announcements_do_not_pile_up() {
+    let t = project();
+    let p = t.path();
+    let live = p.join("outputs/.seqpipe/live");
+    let count = || std::fs::read_dir(&live).map_or(0, |d| d.count());
+    // Ctrl-C.
+    let mut run = long_training(p);
+    assert_eq!(count(), 1);
+    unsafe { libc::kill(run.get().id() as i32, libc::SIGINT) };
+    let status = run.take().wait().unwrap();
+    assert_eq!(status.code(), Some(130));
+    assert_eq!(count(), 0, "Ctrl-C left its announcement");
+    // SIGKILL: nothing runs at exit, the file stays...
+    let mut run = long_training(p);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while count() == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the run never announced itself"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    run.get().kill().unwrap();
+    run.take().wait().unwrap();
+    assert_eq!(count(), 1);
+    // ...through a dry run of gc...
+    ok(p, &["gc", "--dry-run"]);
+    assert_eq!(count(), 1, "gc --dry-run removed a file");
+    // ...and goes with the next run.
+    ok(p, &["run", "-q", "pipelines/ex8_3_3.yaml"]);
+    assert_eq!(count(), 0, "the dead run's announcement stayed");
+}
