@@ -522,8 +522,16 @@ fn gc(project: &Project, dry_run: bool, older_than: f64) -> Result<()> {
             }
         ));
     }
+    let other = if r.other_bytes > 0 {
+        format!(
+            ", {} of them stale checkpoints and quarantined entries",
+            size_text(r.other_bytes)
+        )
+    } else {
+        String::new()
+    };
     println!(
-        "gc: {verb} {} entries, {} bytes ({:.1} MiB); {} {} entries ({})",
+        "gc: {verb} {} entries, {} bytes ({:.1} MiB{other}); {} {} entries ({})",
         r.removed.len(),
         r.bytes,
         r.bytes as f64 / 1048576.0,

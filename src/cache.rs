@@ -24,7 +24,7 @@ pub enum StoreError {
     Reserved(&'static str),
     #[error("entry {0} has no readable record: {1}")]
     Record(String, String),
-    #[error("encoding a store record")]
+    #[error("a store record is not valid JSON: {0}")]
     Json(#[from] serde_json::Error),
 }
 
@@ -409,7 +409,9 @@ impl Store {
                 {
                     continue;
                 }
-                r.bytes += dir_size(&e.path());
+                let size = dir_size(&e.path());
+                r.bytes += size;
+                r.other_bytes += size;
                 if !dry_run {
                     fs::remove_dir_all(e.path()).at("removing", &e.path())?;
                 }
@@ -481,6 +483,8 @@ pub struct GcReport {
     pub removed: Vec<Removed>,
     /// Bytes freed: the removed entries, stale checkpoints and the quarantine.
     pub bytes: u64,
+    /// Of those, the stale checkpoints' and the quarantine's.
+    pub other_bytes: u64,
     /// Entries kept because a pipeline reaches them.
     pub kept_reachable: usize,
     /// Entries kept only because a view under `outputs/` shows them.
@@ -601,18 +605,36 @@ pub fn verify_entry(dir: &Path, key: &Key) -> Result<Entry, String> {
     }
     for f in &entry.files {
         let p = dir.join(&f.name);
-        let meta = fs::metadata(&p).map_err(|_| format!("{} is missing", f.name))?;
+        let meta = fs::symlink_metadata(&p).map_err(|_| format!("{} is missing", f.name))?;
+        if !meta.is_file() {
+            return Err(format!(
+                "{} is {}, not a file",
+                f.name,
+                if meta.is_dir() { "a folder" } else { "a link" }
+            ));
+        }
+        // Views share the entry's files (hard links): an edit made there changed the entry.
+        let linked = || {
+            use std::os::unix::fs::MetadataExt;
+            if meta.nlink() > 1 {
+                " (a view under outputs/ is this same file: an edit made there changed the \
+                 cache; copy a file out of a view before editing it)"
+            } else {
+                ""
+            }
+        };
         if meta.len() != f.bytes {
             return Err(format!(
-                "{} has {} bytes, the record says {}",
+                "{} has {} bytes, the record says {}{}",
                 f.name,
                 meta.len(),
-                f.bytes
+                f.bytes,
+                linked()
             ));
         }
         let d = digest_file(&p).map_err(|e| format!("{} cannot be read ({e})", f.name))?;
         if Some(&d) != f.blake3.as_ref() {
-            return Err(format!("{} does not match its digest", f.name));
+            return Err(format!("{} does not match its digest{}", f.name, linked()));
         }
     }
     Ok(entry)
@@ -664,9 +686,13 @@ impl Store {
                     good.insert(key, e);
                 }
                 Err(why) => {
-                    let stage = read_entry(&dir).map(|e| e.stage).unwrap_or_default();
-                    r.damaged
-                        .push((format!("entry {} (stage `{stage}`)", key.short()), why));
+                    let what = match read_entry(&dir).map(|e| e.stage) {
+                        Ok(stage) if !stage.is_empty() => {
+                            format!("entry {} (stage `{stage}`)", key.short())
+                        }
+                        _ => format!("entry {}", key.short()),
+                    };
+                    r.damaged.push((what, why));
                     if repair {
                         fs::remove_dir_all(&dir).at("removing", &dir)?;
                         r.repaired += 1;

@@ -2902,3 +2902,52 @@ fn run_announcements_do_not_pile_up() {
     ok(p, &["run", "-q", "pipelines/ex8_3_3.yaml"]);
     assert_eq!(count(), 0, "the dead run's announcement stayed");
 }
+
+/// Damage messages say what a user can act on: a file replaced by a folder is called that, and
+/// a file edited through a view (views share the entry's files) says that the edit is the cause.
+#[test]
+fn damage_messages_name_folders_and_view_edits() {
+    let t = project();
+    let p = t.path();
+    ok(p, &["run", "-q", "pipelines/ex8_3_3.yaml"]);
+    let view = p.join("outputs/ex8_3_3/report/report.md");
+    // As an editor with write access would (root ignores the read-only bit; others chmod).
+    let mut perm = std::fs::metadata(&view).unwrap().permissions();
+    #[allow(clippy::permissions_set_readonly_false)]
+    perm.set_readonly(false);
+    std::fs::set_permissions(&view, perm).unwrap();
+    use std::io::Write;
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&view)
+        .unwrap()
+        .write_all(b"# my note\n")
+        .unwrap();
+    let o = seqpipe(p, &["verify"]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert!(
+        out.contains("report.md has") && out.contains("a view under outputs/ is this same file"),
+        "{out}"
+    );
+    ok(p, &["verify", "--repair"]);
+    ok(p, &["run", "-q", "pipelines/ex8_3_3.yaml"]);
+    // A file of an entry replaced by a folder.
+    let objects = p.join("outputs/.seqpipe/objects");
+    let entry = std::fs::read_dir(&objects)
+        .unwrap()
+        .flat_map(|s| std::fs::read_dir(s.unwrap().path()).unwrap())
+        .map(|e| e.unwrap().path())
+        .find(|d| d.join("zipf.csv").exists())
+        .expect("the ngram_stats entry");
+    let f = entry.join("zipf.csv");
+    let mut perm = std::fs::metadata(&entry).unwrap().permissions();
+    #[allow(clippy::permissions_set_readonly_false)]
+    perm.set_readonly(false);
+    std::fs::set_permissions(&entry, perm).unwrap();
+    std::fs::remove_file(&f).unwrap();
+    std::fs::create_dir(&f).unwrap();
+    let o = seqpipe(p, &["verify"]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("zipf.csv is a folder, not a file"), "{out}");
+}
