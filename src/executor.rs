@@ -275,6 +275,8 @@ pub fn execute(
             let st = &p.stages[plan.steps[i].stage];
             logs[i] = f.log.map(|l| l.display().to_string());
             jobs[i] = f.job;
+            // The job's own time when it reports one; else (it died) the time the launcher saw.
+            seconds[i] = f.wall.unwrap_or(0.0);
             // Success is a job that says so and an intact entry in the store.
             let committed = f.result.and_then(|r| {
                 seconds[i] = r.seconds;

@@ -139,6 +139,9 @@ pub struct Finished {
     pub log: Option<PathBuf>,
     /// The cluster's job id, for jobs a cluster ran.
     pub job: Option<String>,
+    /// How long the launcher saw the job run (wall time), where it knows: the time a failed
+    /// job that left no result is reported with.
+    pub wall: Option<f64>,
 }
 
 pub trait Launcher {
@@ -173,12 +176,14 @@ impl Launcher for LocalLauncher {
         std::thread::Builder::new()
             .name(format!("stage-{id}"))
             .spawn(move || {
+                let t = Instant::now();
                 let result = run_job(&spec, &store, progress);
                 let _ = tx.send(Finished {
                     id,
                     result,
                     log: None,
                     job: None,
+                    wall: Some(t.elapsed().as_secs_f64()),
                 });
             })
             .context("starting a stage thread")?;
@@ -221,6 +226,7 @@ pub fn kill_children() -> usize {
 struct Running {
     id: usize,
     child: Child,
+    started: Instant,
     log: PathBuf,
     result: PathBuf,
 }
@@ -280,6 +286,7 @@ impl Launcher for ProcessLauncher {
         self.running.push(Running {
             id,
             child,
+            started: Instant::now(),
             log,
             result,
         });
@@ -311,6 +318,7 @@ impl Launcher for ProcessLauncher {
                             result,
                             log: Some(r.log),
                             job: None,
+                            wall: Some(r.started.elapsed().as_secs_f64()),
                         });
                     }
                     Ok(None) => i += 1,
@@ -321,6 +329,7 @@ impl Launcher for ProcessLauncher {
                             result: Err(anyhow!("waiting for the job: {e}")),
                             log: Some(r.log),
                             job: None,
+                            wall: Some(r.started.elapsed().as_secs_f64()),
                         });
                     }
                 }

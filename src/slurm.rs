@@ -307,6 +307,8 @@ impl SlurmLauncher {
             result,
             log: Some(j.log),
             job: Some(j.slurm),
+            // Its time in the queue is no time it ran.
+            wall: None,
         }
     }
 

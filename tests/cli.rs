@@ -1686,6 +1686,36 @@ fn a_killed_child_job_fails_its_stage_and_the_rerun_completes() {
     );
 }
 
+/// The line of `stage` in a run's output that starts with `verb` (`FAILED`, `ran`, …).
+fn stage_line<'a>(out: &'a str, verb: &str, stage: &str) -> &'a str {
+    out.lines()
+        .find(|l| {
+            let mut w = l.split_whitespace();
+            w.next() == Some(verb) && w.next() == Some(stage)
+        })
+        .unwrap_or_else(|| panic!("no `{verb} {stage}` line in:\n{out}"))
+}
+
+#[test]
+fn a_killed_child_job_reports_the_time_it_ran() {
+    let t = tiny_project(100000);
+    let p = t.path();
+    let (driver, child) = training_in_a_child(p);
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    unsafe { libc::kill(child as i32, libc::SIGKILL) };
+    let o = driver.take().wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let out = String::from_utf8_lossy(&o.stdout);
+    let line = stage_line(&out, "FAILED", "train");
+    let secs: f64 = line
+        .split("after ")
+        .nth(1)
+        .and_then(|t| t.strip_suffix(" s"))
+        .and_then(|t| t.parse().ok())
+        .unwrap_or_else(|| panic!("a time in seconds: {line}"));
+    assert!(secs >= 1.5, "the job ran at least 1.5 s: {line}");
+}
+
 #[test]
 fn ctrl_c_stops_child_jobs_and_leaves_no_partial_entry() {
     let t = project();
