@@ -210,6 +210,7 @@ pub fn run(cli: Cli, root: &Path) -> Result<()> {
                 ExecutorKind::Process => Box::new(ProcessLauncher::new(
                     store.runs_dir(&p.name).join(&run_id),
                     cli.threads,
+                    out.clone(),
                 )?),
                 ExecutorKind::Slurm => Box::new(crate::slurm::SlurmLauncher::new(
                     store.runs_dir(&p.name).join(&run_id),
@@ -615,7 +616,8 @@ fn exec_job(file: &Path, result: Option<&Path>) -> Result<()> {
         .map(Path::to_path_buf)
         .unwrap_or_else(|| spec.root.join("outputs"));
     let store = Store::with_meta(&outputs, &spec.store);
-    let out = Output::detect(false);
+    // Its output is a log (the driver relays its notes and progress lines): plain lines.
+    let out = Output::job_log(std::time::Duration::from_secs(2));
     install_interrupt_handler();
     println!(
         "exec-job: stage `{}` of `{}` ({}), key {}",

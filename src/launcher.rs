@@ -229,6 +229,91 @@ struct Running {
     started: Instant,
     log: PathBuf,
     result: PathBuf,
+    /// What the driver shows of the job's log.
+    tail: LogTail,
+}
+
+/// Seconds between two progress lines of one job that the driver shows.
+const PROGRESS_EVERY: Duration = Duration::from_secs(3);
+
+/// Follows a job's log and shows the driver's user what a local run shows: the stage's notes
+/// and log lines (`  [stage] resuming from …`, `  [stage] waiting: …`) as they come, and its
+/// progress lines (`  [stage] 12/30 epochs …`), at most one every [`PROGRESS_EVERY`].
+struct LogTail {
+    /// `  [stage] `: the lines of the stage, as its job prints them.
+    prefix: String,
+    /// Bytes of the log already read (complete lines only).
+    read: u64,
+    last_progress: Option<Instant>,
+    /// The newest progress line not shown yet.
+    pending: Option<String>,
+}
+
+impl LogTail {
+    fn new(stage: &str) -> Self {
+        LogTail {
+            prefix: format!("  [{stage}] "),
+            read: 0,
+            last_progress: None,
+            pending: None,
+        }
+    }
+
+    /// Show the new complete lines of `log`; `ended`: the job is over (its last progress
+    /// lines are old news, its notes are not).
+    fn relay(&mut self, log: &Path, out: &Output, ended: bool) {
+        use std::io::{Read, Seek, SeekFrom};
+        let mut buf = Vec::new();
+        let Ok(mut f) = std::fs::File::open(log) else {
+            return;
+        };
+        if f.seek(SeekFrom::Start(self.read)).is_err() || f.read_to_end(&mut buf).is_err() {
+            return;
+        }
+        let Some(end) = buf.iter().rposition(|&b| b == b'\n') else {
+            return self.flush(out, ended);
+        };
+        self.read += end as u64 + 1;
+        for line in String::from_utf8_lossy(&buf[..end]).lines() {
+            let Some(rest) = line.strip_prefix(&self.prefix) else {
+                continue;
+            };
+            if is_progress(rest) {
+                self.pending = Some(line.to_string());
+            } else {
+                out.println(line);
+            }
+        }
+        self.flush(out, ended);
+    }
+
+    fn flush(&mut self, out: &Output, ended: bool) {
+        if ended {
+            self.pending = None;
+            return;
+        }
+        if self
+            .last_progress
+            .is_none_or(|t| t.elapsed() >= PROGRESS_EVERY)
+        {
+            if let Some(line) = self.pending.take() {
+                out.println(&line);
+                self.last_progress = Some(Instant::now());
+            }
+        }
+    }
+}
+
+/// `12/30 epochs …`: a plain progress line of [`crate::progress::StageProgress`].
+fn is_progress(rest: &str) -> bool {
+    let Some((done, after)) = rest.split_once('/') else {
+        return false;
+    };
+    let total = after.split(' ').next().unwrap_or("");
+    !done.is_empty()
+        && done.bytes().all(|b| b.is_ascii_digit())
+        && !total.is_empty()
+        && total.bytes().all(|b| b.is_ascii_digit())
 }
 
 /// The binary that runs jobs: `SEQPIPE_BIN`, or this one.
@@ -244,18 +329,21 @@ pub struct ProcessLauncher {
     exe: PathBuf,
     dir: PathBuf,
     threads: usize,
+    out: Output,
     running: Vec<Running>,
 }
 
 impl ProcessLauncher {
     /// Job descriptions, logs and results go to `dir` (a folder of the run record).
-    pub fn new(dir: PathBuf, threads: usize) -> Result<Self> {
+    /// Their notes and progress lines are shown on `out`.
+    pub fn new(dir: PathBuf, threads: usize, out: Output) -> Result<Self> {
         let exe = seqpipe_exe()?;
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         Ok(ProcessLauncher {
             exe,
             dir,
             threads,
+            out,
             running: Vec::new(),
         })
     }
@@ -289,19 +377,24 @@ impl Launcher for ProcessLauncher {
             started: Instant::now(),
             log,
             result,
+            tail: LogTail::new(&spec.stage),
         });
         Ok(())
     }
 
     fn poll(&mut self, timeout: Duration) -> Vec<Finished> {
         let deadline = Instant::now() + timeout;
+        for r in &mut self.running {
+            r.tail.relay(&r.log, &self.out, false);
+        }
         loop {
             let mut done = Vec::new();
             let mut i = 0;
             while i < self.running.len() {
                 match self.running[i].child.try_wait() {
                     Ok(Some(status)) => {
-                        let r = self.running.swap_remove(i);
+                        let mut r = self.running.swap_remove(i);
+                        r.tail.relay(&r.log, &self.out, true);
                         children().lock().unwrap().retain(|&p| p != r.child.id());
                         let result = if status.success() {
                             crate::context::read_json::<JobResult>(&r.result)

@@ -3,12 +3,16 @@
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::IsTerminal;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 /// Where the executor and stages print.
 #[derive(Clone)]
 pub struct Output {
     multi: Option<MultiProgress>,
     quiet: bool,
+    /// Plain lines: also a line whenever this long has passed since the last one (a job's log,
+    /// which the driver of `--executor process` relays), not only at every tenth.
+    heartbeat: Option<Duration>,
 }
 
 impl Output {
@@ -19,7 +23,21 @@ impl Output {
         } else {
             None
         };
-        Output { multi, quiet }
+        Output {
+            multi,
+            quiet,
+            heartbeat: None,
+        }
+    }
+
+    /// Plain lines into a job's log: at every tenth of the way and at least every `every`
+    /// while a stage advances, so that a driver reading the log can show progress.
+    pub fn job_log(every: Duration) -> Self {
+        Output {
+            multi: None,
+            quiet: false,
+            heartbeat: Some(every),
+        }
     }
 
     pub fn println(&self, line: &str) {
@@ -50,6 +68,8 @@ struct BarState {
     pos: u64,
     unit: String,
     last_decile: u64,
+    /// When the last plain progress line was printed.
+    last_line: Option<Instant>,
     message: String,
 }
 
@@ -69,6 +89,7 @@ impl StageProgress {
         s.pos = 0;
         s.unit = unit.to_string();
         s.last_decile = 0;
+        s.last_line = None;
         if let Some(m) = &self.out.multi {
             let bar = m.add(ProgressBar::new(len));
             bar.set_style(
@@ -90,8 +111,12 @@ impl StageProgress {
             b.inc(n);
         } else if s.len > 0 && !self.out.quiet {
             let decile = s.pos * 10 / s.len;
-            if decile > s.last_decile {
+            let due = self.out.heartbeat.is_some_and(|h| {
+                s.last_line.is_none_or(|t| t.elapsed() >= h) && s.pos > 0 && s.pos < s.len
+            });
+            if decile > s.last_decile || due {
                 s.last_decile = decile;
+                s.last_line = Some(Instant::now());
                 println!(
                     "  [{}] {}/{} {} {}",
                     self.name, s.pos, s.len, s.unit, s.message

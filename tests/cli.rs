@@ -1717,6 +1717,59 @@ fn a_killed_child_job_reports_the_time_it_ran() {
 }
 
 #[test]
+fn the_process_executor_shows_progress_and_the_resume_note() {
+    let epochs = 150;
+    let t = tiny_project(epochs);
+    let p = t.path();
+    let (driver, child) = training_in_a_child(p);
+    // Once a checkpoint is written.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !std::fs::read_dir(p.join("outputs/.seqpipe/checkpoints"))
+        .unwrap()
+        .any(|e| e.unwrap().path().join("ckpt/manifest.json").exists())
+    {
+        assert!(std::time::Instant::now() < deadline, "no checkpoint");
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    unsafe { libc::kill(child as i32, libc::SIGKILL) };
+    let o = driver.take().wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let out = ok(p, &["run", "tiny.yaml", "--executor", "process"]);
+    assert!(
+        out.contains("  [train] resuming from the checkpoint after epoch"),
+        "the job's note is shown by the driver: {out}"
+    );
+    assert!(
+        out.contains(&format!("/{epochs} epochs")),
+        "the job's progress is shown by the driver: {out}"
+    );
+    assert!(
+        out.contains("  [train] epoch "),
+        "the samples are shown as in a local run: {out}"
+    );
+    stage_line(&out, "ran", "train");
+}
+
+#[test]
+fn a_rerun_after_a_killed_driver_says_whom_it_waits_for() {
+    let t = tiny_project(300);
+    let p = t.path();
+    // The driver dies; its child job trains on and holds the key's claim.
+    let (mut driver, child) = training_in_a_child(p);
+    unsafe { libc::kill(driver.get().id() as i32, libc::SIGKILL) };
+    let _ = driver.take().wait();
+    assert!(Path::new(&format!("/proc/{child}")).exists());
+    let out = ok(p, &["run", "tiny.yaml", "--executor", "process"]);
+    assert!(
+        out.contains("  [train] waiting: stage `train` of `tiny`")
+            && out.contains(&format!("pid {child} on"))
+            && out.contains("is computing the same key"),
+        "{out}"
+    );
+    stage_line(&out, "reused", "train");
+}
+
+#[test]
 fn ctrl_c_stops_child_jobs_and_leaves_no_partial_entry() {
     let t = project();
     let p = t.path();
