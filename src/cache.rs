@@ -723,6 +723,24 @@ impl Store {
                 }
             }
         }
+        // A file where a view belongs: the next run moves it aside and rebuilds the view.
+        for f in crate::view::files_in_place_of_views(&self.outputs) {
+            r.damaged.push((
+                format!("view {}", f.display()),
+                "is a file, not the view's folder".into(),
+            ));
+            if repair {
+                let stage = f.file_name().unwrap_or_default().to_string_lossy();
+                let base = f.parent().unwrap_or(&self.outputs);
+                match crate::view::set_aside(base, &stage, &f) {
+                    Ok(to) => {
+                        eprintln!("  moved the file {} to {}", f.display(), to.display());
+                        r.repaired += 1;
+                    }
+                    Err(e) => eprintln!("  {e:#}"),
+                }
+            }
+        }
         Ok(r)
     }
 }

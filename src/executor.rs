@@ -187,13 +187,13 @@ pub fn execute(
 
     for (i, s) in plan.steps.iter().enumerate() {
         if s.action == Action::Hit {
-            publish(store, p, s.stage, &s.key)?;
-            state[i] = State::Done(Status::Hit);
             out.println(&format!(
                 "  hit     {:<w$}  {}",
                 p.stages[s.stage].name,
                 s.key.short()
             ));
+            publish(store, p, s.stage, &s.key, out, w)?;
+            state[i] = State::Done(Status::Hit);
         }
     }
 
@@ -229,7 +229,7 @@ pub fn execute(
                 });
                 if let Some(j) = twin {
                     if is_done(state[j]) {
-                        publish(store, p, plan.steps[i].stage, &keys[i])?;
+                        publish(store, p, plan.steps[i].stage, &keys[i], out, w)?;
                         state[i] = State::Done(Status::Hit);
                         notes[i].push(format!(
                             "same key as `{}`: computed once",
@@ -288,7 +288,7 @@ pub fn execute(
                     }
                     Lookup::Corrupt(why) => anyhow::bail!("the job's entry is damaged: {why}"),
                 }
-                publish(store, p, plan.steps[i].stage, &keys[i])?;
+                publish(store, p, plan.steps[i].stage, &keys[i], out, w)?;
                 Ok(r.outcome)
             });
             match committed {
@@ -431,14 +431,30 @@ fn skip_downstream(
 /// Show a stage's entry in `outputs/<pipeline>/<stage>/`; a report also becomes the pipeline's
 /// page, `outputs/<pipeline>/report.md`, with a speed section read from its inputs' timing
 /// files (`speed.csv`), which are outside every key.
-fn publish(store: &Store, p: &Pipeline, stage: usize, key: &Key) -> Result<PathBuf> {
-    let view = crate::view::publish(
+/// A view that was there and had to be rebuilt gets a line saying why (`w`: the width of the
+/// stage names).
+fn publish(
+    store: &Store,
+    p: &Pipeline,
+    stage: usize,
+    key: &Key,
+    out: &Output,
+    w: usize,
+) -> Result<PathBuf> {
+    let published = crate::view::publish(
         store.outputs(),
         &p.name,
         &p.stages[stage].name,
         key,
         &store.object_dir(key),
     )?;
+    if let Some(why) = &published.rebuilt {
+        out.println(&format!(
+            "  view    {:<w$}  rebuilt ({why})",
+            p.stages[stage].name
+        ));
+    }
+    let view = published.view;
     if p.stages[stage].kind.name == "report" {
         let mut md = std::fs::read_to_string(view.join("report.md"))
             .with_context(|| format!("reading {}", view.join("report.md").display()))?;

@@ -19,48 +19,84 @@ pub fn view_key_at(view: &Path) -> Option<Key> {
         .map(|s| Key(s.trim().to_string()))
 }
 
-/// Why a view differs from its entry, or `None` when it shows exactly the entry's files. A
-/// hard link to the store's file is the store's file (verified with the entry); a copy is
+/// How a view folder differs from its entry's files.
+#[derive(Debug, Default)]
+struct Differences {
+    /// The folder could not be listed.
+    unreadable: Option<String>,
+    missing: Vec<String>,
+    /// Names the entry does not have (`.key` aside).
+    extra: Vec<String>,
+    /// The entry's names whose file is another (edited, replaced).
+    differing: Vec<String>,
+}
+
+impl Differences {
+    fn is_empty(&self) -> bool {
+        self.unreadable.is_none()
+            && self.missing.is_empty()
+            && self.extra.is_empty()
+            && self.differing.is_empty()
+    }
+}
+
+/// A hard link to the store's file is the store's file (verified with the entry); a copy is
 /// re-hashed.
-pub fn view_differs(view: &Path, object: &Path, entry: &Entry) -> Option<String> {
+fn differences(view: &Path, object: &Path, entry: &Entry) -> Differences {
+    let mut d = Differences::default();
     let mut names: Vec<String> = match fs::read_dir(view) {
         Ok(rd) => rd
             .filter_map(|e| e.ok())
             .map(|e| e.file_name().to_string_lossy().into_owned())
             .filter(|n| n != VIEW_KEY)
             .collect(),
-        Err(e) => return Some(format!("cannot be read ({e})")),
+        Err(e) => {
+            d.unreadable = Some(e.to_string());
+            return d;
+        }
     };
     names.sort();
     let mut want: Vec<&str> = entry.files.iter().map(|f| f.name.as_str()).collect();
     want.sort();
-    if names != want {
-        let extra: Vec<&String> = names
-            .iter()
-            .filter(|n| !want.contains(&n.as_str()))
-            .collect();
-        let missing: Vec<&&str> = want
-            .iter()
-            .filter(|n| !names.contains(&n.to_string()))
-            .collect();
-        return Some(match (extra.first(), missing.first()) {
-            (_, Some(m)) => format!("{m} is missing"),
-            (Some(x), _) => format!("{x} is not part of the entry"),
-            _ => "its files differ from the entry's".into(),
-        });
-    }
+    d.extra = names
+        .iter()
+        .filter(|n| !want.contains(&n.as_str()))
+        .cloned()
+        .collect();
+    d.missing = want
+        .iter()
+        .filter(|n| !names.iter().any(|x| x == *n))
+        .map(|n| n.to_string())
+        .collect();
     for f in &entry.files {
         let v = view.join(&f.name);
-        if same_file(&v, &object.join(&f.name)) {
+        if d.missing.contains(&f.name) || same_file(&v, &object.join(&f.name)) {
             continue;
         }
-        let ok = fs::metadata(&v).is_ok_and(|m| m.len() == f.bytes)
+        let ok = fs::metadata(&v).is_ok_and(|m| m.is_file() && m.len() == f.bytes)
             && digest_file(&v).ok().as_ref() == f.blake3.as_ref();
         if !ok {
-            return Some(format!("{} differs from the entry's file", f.name));
+            d.differing.push(f.name.clone());
         }
     }
-    None
+    d
+}
+
+/// Why a view differs from its entry, or `None` when it shows exactly the entry's files.
+pub fn view_differs(view: &Path, object: &Path, entry: &Entry) -> Option<String> {
+    let d = differences(view, object, entry);
+    if let Some(e) = d.unreadable {
+        return Some(format!("cannot be read ({e})"));
+    }
+    if let Some(m) = d.missing.first() {
+        return Some(format!("{m} is missing"));
+    }
+    if let Some(x) = d.extra.first() {
+        return Some(format!("{x} is not part of the entry"));
+    }
+    d.differing
+        .first()
+        .map(|f| format!("{f} differs from the entry's file"))
 }
 
 #[cfg(unix)]
@@ -77,20 +113,97 @@ fn same_file(_: &Path, _: &Path) -> bool {
     false
 }
 
+/// What [`publish`] did.
+#[derive(Debug)]
+pub struct Published {
+    /// The view folder.
+    pub view: PathBuf,
+    /// Why a view that was there, showing this entry or standing in its place, was rebuilt, and
+    /// where what was not the entry's went (`None`: it was intact, new, or showed another
+    /// entry). E.g. `lines.txt was missing`, `was a file; moved it to …`.
+    pub rebuilt: Option<String>,
+}
+
 /// Show the entry in `object` (already verified) as `outputs/<pipeline>/<stage>/`. Does
-/// nothing when the view already shows it intact. Returns the view folder.
+/// nothing when the view already shows it intact. What the view holds that belongs to no entry
+/// (a file put there, an edited file, a file in place of the folder) is moved aside to
+/// `outputs/<pipeline>/.stray/<stage>/`, never deleted.
 pub fn publish(
     outputs: &Path,
     pipeline: &str,
     stage: &str,
     key: &Key,
     object: &Path,
-) -> Result<PathBuf> {
+) -> Result<Published> {
     let base = outputs.join(pipeline);
     let view = base.join(stage);
     let entry = read_entry(object).with_context(|| format!("reading the entry of `{stage}`"))?;
-    if view_key_at(&view).as_ref() == Some(key) && view_differs(&view, object, &entry).is_none() {
-        return Ok(view);
+    let mut why: Vec<String> = Vec::new();
+    match fs::symlink_metadata(&view) {
+        Err(_) => {}
+        Ok(m) if !m.is_dir() => {
+            let to = set_aside(&base, stage, &view)?;
+            why.push(format!("was a file; moved it to {}", shown_path(&to)));
+        }
+        Ok(_) => {
+            let shown = view_key_at(&view);
+            // Names that are seqpipe's: this entry's, and those of the entry the view showed.
+            let mut ours: Vec<String> = entry.files.iter().map(|f| f.name.clone()).collect();
+            let mut differing = Vec::new();
+            if shown.as_ref() == Some(key) {
+                let d = differences(&view, object, &entry);
+                if d.is_empty() {
+                    return Ok(Published {
+                        view,
+                        rebuilt: None,
+                    });
+                }
+                if let Some(e) = d.unreadable {
+                    why.push(format!("it could not be read: {e}"));
+                }
+                why.extend(d.missing.iter().map(|m| format!("{m} was missing")));
+                differing = d.differing;
+            } else if let Some(old) = &shown {
+                match object.parent().and_then(Path::parent) {
+                    // `objects/<2 hex>/<key>`, as the store lays entries out.
+                    Some(objects) if old.0.len() > 2 => {
+                        match read_entry(&objects.join(&old.0[..2]).join(&old.0)) {
+                            Ok(e) => ours.extend(e.files.into_iter().map(|f| f.name)),
+                            // Its entry is gone: its files are the read-only ones.
+                            Err(_) => ours.extend(read_only_names(&view)),
+                        }
+                    }
+                    _ => ours.extend(read_only_names(&view)),
+                }
+            } else {
+                why.push(format!("its {VIEW_KEY} was missing"));
+                ours.extend(read_only_names(&view));
+            }
+            let mut names: Vec<String> = fs::read_dir(&view)
+                .map(|rd| {
+                    rd.filter_map(|e| e.ok())
+                        .map(|e| e.file_name().to_string_lossy().into_owned())
+                        .collect()
+                })
+                .unwrap_or_default();
+            names.sort();
+            for name in names {
+                let edited = differing.contains(&name);
+                if name == VIEW_KEY || (ours.contains(&name) && !edited) {
+                    continue;
+                }
+                let to = set_aside(&base, stage, &view.join(&name))?;
+                why.push(format!(
+                    "{name} {}; moved it to {}",
+                    if edited {
+                        "differed from the entry's file"
+                    } else {
+                        "was not part of the entry"
+                    },
+                    shown_path(&to)
+                ));
+            }
+        }
     }
     fs::create_dir_all(&base).with_context(|| format!("creating {}", base.display()))?;
     let tag = Owner::me().tag();
@@ -120,7 +233,10 @@ pub fn publish(
         };
         let r = fs::rename(&tmp, &view);
         if moved {
-            let _ = fs::remove_dir_all(&old);
+            // A file put in place of the view at this very moment is no folder.
+            if fs::remove_dir_all(&old).is_err() {
+                let _ = fs::remove_file(&old);
+            }
         }
         match r {
             Ok(()) => break,
@@ -131,7 +247,54 @@ pub fn publish(
             }
         }
     }
-    Ok(view)
+    Ok(Published {
+        view,
+        rebuilt: (!why.is_empty()).then(|| why.join("; ")),
+    })
+}
+
+/// The read-only files of a view folder: seqpipe's (links to the store, or read-only copies).
+fn read_only_names(view: &Path) -> Vec<String> {
+    fs::read_dir(view)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .filter(|e| {
+                    fs::symlink_metadata(e.path())
+                        .is_ok_and(|m| m.is_file() && m.permissions().readonly())
+                })
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Move `path` (a file or folder in the view `outputs/<pipeline>/<stage>`, or a file in place
+/// of that view) to `outputs/<pipeline>/.stray/<stage>/<name>` (`<name>.1`, `.2`, … when that
+/// is taken); `base` is `outputs/<pipeline>`. Returns where it went.
+pub fn set_aside(base: &Path, stage: &str, path: &Path) -> Result<PathBuf> {
+    let dir = base.join(".stray").join(stage);
+    fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let mut to = dir.join(&*name);
+    for n in 1.. {
+        if fs::symlink_metadata(&to).is_err() {
+            break;
+        }
+        to = dir.join(format!("{name}.{n}"));
+    }
+    fs::rename(path, &to)
+        .with_context(|| format!("moving {} aside to {}", path.display(), to.display()))?;
+    Ok(to)
+}
+
+/// `path` relative to the working folder when it is under it.
+fn shown_path(path: &Path) -> String {
+    let rel = std::env::current_dir()
+        .ok()
+        .and_then(|d| path.strip_prefix(d).ok().map(Path::to_path_buf));
+    rel.unwrap_or_else(|| path.to_path_buf())
+        .display()
+        .to_string()
 }
 
 /// Remove `.tmp-*` and `.old-*` folders that crashed runs left in `outputs/<pipeline>/`.
@@ -181,6 +344,47 @@ pub fn all_views(outputs: &Path) -> Vec<PathBuf> {
             let sn = s.file_name().to_string_lossy().into_owned();
             if !sn.starts_with('.') && s.path().join(VIEW_KEY).exists() {
                 out.push(s.path());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Files standing where a view belongs: `outputs/<pipeline>/<stage>` is no folder, for a stage
+/// that a run record of the pipeline (`outputs/<pipeline>/runs/*.json`) names.
+pub fn files_in_place_of_views(outputs: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let Ok(pipes) = fs::read_dir(outputs) else {
+        return out;
+    };
+    for p in pipes.filter_map(|e| e.ok()) {
+        let name = p.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') || !p.path().is_dir() {
+            continue;
+        }
+        let mut stages = std::collections::BTreeSet::new();
+        for r in fs::read_dir(p.path().join("runs")).into_iter().flatten() {
+            let Ok(r) = r else { continue };
+            if r.path().extension().is_none_or(|x| x != "json") {
+                continue;
+            }
+            let Ok(rec) = crate::context::read_json::<serde_json::Value>(&r.path()) else {
+                continue;
+            };
+            for s in rec["stages"].as_array().into_iter().flatten() {
+                if let Some(n) = s["name"].as_str() {
+                    stages.insert(n.to_string());
+                }
+            }
+        }
+        for s in stages {
+            let v = p.path().join(&s);
+            if !s.is_empty()
+                && !s.starts_with('.')
+                && fs::symlink_metadata(&v).is_ok_and(|m| !m.is_dir())
+            {
+                out.push(v);
             }
         }
     }

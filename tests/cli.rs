@@ -1214,6 +1214,72 @@ fn views_are_links_checked_and_rebuilt_on_every_run() {
 }
 
 #[test]
+fn a_repaired_view_says_why_and_moves_strange_files_aside() {
+    let t = project();
+    let p = t.path();
+    ok(p, &["run", "-q", "pipelines/ex8_2_2.yaml"]);
+    let base = p.join("outputs/ex8_2_2");
+    std::fs::remove_dir_all(base.join("chars")).unwrap();
+    std::fs::write(base.join("chars"), "mine\n").unwrap();
+    std::fs::write(base.join("words/extra.txt"), "x").unwrap();
+    std::fs::remove_file(base.join("corpus/lines.txt")).unwrap();
+    let v = seqpipe(p, &["verify"]);
+    assert_eq!(v.status.code(), Some(1));
+    let vout = String::from_utf8_lossy(&v.stdout);
+    assert!(vout.contains("lines.txt is missing"), "{vout}");
+    assert!(
+        vout.contains("extra.txt is not part of the entry"),
+        "{vout}"
+    );
+    assert!(
+        vout.contains("ex8_2_2/chars: is a file, not the view's folder"),
+        "{vout}"
+    );
+    let out = ok(p, &["run", "pipelines/ex8_2_2.yaml"]);
+    assert!(out.contains("0 ran"), "{out}");
+    let line = |s: &str| {
+        out.lines()
+            .find(|l| l.split_whitespace().take(2).eq(["view", s]))
+            .unwrap_or_else(|| panic!("no `view {s}` line in:\n{out}"))
+            .to_string()
+    };
+    assert!(
+        line("chars")
+            .ends_with("rebuilt (was a file; moved it to outputs/ex8_2_2/.stray/chars/chars)"),
+        "{out}"
+    );
+    assert!(
+        line("corpus").ends_with("rebuilt (lines.txt was missing)"),
+        "{out}"
+    );
+    assert!(
+        line("words").ends_with(
+            "rebuilt (extra.txt was not part of the entry; moved it to outputs/ex8_2_2/.stray/words/extra.txt)"
+        ),
+        "{out}"
+    );
+    assert_eq!(out.matches("  view  ").count(), 3, "{out}");
+    assert_eq!(
+        std::fs::read(base.join(".stray/chars/chars")).unwrap(),
+        b"mine\n"
+    );
+    assert_eq!(
+        std::fs::read(base.join(".stray/words/extra.txt")).unwrap(),
+        b"x"
+    );
+    assert!(base.join("chars/.key").exists() && base.join("corpus/lines.txt").exists());
+    let leftovers: Vec<String> = std::fs::read_dir(&base)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".old-") || n.starts_with(".tmp-"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    assert!(ok(p, &["verify"]).contains("0 damaged"));
+    let again = ok(p, &["run", "pipelines/ex8_2_2.yaml"]);
+    assert!(!again.contains("  view  "), "{again}");
+}
+
+#[test]
 fn force_replaces_the_entry_and_the_new_result_wins() {
     let t = project();
     let p = t.path();
