@@ -3100,3 +3100,31 @@ fn damage_messages_name_folders_and_view_edits() {
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(out.contains("zipf.csv is a folder, not a file"), "{out}");
 }
+
+/// A store that cannot be written is named as such (even a fully cached run writes its claims
+/// and run record). Needs root to run seqpipe as another user (`setpriv`); skipped otherwise.
+#[test]
+fn an_unwritable_store_is_named() {
+    let setpriv = Path::new("/usr/bin/setpriv");
+    if unsafe { libc::geteuid() } != 0 || !setpriv.exists() {
+        eprintln!("SKIPPED an_unwritable_store_is_named: needs root and setpriv");
+        return;
+    }
+    let t = project();
+    let p = t.path();
+    ok(p, &["run", "-q", "pipelines/ex8_3_3.yaml"]);
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let o = Command::new(setpriv)
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", BIN])
+        .args(["run", "pipelines/ex8_3_3.yaml"])
+        .current_dir(p)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("cannot be written: every run writes its claims"),
+        "{err}"
+    );
+}
