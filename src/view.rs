@@ -326,18 +326,23 @@ fn remove_legacy(dir: &Path) -> usize {
     n
 }
 
+/// The pipelines' folders under `outputs/` (not the store's or other dot folders).
+fn pipeline_dirs(outputs: &Path) -> Vec<PathBuf> {
+    let Ok(pipes) = fs::read_dir(outputs) else {
+        return Vec::new();
+    };
+    pipes
+        .filter_map(|e| e.ok())
+        .filter(|p| !p.file_name().to_string_lossy().starts_with('.') && p.path().is_dir())
+        .map(|p| p.path())
+        .collect()
+}
+
 /// Every view folder under `outputs/` (folders holding a `.key`).
 pub fn all_views(outputs: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
-    let Ok(pipes) = fs::read_dir(outputs) else {
-        return out;
-    };
-    for p in pipes.filter_map(|e| e.ok()) {
-        let name = p.file_name().to_string_lossy().into_owned();
-        if name.starts_with('.') || !p.path().is_dir() {
-            continue;
-        }
-        let Ok(stages) = fs::read_dir(p.path()) else {
+    for p in pipeline_dirs(outputs) {
+        let Ok(stages) = fs::read_dir(&p) else {
             continue;
         };
         for s in stages.filter_map(|e| e.ok()) {
@@ -355,16 +360,9 @@ pub fn all_views(outputs: &Path) -> Vec<PathBuf> {
 /// that a run record of the pipeline (`outputs/<pipeline>/runs/*.json`) names.
 pub fn files_in_place_of_views(outputs: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
-    let Ok(pipes) = fs::read_dir(outputs) else {
-        return out;
-    };
-    for p in pipes.filter_map(|e| e.ok()) {
-        let name = p.file_name().to_string_lossy().into_owned();
-        if name.starts_with('.') || !p.path().is_dir() {
-            continue;
-        }
+    for p in pipeline_dirs(outputs) {
         let mut stages = std::collections::BTreeSet::new();
-        for r in fs::read_dir(p.path().join("runs")).into_iter().flatten() {
+        for r in fs::read_dir(p.join("runs")).into_iter().flatten() {
             let Ok(r) = r else { continue };
             if r.path().extension().is_none_or(|x| x != "json") {
                 continue;
@@ -379,7 +377,7 @@ pub fn files_in_place_of_views(outputs: &Path) -> Vec<PathBuf> {
             }
         }
         for s in stages {
-            let v = p.path().join(&s);
+            let v = p.join(&s);
             if !s.is_empty()
                 && !s.starts_with('.')
                 && fs::symlink_metadata(&v).is_ok_and(|m| !m.is_dir())
