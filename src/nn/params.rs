@@ -144,6 +144,25 @@ pub(super) enum Update {
     },
 }
 
+impl Update {
+    /// The scalars the device's `sgd_step`/`adam_step` kernels read (their `hp`), in order:
+    /// SGD lr, weight decay; Adam step size, beta1, beta2, eps, weight decay, sqrt(1 - beta2^t).
+    #[cfg(any(test, feature = "cuda"))]
+    pub(super) fn kernel_scalars(&self) -> Vec<f32> {
+        match *self {
+            Update::Sgd { lr, weight_decay } => vec![lr, weight_decay],
+            Update::Adam {
+                step_size,
+                beta1,
+                beta2,
+                eps,
+                weight_decay,
+                bc2_sqrt,
+            } => vec![step_size, beta1, beta2, eps, weight_decay, bc2_sqrt],
+        }
+    }
+}
+
 impl Optimizer {
     pub fn new(spec: &OptimSpec, model: &(impl ParamSet + ?Sized)) -> Self {
         let lens = model.param_lens();

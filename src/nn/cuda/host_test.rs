@@ -724,40 +724,29 @@ fn optimizer_kernels_match_the_cpu() {
                     unsafe { std::slice::from_raw_parts(st.as_ptr() as *const f32, 6) }.to_vec();
                 gpu.up(&bytes)
             };
-            match od.next_update(&lens).unwrap() {
-                Update::Sgd { lr, weight_decay } => {
-                    let hp = gpu.up(&[lr, weight_decay]);
-                    run(
-                        &gpu,
-                        K::SgdStep,
-                        n,
-                        &[p(&bw), p(&bg), L(n as i64), p(&bstats), p(&hp)],
-                    )
-                }
-                Update::Adam {
-                    step_size,
-                    beta1,
-                    beta2,
-                    eps,
-                    weight_decay,
-                    bc2_sqrt,
-                } => {
-                    let hp = gpu.up(&[step_size, beta1, beta2, eps, weight_decay, bc2_sqrt]);
-                    run(
-                        &gpu,
-                        K::AdamStep,
-                        n,
-                        &[
-                            p(&bw),
-                            p(&bg),
-                            p(&bm),
-                            p(&bv),
-                            L(n as i64),
-                            p(&bstats),
-                            p(&hp),
-                        ],
-                    )
-                }
+            let upd = od.next_update(&lens).unwrap();
+            let hp = gpu.up(&upd.kernel_scalars());
+            match upd {
+                Update::Sgd { .. } => run(
+                    &gpu,
+                    K::SgdStep,
+                    n,
+                    &[p(&bw), p(&bg), L(n as i64), p(&bstats), p(&hp)],
+                ),
+                Update::Adam { .. } => run(
+                    &gpu,
+                    K::AdamStep,
+                    n,
+                    &[
+                        p(&bw),
+                        p(&bg),
+                        p(&bm),
+                        p(&bv),
+                        L(n as i64),
+                        p(&bstats),
+                        p(&hp),
+                    ],
+                ),
             }
             let want: Vec<f32> = store.params.iter().flat_map(|q| q.data.clone()).collect();
             same_bits(&format!("{spec:?} step {step}"), &gpu.down(&bw, n), &want);

@@ -1355,17 +1355,7 @@ impl<G: Gpu> Trainer<G> {
         }
         tok.extend_from_slice(&order);
         tok.extend_from_slice(&starts);
-        let hyper: &[f32] = match upd {
-            Update::Sgd { lr, weight_decay } => &[lr, weight_decay],
-            Update::Adam {
-                step_size,
-                beta1,
-                beta2,
-                eps,
-                weight_decay,
-                bc2_sqrt,
-            } => &[step_size, beta1, beta2, eps, weight_decay, bc2_sqrt],
-        };
+        let hyper = upd.kernel_scalars();
         debug_assert!(hyper.len() <= HYPER);
         tok.extend(hyper.iter().map(|v| v.to_bits() as i32));
         {
