@@ -180,6 +180,8 @@ pub fn run(cli: Cli, root: &Path) -> Result<()> {
                     );
                 }
             }
+            // The store's folders are real folders and it can be written: said before any work.
+            store.prepare()?;
             // What crashed runs left behind (their owners are gone) goes first.
             store.clean_leftovers();
             crate::view::clean_leftovers(store.outputs(), &p.name);
@@ -523,6 +525,12 @@ fn gc(project: &Project, dry_run: bool, older_than: f64) -> Result<()> {
             }
         ));
     }
+    if r.kept_checkpoints > 0 {
+        why.push(format!(
+            "and {} checkpoint(s) written within {older_than} day(s) or in use",
+            r.kept_checkpoints
+        ));
+    }
     let other = if r.other_bytes > 0 {
         format!(
             ", {} of them stale checkpoints and quarantined entries",
@@ -576,6 +584,13 @@ fn verify(project: &Project, repair: bool) -> Result<()> {
     for (what, why) in &r.damaged {
         println!("damaged  {what}: {why}");
     }
+    for (path, what) in &r.strange {
+        println!(
+            "strange  {}: {what}; seqpipe did not put it there and never follows or removes \
+             it (check who did, then remove it by hand)",
+            path.display()
+        );
+    }
     for (view, key) in &r.absent {
         println!(
             "note     view {view} shows entry {}, which is no longer in the store (not damage: \
@@ -585,10 +600,15 @@ fn verify(project: &Project, repair: bool) -> Result<()> {
     }
     let secs = t.elapsed().as_secs_f64();
     println!(
-        "verify: {} entries, {:.1} MiB hashed in {secs:.2} s; {} damaged{}{}",
+        "verify: {} entries, {:.1} MiB hashed in {secs:.2} s; {} damaged{}{}{}",
         r.entries,
         r.bytes as f64 / 1048576.0,
         r.damaged.len(),
+        if r.strange.is_empty() {
+            String::new()
+        } else {
+            format!(", {} strange (not the store's)", r.strange.len())
+        },
         if r.absent.is_empty() {
             String::new()
         } else {
@@ -600,10 +620,10 @@ fn verify(project: &Project, repair: bool) -> Result<()> {
             String::new()
         }
     );
-    if r.damaged.is_empty() || (repair && r.repaired == r.damaged.len()) {
+    if r.strange.is_empty() && (r.damaged.is_empty() || (repair && r.repaired == r.damaged.len())) {
         Ok(())
     } else {
-        Err(Damaged(r.damaged.len()).into())
+        Err(Damaged(r.damaged.len() + r.strange.len()).into())
     }
 }
 

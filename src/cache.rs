@@ -12,8 +12,8 @@
 //! ([`crate::claim`]), not by a lock on the whole store.
 
 use crate::claim::{leftover_is_dead, now_ms, owner_from_tag, Claims, Owner};
-use crate::fsutil::sync_dir;
 pub use crate::fsutil::{digest_file, set_read_only, write_synced};
+use crate::fsutil::{is_plain_name, read_bounded, stamp, sync_dir, Found, PinnedDir};
 
 /// What can go wrong in the store.
 #[derive(Debug, thiserror::Error)]
@@ -26,6 +26,12 @@ pub enum StoreError {
     Record(String, String),
     #[error("a store record is not valid JSON: {0}")]
     Json(#[from] serde_json::Error),
+    /// Something in the store that seqpipe did not make there (a link, a file where a folder
+    /// belongs, a name it never writes): never followed, read or removed.
+    #[error("{0} is {1}")]
+    Strange(String, String),
+    #[error("{0}: seqpipe never writes through a link in a store (a co-user or a copy put it there; remove it)")]
+    Link(String),
 }
 
 type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -38,6 +44,21 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 const ENTRY: &str = "entry.json";
+/// The most an entry record may hold: it lists a stage's files (a few), never megabytes.
+const MAX_RECORD: u64 = 4 << 20;
+/// The most a live-run record may hold (it lists a run's keys).
+const MAX_LIVE: u64 = 16 << 20;
+/// The store's own folders: nothing else is made, listed or removed at its top level.
+pub const STORE_DIRS: [&str; 8] = [
+    "objects",
+    "tmp",
+    "trash",
+    "quarantine",
+    "checkpoints",
+    "claims",
+    "live",
+    "used",
+];
 /// Bump when the entry record changes meaning; older entries are then misses.
 pub const ENTRY_FORMAT: u32 = 2;
 
@@ -75,8 +96,9 @@ pub enum Lookup {
 pub struct Store {
     meta: PathBuf,
     outputs: PathBuf,
-    /// Keys verified by this process (an entry is immutable once committed).
-    verified: Mutex<HashSet<Key>>,
+    /// Keys verified by this process, with what their files were then (an entry is immutable
+    /// once committed; a file whose fingerprint changed is re-hashed).
+    verified: Mutex<HashMap<Key, Vec<Fingerprint>>>,
     claims: Claims,
     /// A store outside this project (`--store`): it records when each entry was last used,
     /// for `gc --older-than`.
@@ -94,7 +116,7 @@ impl Store {
         Store {
             meta: meta.to_path_buf(),
             outputs: outputs.to_path_buf(),
-            verified: Mutex::new(HashSet::new()),
+            verified: Mutex::new(HashMap::new()),
             claims: Claims::new(meta.join("claims")),
             shared: meta != outputs.join(".seqpipe"),
         }
@@ -105,20 +127,130 @@ impl Store {
     }
 
     /// Record that an entry was used now (shared stores only): `used/<key>`'s mtime.
+    /// The stamp is created without truncating and without following a link: a link planted
+    /// at `used/<key>` is left alone (and `verify` reports it).
     fn mark_used(&self, key: &Key) {
         if self.shared {
-            let d = self.meta.join("used");
-            let _ = fs::create_dir_all(&d);
-            let _ = File::create(d.join(&key.0));
+            if let Ok(d) = self.dir("used", true) {
+                let _ = stamp(&d.join(key.as_str()));
+            }
         }
     }
 
     /// When an entry was last used, as far as the store knows.
     fn last_used(&self, key: &Key, dir: &Path) -> Option<std::time::SystemTime> {
-        fs::metadata(self.meta.join("used").join(&key.0))
-            .or_else(|_| fs::metadata(dir))
-            .and_then(|m| m.modified())
+        fs::symlink_metadata(self.meta.join("used").join(key.as_str()))
             .ok()
+            .filter(|m| m.is_file())
+            .or_else(|| fs::symlink_metadata(dir).ok())
+            .and_then(|m| m.modified().ok())
+    }
+
+    /// One of the store's own folders ([`STORE_DIRS`]), held open without following a link:
+    /// `create` makes it when missing (group-usable on a shared store). A link or a file in its
+    /// place is an error that says so; nothing is ever done through it.
+    pub fn dir(&self, name: &str, create: bool) -> Result<PinnedDir> {
+        debug_assert!(STORE_DIRS.contains(&name) || name.len() == 2, "{name}");
+        let open = |rel: &[&str]| PinnedDir::open(&self.meta, rel);
+        let rel: Vec<&str> = if name.len() == 2 {
+            vec!["objects", name]
+        } else {
+            vec![name]
+        };
+        match open(&rel) {
+            Err(e) if create && e.kind() == std::io::ErrorKind::NotFound => {
+                if rel.len() == 2 {
+                    self.dir("objects", true)?;
+                } else if !self.meta.exists() {
+                    fs::create_dir_all(&self.meta).at("creating", &self.meta)?;
+                    self.make_shared(&self.meta);
+                }
+                let parent = open(&rel[..rel.len() - 1]).at("opening", &self.meta)?;
+                let p = parent.join(rel[rel.len() - 1]);
+                match fs::create_dir(&p) {
+                    Ok(()) => self.make_shared(&p),
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                    Err(e) => return Err(e).at("creating", &self.meta.join(rel.join("/")))?,
+                }
+                Ok(open(&rel).at("opening", &self.meta.join(rel.join("/")))?)
+            }
+            r => Ok(r.at("opening", &self.meta.join(rel.join("/")))?),
+        }
+    }
+
+    /// A folder this store made: on a shared store, group-writable with the setgid bit (so
+    /// that what is made inside stays the group's), whatever the user's umask.
+    fn make_shared(&self, dir: &Path) {
+        #[cfg(unix)]
+        if self.shared {
+            use std::os::unix::fs::PermissionsExt;
+            let _ = fs::set_permissions(dir, fs::Permissions::from_mode(0o2775));
+        }
+    }
+
+    /// A committed file: read-only; on a shared store readable by all (`0444`), whatever the
+    /// writer's umask, so that every co-user can verify and use it.
+    fn seal(&self, file: &Path) {
+        #[cfg(unix)]
+        if self.shared {
+            use std::os::unix::fs::PermissionsExt;
+            let _ = fs::set_permissions(file, fs::Permissions::from_mode(0o444));
+            return;
+        }
+        set_read_only(file);
+    }
+
+    /// Check the store before a run does any work: its folder and each of its own folders are
+    /// real folders (a link or a file there is an error naming it), made when missing, and the
+    /// store can be written (an error naming the store and what to do otherwise).
+    pub fn prepare(&self) -> Result<(), anyhow::Error> {
+        if self.meta.exists() && !self.meta.is_dir() {
+            anyhow::bail!(
+                "{} is {}, but seqpipe keeps its store (a folder) there; move it away or name \
+                 another store",
+                self.meta.display(),
+                Found::describe(&self.meta)
+            );
+        }
+        let made = !self.meta.exists();
+        let created = fs::create_dir_all(&self.meta);
+        if made && created.is_ok() {
+            self.make_shared(&self.meta);
+        }
+        let probe = created.map_err(anyhow::Error::from).and_then(|()| {
+            let tmp = self.dir("tmp", true)?;
+            let p = tmp.join(&format!(".probe-{}~{}", now_ms(), Owner::me().tag()));
+            File::create(&p)?;
+            fs::remove_file(&p)?;
+            // The store's own folders that exist must be real folders (made when needed).
+            for d in STORE_DIRS {
+                match self.dir(d, false) {
+                    Err(StoreError::Fs(e)) if e.source.kind() == std::io::ErrorKind::NotFound => {}
+                    r => {
+                        r?;
+                    }
+                }
+            }
+            Ok(())
+        });
+        probe.map_err(|e| {
+            let denied = e.chain().any(|c| {
+                c.downcast_ref::<std::io::Error>().is_some_and(|io| {
+                    io.kind() == std::io::ErrorKind::PermissionDenied
+                        || io.raw_os_error() == Some(libc::EROFS)
+                })
+            });
+            if denied {
+                e.context(format!(
+                    "the store {} cannot be written: every run writes its claims and run \
+                     records there, even when all is cached; make it writable, or name another \
+                     store with --store",
+                    self.meta.display()
+                ))
+            } else {
+                e.context(format!("the store {} cannot be used", self.meta.display()))
+            }
+        })
     }
 
     pub fn meta(&self) -> &Path {
@@ -130,26 +262,68 @@ impl Store {
     }
 
     pub fn object_dir(&self, key: &Key) -> PathBuf {
-        self.meta.join("objects").join(&key.0[..2]).join(&key.0)
+        self.meta
+            .join("objects")
+            .join(key.prefix())
+            .join(key.as_str())
     }
 
-    /// Look a key up, verifying every file of a hit against its digest.
+    /// Look a key up, verifying every file of a hit against its digest. A hit this process
+    /// verified before is checked again, by content, when any of its files changed since (its
+    /// inode, size or modification time): an edit made through a view between planning
+    /// and use is caught.
     pub fn lookup(&self, key: &Key) -> Lookup {
         let dir = self.object_dir(key);
-        if !dir.exists() {
-            return Lookup::Miss;
+        match walk_is_real(&self.meta, &["objects", key.prefix(), key.as_str()]) {
+            Ok(false) => return Lookup::Miss,
+            Ok(true) => {}
+            Err(why) => return Lookup::Corrupt(format!("entry {}: {why}", key.short())),
         }
-        if self.verified.lock().unwrap().contains(key) {
-            return Lookup::Hit(dir);
+        let known = self.verified.lock().unwrap().get(key).cloned();
+        if let Some(files) = known {
+            if fingerprints(&dir, &files).as_ref() == Some(&files) {
+                return Lookup::Hit(dir);
+            }
         }
         match verify_entry(&dir, key) {
-            Ok(_) => {
-                self.verified.lock().unwrap().insert(key.clone());
+            Ok(e) => {
+                match fingerprints_of(&dir, &e) {
+                    Some(f) => {
+                        self.verified.lock().unwrap().insert(key.clone(), f);
+                    }
+                    None => {
+                        return Lookup::Corrupt(format!(
+                            "entry {}: its files changed while they were checked",
+                            key.short()
+                        ))
+                    }
+                }
                 self.mark_used(key);
                 Lookup::Hit(dir)
             }
             Err(why) => Lookup::Corrupt(format!("entry {}: {why}", key.short())),
         }
+    }
+
+    /// Whether the files of a verified entry are still the ones verified (`None`: this process
+    /// did not verify it). A stage that read its inputs calls this before its result is
+    /// committed: an input edited while the stage ran fails it.
+    pub fn unchanged_since_verified(&self, key: &Key) -> Option<Result<(), String>> {
+        let files = self.verified.lock().unwrap().get(key).cloned()?;
+        let now = fingerprints(&self.object_dir(key), &files);
+        Some(match now {
+            Some(n) if n == files => Ok(()),
+            _ => {
+                let changed = files
+                    .iter()
+                    .find(|f| {
+                        Fingerprint::of(&self.object_dir(key).join(&f.name)).as_ref() != Some(f)
+                    })
+                    .map(|f| f.name.clone())
+                    .unwrap_or_default();
+                Err(changed)
+            }
+        })
     }
 
     /// Forget what this process verified (for `verify`, which re-hashes everything).
@@ -158,43 +332,71 @@ impl Store {
     }
 
     pub fn entry(&self, key: &Key) -> Option<Entry> {
+        walk_is_real(&self.meta, &["objects", key.prefix(), key.as_str()])
+            .ok()
+            .filter(|&real| real)?;
         read_entry(&self.object_dir(key)).ok()
     }
 
     /// Set a damaged entry aside in `quarantine/` (so that it is never served, and can be
     /// looked at). Returns where it went.
     pub fn quarantine(&self, key: &Key) -> Result<Option<PathBuf>> {
-        let dir = self.object_dir(key);
-        if !dir.exists() {
+        self.verified.lock().unwrap().remove(key);
+        let shard = match self.dir(key.prefix(), false) {
+            Ok(d) => d,
+            Err(StoreError::Fs(e)) if e.source.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(None)
+            }
+            Err(e) => return Err(e),
+        };
+        let dir = shard.join(key.as_str());
+        if Found::at(&dir) == Found::Missing {
             return Ok(None);
         }
-        self.verified.lock().unwrap().remove(key);
-        let q = self.meta.join("quarantine");
-        fs::create_dir_all(&q).at("creating", &q)?;
-        let to = q.join(format!("{}-{}~{}", key.0, now_ms(), Owner::me().tag()));
-        match fs::rename(&dir, &to) {
-            Ok(()) => Ok(Some(to)),
+        let q = self.dir("quarantine", true)?;
+        let name = format!("{}-{}~{}", key.as_str(), now_ms(), Owner::me().tag());
+        match fs::rename(&dir, q.join(&name)) {
+            Ok(()) => Ok(Some(self.meta.join("quarantine").join(name))),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e).at("moving to quarantine", &dir).map_err(Into::into),
+            Err(e) => Err(e)
+                .at("moving to quarantine", &self.object_dir(key))
+                .map_err(Into::into),
         }
     }
 
     /// Checkpoints of the stage computing `key`: they belong to the key, so a changed param
     /// never resumes a stale one.
     pub fn checkpoint_dir(&self, key: &Key) -> PathBuf {
-        self.meta.join("checkpoints").join(&key.0)
+        self.meta.join("checkpoints").join(key.as_str())
+    }
+
+    /// Remove the checkpoints of `key` (through the store's own folder, never a link).
+    pub fn remove_checkpoints(&self, key: &Key) -> Result<()> {
+        match self.dir("checkpoints", false) {
+            Ok(d) => Ok(d
+                .remove(key.as_str())
+                .at("removing", &self.checkpoint_dir(key))?),
+            Err(StoreError::Fs(e)) if e.source.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The checkpoint folder of `key` for a stage about to run: what stands on the way there
+    /// (`checkpoints/`, `checkpoints/<key>/`) must be a real folder or nothing (the training
+    /// makes it when it first saves); a link there is an error, never written through.
+    pub fn checked_checkpoint_dir(&self, key: &Key) -> Result<PathBuf> {
+        let p = self.checkpoint_dir(key);
+        walk_is_real(&self.meta, &["checkpoints", key.as_str()]).map_err(StoreError::Link)?;
+        Ok(p)
     }
 
     /// A fresh folder for a stage to write into, named for this process so that a later run
     /// can tell a leftover from work in progress.
     pub fn staging(&self, key: &Key) -> Result<PathBuf> {
-        let dir = self.meta.join("tmp").join(format!(
-            "{}-{}~{}",
-            key.short(),
-            now_ms(),
-            Owner::me().tag()
-        ));
-        fs::create_dir_all(&dir).at("creating", &dir)?;
+        let name = format!("{}-{}~{}", key.short(), now_ms(), Owner::me().tag());
+        let tmp = self.dir("tmp", true)?;
+        let dir = self.meta.join("tmp").join(&name);
+        fs::create_dir(tmp.join(&name)).at("creating", &dir)?;
         Ok(dir)
     }
 
@@ -212,25 +414,32 @@ impl Store {
     ) -> Result<PathBuf> {
         let key = record.key();
         let mut files = Vec::new();
-        let mut names: Vec<PathBuf> = fs::read_dir(staging)
+        let staging_dir = staging;
+        let mut names: Vec<PathBuf> = fs::read_dir(staging_dir)
             .at("reading", staging)?
             .map(|e| e.map(|e| e.path()))
             .collect::<std::io::Result<_>>()
             .at("listing", staging)?;
         names.sort();
         for p in names {
-            let f = File::open(&p).at("opening", &p)?;
-            f.sync_all().at("syncing", &p)?;
             let name = p.file_name().unwrap().to_string_lossy().into_owned();
             if name == ENTRY {
                 return Err(StoreError::Reserved(ENTRY));
             }
+            if Found::at(&p) != Found::File {
+                return Err(StoreError::Strange(
+                    format!("the stage's output {name}"),
+                    format!("{}; a stage writes plain files", Found::describe(&p)),
+                ));
+            }
+            let f = File::open(&p).at("opening", &p)?;
+            f.sync_all().at("syncing", &p)?;
             files.push(FileInfo {
                 name,
                 bytes: f.metadata().at("reading", &p)?.len(),
                 blake3: Some(digest_file(&p).at("hashing", &p)?),
             });
-            set_read_only(&p);
+            self.seal(&p);
         }
         let entry = Entry {
             format: ENTRY_FORMAT,
@@ -241,38 +450,44 @@ impl Store {
             seconds,
         };
         write_synced(&staging.join(ENTRY), &serde_json::to_vec_pretty(&entry)?)?;
-        set_read_only(&staging.join(ENTRY));
+        self.seal(&staging.join(ENTRY));
+        self.make_shared(staging);
         sync_dir(staging);
         let target = self.object_dir(&key);
-        let parent = target.parent().unwrap();
-        fs::create_dir_all(parent).at("creating", parent)?;
-        if target.exists() {
-            if !replace && verify_entry(&target, &key).is_ok() {
+        // The shard folder is held open: the entry goes into the store's own folder even if a
+        // link is swapped in meanwhile.
+        let shard = self.dir(key.prefix(), true)?;
+        let into = shard.join(key.as_str());
+        let verified = |dir: &Path| -> Result<Vec<Fingerprint>> {
+            let e = read_entry(dir)?;
+            fingerprints_of(dir, &e).ok_or_else(|| {
+                StoreError::Record(key.short().into(), "its files changed meanwhile".into())
+            })
+        };
+        if Found::at(&into) != Found::Missing {
+            if !replace && verify_entry(&into, &key).is_ok() {
                 // Same key, intact content: keep the one that is there.
                 let _ = fs::remove_dir_all(staging);
+                let f = verified(&into)?;
+                self.verified.lock().unwrap().insert(key, f);
                 return Ok(target);
             }
-            let trash = self.meta.join("trash");
-            fs::create_dir_all(&trash).at("creating", &trash)?;
-            let old = trash.join(format!(
-                "{}-{}~{}",
-                key.short(),
-                now_ms(),
-                Owner::me().tag()
-            ));
+            let trash = self.dir("trash", true)?;
+            let old = format!("{}-{}~{}", key.short(), now_ms(), Owner::me().tag());
             if replace {
-                fs::rename(&target, &old).at("moving aside the old", &target)?;
+                fs::rename(&into, trash.join(&old)).at("moving aside the old", &target)?;
             } else {
                 self.quarantine(&key)?;
             }
-            fs::rename(staging, &target).at("committing", &target)?;
-            let _ = fs::remove_dir_all(&old);
+            fs::rename(staging, &into).at("committing", &target)?;
+            let _ = trash.remove(&old);
         } else {
-            fs::rename(staging, &target).at("committing", &target)?;
+            fs::rename(staging, &into).at("committing", &target)?;
         }
-        sync_dir(parent);
+        sync_dir(shard.path());
         self.mark_used(&key);
-        self.verified.lock().unwrap().insert(key);
+        let f = verified(&into)?;
+        self.verified.lock().unwrap().insert(key, f);
         Ok(target)
     }
 
@@ -281,7 +496,9 @@ impl Store {
     pub fn clean_leftovers(&self) -> usize {
         let mut n = 0;
         for d in ["tmp", "trash"] {
-            n += remove_dead(&self.meta.join(d), |_| true);
+            if let Ok(dir) = self.dir(d, false) {
+                n += remove_dead(&dir, |_| true);
+            }
         }
         // The announcements of runs that were killed (kill -9 runs no destructor).
         live_runs(&self.meta, true);
@@ -304,27 +521,135 @@ impl Store {
 
     /// Every entry in the store with its size.
     pub fn entries(&self) -> Result<Vec<(Key, PathBuf, u64)>> {
-        let mut out = Vec::new();
-        let objects = self.meta.join("objects");
-        if !objects.exists() {
-            return Ok(out);
+        Ok(self.walk()?.entries)
+    }
+
+    /// Every entry in the store, and everything in its folders that seqpipe does not write
+    /// there: a link, a file where a folder belongs, a name it never gives. Nothing is followed:
+    /// each thing is looked at with `symlink_metadata`, and the strange ones are only listed.
+    pub fn walk(&self) -> Result<Walk> {
+        let mut w = Walk::default();
+        let strange = |w: &mut Walk, p: PathBuf, why: String| w.strange.push((p, why));
+        if !self.meta.is_dir() {
+            return Ok(w);
         }
-        for shard in fs::read_dir(&objects).at("listing", &objects)? {
-            let shard = shard.at("listing", &objects)?;
-            if !shard.path().is_dir() {
+        for e in fs::read_dir(&self.meta).at("listing", &self.meta)? {
+            let e = e.at("listing", &self.meta)?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            let p = e.path();
+            let found = Found::at(&p);
+            if STORE_DIRS.contains(&name.as_str()) {
+                if found != Found::Dir {
+                    let why = format!("{}, where the store keeps a folder", Found::describe(&p));
+                    strange(&mut w, p, why);
+                }
+            } else if !is_probe_or_temp(&name) {
+                let why = format!("{}, not a name the store writes", Found::describe(&p));
+                strange(&mut w, p, why);
+            }
+        }
+        let Ok(objects) = self.dir("objects", false) else {
+            return Ok(w);
+        };
+        for shard in fs::read_dir(objects.path()).at("listing", &self.meta.join("objects"))? {
+            let shard = shard.at("listing", &self.meta.join("objects"))?;
+            let sn = shard.file_name().to_string_lossy().into_owned();
+            let shown = self.meta.join("objects").join(&sn);
+            let is_hex2 = sn.len() == 2
+                && sn
+                    .bytes()
+                    .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase());
+            if !is_hex2 || Found::at(&objects.join(&sn)) != Found::Dir {
+                let why = format!(
+                    "{}{}",
+                    Found::describe(&objects.join(&sn)),
+                    if is_hex2 {
+                        ", not a shard folder"
+                    } else {
+                        ", not a name the store writes"
+                    }
+                );
+                strange(&mut w, shown, why);
                 continue;
             }
-            for e in fs::read_dir(shard.path()).at("listing", &shard.path())? {
-                let e = e.at("listing", &shard.path())?;
-                out.push((
-                    Key(e.file_name().to_string_lossy().into_owned()),
-                    e.path(),
-                    dir_size(&e.path()),
-                ));
+            let Ok(sd) = self.dir(&sn, false) else {
+                continue;
+            };
+            for e in fs::read_dir(sd.path()).at("listing", &shown)? {
+                let e = e.at("listing", &shown)?;
+                let en = e.file_name().to_string_lossy().into_owned();
+                let path = shown.join(&en);
+                match Key::parse(&en) {
+                    Some(k) if k.prefix() == sn && Found::at(&sd.join(&en)) == Found::Dir => {
+                        let size = dir_size(&sd.join(&en));
+                        w.entries.push((k, path, size));
+                    }
+                    Some(k) if k.prefix() == sn => {
+                        let why = format!(
+                            "{}, where an entry's folder belongs",
+                            Found::describe(&sd.join(&en))
+                        );
+                        strange(&mut w, path, why);
+                    }
+                    _ => {
+                        let why = format!(
+                            "{}, not a name the store writes",
+                            Found::describe(&sd.join(&en))
+                        );
+                        strange(&mut w, path, why);
+                    }
+                }
             }
         }
-        out.sort();
-        Ok(out)
+        for (sub, ok) in [
+            ("checkpoints", checkpoint_name as fn(&str) -> bool),
+            ("quarantine", tagged_key_name),
+            ("tmp", tagged_name),
+            ("trash", tagged_name),
+            ("claims", claim_name),
+            ("live", live_name),
+            ("used", |n: &str| Key::parse(n).is_some()),
+        ] {
+            let Ok(d) = self.dir(sub, false) else {
+                continue;
+            };
+            let Ok(rd) = fs::read_dir(d.path()) else {
+                continue;
+            };
+            for e in rd.filter_map(|e| e.ok()) {
+                let n = e.file_name().to_string_lossy().into_owned();
+                let found = Found::at(&d.join(&n));
+                let want = match sub {
+                    "checkpoints" | "quarantine" | "tmp" | "trash" => Found::Dir,
+                    _ => Found::File,
+                };
+                let shown = self.meta.join(sub).join(&n);
+                if !ok(&n) {
+                    let why = format!(
+                        "{}, not a name the store writes",
+                        Found::describe(&d.join(&n))
+                    );
+                    strange(&mut w, shown, why);
+                } else if found != want && !(sub == "trash" || sub == "tmp") {
+                    let why = format!(
+                        "{}, where the store keeps {}",
+                        Found::describe(&d.join(&n)),
+                        if want == Found::Dir {
+                            "a folder"
+                        } else {
+                            "a file"
+                        }
+                    );
+                    strange(&mut w, shown, why);
+                } else if found == Found::Other {
+                    let why = Found::describe(&d.join(&n)).to_string();
+                    strange(&mut w, shown, why);
+                }
+            }
+        }
+        w.entries.sort();
+        w.strange.sort();
+        Ok(w)
     }
 
     /// Keys that running processes use or compute: their claims and their live-run files.
@@ -383,8 +708,12 @@ impl Store {
             }
             let stage = read_entry(&path).map(|e| e.stage).unwrap_or_default();
             if !dry_run {
-                fs::remove_dir_all(&path).at("removing", &path)?;
-                let _ = fs::remove_file(self.meta.join("used").join(&key.0));
+                self.dir(key.prefix(), false)?
+                    .remove(key.as_str())
+                    .at("removing", &path)?;
+                if let Ok(used) = self.dir("used", false) {
+                    let _ = used.remove(key.as_str());
+                }
             }
             r.removed.push(Removed {
                 key,
@@ -394,26 +723,49 @@ impl Store {
             r.bytes += size;
         }
         for sub in ["checkpoints", "quarantine"] {
-            let d = self.meta.join(sub);
-            let Ok(rd) = fs::read_dir(&d) else { continue };
-            for e in rd {
-                let e = e.at("listing", &d)?;
+            let Ok(d) = self.dir(sub, false) else {
+                continue;
+            };
+            let shown_dir = self.meta.join(sub);
+            for e in fs::read_dir(d.path()).at("listing", &shown_dir)? {
+                let e = e.at("listing", &shown_dir)?;
                 let name = e.file_name().to_string_lossy().into_owned();
-                let key = Key(name.split('-').next().unwrap_or_default().to_string());
+                // Only what the store names and makes: a real folder, named for a key. Anything
+                // else is not this store's to remove (`verify` reports it).
+                let named = if sub == "checkpoints" {
+                    checkpoint_name(&name)
+                } else {
+                    tagged_key_name(&name)
+                };
+                if !named || Found::at(&d.join(&name)) != Found::Dir {
+                    continue;
+                }
+                let Some(key) = Key::parse(&name[..64]) else {
+                    continue;
+                };
                 // A checkpoint serves a computation not yet committed: once its entry is in
-                // the store (or nothing wants the key), only a live run may still need it.
+                // the store (or nothing wants the key), only a live run may still need it. On
+                // a shared store, a checkpoint written within `recent` stays too: it may be
+                // another project's training, resumed tomorrow.
                 if sub == "checkpoints"
                     && (in_use.contains(&key)
                         || ((keep.contains(&key) || shown.contains(&key))
-                            && !self.object_dir(&key).exists()))
+                            && Found::at(&self.object_dir(&key)) != Found::Dir)
+                        || (self.shared
+                            && newest_mtime(&d.join(&name))
+                                .and_then(|t| now.duration_since(t).ok())
+                                .is_none_or(|age| age <= recent)))
                 {
+                    if self.shared {
+                        r.kept_checkpoints += 1;
+                    }
                     continue;
                 }
-                let size = dir_size(&e.path());
+                let size = dir_size(&d.join(&name));
                 r.bytes += size;
                 r.other_bytes += size;
                 if !dry_run {
-                    fs::remove_dir_all(e.path()).at("removing", &e.path())?;
+                    d.remove(&name).at("removing", &shown_dir.join(&name))?;
                 }
             }
         }
@@ -425,9 +777,8 @@ impl Store {
 
     /// Announce the keys a run uses, so that `gc` leaves them alone while it lives.
     pub fn register_run(&self, pipeline: &str, keys: &[Key]) -> Result<LiveRun> {
-        let dir = self.meta.join("live");
-        fs::create_dir_all(&dir).at("creating", &dir)?;
-        let path = dir.join(format!("{}.json", Owner::me().tag()));
+        let dir = self.dir("live", true)?;
+        let path = dir.join(&format!("{}.json", Owner::me().tag()));
         let rec = LiveRecord {
             owner: Owner::me().clone(),
             pipeline: pipeline.to_string(),
@@ -435,6 +786,10 @@ impl Store {
         };
         // One process may run several pipelines in turn: merge with what it announced.
         let mut all = read_live(&path).map(|r| r.keys).unwrap_or_default();
+        let path = self
+            .meta
+            .join("live")
+            .join(format!("{}.json", Owner::me().tag()));
         all.extend(rec.keys.iter().cloned());
         all.sort();
         all.dedup();
@@ -491,6 +846,8 @@ pub struct GcReport {
     pub kept_shown: usize,
     /// Entries kept only because a live run uses them or (shared store) they were used recently.
     pub kept_in_use: usize,
+    /// Checkpoints kept on a shared store because they were written recently (or are in use).
+    pub kept_checkpoints: usize,
 }
 
 impl GcReport {
@@ -536,29 +893,34 @@ struct LiveRecord {
 }
 
 fn read_live(path: &Path) -> Option<LiveRecord> {
-    serde_json::from_slice(&fs::read(path).ok()?).ok()
+    serde_json::from_slice(&read_bounded(path, MAX_LIVE).ok()?).ok()
 }
 
 /// Live-run records whose owners still run (same host), or whose heartbeat is fresh.
 /// The runs announced in `live/` whose process still runs (or, on another host, whose record
 /// is recent). `prune`: remove the records of the others (never in a dry run).
 fn live_runs(meta: &Path, prune: bool) -> Vec<LiveRecord> {
-    let Ok(rd) = fs::read_dir(meta.join("live")) else {
+    let Ok(dir) = PinnedDir::open(meta, &["live"]) else {
+        return Vec::new();
+    };
+    let Ok(rd) = fs::read_dir(dir.path()) else {
         return Vec::new();
     };
     rd.filter_map(|e| e.ok())
+        .filter(|e| live_name(&e.file_name().to_string_lossy()))
         .filter_map(|e| {
-            let r = read_live(&e.path())?;
+            let path = dir.join(&e.file_name().to_string_lossy());
+            let r = read_live(&path)?;
             let alive = match r.owner.alive_here() {
                 Some(a) => a,
-                None => fs::metadata(e.path())
+                None => fs::symlink_metadata(&path)
                     .and_then(|m| m.modified())
                     .ok()
                     .and_then(|m| m.elapsed().ok())
                     .is_some_and(|age| age < crate::claim::stale_after()),
             };
             if !alive && prune {
-                let _ = fs::remove_file(e.path());
+                let _ = fs::remove_file(&path);
             }
             alive.then_some(r)
         })
@@ -566,37 +928,53 @@ fn live_runs(meta: &Path, prune: bool) -> Vec<LiveRecord> {
 }
 
 /// Remove entries of `dir` named `…~host~pid` whose owner is a dead process of this host.
-pub(crate) fn remove_dead(dir: &Path, select: impl Fn(&str) -> bool) -> usize {
-    let Ok(rd) = fs::read_dir(dir) else { return 0 };
+/// Through the open folder, never following a link (a link named like a leftover goes itself).
+pub(crate) fn remove_dead(dir: &PinnedDir, select: impl Fn(&str) -> bool) -> usize {
+    let Ok(rd) = fs::read_dir(dir.path()) else {
+        return 0;
+    };
     let mut n = 0;
     for e in rd.filter_map(|e| e.ok()) {
         let name = e.file_name().to_string_lossy().into_owned();
-        if !select(&name) {
+        if !select(&name) || !is_plain_name(&name) {
             continue;
         }
-        if owner_from_tag(&name).is_some_and(|o| leftover_is_dead(&o)) {
-            let p = e.path();
-            let gone = if p.is_dir() {
-                fs::remove_dir_all(&p)
-            } else {
-                fs::remove_file(&p)
-            };
-            if gone.is_ok() {
-                n += 1;
-            }
+        if owner_from_tag(&name).is_some_and(|o| leftover_is_dead(&o)) && dir.remove(&name).is_ok()
+        {
+            n += 1;
         }
     }
     n
 }
 
+/// An entry's record: a plain file of bounded size (never through a link), whose file names
+/// are each one plain path component, none twice and none the record's own name.
 pub fn read_entry(dir: &Path) -> Result<Entry> {
-    let bytes = fs::read(dir.join(ENTRY)).at("reading", &dir.join(ENTRY))?;
-    Ok(serde_json::from_slice(&bytes)?)
+    let path = dir.join(ENTRY);
+    let bytes = read_bounded(&path, MAX_RECORD).at("reading", &path)?;
+    let entry: Entry = serde_json::from_slice(&bytes)?;
+    let mut seen = HashSet::new();
+    for f in &entry.files {
+        if !is_plain_name(&f.name) || f.name == ENTRY || !seen.insert(f.name.as_str()) {
+            return Err(StoreError::Record(
+                entry.key.short().to_string(),
+                format!(
+                    "it lists a file named {:?}, which is not a plain file name (or is listed twice)",
+                    f.name.chars().take(80).collect::<String>()
+                ),
+            ));
+        }
+    }
+    Ok(entry)
 }
 
 /// Re-hash every file of an entry against its record. The error names the first bad file.
 pub fn verify_entry(dir: &Path, key: &Key) -> Result<Entry, String> {
-    let entry = read_entry(dir).map_err(|e| format!("no readable record ({e})"))?;
+    let entry = read_entry(dir).map_err(|e| match e {
+        StoreError::Record(_, why) => why,
+        StoreError::Fs(f) => format!("no readable record ({f}: {})", f.source),
+        e => format!("no readable record ({e})"),
+    })?;
     if &entry.key != key {
         return Err(format!("the record names key {}", entry.key.short()));
     }
@@ -640,20 +1018,142 @@ pub fn verify_entry(dir: &Path, key: &Key) -> Result<Entry, String> {
     Ok(entry)
 }
 
+/// The bytes of the files under `p`, links neither followed nor counted.
 pub(crate) fn dir_size(p: &Path) -> u64 {
     fs::read_dir(p)
         .map(|rd| {
             rd.filter_map(|e| e.ok())
-                .map(|e| {
-                    if e.path().is_dir() {
-                        dir_size(&e.path())
-                    } else {
-                        e.metadata().map(|m| m.len()).unwrap_or(0)
-                    }
+                .map(|e| match fs::symlink_metadata(e.path()) {
+                    Ok(m) if m.is_dir() => dir_size(&e.path()),
+                    Ok(m) if m.is_file() => m.len(),
+                    _ => 0,
                 })
                 .sum()
         })
         .unwrap_or(0)
+}
+
+/// The newest modification time of a folder and what is directly in it (links not followed).
+fn newest_mtime(p: &Path) -> Option<std::time::SystemTime> {
+    let own = fs::symlink_metadata(p).and_then(|m| m.modified()).ok();
+    let inner = fs::read_dir(p)
+        .ok()?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            fs::symlink_metadata(e.path())
+                .and_then(|m| m.modified())
+                .ok()
+        });
+    inner.chain(own).max()
+}
+
+/// What [`Store::walk`] found.
+#[derive(Debug, Default)]
+pub struct Walk {
+    /// (key, folder, bytes) of every entry folder.
+    pub entries: Vec<(Key, PathBuf, u64)>,
+    /// (path, what it is) of everything the store did not put there.
+    pub strange: Vec<(PathBuf, String)>,
+}
+
+/// Whether `base/rel…` is a chain of real folders (`Ok(false)`: something on the way is
+/// missing; `Err`: something on the way is a link or a file, said how).
+fn walk_is_real(base: &Path, rel: &[&str]) -> Result<bool, String> {
+    let mut p = base.to_path_buf();
+    for part in rel {
+        p.push(part);
+        match Found::at(&p) {
+            Found::Dir => {}
+            Found::Missing => return Ok(false),
+            _ => {
+                return Err(format!(
+                    "{} is {}, not a folder (never followed)",
+                    p.display(),
+                    Found::describe(&p)
+                ))
+            }
+        }
+    }
+    Ok(true)
+}
+
+/// A file as it stands: a write, a truncation or a replacement alters it. (Not the change
+/// time: publishing a view links the file, which changes it without changing the content.)
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fingerprint {
+    name: String,
+    ino: u64,
+    len: u64,
+    mtime_ns: i128,
+}
+
+impl Fingerprint {
+    fn of(path: &Path) -> Option<Fingerprint> {
+        use std::os::unix::fs::MetadataExt;
+        let m = fs::symlink_metadata(path).ok().filter(|m| m.is_file())?;
+        Some(Fingerprint {
+            name: path.file_name()?.to_string_lossy().into_owned(),
+            ino: m.ino(),
+            len: m.len(),
+            mtime_ns: m.mtime() as i128 * 1_000_000_000 + m.mtime_nsec() as i128,
+        })
+    }
+}
+
+/// The fingerprints of an entry's files, taken after it was verified; `None` when one cannot
+/// be taken.
+fn fingerprints_of(dir: &Path, e: &Entry) -> Option<Vec<Fingerprint>> {
+    e.files
+        .iter()
+        .map(|f| Fingerprint::of(&dir.join(&f.name)))
+        .collect()
+}
+
+/// The fingerprints now of the files named in `known`.
+fn fingerprints(dir: &Path, known: &[Fingerprint]) -> Option<Vec<Fingerprint>> {
+    known
+        .iter()
+        .map(|f| Fingerprint::of(&dir.join(&f.name)))
+        .collect()
+}
+
+/// Names the store gives. `<key>`: a checkpoint folder.
+fn checkpoint_name(n: &str) -> bool {
+    Key::parse(n).is_some()
+}
+
+/// `<anything plain>~<owner tag>`: a staging folder, trash, a probe.
+fn tagged_name(n: &str) -> bool {
+    is_plain_name(n) && owner_from_tag(n).is_some()
+}
+
+/// `<key>-<ms>~<owner tag>`: a quarantined entry.
+fn tagged_key_name(n: &str) -> bool {
+    n.len() > 65
+        && n.is_char_boundary(64)
+        && Key::parse(&n[..64]).is_some()
+        && n.as_bytes()[64] == b'-'
+        && tagged_name(n)
+}
+
+/// `<key>.claim` and its take-over guard `<key>.takeover`.
+fn claim_name(n: &str) -> bool {
+    n.split_once('.')
+        .is_some_and(|(k, ext)| Key::parse(k).is_some() && matches!(ext, "claim" | "takeover"))
+}
+
+/// `<owner tag>.json`, or its temporary `<owner tag>.tmp<pid>` while it is written.
+fn live_name(n: &str) -> bool {
+    let stem = n
+        .strip_suffix(".json")
+        .or_else(|| n.rsplit_once(".tmp").map(|(s, _)| s));
+    stem.is_some_and(|s| owner_from_tag(&format!("x~{s}")).is_some() || owner_from_tag(s).is_some())
+}
+
+/// Names that may briefly stand at the store's top level: none (everything the store writes
+/// lives in its folders).
+fn is_probe_or_temp(_: &str) -> bool {
+    false
 }
 
 /// The result of `seqpipe verify`.
@@ -666,6 +1166,9 @@ pub struct VerifyReport {
     /// Views (folder, key) whose entry is not in the store at all: not damage, nothing to
     /// check their files against.
     pub absent: Vec<(String, Key)>,
+    /// Things in the store that seqpipe did not put there (links, misnamed or misplaced
+    /// files): (path, what it is). Never followed, never removed, not even by `--repair`.
+    pub strange: Vec<(PathBuf, String)>,
     pub repaired: usize,
 }
 
@@ -677,7 +1180,10 @@ impl Store {
         let mut r = VerifyReport::default();
         let mut good: HashMap<Key, Entry> = HashMap::new();
         let mut listed: HashSet<Key> = HashSet::new();
-        for (key, dir, size) in self.entries()? {
+        let walk = self.walk()?;
+        // What seqpipe did not put in the store is reported, never followed or removed.
+        r.strange = walk.strange;
+        for (key, dir, size) in walk.entries {
             listed.insert(key.clone());
             r.entries += 1;
             r.bytes += size;
@@ -694,7 +1200,9 @@ impl Store {
                     };
                     r.damaged.push((what, why));
                     if repair {
-                        fs::remove_dir_all(&dir).at("removing", &dir)?;
+                        self.dir(key.prefix(), false)?
+                            .remove(key.as_str())
+                            .at("removing", &dir)?;
                         r.repaired += 1;
                     }
                 }
@@ -718,8 +1226,16 @@ impl Store {
             if let Some(why) = why {
                 r.damaged.push((format!("view {}", view.display()), why));
                 if repair {
-                    fs::remove_dir_all(&view).at("removing", &view)?;
-                    r.repaired += 1;
+                    // The whole folder goes aside, never deleted: it may hold a user's edits.
+                    let stage = view.file_name().unwrap_or_default().to_string_lossy();
+                    let base = view.parent().unwrap_or(&self.outputs);
+                    match crate::view::set_aside(base, &stage, &view) {
+                        Ok(to) => {
+                            eprintln!("  moved the view {} to {}", view.display(), to.display());
+                            r.repaired += 1;
+                        }
+                        Err(e) => eprintln!("  {e:#}"),
+                    }
                 }
             }
         }
@@ -879,6 +1395,82 @@ mod tests {
         assert_eq!((r.kept(), r.kept_shown), (1, 1));
         let v = s.verify_all(false).unwrap();
         assert!(v.damaged.is_empty() && v.absent.is_empty(), "{v:?}");
+    }
+
+    #[test]
+    fn an_entry_edited_after_it_was_verified_is_caught_by_its_fingerprint() {
+        let t = tempfile::tempdir().unwrap();
+        let s = Store::new(t.path());
+        let r = record(7);
+        let k = r.key();
+        let st = s.staging(&k).unwrap();
+        fs::write(st.join("a.txt"), "hello").unwrap();
+        let dir = s.commit(&st, &r, "x", 0.1, false).unwrap();
+        assert!(matches!(s.lookup(&k), Lookup::Hit(_)));
+        assert_eq!(s.unchanged_since_verified(&k), Some(Ok(())));
+        // Edited in place (through a view, which is the same file) after the check.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        damage(&dir.join("a.txt"), b"hellO");
+        assert_eq!(s.unchanged_since_verified(&k), Some(Err("a.txt".into())));
+        // The same process looks it up again: re-hashed, not served from memory.
+        assert!(matches!(s.lookup(&k), Lookup::Corrupt(_)));
+    }
+
+    #[test]
+    fn records_naming_files_outside_their_folder_are_damage() {
+        let t = tempfile::tempdir().unwrap();
+        let s = Store::new(t.path());
+        let r = record(8);
+        let k = r.key();
+        let st = s.staging(&k).unwrap();
+        fs::write(st.join("a.txt"), "x").unwrap();
+        let dir = s.commit(&st, &r, "x", 0.1, false).unwrap();
+        let rec = dir.join(ENTRY);
+        let good = fs::read(&rec).unwrap();
+        for bad in [
+            "../a.txt",
+            "..",
+            ".",
+            "",
+            "sub/a.txt",
+            "a.txt",
+            "entry.json",
+        ] {
+            let mut e: serde_json::Value = serde_json::from_slice(&good).unwrap();
+            e["files"]
+                .as_array_mut()
+                .unwrap()
+                .push(serde_json::json!({"name": bad, "bytes": 1}));
+            damage(&rec, &serde_json::to_vec(&e).unwrap());
+            let why = verify_entry(&dir, &k).unwrap_err();
+            assert!(why.contains("not a plain file name"), "{bad:?}: {why}");
+        }
+        // A key that is no key, and a record too big to be one.
+        let mut e: serde_json::Value = serde_json::from_slice(&good).unwrap();
+        e["key"] = "../../x".into();
+        damage(&rec, &serde_json::to_vec(&e).unwrap());
+        assert!(verify_entry(&dir, &k).unwrap_err().contains("not a key"));
+        damage(&rec, &vec![b' '; MAX_RECORD as usize + 1]);
+        assert!(verify_entry(&dir, &k).unwrap_err().contains("more than"));
+    }
+
+    #[test]
+    fn gc_on_a_shared_store_keeps_recent_checkpoints() {
+        let t = tempfile::tempdir().unwrap();
+        let s = Store::with_meta(&t.path().join("outputs"), &t.path().join("shared"));
+        let k = record(9).key();
+        let ck = s.checked_checkpoint_dir(&k).unwrap();
+        fs::create_dir_all(&ck).unwrap();
+        fs::write(ck.join("ckpt"), "weights").unwrap();
+        let day = std::time::Duration::from_secs(86400);
+        let r = s.gc(&HashSet::new(), false, day).unwrap();
+        assert_eq!(r.kept_checkpoints, 1);
+        assert!(ck.join("ckpt").exists(), "a checkpoint written now stays");
+        let r = s
+            .gc(&HashSet::new(), false, std::time::Duration::ZERO)
+            .unwrap();
+        assert_eq!((r.kept_checkpoints, r.other_bytes), (0, 7));
+        assert!(!ck.exists(), "an old one goes");
     }
 
     #[test]

@@ -225,7 +225,7 @@ impl Claims {
     }
 
     pub fn path(&self, key: &Key) -> PathBuf {
-        self.dir.join(format!("{}.claim", key.0))
+        self.dir.join(format!("{}.claim", key.as_str()))
     }
 
     /// Claim `key`, taking over a claim whose owner is gone.
@@ -373,7 +373,7 @@ mod tests {
     use super::*;
 
     fn info(key: &str) -> ClaimInfo {
-        ClaimInfo::new(&Key(key.repeat(64 / key.len())), "p", "s")
+        ClaimInfo::new(&Key::parse(&key.repeat(64 / key.len())).unwrap(), "p", "s")
     }
 
     #[test]

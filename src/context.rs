@@ -30,6 +30,9 @@ pub struct StageCtx {
     pub progress: StageProgress,
     /// Where a long stage keeps its checkpoints; it belongs to the stage's key.
     pub checkpoints: PathBuf,
+    /// Project-relative path → blake3 of the content the key was computed from: a project file
+    /// a stage reads must still have it ([`StageCtx::read_project_file`]).
+    files: std::collections::BTreeMap<String, String>,
     summary: serde_json::Map<String, serde_json::Value>,
     log: Vec<String>,
     notes: Vec<String>,
@@ -55,10 +58,51 @@ impl StageCtx {
             out,
             progress,
             checkpoints,
+            files: Default::default(),
             summary: Default::default(),
             log: Vec::new(),
             notes: Vec::new(),
         }
+    }
+
+    /// The project files this stage may read, with the digests its key holds.
+    pub fn with_files(mut self, files: std::collections::BTreeMap<String, String>) -> Self {
+        self.files = files;
+        self
+    }
+
+    /// Read a project file (a corpus, a series) that the stage's key was computed from, and
+    /// check that the bytes read are the ones the key names: a file edited between planning and
+    /// this read (an editor's save, a `git checkout` during a sweep) fails the stage, which then
+    /// commits nothing. The bytes are read into memory and hashed there, so what is checked is
+    /// exactly what the stage uses, even if the file changes again later.
+    pub fn read_project_file(&self, rel: &str) -> Result<Vec<u8>> {
+        let Some(want) = self.files.get(rel) else {
+            anyhow::bail!(
+                "stage `{}` read `{rel}`, which its key does not name (a seqpipe bug: a stage \
+                 must declare the files it reads)",
+                self.stage
+            );
+        };
+        let path = self.root.join(rel);
+        let bytes = std::fs::read(&path).with_context(|| format!("cannot read `{rel}`"))?;
+        let got = if bytes.len() >= 16 << 20 {
+            blake3::Hasher::new().update_rayon(&bytes).finalize()
+        } else {
+            blake3::hash(&bytes)
+        };
+        if got.to_hex().as_str() != want {
+            anyhow::bail!(
+                "`{rel}` changed while the run was going on: the run planned this stage with \
+                 its content as it was then (blake3 {}…), and it now reads other bytes ({} \
+                 bytes, blake3 {}…). Nothing was committed for this stage; rerun to use the file \
+                 as it is now",
+                &want[..12.min(want.len())],
+                bytes.len(),
+                &got.to_hex()[..12]
+            );
+        }
+        Ok(bytes)
     }
 
     /// The artifact folder of the input in `role`.

@@ -183,26 +183,8 @@ pub fn execute(
         .max()
         .unwrap_or(0);
     let keys: Vec<Key> = plan.steps.iter().map(|s| s.key.clone()).collect();
-    let live = store.register_run(&p.name, &keys).map_err(|e| {
-        // The first write of a run: a store that cannot be written fails here, for every run.
-        let e = anyhow::Error::from(e);
-        let denied = e.chain().any(|c| {
-            c.downcast_ref::<std::io::Error>().is_some_and(|io| {
-                io.kind() == std::io::ErrorKind::PermissionDenied
-                    || io.raw_os_error() == Some(libc::EROFS)
-            })
-        });
-        if denied {
-            e.context(format!(
-                "the store {} cannot be written: every run writes its claims and run records \
-                 there, even when all is cached; make it writable, or name another store with \
-                 --store",
-                store.meta().display()
-            ))
-        } else {
-            e
-        }
-    })?;
+    // The store was checked writable before the plan (`Store::prepare`).
+    let live = store.register_run(&p.name, &keys)?;
 
     for (i, s) in plan.steps.iter().enumerate() {
         if s.action == Action::Hit {

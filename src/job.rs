@@ -43,9 +43,22 @@ pub enum JobError {
         stage: String,
         path: String,
     },
+    #[error(
+        "input `{role}` ({stage}) changed while this stage ran: its file {file} is not the one \
+         verified before (a view under outputs/ shares the store's files; copy a file out of a \
+         view before editing it). Nothing was committed for this stage; rerun"
+    )]
+    InputChanged {
+        role: String,
+        stage: String,
+        file: String,
+    },
     #[error("the stage panicked: {0}")]
     Panicked(String),
 }
+
+/// The most a job description may hold (params, records and inputs: kilobytes in practice).
+const MAX_JOB: u64 = 16 << 20;
 
 /// Bump when the job description changes meaning.
 pub const JOB_SCHEMA: u32 = 1;
@@ -111,7 +124,8 @@ pub struct JobResult {
 
 impl JobSpec {
     pub fn read(path: &Path) -> Result<JobSpec> {
-        let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        let bytes = crate::fsutil::read_bounded(path, MAX_JOB)
+            .with_context(|| format!("reading the job description {}", path.display()))?;
         let spec: JobSpec = serde_json::from_slice(&bytes).map_err(|e| JobError::Description {
             path: path.display().to_string(),
             why: e.to_string(),
@@ -132,6 +146,23 @@ impl JobSpec {
             &serde_json::to_vec_pretty(self)?,
         )?)
     }
+}
+
+/// The inputs' entries are still the files verified before the stage read them: an input
+/// edited meanwhile (through a view, which shares the store's files, by root or after a
+/// `chmod`) fails the stage, so that nothing computed from changed bytes is committed.
+fn inputs_unchanged(spec: &JobSpec, store: &Store) -> Result<()> {
+    for i in &spec.inputs {
+        if let Some(Err(file)) = store.unchanged_since_verified(&i.key) {
+            return Err(JobError::InputChanged {
+                role: i.role.clone(),
+                stage: i.stage.clone(),
+                file,
+            }
+            .into());
+        }
+    }
+    Ok(())
 }
 
 /// Run one job: claim its key (waiting while another process holds it), use the entry if the
@@ -228,10 +259,10 @@ pub fn run_job(spec: &JobSpec, store: &Store, progress: StageProgress) -> Result
         ));
     }
     let staging = store.staging(&spec.key)?;
-    let checkpoints = store.checkpoint_dir(&spec.key);
+    let checkpoints = store.checked_checkpoint_dir(&spec.key)?;
     if spec.force && checkpoints.exists() {
         // Forced means from scratch: not from where an earlier, interrupted run stopped.
-        std::fs::remove_dir_all(&checkpoints).map_err(|e| {
+        store.remove_checkpoints(&spec.key).map_err(|e| {
             anyhow::anyhow!(
                 "removing the checkpoint {} of a forced stage: {e}",
                 checkpoints.display()
@@ -250,7 +281,8 @@ pub fn run_job(spec: &JobSpec, store: &Store, progress: StageProgress) -> Result
         staging.clone(),
         checkpoints.join("ckpt"),
         progress.clone(),
-    );
+    )
+    .with_files(spec.record.files.clone());
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| params.run(&mut ctx)));
     progress.finish();
     let computed = match result {
@@ -267,12 +299,13 @@ pub fn run_job(spec: &JobSpec, store: &Store, progress: StageProgress) -> Result
     notes.extend(ctx.notes().iter().cloned());
     let secs = t.elapsed().as_secs_f64();
     let committed = computed
+        .and_then(|()| inputs_unchanged(spec, store))
         .and_then(|()| Ok(store.commit(&staging, &spec.record, &spec.stage, secs, spec.force)?));
     if let Err(e) = committed {
         let _ = std::fs::remove_dir_all(&staging);
         return Err(e);
     }
-    let _ = std::fs::remove_dir_all(&checkpoints);
+    let _ = store.remove_checkpoints(&spec.key);
     drop(claim);
     Ok(JobResult {
         outcome: Outcome::Computed,

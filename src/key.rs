@@ -11,9 +11,12 @@ use std::path::{Path, PathBuf};
 /// Bump when the record's layout or meaning changes: every key changes with it.
 pub const KEY_SCHEMA: u32 = 1;
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+/// A stage's key: 64 lowercase hex digits (a blake3 digest), checked wherever one is read (a
+/// record, a job description, a view's `.key`, a store folder's name), so that a key is always
+/// safe to use as a file name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(transparent)]
-pub struct Key(pub String);
+pub struct Key(String);
 
 impl fmt::Display for Key {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -22,8 +25,35 @@ impl fmt::Display for Key {
 }
 
 impl Key {
+    /// A key from its text: exactly 64 lowercase hex digits, or `None`.
+    pub fn parse(s: &str) -> Option<Key> {
+        (s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
+            .then(|| Key(s.to_string()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
     pub fn short(&self) -> &str {
-        &self.0[..12.min(self.0.len())]
+        &self.0[..12]
+    }
+
+    /// The store's shard folder for this key: its first two hex digits.
+    pub fn prefix(&self) -> &str {
+        &self.0[..2]
+    }
+}
+
+impl<'de> Deserialize<'de> for Key {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Key::parse(&s).ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "`{}` is not a key (64 lowercase hex digits)",
+                s.chars().take(80).collect::<String>()
+            ))
+        })
     }
 }
 
@@ -261,6 +291,28 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn a_key_is_64_hex_digits_and_nothing_else() {
+        let k = "ab".repeat(32);
+        assert_eq!(Key::parse(&k).unwrap().prefix(), "ab");
+        for bad in [
+            "",
+            "../../etc",
+            &k[..63],
+            &format!("{k}0"),
+            &k.to_uppercase(),
+            &format!("é{}", &k[2..]),
+        ] {
+            assert!(Key::parse(bad).is_none(), "{bad:?}");
+            assert!(
+                serde_json::from_str::<Key>(&format!("{bad:?}")).is_err(),
+                "{bad:?}"
+            );
+        }
+        let back: Key = serde_json::from_str(&format!("\"{k}\"")).unwrap();
+        assert_eq!(back.as_str(), k);
     }
 
     #[test]

@@ -16,7 +16,7 @@ const VIEW_KEY: &str = ".key";
 pub fn view_key_at(view: &Path) -> Option<Key> {
     fs::read_to_string(view.join(VIEW_KEY))
         .ok()
-        .map(|s| Key(s.trim().to_string()))
+        .and_then(|s| Key::parse(s.trim()))
 }
 
 /// How a view folder differs from its entry's files.
@@ -40,9 +40,9 @@ impl Differences {
     }
 }
 
-/// A hard link to the store's file is the store's file (verified with the entry); a copy is
-/// re-hashed.
-fn differences(view: &Path, object: &Path, entry: &Entry) -> Differences {
+/// A hard link to the store's file is the store's file when `object` was just verified
+/// (`verified`); otherwise, and for a copy, the file is re-hashed.
+fn differences(view: &Path, object: &Path, entry: &Entry, verified: bool) -> Differences {
     let mut d = Differences::default();
     let mut names: Vec<String> = match fs::read_dir(view) {
         Ok(rd) => rd
@@ -70,7 +70,7 @@ fn differences(view: &Path, object: &Path, entry: &Entry) -> Differences {
         .collect();
     for f in &entry.files {
         let v = view.join(&f.name);
-        if d.missing.contains(&f.name) || same_file(&v, &object.join(&f.name)) {
+        if d.missing.contains(&f.name) || (verified && same_file(&v, &object.join(&f.name))) {
             continue;
         }
         let ok = fs::metadata(&v).is_ok_and(|m| m.is_file() && m.len() == f.bytes)
@@ -84,7 +84,7 @@ fn differences(view: &Path, object: &Path, entry: &Entry) -> Differences {
 
 /// Why a view differs from its entry, or `None` when it shows exactly the entry's files.
 pub fn view_differs(view: &Path, object: &Path, entry: &Entry) -> Option<String> {
-    let d = differences(view, object, entry);
+    let d = differences(view, object, entry, true);
     if let Some(e) = d.unreadable {
         return Some(format!("cannot be read ({e})"));
     }
@@ -147,11 +147,15 @@ pub fn publish(
         }
         Ok(_) => {
             let shown = view_key_at(&view);
-            // Names that are seqpipe's: this entry's, and those of the entry the view showed.
-            let mut ours: Vec<String> = entry.files.iter().map(|f| f.name.clone()).collect();
+            // Names whose file in the view is seqpipe's, unchanged: the entry's when the view
+            // shows this entry; when it showed another, that entry's files that are still its
+            // own (a user's edit of one, or a file a user added under a name the new entry
+            // has, is moved aside, never deleted).
+            let mut ours: Vec<String> = Vec::new();
             let mut differing = Vec::new();
             if shown.as_ref() == Some(key) {
-                let d = differences(&view, object, &entry);
+                ours.extend(entry.files.iter().map(|f| f.name.clone()));
+                let d = differences(&view, object, &entry, true);
                 if d.is_empty() {
                     return Ok(Published {
                         view,
@@ -164,15 +168,24 @@ pub fn publish(
                 why.extend(d.missing.iter().map(|m| format!("{m} was missing")));
                 differing = d.differing;
             } else if let Some(old) = &shown {
-                match object.parent().and_then(Path::parent) {
-                    // `objects/<2 hex>/<key>`, as the store lays entries out.
-                    Some(objects) if old.0.len() > 2 => {
-                        match read_entry(&objects.join(&old.0[..2]).join(&old.0)) {
-                            Ok(e) => ours.extend(e.files.into_iter().map(|f| f.name)),
-                            // Its entry is gone: its files are the read-only ones.
-                            Err(_) => ours.extend(read_only_names(&view)),
-                        }
+                // `objects/<2 hex>/<key>`, as the store lays entries out.
+                let old_dir = object
+                    .parent()
+                    .and_then(Path::parent)
+                    .map(|objects| objects.join(old.prefix()).join(old.as_str()));
+                match old_dir.as_ref().map(|d| (d, read_entry(d))) {
+                    Some((old_dir, Ok(e))) => {
+                        // Not verified: an edit made through the view changed its store file too.
+                        let d = differences(&view, old_dir, &e, false);
+                        ours.extend(
+                            e.files
+                                .into_iter()
+                                .map(|f| f.name)
+                                .filter(|n| !d.differing.contains(n)),
+                        );
+                        differing = d.differing;
                     }
+                    // Its entry is gone: its files are the read-only ones.
                     _ => ours.extend(read_only_names(&view)),
                 }
             } else {
@@ -218,7 +231,7 @@ pub fn publish(
             set_read_only(&dst);
         }
     }
-    fs::write(tmp.join(VIEW_KEY), &key.0)
+    fs::write(tmp.join(VIEW_KEY), key.as_str())
         .with_context(|| format!("writing {}", tmp.join(VIEW_KEY).display()))?;
     // Swap it in. Another run may swap the same view at the same moment: retry.
     for attempt in 0.. {
@@ -299,9 +312,11 @@ fn shown_path(path: &Path) -> String {
 
 /// Remove `.tmp-*` and `.old-*` folders that crashed runs left in `outputs/<pipeline>/`.
 pub fn clean_leftovers(outputs: &Path, pipeline: &str) -> usize {
-    crate::cache::remove_dead(&outputs.join(pipeline), |n| {
-        n.starts_with(".tmp-") || n.starts_with(".old-")
-    }) + remove_legacy(&outputs.join(pipeline))
+    let Ok(dir) = crate::fsutil::PinnedDir::open(&outputs.join(pipeline), &[]) else {
+        return 0;
+    };
+    crate::cache::remove_dead(&dir, |n| n.starts_with(".tmp-") || n.starts_with(".old-"))
+        + remove_legacy(&outputs.join(pipeline))
 }
 
 /// Leftovers named `.tmp-<stage>-<pid>` by seqpipe before owners were tagged with the host.

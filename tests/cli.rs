@@ -3128,3 +3128,6 @@ fn an_unwritable_store_is_named() {
         "{err}"
     );
 }
+
+#[path = "cli/trust.rs"]
+mod trust;

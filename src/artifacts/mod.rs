@@ -105,8 +105,10 @@ pub fn describe(types: &[Art]) -> String {
 /// A file's bytes, memory-mapped (read into memory where mapping fails, e.g. an empty file).
 pub fn read_mapped(path: &std::path::Path) -> std::io::Result<Mapped> {
     let f = std::fs::File::open(path)?;
-    // SAFETY: inputs are read-only store files or the user's corpus, not changed while a
-    // stage runs (a corpus changed meanwhile changes the key on the next run).
+    // SAFETY: inputs are read-only store files, verified against their record; a file changed
+    // while a stage runs fails the stage before its result is committed (the job compares the
+    // inputs' fingerprints after the stage). Project files are read into memory instead
+    // (`StageCtx::read_project_file`).
     match unsafe { memmap2::Mmap::map(&f) } {
         Ok(m) => Ok(Mapped::Map(m)),
         Err(_) => Ok(Mapped::Bytes(std::fs::read(path)?)),

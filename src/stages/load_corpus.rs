@@ -3,7 +3,7 @@
 use super::{ParamIssue, Roles, Stage};
 use crate::artifacts::{Art, Lines};
 use crate::context::StageCtx;
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Component, Path};
 
@@ -101,9 +101,7 @@ impl Stage for LoadCorpus {
     }
 
     fn run(&self, ctx: &mut StageCtx) -> Result<()> {
-        let path = ctx.root.join(&self.path);
-        let bytes = crate::artifacts::read_mapped(&path)
-            .with_context(|| format!("cannot read corpus `{}`", self.path))?;
+        let bytes = ctx.read_project_file(&self.path)?;
         let bytes: &[u8] = &bytes;
         if bytes.is_empty() {
             bail!(
