@@ -426,15 +426,24 @@ impl Claims {
             .collect()
     }
 
-    /// Remove the claims held by cluster job `job`, which has ended. Returns how many.
-    pub fn release_for_job(&self, job: &str) -> usize {
+    /// Remove the claims held by cluster job `job`, which has ended for certain (the caller has
+    /// Slurm's word or the job's exit code, never a controller's silence). `submitted_ms`: when
+    /// the job was submitted; a claim of the same job id made well before that (more than
+    /// [`stale_after`], for clocks that differ a little) is another cluster's job, and stays.
+    /// Returns how many went.
+    pub fn release_for_job(&self, job: &str, submitted_ms: u128) -> usize {
         let Ok(rd) = fs::read_dir(&self.dir) else {
             return 0;
         };
+        let not_before = submitted_ms.saturating_sub(stale_after().as_millis());
         rd.filter_map(|e| e.ok())
             .map(|e| e.path())
             .filter(|p| p.extension().is_some_and(|x| x == "claim"))
-            .filter(|p| read_claim(p).is_some_and(|c| c.job.as_deref() == Some(job)))
+            .filter(|p| {
+                read_claim(p).is_some_and(|c| {
+                    c.job.as_deref() == Some(job) && c.started_unix_ms >= not_before
+                })
+            })
             .filter(|p| fs::remove_file(p).is_ok())
             .count()
     }
@@ -916,5 +925,27 @@ mod tests {
             "{e}"
         );
         assert!(e.contains("remove /s/claims/abc.claim"), "{e}");
+    }
+
+    #[test]
+    fn a_jobs_claims_are_released_but_not_another_clusters_of_the_same_id() {
+        let t = tempfile::tempdir().unwrap();
+        let c = Claims::new(t.path().join("claims"));
+        fs::create_dir_all(t.path().join("claims")).unwrap();
+        let submitted = now_ms();
+        let mut ours = info("1a");
+        ours.job = Some("77".into());
+        ours.started_unix_ms = submitted + 500;
+        let mut other_cluster = info("2b");
+        other_cluster.job = Some("77".into());
+        other_cluster.started_unix_ms = submitted - 3_600_000;
+        let mut other_job = info("3c");
+        other_job.job = Some("78".into());
+        for i in [&ours, &other_cluster, &other_job] {
+            fs::write(c.path(&i.key), serde_json::to_vec(i).unwrap()).unwrap();
+        }
+        assert_eq!(c.release_for_job("77", submitted), 1);
+        assert!(!c.path(&ours.key).exists());
+        assert!(c.path(&other_cluster.key).exists() && c.path(&other_job.key).exists());
     }
 }
