@@ -568,7 +568,8 @@ fn is_stale(path: &Path, info: Option<&ClaimInfo>) -> bool {
                     "warning: the claim {} ({who}) has a heartbeat {} s in the future: the clock \
                      of {host} is ahead of this host's. Hosts sharing a store must agree on the \
                      time (NTP) to well within {} s (SEQPIPE_CLAIM_TIMEOUT); the claim is taken \
-                     over as stale, and its owner may compute the same key again",
+                     over as stale, so its owner, if it still runs, computes the key alongside \
+                     this run",
                     path.display(),
                     ahead.as_secs(),
                     stale_after().as_secs()
@@ -644,10 +645,11 @@ impl Waiting {
 /// A job waited on another process's claim for longer than `SEQPIPE_CLAIM_WAIT`.
 #[derive(Debug, thiserror::Error)]
 #[error(
-    "gave up after {waited_s} s waiting for key {key}: the claim {path} is held by {who}, whose \
-     heartbeat is fresh (SEQPIPE_CLAIM_WAIT={limit_s} s). Let that process finish, stop it, or \
-     raise SEQPIPE_CLAIM_WAIT; if it is really gone (a machine that cannot be reached, a clock \
-     far off), remove {path} and run again"
+    "gave up after {waited_s} s waiting for key {key}: the claim {path} is held by {who}, which \
+     looks alive (its process runs here, or its heartbeat is fresh; SEQPIPE_CLAIM_WAIT={limit_s} \
+     s). Let that process finish, stop it, or raise SEQPIPE_CLAIM_WAIT; if it is really gone (a \
+     machine that cannot be reached, a clock far off), remove \
+     {path} and run again"
 )]
 pub struct WaitTooLong {
     pub key: String,
