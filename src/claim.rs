@@ -3,12 +3,37 @@
 //! each other for anything else.
 //!
 //! A claim is a file `claims/<key>.claim` created exclusively (`O_CREAT|O_EXCL`, which holds on
-//! NFS v3+), holding the owner's host, pid and process start time. While the stage runs, a
-//! heartbeat thread refreshes the file's modification time. A claim whose owner is gone is taken
-//! over: on the same host when the pid no longer runs (the start time guards against reused
-//! pids), from another host when the heartbeat is older than [`stale_after`]. Take-overs go
-//! through a second exclusive file, so two processes never both take over one claim. Nothing
-//! here uses `flock`.
+//! NFS v3+), holding the owner's host, boot, pid and process start time ([`Owner`]). While the
+//! stage runs, a heartbeat thread refreshes the file's modification time. A claim whose owner is
+//! gone is taken over: on the same machine when the pid no longer runs (the start time guards
+//! against reused pids), from another machine when the heartbeat is older than
+//! [`stale_after`]. A heartbeat more than [`stale_after`] in the future is a clock skew between
+//! hosts: it is reported once and the claim counts as stale, so a wrong clock cannot hold a
+//! key forever. Take-overs go through a second exclusive file, so two processes never both take
+//! over one claim. Nothing here uses `flock`.
+//!
+//! ## Which machine: host and boot
+//!
+//! Two containers, or two clusters' `node001`, can share a host name and a pid. An owner's
+//! `boot` is the first [`BOOT_HEX`] hex digits of the blake3 digest of the kernel's boot id
+//! (`/proc/sys/kernel/random/boot_id`, or `/etc/machine-id` where there is none) and of the
+//! process's pid namespace (`/proc/self/ns/pid`, one per container). Only an owner with our host
+//! name *and* our boot is "here"; of any other, whether it runs cannot be told, and its claims
+//! expire by heartbeat only, its leftovers are never removed by us.
+//!
+//! ## Owner tags in file names
+//!
+//! Leftovers (staging folders `tmp/<key12>-<ms>~<tag>`, `trash/`, `quarantine/`, a view's
+//! `.tmp-…~<tag>`, checkpoints' `ckpt.tmp~<tag>`, live-run records `live/<tag>.json`) carry
+//! their writer's tag, [`Owner::tag`]:
+//!
+//! - `<host>~<pid>~<start>~<boot>`, the current form: host `[A-Za-z0-9._]+`, pid and start decimal
+//!   digits, boot exactly [`BOOT_HEX`] lowercase hex digits;
+//! - `<host>~<pid>`: written by older seqpipes, and where the start time or boot cannot be
+//!   read; its boot and start are unknown, and it is judged by host and pid alone.
+//!
+//! A name is `<prefix>~<tag>`; [`parse_tag_suffix`] splits it and checks the tag strictly,
+//! [`parse_tag`] reads a bare tag.
 
 use crate::key::Key;
 use serde::{Deserialize, Serialize};
@@ -32,6 +57,9 @@ pub fn stale_after() -> Duration {
         .unwrap_or(Duration::from_secs(60))
 }
 
+/// How many hex digits of the machine digest an [`Owner`]'s `boot` keeps.
+pub const BOOT_HEX: usize = 12;
+
 /// A process, identified well enough to tell whether it still runs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Owner {
@@ -40,6 +68,11 @@ pub struct Owner {
     /// The process's start time in clock ticks since boot (Linux), to tell a reused pid.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start: Option<u64>,
+    /// Which kernel boot and pid namespace the pid belongs to ([`BOOT_HEX`] hex digits; see the
+    /// module doc), to tell two machines or containers of one host name. `None`: written by an
+    /// older seqpipe, or unreadable here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot: Option<String>,
 }
 
 impl Owner {
@@ -52,21 +85,34 @@ impl Owner {
                 host: hostname(),
                 pid,
                 start: proc_start(pid),
+                boot: machine_boot(),
             }
         })
     }
 
-    /// `host~pid`: a tag for file names that a later run can parse back.
+    /// `host~pid~start~boot` (or `host~pid` when the start or boot is unknown): a tag for file
+    /// names that a later run can parse back with [`parse_tag_suffix`].
     pub fn tag(&self) -> String {
-        format!("{}~{}", self.host, self.pid)
+        match (self.start, &self.boot) {
+            (Some(start), Some(boot)) => format!("{}~{}~{start}~{boot}", self.host, self.pid),
+            _ => format!("{}~{}", self.host, self.pid),
+        }
     }
 
+    /// Whether this owner's pid is a pid of this machine: same host name and same boot (an
+    /// owner of unknown boot, from an older seqpipe, is judged by its host name alone).
     pub fn is_local(&self) -> bool {
-        self.host == Owner::me().host
+        let me = Owner::me();
+        self.host == me.host
+            && match (&self.boot, &me.boot) {
+                (None, _) => true,
+                (Some(theirs), Some(mine)) => theirs == mine,
+                (Some(_), None) => false,
+            }
     }
 
-    /// Whether a process of this host still runs as this owner. `None` when it cannot be
-    /// told (another host, or no `/proc`).
+    /// Whether a process of this machine still runs as this owner. `None` when it cannot be
+    /// told (another host, another boot or container of the same host name, or no `/proc`).
     pub fn alive_here(&self) -> Option<bool> {
         if !self.is_local() {
             return None;
@@ -79,25 +125,103 @@ impl Owner {
             Some(s) => Some(self.start.is_none_or(|mine| mine == s)),
         }
     }
+
+    /// `pid 123 on node001`, with the boot when it is not this machine's (same host name).
+    pub fn describe(&self) -> String {
+        match &self.boot {
+            Some(b) if self.host == Owner::me().host && !self.is_local() => {
+                format!(
+                    "pid {} on {} (another machine or container of that name, boot {b})",
+                    self.pid, self.host
+                )
+            }
+            _ => format!("pid {} on {}", self.pid, self.host),
+        }
+    }
 }
 
-/// Parse the owner out of a name `<anything>~<host>~<pid>`; `None` if it has no such tail.
+/// Read a bare tag, `host~pid~start~boot` or the older `host~pid` (see the module doc).
+pub fn parse_tag(tag: &str) -> Option<Owner> {
+    let (prefix, owner) = parse_tag_suffix(&format!("~{tag}")).map(|(p, o)| (p.len(), o))?;
+    (prefix == 0).then_some(owner)
+}
+
+/// Split a name `<prefix>~<tag>` into its prefix and the owner its tag names, checking the tag
+/// strictly: `host~pid~start~boot`, or the older `host~pid` (boot and start then unknown).
+/// `None` when the name ends in no such tag.
+pub fn parse_tag_suffix(name: &str) -> Option<(&str, Owner)> {
+    fn host_ok(h: &str) -> bool {
+        !h.is_empty()
+            && h.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_')
+    }
+    fn digits<T: std::str::FromStr>(s: &str) -> Option<T> {
+        (!s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| s.parse().ok())
+            .flatten()
+    }
+    fn boot_ok(b: &str) -> bool {
+        b.len() == BOOT_HEX && b.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'))
+    }
+    let fields: Vec<&str> = name.rsplitn(5, '~').collect();
+    // The current form: prefix ~ host ~ pid ~ start ~ boot.
+    if let [boot, start, pid, host, prefix] = fields[..] {
+        if let (true, Some(pid), Some(start), true) =
+            (host_ok(host), digits(pid), digits(start), boot_ok(boot))
+        {
+            let owner = Owner {
+                host: host.to_string(),
+                pid,
+                start: Some(start),
+                boot: Some(boot.to_string()),
+            };
+            return Some((prefix, owner));
+        }
+    }
+    // The older form: prefix ~ host ~ pid.
+    let fields: Vec<&str> = name.rsplitn(3, '~').collect();
+    if let [pid, host, prefix] = fields[..] {
+        if let (true, Some(pid)) = (host_ok(host), digits(pid)) {
+            let owner = Owner {
+                host: host.to_string(),
+                pid,
+                start: None,
+                boot: None,
+            };
+            return Some((prefix, owner));
+        }
+    }
+    None
+}
+
+/// Parse the owner out of a name `<anything>~<tag>`; `None` if it has no such tail.
 pub fn owner_from_tag(name: &str) -> Option<Owner> {
-    let mut parts = name.rsplitn(3, '~');
-    let pid = parts.next()?.parse().ok()?;
-    let host = parts.next()?;
-    parts.next()?;
-    Some(Owner {
-        host: host.to_string(),
-        pid,
-        start: None,
-    })
+    parse_tag_suffix(name).map(|(_, o)| o)
 }
 
 /// Whether a leftover named for `owner` may be removed: its owner is a dead process of this
-/// host. Leftovers of other hosts are left to their own runs.
+/// machine. Leftovers of other hosts, boots or containers are left to their own runs.
 pub fn leftover_is_dead(owner: &Owner) -> bool {
     owner.alive_here() == Some(false)
+}
+
+/// The machine digest of [`Owner::boot`]: the kernel's boot id (or the machine id) and this
+/// process's pid namespace. `None` where neither id can be read.
+fn machine_boot() -> Option<String> {
+    let id = ["/proc/sys/kernel/random/boot_id", "/etc/machine-id"]
+        .iter()
+        .filter_map(|p| fs::read_to_string(p).ok())
+        .map(|s| s.trim().to_string())
+        .find(|s| !s.is_empty())?;
+    let ns = fs::read_link("/proc/self/ns/pid")
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    Some(boot_digest(&id, &ns))
+}
+
+fn boot_digest(id: &str, pid_namespace: &str) -> String {
+    let h = blake3::hash(format!("{id}\n{pid_namespace}").as_bytes());
+    h.to_hex()[..BOOT_HEX].to_string()
 }
 
 fn hostname() -> String {
@@ -155,8 +279,10 @@ impl ClaimInfo {
 
     pub fn describe(&self) -> String {
         format!(
-            "stage `{}` of `{}`, pid {} on {}",
-            self.stage, self.pipeline, self.owner.pid, self.owner.host
+            "stage `{}` of `{}`, {}",
+            self.stage,
+            self.pipeline,
+            self.owner.describe()
         )
     }
 }
@@ -259,8 +385,11 @@ impl Claims {
         match File::options().write(true).create_new(true).open(&guard) {
             Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                // Someone else is taking it over; a guard left by a crash expires.
-                if age(&guard).is_some_and(|a| a > stale_after()) {
+                // Someone else is taking it over; a guard left by a crash expires (one dated
+                // far in the future too: a skewed clock must not block the key for ever).
+                if mtime_age(&guard)
+                    .is_some_and(|a| heartbeat(a, stale_after()) != Heartbeat::Fresh)
+                {
                     let _ = fs::remove_file(&guard);
                 }
                 std::thread::sleep(Duration::from_millis(50));
@@ -297,15 +426,24 @@ impl Claims {
             .collect()
     }
 
-    /// Remove the claims held by cluster job `job`, which has ended. Returns how many.
-    pub fn release_for_job(&self, job: &str) -> usize {
+    /// Remove the claims held by cluster job `job`, which has ended for certain (the caller has
+    /// Slurm's word or the job's exit code, never a controller's silence). `submitted_ms`: when
+    /// the job was submitted; a claim of the same job id made well before that (more than
+    /// [`stale_after`], for clocks that differ a little) is another cluster's job, and stays.
+    /// Returns how many went.
+    pub fn release_for_job(&self, job: &str, submitted_ms: u128) -> usize {
         let Ok(rd) = fs::read_dir(&self.dir) else {
             return 0;
         };
+        let not_before = submitted_ms.saturating_sub(stale_after().as_millis());
         rd.filter_map(|e| e.ok())
             .map(|e| e.path())
             .filter(|p| p.extension().is_some_and(|x| x == "claim"))
-            .filter(|p| read_claim(p).is_some_and(|c| c.job.as_deref() == Some(job)))
+            .filter(|p| {
+                read_claim(p).is_some_and(|c| {
+                    c.job.as_deref() == Some(job) && c.started_unix_ms >= not_before
+                })
+            })
             .filter(|p| fs::remove_file(p).is_ok())
             .count()
     }
@@ -351,21 +489,174 @@ fn read_claim(path: &Path) -> Option<ClaimInfo> {
     serde_json::from_slice(&fs::read(path).ok()?).ok()
 }
 
-fn age(path: &Path) -> Option<Duration> {
+/// How old a file's modification time is: `Ok(age)`, or `Err(ahead)` when it lies ahead of
+/// this host's clock.
+fn mtime_age(path: &Path) -> Option<Result<Duration, Duration>> {
     let m = fs::metadata(path).ok()?.modified().ok()?;
-    Some(SystemTime::now().duration_since(m).unwrap_or_default())
+    Some(match SystemTime::now().duration_since(m) {
+        Ok(age) => Ok(age),
+        Err(e) => Err(e.duration()),
+    })
 }
 
-/// A claim is stale when its owner is a dead process of this host, or when its heartbeat is
-/// older than the timeout. A claim being written (not yet readable) is stale only by age.
+/// What a claim's heartbeat says of its owner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Heartbeat {
+    /// Refreshed within `stale` (or a little ahead of our clock): the owner runs.
+    Fresh,
+    /// Older than `stale`: the owner is gone.
+    Stale,
+    /// More than `stale` in the future: the owner's clock is ahead of ours by about this much.
+    /// It counts as stale, so that a wrong clock cannot hold a key for ever.
+    Skewed(Duration),
+}
+
+/// Judge a heartbeat `age` (`Err(ahead)`: in the future) against the timeout `stale`.
+pub fn heartbeat(age: Result<Duration, Duration>, stale: Duration) -> Heartbeat {
+    match age {
+        Ok(a) if a > stale => Heartbeat::Stale,
+        Err(ahead) if ahead > stale => Heartbeat::Skewed(ahead),
+        _ => Heartbeat::Fresh,
+    }
+}
+
+/// Warnings not yet shown (clock skews seen on claims), and the hosts already warned about.
+fn warnings() -> &'static Mutex<(Vec<String>, Vec<String>)> {
+    static W: OnceLock<Mutex<(Vec<String>, Vec<String>)>> = OnceLock::new();
+    W.get_or_init(|| Mutex::new((Vec::new(), Vec::new())))
+}
+
+/// Record a warning, once per `about` (a host) in the life of this process.
+fn warn_once(about: &str, text: String) {
+    let mut w = warnings().lock().unwrap_or_else(|e| e.into_inner());
+    if !w.1.iter().any(|a| a == about) {
+        w.1.push(about.to_string());
+        w.0.push(text);
+    }
+}
+
+/// The warnings this module has to report (each once) since the last call: a caller that
+/// claims keys shows them to its user.
+pub fn take_warnings() -> Vec<String> {
+    std::mem::take(&mut warnings().lock().unwrap_or_else(|e| e.into_inner()).0)
+}
+
+/// A claim is stale when its owner is a dead process of this machine, or when its heartbeat is
+/// older than the timeout, or more than the timeout in the future (a clock skew, reported once).
+/// A claim being written (not yet readable) is stale only by age.
 fn is_stale(path: &Path, info: Option<&ClaimInfo>) -> bool {
     if let Some(alive) = info.and_then(|c| c.owner.alive_here()) {
         return !alive;
     }
-    match age(path) {
-        Some(a) => a > stale_after(),
-        None => false,
+    let Some(age) = mtime_age(path) else {
+        return false;
+    };
+    match heartbeat(age, stale_after()) {
+        Heartbeat::Fresh => false,
+        Heartbeat::Stale => true,
+        Heartbeat::Skewed(ahead) => {
+            let (who, host) = match info {
+                Some(c) => (c.describe(), c.owner.host.clone()),
+                None => (
+                    "a claim being written".to_string(),
+                    path.display().to_string(),
+                ),
+            };
+            warn_once(
+                &host,
+                format!(
+                    "warning: the claim {} ({who}) has a heartbeat {} s in the future: the clock \
+                     of {host} is ahead of this host's. Hosts sharing a store must agree on the \
+                     time (NTP) to well within {} s (SEQPIPE_CLAIM_TIMEOUT); the claim is taken \
+                     over as stale, so its owner, if it still runs, computes the key alongside \
+                     this run",
+                    path.display(),
+                    ahead.as_secs(),
+                    stale_after().as_secs()
+                ),
+            );
+            true
+        }
     }
+}
+
+/// How often a job waiting on another process's claim says it still waits.
+pub const WAIT_REMINDER: Duration = Duration::from_secs(60);
+
+/// How long a job waits on another process's claim before it fails (`SEQPIPE_CLAIM_WAIT`,
+/// seconds; default 24 h, since a training can take hours).
+pub fn wait_limit() -> Duration {
+    std::env::var("SEQPIPE_CLAIM_WAIT")
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+        .map(Duration::from_secs)
+        .unwrap_or(Duration::from_secs(24 * 3600))
+}
+
+/// What a job waiting on a claim does next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WaitStep {
+    /// Say that it waits, and for whom (the first time).
+    Begin,
+    /// Say that it still waits, after this long.
+    Remind(Duration),
+    /// Nothing new to say: wait on.
+    Quiet,
+    /// It waited the limit: fail with [`WaitTooLong`].
+    GiveUp,
+}
+
+/// The schedule of a wait on a claim: what to say, and when to give up.
+#[derive(Debug, Clone)]
+pub struct Waiting {
+    remind_every: Duration,
+    limit: Duration,
+    said: Option<Duration>,
+}
+
+impl Waiting {
+    pub fn new(remind_every: Duration, limit: Duration) -> Self {
+        Waiting {
+            remind_every,
+            limit,
+            said: None,
+        }
+    }
+
+    /// The step after waiting `waited` in all.
+    pub fn step(&mut self, waited: Duration) -> WaitStep {
+        if waited >= self.limit {
+            return WaitStep::GiveUp;
+        }
+        match self.said {
+            None => {
+                self.said = Some(waited);
+                WaitStep::Begin
+            }
+            Some(last) if waited.saturating_sub(last) >= self.remind_every => {
+                self.said = Some(waited);
+                WaitStep::Remind(waited)
+            }
+            Some(_) => WaitStep::Quiet,
+        }
+    }
+}
+
+/// A job waited on another process's claim for longer than `SEQPIPE_CLAIM_WAIT`.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "gave up after {waited_s} s waiting for key {key}: the claim {path} is held by {who}, which \
+     looks alive (its process runs here, or its heartbeat is fresh; SEQPIPE_CLAIM_WAIT={limit_s} \
+     s). Let that process finish, stop it, or raise SEQPIPE_CLAIM_WAIT; if it is really gone (a \
+     machine that cannot be reached, a clock far off), remove \
+     {path} and run again"
+)]
+pub struct WaitTooLong {
+    pub key: String,
+    pub path: String,
+    pub who: String,
+    pub waited_s: u64,
+    pub limit_s: u64,
 }
 
 #[cfg(test)]
@@ -433,12 +724,230 @@ mod tests {
         assert_eq!(c.clear_stale(), 1);
     }
 
+    fn dead_pid() -> u32 {
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        child.wait().unwrap();
+        pid
+    }
+
     #[test]
     fn owner_tags_round_trip() {
         let me = Owner::me();
-        let o = owner_from_tag(&format!(".tmp-train[a=1]~{}", me.tag())).unwrap();
-        assert_eq!((o.host.as_str(), o.pid), (me.host.as_str(), me.pid));
+        assert!(me.start.is_some() && me.boot.as_ref().is_some_and(|b| b.len() == BOOT_HEX));
+        let name = format!(".tmp-train[a=1]-17~{}", me.tag());
+        let (prefix, o) = parse_tag_suffix(&name).unwrap();
+        assert_eq!((prefix, &o), (".tmp-train[a=1]-17", me));
+        assert_eq!(owner_from_tag(&name).as_ref(), Some(me));
+        assert_eq!(parse_tag(&me.tag()).as_ref(), Some(me));
         assert_eq!(me.alive_here(), Some(true));
         assert!(owner_from_tag(".tmp-train-12").is_none());
+    }
+
+    #[test]
+    fn old_tags_are_read_with_boot_and_start_unknown() {
+        let (prefix, o) = parse_tag_suffix("abc123-17~node001~42").unwrap();
+        assert_eq!(prefix, "abc123-17");
+        assert_eq!(
+            o,
+            Owner {
+                host: "node001".into(),
+                pid: 42,
+                start: None,
+                boot: None
+            }
+        );
+        assert_eq!(parse_tag("node001~42"), Some(o));
+    }
+
+    #[test]
+    fn tags_are_checked_strictly() {
+        let boot = "0123456789ab";
+        assert!(parse_tag_suffix(&format!("p~n1~12~34~{boot}")).is_some());
+        for bad in [
+            format!("p~n 1~12~34~{boot}"),  // a host with a space…
+            "p~n-1~12".to_string(),         // …or a dash (hostname() never writes one)
+            "p~~12".to_string(),            // no host
+            "p~n1~12a".to_string(),         // a pid that is not a number
+            "p~n1~99999999999".to_string(), // nor a u32
+            format!("n1~12~34~{boot}"),     // no prefix: only a bare tag (parse_tag)
+            "p".to_string(),
+            "~".to_string(),
+        ] {
+            assert!(parse_tag_suffix(&bad).is_none(), "{bad}");
+        }
+        // A boot of the wrong form is not the current tag, and not an old one either.
+        for bad_boot in [
+            "0123456789AB",
+            "0123456789a",
+            "0123456789abc",
+            "0123456789ag",
+        ] {
+            let name = format!("p~n1~12~34~{bad_boot}");
+            assert!(parse_tag_suffix(&name).is_none(), "{name}");
+        }
+        assert!(parse_tag(&format!("x~n1~12~34~{boot}")).is_none());
+    }
+
+    #[test]
+    fn a_leftover_of_another_boot_is_never_dead_one_of_ours_is() {
+        let me = Owner::me();
+        let dead = dead_pid();
+        let ours = Owner {
+            pid: dead,
+            ..me.clone()
+        };
+        assert!(ours.is_local());
+        assert!(leftover_is_dead(
+            &owner_from_tag(&format!("abc-1~{}", ours.tag())).unwrap()
+        ));
+        // Same host name, another machine or container: its pids are not ours to judge.
+        let twin = Owner {
+            boot: Some("ffffffffffff".into()),
+            ..ours.clone()
+        };
+        assert!(!twin.is_local());
+        assert_eq!(twin.alive_here(), None);
+        let name = format!("abc-1~{}", twin.tag());
+        assert!(!leftover_is_dead(&owner_from_tag(&name).unwrap()));
+        // Even when the pid is one that runs here (this process's own).
+        let twin_me = Owner {
+            boot: Some("ffffffffffff".into()),
+            ..me.clone()
+        };
+        assert_eq!(twin_me.alive_here(), None);
+        // A reused pid: ours runs, but it started at another time.
+        let reused = Owner {
+            start: me.start.map(|s| s + 1),
+            ..me.clone()
+        };
+        assert!(leftover_is_dead(&parse_tag(&reused.tag()).unwrap()));
+        // An old tag with our host name and a dead pid: judged as before.
+        assert!(leftover_is_dead(
+            &owner_from_tag(&format!("abc-1~{}~{dead}", me.host)).unwrap()
+        ));
+        assert!(!leftover_is_dead(
+            &owner_from_tag(&format!("abc-1~{}~{}", me.host, me.pid)).unwrap()
+        ));
+    }
+
+    #[test]
+    fn the_boot_digest_names_boot_and_pid_namespace() {
+        let a = boot_digest("6c1b0e3f-0000", "pid:[4026531836]");
+        assert_eq!(a.len(), BOOT_HEX);
+        assert!(a
+            .bytes()
+            .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
+        assert_ne!(a, boot_digest("6c1b0e3f-0000", "pid:[4026532001]"));
+        assert_ne!(a, boot_digest("6c1b0e3f-0001", "pid:[4026531836]"));
+    }
+
+    #[test]
+    fn heartbeats_far_in_the_future_are_skew() {
+        let stale = Duration::from_secs(60);
+        let s = Duration::from_secs;
+        assert_eq!(heartbeat(Ok(s(3)), stale), Heartbeat::Fresh);
+        assert_eq!(heartbeat(Ok(s(61)), stale), Heartbeat::Stale);
+        // A clock a little ahead is no matter; far ahead is a skew, and bounded.
+        assert_eq!(heartbeat(Err(s(10)), stale), Heartbeat::Fresh);
+        assert_eq!(heartbeat(Err(s(600)), stale), Heartbeat::Skewed(s(600)));
+    }
+
+    #[test]
+    fn a_claim_dated_far_in_the_future_is_taken_over_and_reported_once() {
+        let t = tempfile::tempdir().unwrap();
+        let c = Claims::new(t.path().join("claims"));
+        let mut i = info("9a");
+        i.owner.host = "fastclock".into();
+        fs::create_dir_all(t.path().join("claims")).unwrap();
+        let p = c.path(&i.key);
+        fs::write(&p, serde_json::to_vec(&i).unwrap()).unwrap();
+        let ahead = SystemTime::now() + stale_after() + Duration::from_secs(120);
+        let set = |p: &Path| {
+            File::options()
+                .write(true)
+                .open(p)
+                .unwrap()
+                .set_modified(ahead)
+                .unwrap()
+        };
+        set(&p);
+        assert!(
+            !c.is_held(&i.key),
+            "a heartbeat far ahead does not hold the key for ever"
+        );
+        let w: Vec<String> = take_warnings()
+            .into_iter()
+            .filter(|w| w.contains("fastclock"))
+            .collect();
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(
+            w[0].contains("in the future") && w[0].contains("must agree"),
+            "{}",
+            w[0]
+        );
+        // Taken over; a second skewed claim of that host is not reported again.
+        assert!(matches!(
+            c.try_claim(&info("9a")).unwrap(),
+            TryClaim::Got(_)
+        ));
+        let j = ClaimInfo {
+            key: info("8b").key,
+            ..i.clone()
+        };
+        fs::write(c.path(&j.key), serde_json::to_vec(&j).unwrap()).unwrap();
+        set(&c.path(&j.key));
+        assert!(!c.is_held(&j.key));
+        assert!(take_warnings().iter().all(|w| !w.contains("fastclock")));
+    }
+
+    #[test]
+    fn a_long_wait_is_reminded_and_bounded() {
+        let s = Duration::from_secs;
+        let mut w = Waiting::new(s(60), s(3600));
+        assert_eq!(w.step(s(0)), WaitStep::Begin);
+        assert_eq!(w.step(s(1)), WaitStep::Quiet);
+        assert_eq!(w.step(s(59)), WaitStep::Quiet);
+        assert_eq!(w.step(s(60)), WaitStep::Remind(s(60)));
+        assert_eq!(w.step(s(61)), WaitStep::Quiet);
+        assert_eq!(w.step(s(125)), WaitStep::Remind(s(125)));
+        assert_eq!(w.step(s(3599)), WaitStep::Remind(s(3599)));
+        assert_eq!(w.step(s(3600)), WaitStep::GiveUp);
+        assert_eq!(Waiting::new(s(60), s(0)).step(s(0)), WaitStep::GiveUp);
+        let e = WaitTooLong {
+            key: "abc".into(),
+            path: "/s/claims/abc.claim".into(),
+            who: "stage `t` of `p`, pid 7 on n1".into(),
+            waited_s: 3600,
+            limit_s: 3600,
+        }
+        .to_string();
+        assert!(
+            e.contains("/s/claims/abc.claim") && e.contains("pid 7 on n1"),
+            "{e}"
+        );
+        assert!(e.contains("remove /s/claims/abc.claim"), "{e}");
+    }
+
+    #[test]
+    fn a_jobs_claims_are_released_but_not_another_clusters_of_the_same_id() {
+        let t = tempfile::tempdir().unwrap();
+        let c = Claims::new(t.path().join("claims"));
+        fs::create_dir_all(t.path().join("claims")).unwrap();
+        let submitted = now_ms();
+        let mut ours = info("1a");
+        ours.job = Some("77".into());
+        ours.started_unix_ms = submitted + 500;
+        let mut other_cluster = info("2b");
+        other_cluster.job = Some("77".into());
+        other_cluster.started_unix_ms = submitted - 3_600_000;
+        let mut other_job = info("3c");
+        other_job.job = Some("78".into());
+        for i in [&ours, &other_cluster, &other_job] {
+            fs::write(c.path(&i.key), serde_json::to_vec(i).unwrap()).unwrap();
+        }
+        assert_eq!(c.release_for_job("77", submitted), 1);
+        assert!(!c.path(&ours.key).exists());
+        assert!(c.path(&other_cluster.key).exists() && c.path(&other_job.key).exists());
     }
 }

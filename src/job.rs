@@ -7,7 +7,7 @@
 //! the store again under the claim, computes, commits and releases.
 
 use crate::cache::{Lookup, Store};
-use crate::claim::{ClaimInfo, TryClaim};
+use crate::claim::{self, ClaimInfo, TryClaim};
 use crate::context::{InputInfo, StageCtx};
 use crate::key::{Key, KeyRecord};
 use crate::progress::StageProgress;
@@ -188,25 +188,48 @@ pub fn run_job(spec: &JobSpec, store: &Store, progress: StageProgress) -> Result
     }
     let mut notes = Vec::new();
     let info = ClaimInfo::new(&spec.key, &spec.pipeline, &spec.stage);
-    let mut waited = false;
+    let mut waiting = claim::Waiting::new(claim::WAIT_REMINDER, claim::wait_limit());
+    let wait_began = Instant::now();
     let claim = loop {
-        match store.claims().try_claim(&info).with_context(|| {
+        let tried = store.claims().try_claim(&info).with_context(|| {
             format!(
                 "claiming key {} in {}",
                 spec.key.short(),
                 store.meta().display()
             )
-        })? {
+        })?;
+        for w in claim::take_warnings() {
+            progress.println(&format!("  [{}] {w}", spec.stage));
+            notes.push(w);
+        }
+        match tried {
             TryClaim::Got(c) => break c,
             TryClaim::Held(other) => {
-                if !waited {
-                    let who = other
-                        .map(|o| o.describe())
-                        .unwrap_or_else(|| "another process".into());
-                    let note = format!("waiting: {who} is computing the same key");
-                    progress.println(&format!("  [{}] {note}", spec.stage));
-                    notes.push(note);
-                    waited = true;
+                let who = other
+                    .map(|o| o.describe())
+                    .unwrap_or_else(|| "another process".into());
+                match waiting.step(wait_began.elapsed()) {
+                    claim::WaitStep::Begin => {
+                        let note = format!("waiting: {who} is computing the same key");
+                        progress.println(&format!("  [{}] {note}", spec.stage));
+                        notes.push(note);
+                    }
+                    claim::WaitStep::Remind(after) => progress.println(&format!(
+                        "  [{}] still waiting after {} s for {who}",
+                        spec.stage,
+                        after.as_secs()
+                    )),
+                    claim::WaitStep::Quiet => {}
+                    claim::WaitStep::GiveUp => {
+                        return Err(claim::WaitTooLong {
+                            key: spec.key.short().to_string(),
+                            path: store.claims().path(&spec.key).display().to_string(),
+                            who,
+                            waited_s: wait_began.elapsed().as_secs(),
+                            limit_s: claim::wait_limit().as_secs(),
+                        }
+                        .into())
+                    }
                 }
                 std::thread::sleep(Duration::from_millis(100));
             }

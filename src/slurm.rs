@@ -124,6 +124,81 @@ pub fn is_invalid_job_id(stderr: &str) -> bool {
     stderr.contains("Invalid job id")
 }
 
+/// What one poll learnt of a job from the controller.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Seen {
+    /// `squeue` lists it, in this state, for this reason.
+    Queued { state: String, reason: String },
+    /// It has left the queue: a `squeue` that answered does not list it (or refused its id
+    /// alone as invalid). `sacct`'s state for it, when accounting answered with a record.
+    Left { acct: Option<String> },
+    /// No answer about it (the controller or a query failed): nothing may be concluded.
+    Unknown,
+}
+
+/// What the driver makes of a job after a poll.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Verdict {
+    /// Queued or running, in this state.
+    Running(String),
+    /// Not known to have ended yet: ask again at the next poll.
+    Wait,
+    /// It ended. `certain`: Slurm named a final state, or the job wrote its exit code; only
+    /// then may the driver release the claims the job could not (a job that merely left the
+    /// queue, with no word on how, may be a controller's or accounting's mistake, and its
+    /// claims expire by heartbeat if it is really gone).
+    Ended {
+        code: Option<i32>,
+        state: String,
+        reason: String,
+        certain: bool,
+    },
+}
+
+/// Judge a job from what the controller said of it (`seen`), its exit-code file (`code`),
+/// and how long it has been seen out of the queue without one (`without_code`, against the
+/// filesystem's `grace`). A failed, timed-out or unreachable controller never ends a job.
+pub fn judge(
+    seen: &Seen,
+    code: Option<i32>,
+    without_code: Option<Duration>,
+    grace: Duration,
+) -> Verdict {
+    let ended = |state: &str, reason: &str, certain: bool| Verdict::Ended {
+        code,
+        state: state.to_string(),
+        reason: reason.to_string(),
+        certain,
+    };
+    let late = without_code.is_some_and(|w| w > grace);
+    match seen {
+        Seen::Queued { state, .. } if !is_terminal(state) => Verdict::Running(state.clone()),
+        // A final state: the job will not run again, whatever its exit-code file says.
+        Seen::Queued { state, reason } => {
+            if code.is_none() && state == "COMPLETED" && !late {
+                // Its exit code may still be on its way (NFS).
+                Verdict::Wait
+            } else {
+                ended(state, reason, true)
+            }
+        }
+        Seen::Left { acct: Some(state) } if is_terminal(state) => {
+            if code.is_none() && state == "COMPLETED" && !late {
+                Verdict::Wait
+            } else {
+                ended(state, "", true)
+            }
+        }
+        // The job script wrote its exit code: exec-job has ended.
+        _ if code.is_some() => ended("", "", true),
+        Seen::Unknown => Verdict::Wait,
+        // Out of the queue, with no final state on record and no exit code: an ended job whose
+        // end cannot be told for sure, once the grace for its exit-code file is over.
+        Seen::Left { .. } if late => ended("", "", false),
+        Seen::Left { .. } => Verdict::Wait,
+    }
+}
+
 /// Ids of jobs this process submitted and that have not ended, for Ctrl-C.
 fn submitted() -> &'static Mutex<Vec<String>> {
     static S: OnceLock<Mutex<Vec<String>>> = OnceLock::new();
@@ -206,6 +281,9 @@ struct SlurmJob {
     state: String,
     /// When the job was first seen finished without an exit-code file (NFS may lag).
     waiting_exit_since: Option<Instant>,
+    /// When it was submitted (ms since 1970): a claim of the same job id older than that is
+    /// another cluster's job.
+    submitted_ms: u128,
 }
 
 pub struct SlurmLauncher {
@@ -293,14 +371,22 @@ impl SlurmLauncher {
         )
     }
 
-    fn finish(&mut self, i: usize, result: Result<crate::job::JobResult>) -> Finished {
+    /// Report job `i` as ended. `certain`: Slurm or the job itself said it ended (see
+    /// [`Verdict::Ended`]); only then are the claims it could not release released.
+    fn finish(
+        &mut self,
+        i: usize,
+        result: Result<crate::job::JobResult>,
+        certain: bool,
+    ) -> Finished {
         let j = self.jobs.swap_remove(i);
         if let Ok(mut s) = submitted().lock() {
             s.retain(|x| x != &j.slurm);
         }
-        if result.is_err() {
+        if result.is_err() && certain {
             // A job that died cannot release its claim: the driver knows it is gone.
-            crate::claim::Claims::new(j.store.join("claims")).release_for_job(&j.slurm);
+            crate::claim::Claims::new(j.store.join("claims"))
+                .release_for_job(&j.slurm, j.submitted_ms);
         }
         Finished {
             id: j.id,
@@ -312,22 +398,23 @@ impl SlurmLauncher {
         }
     }
 
-    /// The outcome of a job that left the queue or reached a final state, if it can be told.
-    fn outcome(
+    /// The result of a job that ended, from its exit code and Slurm's state (`certain`: see
+    /// [`Verdict::Ended`]).
+    fn ended_result(
         &self,
         j: &SlurmJob,
+        code: Option<i32>,
         state: &str,
         reason: &str,
-    ) -> Option<Result<crate::job::JobResult>> {
-        let code = std::fs::read_to_string(&j.exit)
-            .ok()
-            .and_then(|s| s.trim().parse::<i32>().ok());
+        certain: bool,
+    ) -> Result<crate::job::JobResult> {
         let what = |detail: String| {
             let reason = if reason.is_empty() || reason == "None" {
                 String::new()
             } else {
                 format!(" ({reason})")
             };
+            let state = if state.is_empty() { "ended" } else { state };
             anyhow!(
                 "Slurm job {} {state}{reason}: {detail}\n{}",
                 j.slurm,
@@ -335,18 +422,19 @@ impl SlurmLauncher {
             )
         };
         match code {
-            Some(0) => Some(
-                crate::context::read_json::<crate::job::JobResult>(&j.result)
-                    .context("the job exited 0 but wrote no result"),
-            ),
-            Some(c) => Some(Err(what(format!("exec-job exited with code {c}")))),
+            Some(0) => crate::context::read_json::<crate::job::JobResult>(&j.result)
+                .context("the job exited 0 but wrote no result"),
+            Some(c) => Err(what(format!("exec-job exited with code {c}"))),
+            None if !certain => Err(what(
+                "it left the queue without writing its exit code, and no final state is on \
+                 record (is accounting on?); its claims are kept, and expire by heartbeat if \
+                 it is gone"
+                    .into(),
+            )),
             None if state == "COMPLETED" || state.is_empty() => {
-                // Ended without an exit code yet: the file may still be on its way (NFS).
-                let since = j.waiting_exit_since.unwrap_or_else(Instant::now);
-                (since.elapsed() > exit_grace())
-                    .then(|| Err(what("it ended without writing its exit code".into())))
+                Err(what("it ended without writing its exit code".into()))
             }
-            None => Some(Err(what("the job script did not finish".into()))),
+            None => Err(what("the job script did not finish".into())),
         }
     }
 
@@ -379,36 +467,41 @@ impl SlurmLauncher {
                 ],
             )
         };
-        let states = match query(&ids) {
-            Ok(out) => parse_squeue(&out),
+        // The ids squeue answered for: those it lists, and those it refused as invalid
+        // (purged: they left the queue). An id it gave no answer for is unknown.
+        let (states, answered): (Vec<QueueState>, Vec<String>) = match query(&ids) {
+            Ok(out) => (parse_squeue(&out), ids.clone()),
             // One purged id makes squeue refuse them all: ask one by one.
-            Err(e) if is_invalid_job_id(&e) => ids
-                .iter()
-                .filter_map(|id| query(std::slice::from_ref(id)).ok())
-                .flat_map(|o| parse_squeue(&o))
-                .collect(),
-            Err(e) => {
-                let since = *self.failing_since.get_or_insert_with(Instant::now);
-                eprintln!("warning: squeue failed ({e}); retrying");
-                if since.elapsed() > CONTROLLER_PATIENCE {
-                    while !self.jobs.is_empty() {
-                        let msg = anyhow!(
-                            "the Slurm controller has not answered for {} s: {e}",
-                            CONTROLLER_PATIENCE.as_secs()
-                        );
-                        done.push(self.finish(0, Err(msg)));
+            Err(e) if is_invalid_job_id(&e) => {
+                let mut states = Vec::new();
+                let mut answered = Vec::new();
+                let mut failed = None;
+                for id in &ids {
+                    match query(std::slice::from_ref(id)) {
+                        Ok(o) => states.extend(parse_squeue(&o)),
+                        Err(e) if is_invalid_job_id(&e) => {}
+                        Err(e) => {
+                            failed = Some(e);
+                            continue;
+                        }
                     }
+                    answered.push(id.clone());
                 }
-                return;
+                match failed {
+                    Some(e) if answered.is_empty() => return self.controller_failed(e, done),
+                    _ => (states, answered),
+                }
             }
+            Err(e) => return self.controller_failed(e, done),
         };
         self.failing_since = None;
-        let gone: Vec<String> = ids
+        let gone: Vec<String> = answered
             .iter()
             .filter(|id| !states.iter().any(|s| &&s.id == id))
             .cloned()
             .collect();
         let acct = if !gone.is_empty() && self.accounting() {
+            // A failed sacct tells nothing: those jobs are judged without it.
             slurm_cmd(
                 "sacct",
                 &[
@@ -427,32 +520,69 @@ impl SlurmLauncher {
         };
         let mut i = 0;
         while i < self.jobs.len() {
-            let (state, reason) = match states.iter().find(|s| s.id == self.jobs[i].slurm) {
-                Some(s) => (s.state.clone(), s.reason.clone()),
-                None => match acct.iter().find(|a| a.id == self.jobs[i].slurm) {
-                    Some(a) => (a.state.clone(), String::new()),
-                    None => (String::new(), String::new()),
+            let id = &self.jobs[i].slurm;
+            let seen = match states.iter().find(|s| &s.id == id) {
+                Some(s) => Seen::Queued {
+                    state: s.state.clone(),
+                    reason: s.reason.clone(),
                 },
+                None if answered.contains(id) => Seen::Left {
+                    acct: acct.iter().find(|a| &a.id == id).map(|a| a.state.clone()),
+                },
+                None => Seen::Unknown,
             };
-            if !state.is_empty() && !is_terminal(&state) {
-                if state != self.jobs[i].state && state == "RUNNING" {
-                    self.out.println(&format!(
-                        "  running {}  (slurm job {})",
-                        self.jobs[i].stage, self.jobs[i].slurm
-                    ));
-                }
-                self.jobs[i].state = state;
-                i += 1;
-                continue;
-            }
-            match self.outcome(&self.jobs[i], &state, &reason) {
-                Some(r) => done.push(self.finish(i, r)),
-                None => {
-                    self.jobs[i]
-                        .waiting_exit_since
-                        .get_or_insert_with(Instant::now);
+            let code = std::fs::read_to_string(&self.jobs[i].exit)
+                .ok()
+                .and_then(|s| s.trim().parse::<i32>().ok());
+            let without_code = self.jobs[i].waiting_exit_since.map(|t| t.elapsed());
+            match judge(&seen, code, without_code, exit_grace()) {
+                Verdict::Running(state) => {
+                    if state != self.jobs[i].state && state == "RUNNING" {
+                        self.out.println(&format!(
+                            "  running {}  (slurm job {})",
+                            self.jobs[i].stage, self.jobs[i].slurm
+                        ));
+                    }
+                    self.jobs[i].state = state;
                     i += 1;
                 }
+                Verdict::Wait => {
+                    if !matches!(seen, Seen::Unknown) {
+                        self.jobs[i]
+                            .waiting_exit_since
+                            .get_or_insert_with(Instant::now);
+                    }
+                    i += 1;
+                }
+                Verdict::Ended {
+                    code,
+                    state,
+                    reason,
+                    certain,
+                } => {
+                    let r = self.ended_result(&self.jobs[i], code, &state, &reason, certain);
+                    done.push(self.finish(i, r, certain));
+                }
+            }
+        }
+    }
+
+    /// squeue gave no answer. After [`CONTROLLER_PATIENCE`] of that, the jobs in flight are
+    /// reported lost, but their claims are kept: they may well still run (a job that is gone
+    /// leaves claims that expire by heartbeat).
+    fn controller_failed(&mut self, e: String, done: &mut Vec<Finished>) {
+        let since = *self.failing_since.get_or_insert_with(Instant::now);
+        eprintln!("warning: squeue failed ({e}); retrying");
+        if since.elapsed() > CONTROLLER_PATIENCE {
+            while !self.jobs.is_empty() {
+                let msg = anyhow!(
+                    "the Slurm controller has not answered for {} s: {e}. Slurm job {} may \
+                     still run: its claims are kept (check with `squeue -j {}`)",
+                    CONTROLLER_PATIENCE.as_secs(),
+                    self.jobs[0].slurm,
+                    self.jobs[0].slurm
+                );
+                done.push(self.finish(0, Err(msg), false));
             }
         }
     }
@@ -492,6 +622,7 @@ impl Launcher for SlurmLauncher {
         ];
         args.extend(spec.resources.sbatch_args());
         args.push(script.display().to_string());
+        let submitted_ms = crate::claim::now_ms();
         let out = slurm_cmd("sbatch", &args)
             .map_err(|e| anyhow!("sbatch refused the job of `{}`: {e}", spec.stage))?;
         let slurm = parse_sbatch(&out)?;
@@ -511,6 +642,7 @@ impl Launcher for SlurmLauncher {
             store: spec.store.clone(),
             state: "PENDING".into(),
             waiting_exit_since: None,
+            submitted_ms,
         });
         Ok(())
     }
@@ -548,6 +680,8 @@ impl Launcher for SlurmLauncher {
         }
     }
 
+    /// `scancel` the jobs; their claims are not released here: a cancelled job may run on
+    /// for a moment, and its own exit (or its heartbeat's end) releases them.
     fn cancel_all(&mut self) {
         let ids: Vec<String> = self.jobs.iter().map(|j| j.slurm.clone()).collect();
         if !ids.is_empty() {
@@ -622,5 +756,151 @@ mod tests {
             "1\n"
         );
         assert_eq!(shell_quote("a'b"), "'a'\\''b'");
+    }
+
+    /// A controller that fails, times out or cannot be reached never makes a job "ended", and
+    /// only Slurm's final state or the job's own exit code makes its end certain (the driver
+    /// then releases the claims the job could not).
+    #[test]
+    fn only_a_definite_answer_ends_a_job() {
+        let grace = Duration::from_secs(60);
+        let long = Some(Duration::from_secs(3600));
+        let queued = |state: &str| Seen::Queued {
+            state: state.into(),
+            reason: "None".into(),
+        };
+        let ended = |v: Verdict| match v {
+            Verdict::Ended { certain, .. } => Some(certain),
+            _ => None,
+        };
+        // squeue failed (Unable to contact slurm controller, a timeout…): wait, however long.
+        assert_eq!(judge(&Seen::Unknown, None, None, grace), Verdict::Wait);
+        assert_eq!(judge(&Seen::Unknown, None, long, grace), Verdict::Wait);
+        // …unless the job wrote its exit code: it has ended, for certain.
+        assert_eq!(
+            ended(judge(&Seen::Unknown, Some(1), None, grace)),
+            Some(true)
+        );
+        // Running, even with its exit code written (the script is exiting).
+        assert_eq!(
+            judge(&queued("RUNNING"), Some(0), None, grace),
+            Verdict::Running("RUNNING".into())
+        );
+        // A final state in squeue or sacct ends it for certain.
+        for s in parse_squeue("8|CANCELLED|None\n9|TIMEOUT|None\n") {
+            let seen = queued(&s.state);
+            assert_eq!(ended(judge(&seen, None, None, grace)), Some(true), "{s:?}");
+        }
+        for a in parse_sacct("12|CANCELLED by 0|0:15\n14|OUT_OF_MEMORY|0:125\n") {
+            let seen = Seen::Left {
+                acct: Some(a.state.clone()),
+            };
+            assert_eq!(ended(judge(&seen, None, None, grace)), Some(true), "{a:?}");
+        }
+        // COMPLETED without an exit code yet: its file may be on its way (NFS).
+        assert_eq!(
+            judge(&queued("COMPLETED"), None, None, grace),
+            Verdict::Wait
+        );
+        assert_eq!(
+            ended(judge(&queued("COMPLETED"), None, long, grace)),
+            Some(true)
+        );
+        // Left the queue, and sacct failed or has no record (accounting off): no word on how it
+        // ended. After the grace the stage fails, but its claims are not released.
+        let left = Seen::Left { acct: None };
+        assert_eq!(judge(&left, None, None, grace), Verdict::Wait);
+        assert_eq!(ended(judge(&left, None, long, grace)), Some(false));
+        assert_eq!(ended(judge(&left, Some(0), None, grace)), Some(true));
+        // sacct still says RUNNING for a job squeue no longer lists: not an end either.
+        let odd = Seen::Left {
+            acct: Some("RUNNING".into()),
+        };
+        assert_eq!(judge(&odd, None, None, grace), Verdict::Wait);
+        assert_eq!(ended(judge(&odd, None, long, grace)), Some(false));
+    }
+
+    fn launcher(t: &Path) -> SlurmLauncher {
+        let store = std::sync::Arc::new(crate::cache::Store::new(t));
+        let out = Output::detect(true);
+        SlurmLauncher {
+            dir: t.join("runs"),
+            exe: PathBuf::from("seqpipe"),
+            root: t.to_path_buf(),
+            threads: 1,
+            run_id: "r".into(),
+            poll_every: Duration::from_secs(2),
+            submit_all: true,
+            local: LocalLauncher::new(store, out.clone()),
+            out,
+            local_in_flight: 0,
+            jobs: Vec::new(),
+            last_poll: None,
+            failing_since: None,
+            sacct: Some(false),
+        }
+    }
+
+    fn job(t: &Path, store: &Path, slurm: &str) -> SlurmJob {
+        SlurmJob {
+            id: 0,
+            slurm: slurm.into(),
+            stage: "train".into(),
+            log: t.join(format!("{slurm}.log")),
+            exit: t.join(format!("{slurm}.exitcode")),
+            result: t.join(format!("{slurm}.result.json")),
+            store: store.to_path_buf(),
+            state: "RUNNING".into(),
+            waiting_exit_since: None,
+            submitted_ms: crate::claim::now_ms() - 1000,
+        }
+    }
+
+    /// A claim of Slurm job `slurm`, as its exec-job writes it.
+    fn claim_of(store: &Path, slurm: &str, key: &str) -> PathBuf {
+        let claims = crate::claim::Claims::new(store.join("claims"));
+        let mut i = crate::claim::ClaimInfo::new(&crate::key::Key(key.repeat(64)), "p", "train");
+        i.job = Some(slurm.into());
+        i.owner.host = "node001".into();
+        std::fs::create_dir_all(store.join("claims")).unwrap();
+        let p = claims.path(&i.key);
+        std::fs::write(&p, serde_json::to_vec(&i).unwrap()).unwrap();
+        p
+    }
+
+    #[test]
+    fn a_silent_controller_fails_the_jobs_but_keeps_their_claims() {
+        let t = tempfile::tempdir().unwrap();
+        let store = t.path().join("store");
+        let mut l = launcher(t.path());
+        l.jobs.push(job(t.path(), &store, "41"));
+        let claim = claim_of(&store, "41", "a");
+        let down = "squeue: error: Unable to contact slurm controller (connect failure)";
+        let mut done = Vec::new();
+        l.controller_failed(down.into(), &mut done);
+        assert!(done.is_empty() && l.jobs.len() == 1, "patience first");
+        l.failing_since = Some(Instant::now() - CONTROLLER_PATIENCE - Duration::from_secs(1));
+        l.controller_failed(down.into(), &mut done);
+        assert_eq!(done.len(), 1);
+        let e = format!("{:#}", done[0].result.as_ref().err().unwrap());
+        assert!(e.contains("may still run") && e.contains("41"), "{e}");
+        assert!(claim.exists(), "a job that may still run keeps its claims");
+    }
+
+    #[test]
+    fn a_job_that_ended_for_certain_has_its_claims_released() {
+        let t = tempfile::tempdir().unwrap();
+        let store = t.path().join("store");
+        let mut l = launcher(t.path());
+        l.jobs.push(job(t.path(), &store, "43"));
+        l.jobs.push(job(t.path(), &store, "44"));
+        let certain = claim_of(&store, "43", "c");
+        let unsure = claim_of(&store, "44", "d");
+        let f = l.finish(0, Err(anyhow!("TIMEOUT")), true);
+        assert_eq!(f.job.as_deref(), Some("43"));
+        assert!(!certain.exists());
+        let f = l.finish(0, Err(anyhow!("left the queue")), false);
+        assert_eq!(f.job.as_deref(), Some("44"));
+        assert!(unsure.exists());
     }
 }

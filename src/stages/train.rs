@@ -21,7 +21,7 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 #[derive(
@@ -530,12 +530,48 @@ struct Manifest {
     files: std::collections::BTreeMap<String, String>,
 }
 
-/// Write a checkpoint next to the old one, then swap: a crash leaves one complete checkpoint.
+/// `<ckpt>.<what>~<tag>`: the folder of `dir`'s checkpoints that this process writes (`tmp`) or
+/// sets aside (`old`). Named for the writer ([`crate::claim::Owner::tag`]), so that two writers
+/// of one key (a take-over of a presumed-dead owner, two hosts) never write into one folder.
+fn writer_sibling(dir: &Path, what: &str) -> PathBuf {
+    let name = dir.file_name().unwrap_or_default().to_string_lossy();
+    dir.with_file_name(format!("{name}.{what}~{}", crate::claim::Owner::me().tag()))
+}
+
+/// The folders beside `dir` that may hold a checkpoint of its key: `dir` itself, every writer's
+/// `<ckpt>.tmp~<tag>` and `<ckpt>.old~<tag>`, and the `<ckpt>.tmp` and `<ckpt>.old` of older
+/// seqpipes. With each, the writer its name tags (`None`: `dir`, or an untagged folder).
+fn checkpoint_folders(dir: &Path) -> Vec<(PathBuf, Option<crate::claim::Owner>)> {
+    let (Some(parent), Some(name)) = (dir.parent(), dir.file_name()) else {
+        return Vec::new();
+    };
+    let name = name.to_string_lossy();
+    let (tmp, old) = (format!("{name}.tmp"), format!("{name}.old"));
+    let Ok(rd) = std::fs::read_dir(parent) else {
+        return Vec::new();
+    };
+    let mut found: Vec<(PathBuf, Option<crate::claim::Owner>)> = rd
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let f = e.file_name().to_string_lossy().into_owned();
+            if f == name || f == tmp || f == old {
+                return Some((e.path(), None));
+            }
+            let (prefix, owner) = crate::claim::parse_tag_suffix(&f)?;
+            (prefix == tmp || prefix == old).then(|| (e.path(), Some(owner)))
+        })
+        .collect();
+    found.sort_by(|a, b| a.0.cmp(&b.0));
+    found
+}
+
+/// Write a checkpoint beside the current one, then swap: a crash leaves one complete checkpoint.
 fn save_checkpoint(dir: &Path, model: &AnyRef, opt: &nn::Optimizer, prog: &Progress) -> Result<()> {
     // Write a complete copy beside the current one (its manifest last), then swap them. A
-    // kill at any point leaves at least one complete checkpoint among dir, .tmp and .old.
-    let tmp = dir.with_extension("tmp");
-    let old = dir.with_extension("old");
+    // kill at any point leaves at least one complete checkpoint among dir and the writers'
+    // tmp~ and old~ folders; resuming takes the newest complete one.
+    let tmp = writer_sibling(dir, "tmp");
+    let old = writer_sibling(dir, "old");
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp).with_context(|| format!("removing {}", tmp.display()))?;
     }
@@ -554,15 +590,68 @@ fn save_checkpoint(dir: &Path, model: &AnyRef, opt: &nn::Optimizer, prog: &Progr
         files,
     };
     crate::fsutil::write_synced(&tmp.join(MANIFEST), &serde_json::to_vec_pretty(&manifest)?)?;
-    if dir.exists() {
-        if old.exists() {
-            std::fs::remove_dir_all(&old).with_context(|| format!("removing {}", old.display()))?;
-        }
-        std::fs::rename(dir, &old).with_context(|| format!("moving {} aside", dir.display()))?;
-    }
-    std::fs::rename(&tmp, dir).with_context(|| format!("renaming into {}", dir.display()))?;
-    let _ = std::fs::remove_dir_all(&old);
+    swap_into(&tmp, &old, dir)?;
+    remove_dead_writers(dir);
     Ok(())
+}
+
+/// Put the complete checkpoint `tmp` in place of `dir`, setting the current one aside as `old`
+/// until then. Another writer may swap at the same moment: a rename onto the folder it just
+/// put in place fails, and is tried again.
+fn swap_into(tmp: &Path, old: &Path, dir: &Path) -> Result<()> {
+    for attempt in 0.. {
+        if old.exists() {
+            std::fs::remove_dir_all(old).with_context(|| format!("removing {}", old.display()))?;
+        }
+        match std::fs::rename(dir, old) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("moving {} aside", dir.display())),
+        }
+        match std::fs::rename(tmp, dir) {
+            Ok(()) => break,
+            Err(_) if attempt < 8 && dir.exists() => {
+                std::thread::sleep(std::time::Duration::from_millis(10 << attempt.min(4)))
+            }
+            Err(e) => return Err(e).with_context(|| format!("renaming into {}", dir.display())),
+        }
+    }
+    let _ = std::fs::remove_dir_all(old);
+    Ok(())
+}
+
+/// Remove what other writers of `dir`'s checkpoints left and no longer need, once this process
+/// has saved its own: the folders of dead processes of this machine, and the untagged ones of
+/// older seqpipes. Those of live writers, and of other hosts (which cannot be told), stay; the
+/// whole folder goes when the stage commits.
+fn remove_dead_writers(dir: &Path) {
+    for (d, owner) in checkpoint_folders(dir) {
+        let gone = match &owner {
+            Some(o) => crate::claim::leftover_is_dead(o),
+            None => d != dir,
+        };
+        if gone {
+            let _ = std::fs::remove_dir_all(&d);
+        }
+    }
+}
+
+/// The folders of `dir`'s checkpoints that have a manifest (a checkpoint without one is
+/// partial and never counts), the newest first: by the epoch their manifest names, `dir` first
+/// among equals. An unreadable manifest sorts last (its check then says why).
+fn newest_first(dir: &Path) -> Vec<PathBuf> {
+    let mut found: Vec<(Option<usize>, bool, PathBuf)> = checkpoint_folders(dir)
+        .into_iter()
+        .filter(|(d, _)| d.join(MANIFEST).exists())
+        .map(|(d, _)| {
+            let epochs = crate::context::read_json::<Manifest>(&d.join(MANIFEST))
+                .ok()
+                .map(|m| m.epochs_done);
+            (epochs, d != dir, d)
+        })
+        .collect();
+    found.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
+    found.into_iter().map(|(_, _, d)| d).collect()
 }
 
 impl Train {
@@ -576,16 +665,8 @@ impl Train {
         model: &mut AnyModel,
         opt: &mut nn::Optimizer,
     ) -> std::result::Result<Option<Progress>, String> {
-        let dir = &ctx.checkpoints;
         let mut failures = Vec::new();
-        for d in [
-            dir.to_path_buf(),
-            dir.with_extension("tmp"),
-            dir.with_extension("old"),
-        ] {
-            if !d.join(MANIFEST).exists() {
-                continue;
-            }
+        for d in newest_first(&ctx.checkpoints) {
             match self.try_checkpoint(ctx, &d) {
                 Ok((m, o, p)) => {
                     *model = m;
@@ -683,5 +764,68 @@ mod tests {
             let declared = Art::TrainedModel.csv_columns(file).unwrap();
             assert_eq!(cols, declared, "{file}");
         }
+    }
+
+    fn fake_checkpoint(d: &Path, epochs: Option<usize>) {
+        std::fs::create_dir_all(d).unwrap();
+        std::fs::write(d.join("progress.json"), "{}").unwrap();
+        if let Some(e) = epochs {
+            let m = Manifest {
+                epochs_done: e,
+                files: Default::default(),
+            };
+            std::fs::write(d.join(MANIFEST), serde_json::to_vec(&m).unwrap()).unwrap();
+        }
+    }
+
+    fn dead_pid() -> u32 {
+        let mut c = std::process::Command::new("true").spawn().unwrap();
+        let pid = c.id();
+        c.wait().unwrap();
+        pid
+    }
+
+    #[test]
+    fn checkpoint_writers_use_their_own_folders_and_resume_takes_the_newest_complete() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path().join("ckpt");
+        let me = crate::claim::Owner::me();
+        let tmp = writer_sibling(&dir, "tmp");
+        assert_eq!(
+            tmp.file_name().unwrap().to_string_lossy(),
+            format!("ckpt.tmp~{}", me.tag())
+        );
+        let dead = crate::claim::Owner {
+            pid: dead_pid(),
+            ..me.clone()
+        };
+        let other_host = crate::claim::Owner {
+            host: "elsewhere".into(),
+            ..me.clone()
+        };
+        let theirs = t.path().join(format!("ckpt.tmp~{}", dead.tag()));
+        let remote = t.path().join(format!("ckpt.old~{}", other_host.tag()));
+        let partial = t.path().join(format!("ckpt.tmp~{}", other_host.tag()));
+        fake_checkpoint(&dir, Some(4));
+        fake_checkpoint(&theirs, Some(6)); // complete, not swapped in when its writer died
+        fake_checkpoint(&remote, Some(4));
+        fake_checkpoint(&partial, None); // being written: never a candidate
+        fake_checkpoint(&t.path().join("ckpt.old"), Some(2)); // an older seqpipe's
+        fake_checkpoint(&t.path().join("unrelated~x~1"), Some(9));
+        let order = newest_first(&dir);
+        assert_eq!(order[..2], [theirs.clone(), dir.clone()], "{order:?}");
+        assert_eq!(order.len(), 4, "{order:?}");
+        assert!(!order.contains(&partial));
+
+        // This writer saves after epoch 7: it swaps in, and removes what dead writers left.
+        fake_checkpoint(&tmp, Some(7));
+        swap_into(&tmp, &writer_sibling(&dir, "old"), &dir).unwrap();
+        remove_dead_writers(&dir);
+        assert!(!tmp.exists() && !writer_sibling(&dir, "old").exists());
+        assert!(!theirs.exists() && !t.path().join("ckpt.old").exists());
+        assert!(remote.exists() && partial.exists(), "another host's stay");
+        assert_eq!(newest_first(&dir)[0], dir);
+        let m: Manifest = crate::context::read_json(&dir.join(MANIFEST)).unwrap();
+        assert_eq!(m.epochs_done, 7);
     }
 }
