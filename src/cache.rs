@@ -11,7 +11,7 @@
 //! file, and the stage computes again. Computing a key is guarded by a per-key claim
 //! ([`crate::claim`]), not by a lock on the whole store.
 
-use crate::claim::{leftover_is_dead, now_ms, owner_from_tag, Claims, Owner};
+use crate::claim::{leftover_is_dead, now_ms, owner_from_tag, parse_tag, Claims, Owner};
 pub use crate::fsutil::{digest_file, set_read_only, write_synced};
 use crate::fsutil::{is_plain_name, read_bounded, stamp, sync_dir, Found, PinnedDir};
 
@@ -771,6 +771,29 @@ impl Store {
         }
         if !dry_run {
             self.clean_leftovers();
+            // Leftovers whose owner cannot be judged from here (another host, another boot of
+            // this one) go once nothing in them changed for the grace period.
+            for sub in ["tmp", "trash"] {
+                let Ok(d) = self.dir(sub, false) else {
+                    continue;
+                };
+                let Ok(rd) = fs::read_dir(d.path()) else {
+                    continue;
+                };
+                for e in rd.filter_map(|e| e.ok()) {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    let old = newest_mtime(&d.join(&name))
+                        .and_then(|t| now.duration_since(t).ok())
+                        .is_some_and(|age| age > recent.max(crate::claim::stale_after()));
+                    if tagged_name(&name) && old {
+                        let size = dir_size(&d.join(&name));
+                        if d.remove(&name).is_ok() {
+                            r.bytes += size;
+                            r.other_bytes += size;
+                        }
+                    }
+                }
+            }
         }
         Ok(r)
     }
@@ -1147,7 +1170,7 @@ fn live_name(n: &str) -> bool {
     let stem = n
         .strip_suffix(".json")
         .or_else(|| n.rsplit_once(".tmp").map(|(s, _)| s));
-    stem.is_some_and(|s| owner_from_tag(&format!("x~{s}")).is_some() || owner_from_tag(s).is_some())
+    stem.is_some_and(|s| parse_tag(s).is_some())
 }
 
 /// Names that may briefly stand at the store's top level: none (everything the store writes

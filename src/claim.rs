@@ -485,8 +485,10 @@ fn start_heartbeat(path: PathBuf, file: File) -> Claim {
     Claim { path, stop, beat }
 }
 
+/// A claim file: a plain file (never through a link) of at most 64 KiB (it holds an owner and
+/// a few names).
 fn read_claim(path: &Path) -> Option<ClaimInfo> {
-    serde_json::from_slice(&fs::read(path).ok()?).ok()
+    serde_json::from_slice(&crate::fsutil::read_bounded(path, 64 << 10).ok()?).ok()
 }
 
 /// How old a file's modification time is: `Ok(age)`, or `Err(ahead)` when it lies ahead of

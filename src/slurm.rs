@@ -859,7 +859,11 @@ mod tests {
     /// A claim of Slurm job `slurm`, as its exec-job writes it.
     fn claim_of(store: &Path, slurm: &str, key: &str) -> PathBuf {
         let claims = crate::claim::Claims::new(store.join("claims"));
-        let mut i = crate::claim::ClaimInfo::new(&crate::key::Key(key.repeat(64)), "p", "train");
+        let mut i = crate::claim::ClaimInfo::new(
+            &crate::key::Key::parse(&key.repeat(64)).unwrap(),
+            "p",
+            "train",
+        );
         i.job = Some(slurm.into());
         i.owner.host = "node001".into();
         std::fs::create_dir_all(store.join("claims")).unwrap();
