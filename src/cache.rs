@@ -543,7 +543,7 @@ impl Store {
                     let why = format!("{}, where the store keeps a folder", Found::describe(&p));
                     strange(&mut w, p, why);
                 }
-            } else if !is_probe_or_temp(&name) {
+            } else {
                 let why = format!("{}, not a name the store writes", Found::describe(&p));
                 strange(&mut w, p, why);
             }
@@ -772,7 +772,9 @@ impl Store {
         if !dry_run {
             self.clean_leftovers();
             // Leftovers whose owner cannot be judged from here (another host, another boot of
-            // this one) go once nothing in them changed for the grace period.
+            // this one) go once nothing in them changed for the grace period, unless the key
+            // they are named for is being computed (a long training's staging folder).
+            let computing: HashSet<&str> = in_use.iter().map(|k| k.short()).collect();
             for sub in ["tmp", "trash"] {
                 let Ok(d) = self.dir(sub, false) else {
                     continue;
@@ -782,10 +784,15 @@ impl Store {
                 };
                 for e in rd.filter_map(|e| e.ok()) {
                     let name = e.file_name().to_string_lossy().into_owned();
+                    let unjudged = owner_from_tag(&name).is_some_and(|o| o.alive_here().is_none());
+                    let computed = name
+                        .split('-')
+                        .next()
+                        .is_some_and(|k| computing.contains(k));
                     let old = newest_mtime(&d.join(&name))
                         .and_then(|t| now.duration_since(t).ok())
                         .is_some_and(|age| age > recent.max(crate::claim::stale_after()));
-                    if tagged_name(&name) && old {
+                    if tagged_name(&name) && unjudged && !computed && old {
                         let size = dir_size(&d.join(&name));
                         if d.remove(&name).is_ok() {
                             r.bytes += size;
@@ -1173,12 +1180,6 @@ fn live_name(n: &str) -> bool {
     stem.is_some_and(|s| parse_tag(s).is_some())
 }
 
-/// Names that may briefly stand at the store's top level: none (everything the store writes
-/// lives in its folders).
-fn is_probe_or_temp(_: &str) -> bool {
-    false
-}
-
 /// The result of `seqpipe verify`.
 #[derive(Debug, Default)]
 pub struct VerifyReport {
@@ -1494,6 +1495,35 @@ mod tests {
             .unwrap();
         assert_eq!((r.kept_checkpoints, r.other_bytes), (0, 7));
         assert!(!ck.exists(), "an old one goes");
+    }
+
+    #[test]
+    fn gc_removes_leftovers_no_run_can_judge_once_untouched_for_the_grace_period() {
+        let t = tempfile::tempdir().unwrap();
+        let s = Store::new(t.path());
+        let tmp = s.meta().join("tmp");
+        let (old, fresh, busy) = (
+            tmp.join("0123456789ab-1~elsewhere~42"),
+            tmp.join("ba9876543210-1~elsewhere~43"),
+            tmp.join(format!("{}-1~elsewhere~44", record(10).key().short())),
+        );
+        for d in [&old, &fresh, &busy] {
+            fs::create_dir_all(d).unwrap();
+        }
+        let long_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(86400 * 40);
+        for d in [&old, &busy] {
+            File::open(d).unwrap().set_modified(long_ago).unwrap();
+        }
+        // The key `busy` is named for is being computed (its claim is held).
+        let info = crate::claim::ClaimInfo::new(&record(10).key(), "p", "s");
+        let _held = s.claims().try_claim(&info).unwrap();
+        let month = std::time::Duration::from_secs(86400 * 30);
+        s.gc(&HashSet::new(), false, month).unwrap();
+        assert!(
+            !old.exists(),
+            "another host's leftover untouched for 40 days goes"
+        );
+        assert!(fresh.exists() && busy.exists());
     }
 
     #[test]
