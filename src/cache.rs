@@ -899,8 +899,8 @@ pub struct LiveRun {
 impl LiveRun {
     /// Refresh the heartbeat (for runs watched from other hosts).
     pub fn touch(&self) {
-        if let Ok(f) = File::options().write(true).open(&self.path) {
-            let _ = f.set_modified(std::time::SystemTime::now());
+        if Found::at(&self.path) == Found::File {
+            let _ = stamp(&self.path);
         }
     }
 }

@@ -45,7 +45,14 @@ pub fn digest_file(path: &Path) -> std::io::Result<String> {
 pub fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), FsError> {
     let tmp = path.with_extension(format!("tmp{}", std::process::id()));
     {
-        let mut f = File::create(&tmp).at("writing", &tmp)?;
+        // A fresh file, never through a link someone left at the temporary name: what stood
+        // there goes (a link is removed itself), and the create is exclusive.
+        let _ = fs::remove_file(&tmp);
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .at("writing", &tmp)?;
         std::io::Write::write_all(&mut f, bytes).at("writing", &tmp)?;
         f.sync_all().at("syncing", &tmp)?;
     }
