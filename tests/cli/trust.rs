@@ -257,3 +257,31 @@ fn switching_a_view_to_a_new_entry_keeps_a_users_edits() {
     );
     assert!(ok(p, &["verify"]).contains("0 damaged"));
 }
+
+#[test]
+fn a_wait_on_another_runs_claim_is_bounded_and_names_the_claim() {
+    let t = project();
+    let p = t.path();
+    std::fs::write(
+        p.join("long.yaml"),
+        tiny_lm(100_000, "").replace("name: tiny", "name: long"),
+    )
+    .unwrap();
+    let mut first = Guard(Some(spawn_run(p, &["run", "-q", "long.yaml"])));
+    wait_for_training(p, first.get());
+    let o = Command::new(BIN)
+        .args(["run", "long.yaml"])
+        .current_dir(p)
+        .env("NO_COLOR", "1")
+        .env("SEQPIPE_CLAIM_WAIT", "2")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("gave up after 2 s waiting for key"), "{err}");
+    assert!(
+        err.contains("outputs/.seqpipe/claims/") && err.contains(".claim is held by"),
+        "{err}"
+    );
+    drop(first);
+}
