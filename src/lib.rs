@@ -24,6 +24,7 @@ pub mod bigmem;
 pub mod cache;
 pub mod claim;
 pub mod fsutil;
+pub mod upkeep;
 pub mod view;
 
 // Running a plan: the executor's state machine, launchers (local, process, slurm), the job

@@ -29,7 +29,7 @@ pub fn status(p: &Pipeline, records: &[KeyRecord], store: &Store) -> Vec<StageSt
             continue;
         }
         let mut reasons = Vec::new();
-        match store.view_key(&p.name, &st.name) {
+        match crate::view::view_key_at(&store.outputs().join(&p.name).join(&st.name)) {
             None => reasons.push("never run".to_string()),
             Some(prev) => match store.entry(&prev) {
                 None => reasons.push("its last output is no longer in the cache".to_string()),
