@@ -1,9 +1,10 @@
 //! The model-side data artifacts: batches (a sampler over corpus ids), series, features.
 
+use super::sampler::SamplerSpec;
+use super::series::{Features, Series};
 use super::text::{CorpusIds, VocabArtifact};
+use super::vocab::Vocab;
 use crate::context::StageCtx;
-use crate::stages::series::{Features, Series};
-use crate::stages::{SamplerSpec, Vocab};
 use anyhow::Result;
 use std::path::Path;
 

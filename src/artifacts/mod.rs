@@ -8,7 +8,10 @@
 
 pub mod data;
 pub mod ids;
+pub mod sampler;
+pub mod series;
 pub mod text;
+pub mod vocab;
 
 pub use data::{Batches, FeaturesArtifact, SeriesArtifact};
 pub use ids::{IdBuf, IdWidth, Ids};

@@ -1,13 +1,21 @@
 //! The text artifacts: corpus lines, tokens, a vocabulary with corpus ids, corpus ids alone.
 
 use super::ids::{self, IdBuf, Ids};
+use super::vocab::Vocab;
 use crate::context::StageCtx;
-use crate::stages::Vocab;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
-pub use crate::stages::tokenize::Unit as TokenUnit;
+/// What a token is: a character, or a whitespace-separated word.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Unit {
+    Char,
+    Word,
+}
+
+pub use Unit as TokenUnit;
 
 /// Corpus lines (`load_corpus`): `lines.txt`, UTF-8, the lines joined by `\n`.
 pub struct Lines {

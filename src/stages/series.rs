@@ -9,6 +9,8 @@ use rand::SeedableRng;
 use rand_distr::{Distribution, Normal};
 use serde::{Deserialize, Serialize};
 
+pub use crate::artifacts::series::{Features, Series};
+
 #[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SyntheticSeries {
@@ -31,11 +33,6 @@ fn sigma_default() -> f64 {
 }
 fn freq_default() -> f64 {
     0.01
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Series {
-    pub x: Vec<f32>,
 }
 
 #[derive(Serialize)]
@@ -99,26 +96,6 @@ pub struct WindowFeatures {
 
 fn n_train_default() -> usize {
     600
-}
-
-/// Windows of a series: row i is x[i..i+tau], its label x[i+tau].
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Features {
-    pub tau: usize,
-    pub n_train: usize,
-    pub series: Vec<f32>,
-}
-
-impl Features {
-    pub fn rows(&self) -> usize {
-        self.series.len() - self.tau
-    }
-    pub fn window(&self, i: usize) -> &[f32] {
-        &self.series[i..i + self.tau]
-    }
-    pub fn label(&self, i: usize) -> f32 {
-        self.series[i + self.tau]
-    }
 }
 
 impl Stage for WindowFeatures {
