@@ -11,9 +11,10 @@
 //! file, and the stage computes again. Computing a key is guarded by a per-key claim
 //! ([`crate::claim`]), not by a lock on the whole store.
 
-use crate::claim::{leftover_is_dead, now_ms, owner_from_tag, parse_tag, Claims, Owner};
+use crate::claim::Claims;
 pub use crate::fsutil::{digest_file, set_read_only, write_synced};
 use crate::fsutil::{is_plain_name, read_bounded, stamp, sync_dir, Found, PinnedDir};
+use crate::owner::{leftover_is_dead, now_ms, owner_from_tag, parse_tag, Owner};
 
 /// What can go wrong in the store.
 #[derive(Debug, thiserror::Error)]

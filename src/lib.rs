@@ -14,6 +14,7 @@ pub mod sweep;
 // Its graph, the cache keys, and the plan a run (or a dry run) follows.
 pub mod dag;
 pub mod device;
+pub mod executor_setting;
 pub mod graph;
 pub mod key;
 pub mod plan;
@@ -24,6 +25,7 @@ pub mod bigmem;
 pub mod cache;
 pub mod claim;
 pub mod fsutil;
+pub mod owner;
 pub mod upkeep;
 pub mod view;
 

@@ -77,7 +77,7 @@ pub struct Pipeline {
     pub seed: u64,
     pub device: DeviceSetting,
     /// `executor:` of the file (the CLI's `--executor` wins over it).
-    pub executor: Option<crate::launcher::ExecutorSetting>,
+    pub executor: Option<crate::executor_setting::ExecutorSetting>,
     pub stages: Vec<StageDef>,
     /// Stage indices in a topological order (inputs first; file order among equals).
     pub order: Vec<usize>,
@@ -356,16 +356,15 @@ pub fn analyze(raw: RawPipeline) -> Result<Pipeline, PipelineError> {
             DeviceSetting::Cpu
         }),
     };
-    let executor =
-        raw.executor.as_ref().and_then(|e| {
-            match crate::launcher::ExecutorSetting::parse(&e.kind, &e.options) {
-                Ok(s) => Some(s),
-                Err((key, msg, help)) => {
-                    diags.push(at(&key, msg).with_help(help));
-                    None
-                }
+    let executor = raw.executor.as_ref().and_then(|e| {
+        match crate::executor_setting::ExecutorSetting::parse(&e.kind, &e.options) {
+            Ok(s) => Some(s),
+            Err((key, msg, help)) => {
+                diags.push(at(&key, msg).with_help(help));
+                None
             }
-        });
+        }
+    });
     let pipeline_resources = match &raw.resources {
         None => crate::resources::Resources::default(),
         Some(v) => parse_resources(v, "resources", &at, &mut diags),

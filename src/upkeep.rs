@@ -6,9 +6,9 @@ use crate::cache::{
     checkpoint_name, dir_size, newest_mtime, read_entry, tagged_key_name, tagged_name,
     verify_entry, Entry, Store, StoreError,
 };
-use crate::claim::owner_from_tag;
 use crate::fsutil::{Found, IoAt};
 use crate::key::Key;
+use crate::owner::owner_from_tag;
 use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::path::PathBuf;

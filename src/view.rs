@@ -4,8 +4,8 @@
 //! differs: a missing, extra or edited file, or a file replaced by another.
 
 use crate::cache::{digest_file, read_entry, set_read_only, Entry};
-use crate::claim::{now_ms, Owner};
 use crate::key::Key;
+use crate::owner::{now_ms, Owner};
 use anyhow::{Context, Result};
 use std::fs;
 use std::path::{Path, PathBuf};

@@ -531,17 +531,17 @@ struct Manifest {
 }
 
 /// `<ckpt>.<what>~<tag>`: the folder of `dir`'s checkpoints that this process writes (`tmp`) or
-/// sets aside (`old`). Named for the writer ([`crate::claim::Owner::tag`]), so that two writers
+/// sets aside (`old`). Named for the writer ([`crate::owner::Owner::tag`]), so that two writers
 /// of one key (a take-over of a presumed-dead owner, two hosts) never write into one folder.
 fn writer_sibling(dir: &Path, what: &str) -> PathBuf {
     let name = dir.file_name().unwrap_or_default().to_string_lossy();
-    dir.with_file_name(format!("{name}.{what}~{}", crate::claim::Owner::me().tag()))
+    dir.with_file_name(format!("{name}.{what}~{}", crate::owner::Owner::me().tag()))
 }
 
 /// The folders beside `dir` that may hold a checkpoint of its key: `dir` itself, every writer's
 /// `<ckpt>.tmp~<tag>` and `<ckpt>.old~<tag>`, and the `<ckpt>.tmp` and `<ckpt>.old` of older
 /// seqpipes. With each, the writer its name tags (`None`: `dir`, or an untagged folder).
-fn checkpoint_folders(dir: &Path) -> Vec<(PathBuf, Option<crate::claim::Owner>)> {
+fn checkpoint_folders(dir: &Path) -> Vec<(PathBuf, Option<crate::owner::Owner>)> {
     let (Some(parent), Some(name)) = (dir.parent(), dir.file_name()) else {
         return Vec::new();
     };
@@ -550,14 +550,14 @@ fn checkpoint_folders(dir: &Path) -> Vec<(PathBuf, Option<crate::claim::Owner>)>
     let Ok(rd) = std::fs::read_dir(parent) else {
         return Vec::new();
     };
-    let mut found: Vec<(PathBuf, Option<crate::claim::Owner>)> = rd
+    let mut found: Vec<(PathBuf, Option<crate::owner::Owner>)> = rd
         .filter_map(|e| e.ok())
         .filter_map(|e| {
             let f = e.file_name().to_string_lossy().into_owned();
             if f == name || f == tmp || f == old {
                 return Some((e.path(), None));
             }
-            let (prefix, owner) = crate::claim::parse_tag_suffix(&f)?;
+            let (prefix, owner) = crate::owner::parse_tag_suffix(&f)?;
             (prefix == tmp || prefix == old).then(|| (e.path(), Some(owner)))
         })
         .collect();
@@ -627,7 +627,7 @@ fn swap_into(tmp: &Path, old: &Path, dir: &Path) -> Result<()> {
 fn remove_dead_writers(dir: &Path) {
     for (d, owner) in checkpoint_folders(dir) {
         let gone = match &owner {
-            Some(o) => crate::claim::leftover_is_dead(o),
+            Some(o) => crate::owner::leftover_is_dead(o),
             None => d != dir,
         };
         if gone {
@@ -789,17 +789,17 @@ mod tests {
     fn checkpoint_writers_use_their_own_folders_and_resume_takes_the_newest_complete() {
         let t = tempfile::tempdir().unwrap();
         let dir = t.path().join("ckpt");
-        let me = crate::claim::Owner::me();
+        let me = crate::owner::Owner::me();
         let tmp = writer_sibling(&dir, "tmp");
         assert_eq!(
             tmp.file_name().unwrap().to_string_lossy(),
             format!("ckpt.tmp~{}", me.tag())
         );
-        let dead = crate::claim::Owner {
+        let dead = crate::owner::Owner {
             pid: dead_pid(),
             ..me.clone()
         };
-        let other_host = crate::claim::Owner {
+        let other_host = crate::owner::Owner {
             host: "elsewhere".into(),
             ..me.clone()
         };
