@@ -140,7 +140,7 @@ pub(super) fn pack_b_transposed(parts: &[&[f32]], rows: usize, cols: usize) -> P
     let rows_of: Vec<&[f32]> = parts.iter().flat_map(|p| p.chunks_exact(cols)).collect();
     // Row r of the source is column r of the packed matrix: panel r / nr, lane r % nr. The
     // panels are split over the thread team (each writes its own panels).
-    let out = super::core::Rows::new(&mut data);
+    let out = super::rows::Rows::new(&mut data);
     let split = if rows * cols >= 1 << 16 {
         super::team::width().min(panels)
     } else {

@@ -200,7 +200,7 @@ pub(super) fn transpose_cols(
     } else {
         1
     };
-    let out = super::core::Rows::new(dst);
+    let out = super::rows::Rows::new(dst);
     super::team::run(parts, &|p| {
         let (b0, b1) = (blocks * p / parts, blocks * (p + 1) / parts);
         let (j0, j1) = (c0 + b0 * T, (c0 + b1 * T).min(c1));
@@ -231,7 +231,7 @@ pub(super) fn add_col_sums(src: &[f32], stride: usize, n: usize, dst: &mut [f32]
     } else {
         1
     };
-    let out = super::core::Rows::new(dst);
+    let out = super::rows::Rows::new(dst);
     super::team::run(parts, &|p| {
         let (j0, j1) = (
             blocks * p / parts * BLOCK,

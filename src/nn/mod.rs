@@ -48,6 +48,7 @@ mod lm;
 mod math;
 mod mlp;
 mod params;
+mod rows;
 mod scratch;
 mod team;
 #[cfg(test)]
