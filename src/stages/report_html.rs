@@ -733,7 +733,7 @@ dl.run dt { font-weight: 600; }
 dl.run dd { margin: 0; font-family: ui-monospace, monospace; }
 p.live { background: #fff6d6; padding: .4em .7em; border-radius: 4px; }
 p.hint { color: #777; font-size: .85em; }
-table.results { border-collapse: collapse; font-size: .88em; margin: .5em 0 1.5em; }
+table.results { border-collapse: collapse; font-size: .88em; margin: .5em 0 1.5em; display: block; overflow-x: auto; max-width: 100%; }
 table.results th, table.results td { border-bottom: 1px solid #ddd; padding: .25em .6em; text-align: left; vertical-align: top; }
 table.results th { cursor: pointer; user-select: none; background: #f7f7f7; position: sticky; top: 0; }
 table.results th.asc::after { content: " ▲"; } table.results th.desc::after { content: " ▼"; }
