@@ -311,15 +311,12 @@ fn results_table(kind: &str, rows: &[&InputInfo], columns: &[String]) -> String 
         }
         head.extend(["min perplexity", "best epoch"].map(String::from));
     }
+    let has_final_valid = !cols.iter().any(|c| c == "final_valid_perplexity");
     if has_valid {
-        head.extend(
-            [
-                "final valid perplexity",
-                "min valid perplexity",
-                "best valid epoch",
-            ]
-            .map(String::from),
-        );
+        if has_final_valid {
+            head.push("final valid perplexity".into());
+        }
+        head.extend(["min valid perplexity", "best valid epoch"].map(String::from));
     }
     if has_diverged {
         head.push("diverged".into());
@@ -364,7 +361,9 @@ fn results_table(kind: &str, rows: &[&InputInfo], columns: &[String]) -> String 
             push_num(c.min_ppl.map(|m| m.0));
         }
         if has_valid {
-            push_num(c.final_valid);
+            if has_final_valid {
+                push_num(c.final_valid);
+            }
             push_num(c.min_valid.map(|m| m.1));
             push_num(c.min_valid.map(|m| m.0));
         }
