@@ -34,6 +34,15 @@ if ! command -v "${CXX:-c++}" >/dev/null && [[ $(id -u) == 0 ]] && command -v ap
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends g++ >/dev/null
 fi
 
+# The results page is checked in a real browser (tests/report_page.rs): a headless Chromium.
+if ! command -v chromium-headless-shell >/dev/null && ! command -v chromium >/dev/null \
+  && [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
+  echo "installing chromium-headless-shell (the browser test of report.html)"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+    chromium-headless-shell >/dev/null || echo "no chromium-headless-shell: the browser test will skip"
+fi
+
 if have_slurm && [[ $(id -u) == 0 ]]; then
   # 8 CPUs advertised on a small machine, so that a sweep's jobs run side by side.
   export SLURM_CI_CPUS=${SLURM_CI_CPUS:-8}

@@ -193,7 +193,7 @@ pub fn execute(
                 p.stages[s.stage].name,
                 s.key.short()
             ));
-            publish(store, p, s.stage, &s.key, out, w)?;
+            publish(store, p, s.stage, &s.key, out, w, opts)?;
             state[i] = State::Done(Status::Hit);
         }
     }
@@ -230,7 +230,7 @@ pub fn execute(
                 });
                 if let Some(j) = twin {
                     if is_done(state[j]) {
-                        publish(store, p, plan.steps[i].stage, &keys[i], out, w)?;
+                        publish(store, p, plan.steps[i].stage, &keys[i], out, w, opts)?;
                         state[i] = State::Done(Status::Hit);
                         notes[i].push(format!(
                             "same key as `{}`: computed once",
@@ -289,7 +289,7 @@ pub fn execute(
                     }
                     Lookup::Corrupt(why) => anyhow::bail!("the job's entry is damaged: {why}"),
                 }
-                publish(store, p, plan.steps[i].stage, &keys[i], out, w)?;
+                publish(store, p, plan.steps[i].stage, &keys[i], out, w, opts)?;
                 Ok(r.outcome)
             });
             match committed {
@@ -431,7 +431,7 @@ fn skip_downstream(
 
 /// Show a stage's entry in `outputs/<pipeline>/<stage>/`; a report also becomes the pipeline's
 /// page, `outputs/<pipeline>/report.md`, with a speed section read from its inputs' timing
-/// files (`speed.csv`), which are outside every key.
+/// files (`speed.csv`), which are outside every key, and its results page, `report.html`.
 /// A view that was there and had to be rebuilt gets a line saying why (`w`: the width of the
 /// stage names).
 fn publish(
@@ -441,6 +441,7 @@ fn publish(
     key: &Key,
     out: &Output,
     w: usize,
+    opts: &ExecOptions,
 ) -> Result<PathBuf> {
     let published = crate::view::publish(
         store.outputs(),
@@ -478,6 +479,15 @@ fn publish(
             &store.outputs().join(&p.name).join("report.md"),
             md.as_bytes(),
         )?;
+        let run = crate::stages::report_html::RunIdentity::new(
+            &opts.root,
+            &opts.run_id,
+            opts.started_unix_ms,
+            &opts.device.to_string(),
+            opts.threads,
+            opts.executor.name(),
+        );
+        crate::stages::report_html::write(store.outputs(), p, stage, run, false)?;
     }
     Ok(view)
 }

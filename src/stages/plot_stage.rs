@@ -236,6 +236,112 @@ fn read_xy(path: &Path, label: &str, x: &str, y: &str) -> Result<Vec<(f64, f64)>
     Ok(pts)
 }
 
+impl Plot {
+    /// The plotted series, read from `infos` (the plot's inputs, in order): what the SVG/PNG
+    /// charts draw and what `report.html` draws again, interactively.
+    pub fn series(&self, infos: &[InputInfo]) -> Result<Vec<Series>> {
+        let ys = self.y.list();
+        let mut series: Vec<Series> = Vec::new();
+        let style = if self.chart == ChartKind::Points {
+            Style::Points
+        } else {
+            Style::Line
+        };
+        match self.source {
+            Source::File => {
+                let files: Vec<String> = if self.files.is_empty() {
+                    self.file.iter().cloned().collect()
+                } else {
+                    self.files.clone()
+                };
+                for info in infos {
+                    for f in &files {
+                        for y in &ys {
+                            let mut name = Vec::new();
+                            if infos.len() > 1 {
+                                name.push(info.stage.clone());
+                            }
+                            if files.len() > 1 {
+                                name.push(f.trim_end_matches(".csv").to_string());
+                            }
+                            if ys.len() > 1 || name.is_empty() {
+                                name.push(y.clone());
+                            }
+                            series.push(Series {
+                                name: name.join(" "),
+                                points: read_xy(
+                                    &info.dir.join(f),
+                                    &format!("`{}`'s {f}", info.stage),
+                                    &self.x,
+                                    y,
+                                )?,
+                                style,
+                            });
+                        }
+                        if self.zipf_fit {
+                            let zipf = info.dir.join("zipf.csv");
+                            let mut r = csv::Reader::from_path(&zipf)
+                                .with_context(|| format!("`zipf_fit` needs {}", zipf.display()))?;
+                            let stem = f.trim_end_matches(".csv");
+                            let n: String = stem.chars().filter(|c| c.is_ascii_digit()).collect();
+                            for rec in r.deserialize::<super::ngram_stats::ZipfRow>() {
+                                let z = rec?;
+                                if z.n.to_string() == n && z.fit_over == "all" {
+                                    let last =
+                                        series.last().map(|s| s.name.clone()).unwrap_or_default();
+                                    let max_rank = z.distinct as f64;
+                                    let pts = [1.0, max_rank.sqrt(), max_rank]
+                                        .iter()
+                                        .map(|&r| (r, (z.intercept - z.exponent * r.ln()).exp()))
+                                        .collect();
+                                    series.push(Series {
+                                        name: format!("{last} fit (exponent {:.2})", z.exponent),
+                                        points: pts,
+                                        style: Style::Dashed,
+                                    });
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            Source::Summary => {
+                let mut groups: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
+                for info in infos {
+                    let s = crate::context::read_summary(&info.dir)?;
+                    let xv = lookup(info, &self.x).with_context(|| {
+                        format!("input `{}` has no axis or param `{}`", info.stage, self.x)
+                    })?;
+                    let Ok(x) = xv.parse::<f64>() else {
+                        bail!("`{}` of `{}` is `{xv}`, not a number", self.x, info.stage)
+                    };
+                    for y in &ys {
+                        let yv = s.get(y).and_then(|v| v.as_f64()).unwrap_or(f64::NAN);
+                        let mut key = self
+                            .series_by
+                            .as_ref()
+                            .and_then(|a| lookup(info, a))
+                            .unwrap_or_default();
+                        if ys.len() > 1 {
+                            key = format!("{key} {y}").trim().to_string();
+                        }
+                        groups.entry(key).or_default().push((x, yv));
+                    }
+                }
+                for (name, mut pts) in groups {
+                    pts.sort_by(|a, b| a.0.total_cmp(&b.0));
+                    series.push(Series {
+                        name: if name.is_empty() { ys.join(", ") } else { name },
+                        points: pts,
+                        style: Style::LineAndPoints,
+                    });
+                }
+            }
+        }
+        Ok(series)
+    }
+}
+
 impl Stage for Plot {
     const KIND: &'static str = "plot";
     const VERSION: u32 = 1;
@@ -307,103 +413,7 @@ impl Stage for Plot {
     fn run(&self, ctx: &mut StageCtx) -> Result<()> {
         let ys = self.y.list();
         let infos: Vec<InputInfo> = ctx.input_infos().map(|(_, i)| i.clone()).collect();
-        let mut series: Vec<Series> = Vec::new();
-        let style = if self.chart == ChartKind::Points {
-            Style::Points
-        } else {
-            Style::Line
-        };
-        match self.source {
-            Source::File => {
-                let files: Vec<String> = if self.files.is_empty() {
-                    self.file.iter().cloned().collect()
-                } else {
-                    self.files.clone()
-                };
-                for info in &infos {
-                    for f in &files {
-                        for y in &ys {
-                            let mut name = Vec::new();
-                            if infos.len() > 1 {
-                                name.push(info.stage.clone());
-                            }
-                            if files.len() > 1 {
-                                name.push(f.trim_end_matches(".csv").to_string());
-                            }
-                            if ys.len() > 1 || name.is_empty() {
-                                name.push(y.clone());
-                            }
-                            series.push(Series {
-                                name: name.join(" "),
-                                points: read_xy(
-                                    &info.dir.join(f),
-                                    &format!("`{}`'s {f}", info.stage),
-                                    &self.x,
-                                    y,
-                                )?,
-                                style,
-                            });
-                        }
-                        if self.zipf_fit {
-                            let zipf = info.dir.join("zipf.csv");
-                            let mut r = csv::Reader::from_path(&zipf)
-                                .with_context(|| format!("`zipf_fit` needs {}", zipf.display()))?;
-                            let stem = f.trim_end_matches(".csv");
-                            let n: String = stem.chars().filter(|c| c.is_ascii_digit()).collect();
-                            for rec in r.deserialize::<super::ngram_stats::ZipfRow>() {
-                                let z = rec?;
-                                if z.n.to_string() == n && z.fit_over == "all" {
-                                    let last =
-                                        series.last().map(|s| s.name.clone()).unwrap_or_default();
-                                    let max_rank = z.distinct as f64;
-                                    let pts = [1.0, max_rank.sqrt(), max_rank]
-                                        .iter()
-                                        .map(|&r| (r, (z.intercept - z.exponent * r.ln()).exp()))
-                                        .collect();
-                                    series.push(Series {
-                                        name: format!("{last} fit (exponent {:.2})", z.exponent),
-                                        points: pts,
-                                        style: Style::Dashed,
-                                    });
-                                }
-                            }
-                        }
-                    }
-                }
-            }
-            Source::Summary => {
-                let mut groups: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
-                for info in &infos {
-                    let s = crate::context::read_summary(&info.dir)?;
-                    let xv = lookup(info, &self.x).with_context(|| {
-                        format!("input `{}` has no axis or param `{}`", info.stage, self.x)
-                    })?;
-                    let Ok(x) = xv.parse::<f64>() else {
-                        bail!("`{}` of `{}` is `{xv}`, not a number", self.x, info.stage)
-                    };
-                    for y in &ys {
-                        let yv = s.get(y).and_then(|v| v.as_f64()).unwrap_or(f64::NAN);
-                        let mut key = self
-                            .series_by
-                            .as_ref()
-                            .and_then(|a| lookup(info, a))
-                            .unwrap_or_default();
-                        if ys.len() > 1 {
-                            key = format!("{key} {y}").trim().to_string();
-                        }
-                        groups.entry(key).or_default().push((x, yv));
-                    }
-                }
-                for (name, mut pts) in groups {
-                    pts.sort_by(|a, b| a.0.total_cmp(&b.0));
-                    series.push(Series {
-                        name: if name.is_empty() { ys.join(", ") } else { name },
-                        points: pts,
-                        style: Style::LineAndPoints,
-                    });
-                }
-            }
-        }
+        let series = self.series(&infos)?;
         let x_label = self.x_label.clone().unwrap_or_else(|| self.x.clone());
         let y_label = self.y_label.clone().unwrap_or_else(|| ys.join(", "));
         let chart = match self.chart {

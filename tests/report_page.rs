@@ -1,0 +1,279 @@
+//! `outputs/<pipeline>/report.html`, the results page: self-contained (nothing fetched), a chart
+//! per plot stage, the variants in its table; and, where a headless Chromium is installed, the
+//! page as a real browser renders it (without one the browser test skips and says why, except
+//! under CI=true, where it fails; scripts/test.sh installs `chromium-headless-shell` as root).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const BIN: &str = env!("CARGO_BIN_EXE_seqpipe");
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A temporary project with the shipped pipelines and corpora.
+fn project() -> tempfile::TempDir {
+    let t = tempfile::tempdir().unwrap();
+    for d in ["pipelines", "data"] {
+        std::fs::create_dir_all(t.path().join(d)).unwrap();
+        for e in std::fs::read_dir(repo().join(d)).unwrap() {
+            let e = e.unwrap();
+            if e.path().is_file() {
+                std::fs::copy(e.path(), t.path().join(d).join(e.file_name())).unwrap();
+            }
+        }
+    }
+    t
+}
+
+/// Run a shipped pipeline quick (`*.epochs=2` where it trains); the run record.
+fn run_quick(p: &Path, name: &str) -> serde_json::Value {
+    let path = format!("pipelines/{name}.yaml");
+    let mut args = vec!["run", "-q", path.as_str()];
+    if std::fs::read_to_string(p.join(&path))
+        .unwrap()
+        .contains("epochs:")
+    {
+        args.extend(["--set", "*.epochs=2"]);
+    }
+    let o = Command::new(BIN)
+        .args(&args)
+        .current_dir(p)
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "seqpipe {args:?} failed:\n{}\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let runs = p.join("outputs").join(name).join("runs");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(runs)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    serde_json::from_slice(&std::fs::read(files.last().unwrap()).unwrap()).unwrap()
+}
+
+fn names_of(record: &serde_json::Value, kind: &str) -> Vec<String> {
+    record["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["kind"] == kind)
+        .map(|s| s["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn html_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// Every `src=` and `href=` value of a page.
+fn links(html: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for attr in ["src=", "href="] {
+        let mut rest = html;
+        while let Some(i) = rest.find(attr) {
+            let after = &rest[i + attr.len()..];
+            let v: String = after
+                .trim_start_matches(['"', '\''])
+                .chars()
+                .take_while(|c| !matches!(c, '"' | '\'' | ' ' | '>'))
+                .collect();
+            out.push(v);
+            rest = after;
+        }
+    }
+    out
+}
+
+#[test]
+fn the_results_page_is_self_contained_with_a_chart_per_plot_and_the_variants() {
+    let t = project();
+    let p = t.path();
+    // A sweep of trainings on a log chart; bar and histogram charts; several files per input.
+    for name in ["ex8_5_2", "ex8_3_5", "ex8_1_1"] {
+        let record = run_quick(p, name);
+        let page = p.join("outputs").join(name).join("report.html");
+        let html = std::fs::read_to_string(&page)
+            .unwrap_or_else(|_| panic!("{name}: no report.html beside report.md"));
+        assert!(p.join("outputs").join(name).join("report.md").exists());
+        assert!(html.len() < 3_000_000, "{name}: {} bytes", html.len());
+        let external: Vec<String> = links(&html)
+            .into_iter()
+            .filter(|l| l.starts_with("http") || l.starts_with("//"))
+            .collect();
+        assert!(external.is_empty(), "{name} fetches {external:?}");
+        assert!(!html.contains("<link"), "{name}: a stylesheet is linked");
+        assert!(
+            html.contains("uPlot"),
+            "{name}: the chart library is inline"
+        );
+        let plots = names_of(&record, "plot");
+        assert_eq!(
+            html.matches("class=\"chart\" data-plot=").count(),
+            plots.len(),
+            "{name}: one chart element per plot stage"
+        );
+        for plot in &plots {
+            assert!(
+                html.contains(&format!("data-plot=\"{}\"", html_escape(plot))),
+                "{name}: no chart of {plot}"
+            );
+        }
+        // The rows of report.md's tables are rows of the page's.
+        let md = std::fs::read_to_string(p.join("outputs").join(name).join("report.md")).unwrap();
+        let rows: Vec<String> = record["stages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["name"].as_str().unwrap().to_string())
+            .filter(|n| md.contains(&format!("\n| {} |", n.replace('|', "\\|"))))
+            .collect();
+        assert!(!rows.is_empty(), "{name}: report.md has rows");
+        for train in rows {
+            assert!(
+                html.contains(&format!("<td class=\"stage\">{}</td>", html_escape(&train))),
+                "{name}: {train} is not a row of the results table"
+            );
+        }
+        for key in [
+            "run", "started", "ended", "host", "seqpipe", "device", "threads", "executor",
+        ] {
+            assert!(
+                html.contains(&format!("<dt>{key}</dt>")),
+                "{name}: no `{key}` in the run's identity"
+            );
+        }
+        if name == "ex8_5_2" {
+            assert!(html.contains("<th title=\"click to sort\">min perplexity</th>"));
+            assert!(html.contains("<th title=\"click to sort\">best epoch</th>"));
+        }
+        assert!(
+            !html.contains("<meta http-equiv=\"refresh\""),
+            "{name}: the page of a finished run reloads itself"
+        );
+        if !names_of(&record, "train").is_empty() {
+            assert!(
+                !html.contains("<td class=\"text\">epoch "),
+                "{name}: the text keeps its `epoch N (perplexity …):` prefix"
+            );
+        }
+    }
+}
+
+/// A headless Chromium: `SEQPIPE_CHROMIUM`, else the first of the usual names on PATH.
+fn chromium() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("SEQPIPE_CHROMIUM") {
+        return Some(PathBuf::from(p));
+    }
+    let path = std::env::var_os("PATH")?;
+    for name in [
+        "chromium-headless-shell",
+        "chromium",
+        "chromium-browser",
+        "google-chrome",
+    ] {
+        for dir in std::env::split_paths(&path) {
+            let c = dir.join(name);
+            if c.is_file() {
+                return Some(c);
+            }
+        }
+    }
+    None
+}
+
+/// Run the browser on `page` with `extra` flags: (stdout, stderr).
+fn browse(chrome: &Path, profile: &Path, page: &Path, extra: &[&str]) -> (String, String) {
+    let o = Command::new(chrome)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--hide-scrollbars",
+            "--enable-logging=stderr",
+            "--v=0",
+            "--window-size=1200,1500",
+            "--virtual-time-budget=5000",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .args(extra)
+        .arg(format!("file://{}", page.display()))
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "{} failed: {}",
+        chrome.display(),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+/// ex8_5_2's page in a headless Chromium: the rendered DOM has a drawn chart per plot and the
+/// variant names, no script error is logged, and a screenshot is not blank.
+#[test]
+fn the_results_page_renders_in_a_real_browser() {
+    let Some(chrome) = chromium() else {
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!("CI=true but no headless Chromium: scripts/test.sh installs chromium-headless-shell");
+        }
+        eprintln!("skipped: no chromium-headless-shell or chromium on PATH (scripts/test.sh installs it as root; SEQPIPE_CHROMIUM names one)");
+        return;
+    };
+    let t = project();
+    let p = t.path();
+    let record = run_quick(p, "ex8_5_2");
+    let page = p.join("outputs/ex8_5_2/report.html");
+
+    let (dom, log) = browse(&chrome, &p.join("profile-dom"), &page, &["--dump-dom"]);
+    let plots = names_of(&record, "plot");
+    assert_eq!(
+        dom.matches("class=\"uplot").count(),
+        plots.len(),
+        "a drawn chart per plot stage:\n{log}"
+    );
+    assert!(dom.contains("u-legend"), "the charts have legends");
+    for train in names_of(&record, "train") {
+        assert!(
+            dom.contains(&html_escape(&train)),
+            "the rendered page names {train}"
+        );
+    }
+    let errors: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains(":CONSOLE") || l.contains("Uncaught"))
+        .collect();
+    assert!(errors.is_empty(), "script errors: {errors:#?}");
+
+    let shot = p.join("shot.png");
+    let shot_arg = format!("--screenshot={}", shot.display());
+    browse(&chrome, &p.join("profile-shot"), &page, &[&shot_arg]);
+    let png = std::fs::read(&shot).expect("a screenshot");
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+    // A blank 1200x1500 page compresses to a few kB; text, a table and a chart do not.
+    assert!(
+        png.len() > 40_000,
+        "the screenshot looks blank: {} bytes",
+        png.len()
+    );
+    if let Some(keep) = std::env::var_os("SEQPIPE_KEEP_SCREENSHOT") {
+        std::fs::copy(&shot, keep).unwrap();
+    }
+}
