@@ -34,7 +34,7 @@ if ! command -v "${CXX:-c++}" >/dev/null && [[ $(id -u) == 0 ]] && command -v ap
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends g++ >/dev/null
 fi
 
-# The results page is checked in a real browser (tests/report_page.rs): a headless Chromium.
+# The results page is checked in a real browser (tests/cli/report_page.rs): a headless Chromium.
 if ! command -v chromium-headless-shell >/dev/null && ! command -v chromium >/dev/null \
   && [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
   echo "installing chromium-headless-shell (the browser test of report.html)"
@@ -55,3 +55,5 @@ else
 fi
 
 cargo test --locked
+# Lints, as errors (the [lints] table in Cargo.toml says which are allowed and why).
+cargo clippy --locked --all-targets -- -D warnings

@@ -3131,3 +3131,6 @@ fn an_unwritable_store_is_named() {
 
 #[path = "cli/trust.rs"]
 mod trust;
+
+#[path = "cli/report_page.rs"]
+mod report_page;

@@ -3,29 +3,7 @@
 //! page as a real browser renders it (without one the browser test skips and says why, except
 //! under CI=true, where it fails; scripts/test.sh installs `chromium-headless-shell` as root).
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
-
-const BIN: &str = env!("CARGO_BIN_EXE_seqpipe");
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// A temporary project with the shipped pipelines and corpora.
-fn project() -> tempfile::TempDir {
-    let t = tempfile::tempdir().unwrap();
-    for d in ["pipelines", "data"] {
-        std::fs::create_dir_all(t.path().join(d)).unwrap();
-        for e in std::fs::read_dir(repo().join(d)).unwrap() {
-            let e = e.unwrap();
-            if e.path().is_file() {
-                std::fs::copy(e.path(), t.path().join(d).join(e.file_name())).unwrap();
-            }
-        }
-    }
-    t
-}
+use super::*;
 
 /// Run a shipped pipeline quick (`*.epochs=2` where it trains); the run record.
 fn run_quick(p: &Path, name: &str) -> serde_json::Value {
