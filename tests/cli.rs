@@ -75,14 +75,19 @@ fn ran(dir: &Path, pipeline: &str) -> Vec<String> {
         .collect()
 }
 
-/// Every file under `dir` (but run records) with its bytes.
+/// Every file under `dir` (but run records and results pages) with its bytes.
 fn tree(dir: &Path) -> Vec<(String, Vec<u8>)> {
     let mut out = Vec::new();
     fn walk(base: &Path, d: &Path, out: &mut Vec<(String, Vec<u8>)>) {
         for e in std::fs::read_dir(d).unwrap() {
             let p = e.unwrap().path();
             let rel = p.strip_prefix(base).unwrap().to_string_lossy().to_string();
-            if rel.contains("runs") || rel.ends_with("lock") || rel.ends_with("entry.json") {
+            // report.html names the run (id, times), as the run records do.
+            if rel.contains("runs")
+                || rel.ends_with("lock")
+                || rel.ends_with("entry.json")
+                || rel.ends_with("report.html")
+            {
                 continue;
             }
             if p.is_dir() {
