@@ -3131,3 +3131,69 @@ fn an_unwritable_store_is_named() {
 
 #[path = "cli/trust.rs"]
 mod trust;
+
+// ---- The front door: bounds on what a file may make, and no panic on any file. ----
+
+/// Every bound a pipeline file can cross is named before anything is expanded (exit 2, with
+/// the bound and what would be right), rather than an abort or minutes of work.
+#[test]
+fn limits_are_named_before_anything_is_expanded() {
+    let toy = |extra: &str| {
+        format!(
+            "name: p\nstages:\n  t:\n    kind: toy_sequence\n    params: {{ length: 10 }}\n{extra}"
+        )
+    };
+    let alias_bomb = {
+        let mut t = String::from("name: p\nx: &a [");
+        t.push_str(&vec!["1"; 1000].join(", "));
+        t.push_str("]\ny: &b [");
+        t.push_str(&vec!["*a"; 1000].join(", "));
+        t.push_str("]\nz: [*b, *b, *b]\nstages: {}\n");
+        t
+    };
+    let values: Vec<String> = (1..=150_000).map(|i| i.to_string()).collect();
+    let cases: Vec<(&str, String)> = vec![
+        (
+            "file_too_large",
+            format!("{}# {}\n", toy(""), "x".repeat(17 << 20)),
+        ),
+        ("alias_expansion", alias_bomb),
+        (
+            "too_many_values",
+            toy(&format!("    description: [{}]\n", vec!["0"; 2_000_001].join(","))),
+        ),
+        (
+            "nested_too_deeply",
+            toy(&format!("    description: {}{}\n", "[".repeat(100), "]".repeat(100))),
+        ),
+        (
+            "matrix_of_ten_axes",
+            format!(
+                "name: p\nstages:\n  t:\n    kind: synthetic_series\n    matrix:\n{}",
+                (0..10)
+                    .map(|a| format!("      a{a}: [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]\n"))
+                    .collect::<String>()
+            ),
+        ),
+        (
+            "sweeps_too_large_in_all",
+            format!(
+                "name: p\nstages:\n  t:\n    kind: toy_sequence\n    matrix: {{ length: [{}] }}\n  b:\n    kind: sample_batches\n    inputs: {{ corpus: t }}\n    params: {{ strategy: random, batch_size: 2, num_steps: 3 }}\n",
+                values.join(", ")
+            ),
+        ),
+    ];
+    for (name, text) in cases {
+        let start = std::time::Instant::now();
+        let out = Case::new()
+            .file("p.yaml", &text)
+            .args(&["run", "p.yaml", "--dry-run"])
+            .expect(2);
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(20),
+            "{name}: took {:?}",
+            start.elapsed()
+        );
+        insta::assert_snapshot!(format!("limit_{name}"), out);
+    }
+}
