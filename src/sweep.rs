@@ -326,7 +326,7 @@ pub fn expand(raw: RawPipeline) -> Result<RawPipeline, PipelineError> {
         let mut expanded = Vec::new();
         for a in combos {
             let mut name = format!("{}{}", s.name, label(&a));
-            if name.len() > MAX_NAME {
+            if name.len() > MAX_NAME && !a.is_empty() {
                 // A folder name has at most 255 bytes: keep the start, add a hash of the rest.
                 let l = label(&a);
                 name = format!(
