@@ -224,27 +224,27 @@ pub fn expand(raw: RawPipeline) -> Result<RawPipeline, PipelineError> {
     // Resolve in dependency order (a stage after its inputs); the analyzer reports cycles and
     // unknown inputs later, so here they simply stay unexpanded.
     let mut order: Vec<&RawStage> = Vec::new();
-    let mut placed: HashMap<&str, bool> = HashMap::new();
-    fn visit<'a>(
-        s: &'a RawStage,
-        by: &HashMap<&str, &'a RawStage>,
-        placed: &mut HashMap<&'a str, bool>,
-        order: &mut Vec<&'a RawStage>,
-    ) {
-        if placed.contains_key(s.name.as_str()) {
-            return;
+    // Iteratively (a chain of 100,000 stages would overflow the stack of a recursive walk).
+    let mut placed: std::collections::HashSet<&str> = Default::default();
+    for s in &raw.stages {
+        if !placed.insert(s.name.as_str()) {
+            continue;
         }
-        placed.insert(&s.name, false);
-        for (_, up) in &s.inputs {
-            if let Some(u) = by.get(up.as_str()) {
-                visit(u, by, placed, order);
+        // (stage, how many of its inputs are visited)
+        let mut stack: Vec<(&RawStage, usize)> = vec![(s, 0)];
+        while let Some((cur, k)) = stack.pop() {
+            match cur.inputs.get(k) {
+                Some((_, up)) => {
+                    stack.push((cur, k + 1));
+                    if let Some(&u) = by_name.get(up.as_str()) {
+                        if placed.insert(u.name.as_str()) {
+                            stack.push((u, 0));
+                        }
+                    }
+                }
+                None => order.push(cur),
             }
         }
-        placed.insert(&s.name, true);
-        order.push(s);
-    }
-    for s in &raw.stages {
-        visit(s, &by_name, &mut placed, &mut order);
     }
     check_count(&raw, &order)?;
     let labels = axis_labels(&raw.stages);
