@@ -110,11 +110,17 @@ pub fn did_you_mean<'a>(
 
 /// A help line: a suggestion if one is close, and always the valid choices.
 pub fn suggest(given: &str, candidates: &[&str], what: &str) -> String {
-    let list = candidates
+    // A pipeline may have thousands of stages: name the first few, count the rest.
+    const SHOWN: usize = 40;
+    let mut list = candidates
         .iter()
+        .take(SHOWN)
         .map(|c| format!("`{c}`"))
         .collect::<Vec<_>>()
         .join(", ");
+    if candidates.len() > SHOWN {
+        list.push_str(&format!(" and {} more", candidates.len() - SHOWN));
+    }
     match did_you_mean(given, candidates.iter().copied()) {
         Some(s) => format!("{s} valid {what}: {list}"),
         None if candidates.is_empty() => format!("this kind takes no {what}"),

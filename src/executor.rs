@@ -479,7 +479,7 @@ fn publish(
             &store.outputs().join(&p.name).join("report.md"),
             md.as_bytes(),
         )?;
-        let run = crate::stages::report_html::RunIdentity::new(
+        let run = crate::report_html::RunIdentity::new(
             &opts.root,
             &opts.run_id,
             opts.started_unix_ms,
@@ -487,7 +487,7 @@ fn publish(
             opts.threads,
             opts.executor.name(),
         );
-        crate::stages::report_html::write(store.outputs(), p, stage, run, false)?;
+        crate::report_html::write(store.outputs(), p, stage, run, false)?;
     }
     Ok(view)
 }

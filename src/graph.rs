@@ -60,15 +60,18 @@ pub fn topo_order(n: usize, edges: &[(usize, usize)]) -> Result<Vec<usize>, Vec<
 /// One simple loop inside a strongly connected component, starting at its lowest index.
 fn cycle_path(scc: &[usize], edges: &[(usize, usize)]) -> Vec<usize> {
     let start = *scc.iter().min().unwrap();
+    let in_scc: std::collections::HashSet<usize> = scc.iter().copied().collect();
+    let mut next_of: std::collections::HashMap<usize, Vec<usize>> = Default::default();
+    for &(a, b) in edges {
+        if in_scc.contains(&a) && in_scc.contains(&b) {
+            next_of.entry(a).or_default().push(b);
+        }
+    }
     let mut path = vec![start];
-    let mut seen = vec![start];
+    let mut seen = std::collections::HashSet::from([start]);
     let mut cur = start;
     loop {
-        let mut nexts: Vec<usize> = edges
-            .iter()
-            .filter(|&&(a, b)| a == cur && scc.contains(&b))
-            .map(|&(_, b)| b)
-            .collect();
+        let mut nexts = next_of.remove(&cur).unwrap_or_default();
         nexts.sort();
         if nexts.contains(&start) {
             return path;
@@ -76,7 +79,7 @@ fn cycle_path(scc: &[usize], edges: &[(usize, usize)]) -> Vec<usize> {
         match nexts.into_iter().find(|b| !seen.contains(b)) {
             Some(b) => {
                 path.push(b);
-                seen.push(b);
+                seen.insert(b);
                 cur = b;
             }
             None => return path,
@@ -89,8 +92,10 @@ pub fn ancestors(n: usize, edges: &[(usize, usize)], roots: &[usize]) -> BTreeSe
     let g = build(n, edges);
     let rev = Reversed(&g);
     let mut out = BTreeSet::new();
+    // One walk for all roots: what one root reached is not walked again.
+    let mut dfs = Dfs::empty(rev);
     for &r in roots {
-        let mut dfs = Dfs::new(rev, NodeIndex::new(r));
+        dfs.move_to(NodeIndex::new(r));
         while let Some(x) = dfs.next(rev) {
             out.insert(x.index());
         }
@@ -102,8 +107,9 @@ pub fn ancestors(n: usize, edges: &[(usize, usize)], roots: &[usize]) -> BTreeSe
 pub fn descendants(n: usize, edges: &[(usize, usize)], roots: &[usize]) -> BTreeSet<usize> {
     let g = build(n, edges);
     let mut out = BTreeSet::new();
+    let mut dfs = Dfs::empty(&g);
     for &r in roots {
-        let mut dfs = Dfs::new(&g, NodeIndex::new(r));
+        dfs.move_to(NodeIndex::new(r));
         while let Some(x) = dfs.next(&g) {
             out.insert(x.index());
         }

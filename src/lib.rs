@@ -41,6 +41,7 @@ pub mod slurm;
 // The stage kinds, the artifact types they read and write, results tables, and charts.
 pub mod artifacts;
 pub mod plot;
+pub mod report_html;
 pub mod results;
 pub mod stages;
 

@@ -6,6 +6,7 @@ use crate::config::{RawPipeline, RawStage};
 use crate::diagnostic::{suggest, Diagnostic, PipelineError};
 use crate::graph;
 use crate::stages::{find_kind, registry, DynStage, KindInfo, Roles};
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -82,33 +83,43 @@ pub struct Pipeline {
     /// Stage indices in a topological order (inputs first; file order among equals).
     pub order: Vec<usize>,
     pub locator: crate::config::Locator,
+    /// Stage name → index in `stages`.
+    by_name: HashMap<String, usize>,
 }
 
 impl Pipeline {
+    /// The stage named `name` (a variant's full name, or a stage without a sweep).
     pub fn index(&self, name: &str) -> Option<usize> {
-        self.stages.iter().position(|s| s.name == name)
+        self.by_name.get(name).copied()
     }
 
     /// Resolve user-given stage names, with "did you mean" for typos. A stage as written in
     /// the file names all its sweep variants.
     pub fn resolve_names(&self, names: &[String]) -> Result<Vec<usize>, PipelineError> {
-        // Candidates: the stages as written (each names its variants).
-        let mut all: Vec<&str> = Vec::new();
-        for s in &self.stages {
-            if !all.contains(&s.origin.as_str()) {
-                all.push(&s.origin);
-            }
+        if names.is_empty() {
+            return Ok(Vec::new());
+        }
+        // Stages as written (each names its variants), in file order.
+        let mut by_origin: HashMap<&str, Vec<usize>> = HashMap::new();
+        for (i, s) in self.stages.iter().enumerate() {
+            by_origin.entry(s.origin.as_str()).or_default().push(i);
         }
         let mut out = Vec::new();
+        let mut taken = HashSet::new();
         let mut diags = Vec::new();
         for n in names {
-            let variants: Vec<usize> = match self.index(n) {
-                Some(i) => vec![i],
-                None => (0..self.stages.len())
-                    .filter(|&i| self.stages[i].origin == *n)
-                    .collect(),
+            let variants: &[usize] = match self.by_name.get(n.as_str()) {
+                Some(i) => std::slice::from_ref(i),
+                None => by_origin.get(n.as_str()).map_or(&[][..], Vec::as_slice),
             };
             if variants.is_empty() {
+                let mut all: Vec<&str> = Vec::new();
+                let mut seen = HashSet::new();
+                for s in &self.stages {
+                    if seen.insert(s.origin.as_str()) {
+                        all.push(&s.origin);
+                    }
+                }
                 diags.push(
                     Diagnostic::new(
                         &self.file,
@@ -118,8 +129,8 @@ impl Pipeline {
                     .with_help(suggest(n, &all, "stages")),
                 );
             }
-            for i in variants {
-                if !out.contains(&i) {
+            for &i in variants {
+                if taken.insert(i) {
                     out.push(i);
                 }
             }
@@ -371,9 +382,9 @@ pub fn analyze(raw: RawPipeline) -> Result<Pipeline, PipelineError> {
     };
     let kinds: Vec<&str> = registry().iter().map(|k| k.name).collect();
     let names: Vec<&str> = raw.stages.iter().map(|s| s.name.as_str()).collect();
-    let index_of: std::collections::HashMap<&str, usize> =
-        names.iter().enumerate().map(|(i, n)| (*n, i)).collect();
+    let index_of: HashMap<&str, usize> = names.iter().enumerate().map(|(i, n)| (*n, i)).collect();
     let mut stages = Vec::new();
+    let mut origins: Option<Vec<&str>> = None;
     // Inputs of the wrong artifact type: reported with the other errors, or, when the file has
     // none, after the cycle check (in a cycle, types are beside the point).
     let mut wiring: Vec<Diagnostic> = Vec::new();
@@ -419,12 +430,19 @@ pub fn analyze(raw: RawPipeline) -> Result<Pipeline, PipelineError> {
                 }
                 None => {
                     // Stages as written in the file (an input names all variants of one).
-                    let mut others: Vec<&str> = Vec::new();
-                    for s in &raw.stages {
-                        if s.origin != st.origin && !others.contains(&s.origin.as_str()) {
-                            others.push(&s.origin);
-                        }
-                    }
+                    let origins = origins.get_or_insert_with(|| {
+                        let mut seen = HashSet::new();
+                        raw.stages
+                            .iter()
+                            .map(|s| s.origin.as_str())
+                            .filter(|o| seen.insert(*o))
+                            .collect::<Vec<&str>>()
+                    });
+                    let others: Vec<&str> = origins
+                        .iter()
+                        .copied()
+                        .filter(|o| *o != st.origin)
+                        .collect();
                     diags.push(
                         at(
                             &ipath,
@@ -527,7 +545,7 @@ pub fn analyze(raw: RawPipeline) -> Result<Pipeline, PipelineError> {
     if !diags.is_empty() {
         diags.append(&mut wiring);
         // Sweep variants repeat their origin's mistakes: report each once.
-        let mut seen = std::collections::HashSet::new();
+        let mut seen = HashSet::new();
         diags.retain(|d| seen.insert(format!("{:?}|{}|{}", d.line, d.path, d.message)));
         return Err(PipelineError { diagnostics: diags });
     }
@@ -564,7 +582,13 @@ pub fn analyze(raw: RawPipeline) -> Result<Pipeline, PipelineError> {
             diagnostics: columns,
         });
     }
+    let by_name = stages
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.name.clone(), i))
+        .collect();
     Ok(Pipeline {
+        by_name,
         name: raw.name,
         file: raw.file,
         description: raw.description,

@@ -5,6 +5,7 @@
 //! they collect every variant of their inputs. Axes with the same param name in two stages are
 //! one axis (their variants pair up instead of multiplying).
 
+use crate::config::limits::{thousands, MAX_STAGES};
 use crate::config::{RawPipeline, RawStage};
 use crate::diagnostic::{Diagnostic, PipelineError};
 use crate::stages::{find_kind, Roles};
@@ -124,6 +125,92 @@ fn is_fan_in(kind: &str) -> bool {
     matches!(find_kind(kind).map(|k| k.roles), Some(Roles::AnyNonEmpty))
 }
 
+/// Refuse sweeps that would make more than [`MAX_STAGES`] stages, from the axis lengths alone
+/// (before any variant is made), naming the stage and its axes. `order` puts inputs first.
+fn check_count(raw: &RawPipeline, order: &[&RawStage]) -> Result<(), PipelineError> {
+    // Per stage: its axes (its own and its inputs', shared by name) → how many values. Axes
+    // shared by name pair up, so the count is the product over distinct axes: an upper bound
+    // (values absent upstream drop out), exact when they agree.
+    let mut axes_of: HashMap<&str, BTreeMap<&str, u64>> = HashMap::new();
+    let mut total: u128 = 0;
+    let mut counts: Vec<(&str, u128)> = Vec::new();
+    for s in order {
+        let mut axes: BTreeMap<&str, u64> = BTreeMap::new();
+        if !is_fan_in(&s.kind) {
+            let mut own: Vec<(&str, u64)> = Vec::new();
+            for (_, up) in &s.inputs {
+                if let Some(a) = axes_of.get(up.as_str()) {
+                    own.extend(a.iter().map(|(k, v)| (*k, *v)));
+                }
+            }
+            own.extend(s.matrix.iter().map(|(k, v)| (k.as_str(), v.len() as u64)));
+            for (k, n) in own {
+                let e = axes.entry(k).or_insert(n);
+                *e = (*e).min(n);
+            }
+        }
+        let n = axes
+            .values()
+            .fold(1u128, |acc, &v| acc.saturating_mul(v as u128));
+        total = total.saturating_add(n);
+        if n > 1 {
+            counts.push((s.name.as_str(), n));
+        }
+        if n > MAX_STAGES as u128 || total > MAX_STAGES as u128 {
+            let axes_shown = axes
+                .iter()
+                .map(|(k, v)| format!("{k}: {v}"))
+                .collect::<Vec<_>>()
+                .join(" × ");
+            let (path, message) = if n > MAX_STAGES as u128 {
+                (
+                    format!(
+                        "stages.{}{}",
+                        s.name,
+                        if s.matrix.is_empty() { "" } else { ".matrix" }
+                    ),
+                    format!(
+                        "stage `{}` would be repeated for {} variants ({axes_shown}); a pipeline \
+                         may have at most {} stages once its sweeps are expanded",
+                        s.name,
+                        thousands(n),
+                        thousands(MAX_STAGES)
+                    ),
+                )
+            } else {
+                counts.sort_by_key(|c| std::cmp::Reverse(c.1));
+                let biggest = counts
+                    .iter()
+                    .take(3)
+                    .map(|(name, n)| format!("`{name}`: {}", thousands(*n)))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                (
+                    format!("stages.{}", s.name),
+                    format!(
+                        "the sweeps would make at least {} stages (largest: {biggest}); a \
+                         pipeline may have at most {} stages once its sweeps are expanded",
+                        thousands(total),
+                        thousands(MAX_STAGES)
+                    ),
+                )
+            };
+            let mut d = Diagnostic::new(&raw.file, &path, message).with_help(
+                "sweep fewer values or fewer axes at once (`--set 'STAGE.matrix.PARAM=[..]'` \
+                 narrows an axis), or split the sweep into several pipelines",
+            );
+            if let Some((l, c)) = raw.locator.find(&path) {
+                d = d.at(l, c);
+            }
+            return Err(PipelineError {
+                diagnostics: vec![d],
+            });
+        }
+        axes_of.insert(s.name.as_str(), axes);
+    }
+    Ok(())
+}
+
 /// Expand every `matrix` in the pipeline. Without one, the pipeline comes back unchanged.
 pub fn expand(raw: RawPipeline) -> Result<RawPipeline, PipelineError> {
     if raw.stages.iter().all(|s| s.matrix.is_empty()) {
@@ -137,28 +224,29 @@ pub fn expand(raw: RawPipeline) -> Result<RawPipeline, PipelineError> {
     // Resolve in dependency order (a stage after its inputs); the analyzer reports cycles and
     // unknown inputs later, so here they simply stay unexpanded.
     let mut order: Vec<&RawStage> = Vec::new();
-    let mut placed: HashMap<&str, bool> = HashMap::new();
-    fn visit<'a>(
-        s: &'a RawStage,
-        by: &HashMap<&str, &'a RawStage>,
-        placed: &mut HashMap<&'a str, bool>,
-        order: &mut Vec<&'a RawStage>,
-    ) {
-        if placed.contains_key(s.name.as_str()) {
-            return;
+    // Iteratively (a chain of 100,000 stages would overflow the stack of a recursive walk).
+    let mut placed: std::collections::HashSet<&str> = Default::default();
+    for s in &raw.stages {
+        if !placed.insert(s.name.as_str()) {
+            continue;
         }
-        placed.insert(&s.name, false);
-        for (_, up) in &s.inputs {
-            if let Some(u) = by.get(up.as_str()) {
-                visit(u, by, placed, order);
+        // (stage, how many of its inputs are visited)
+        let mut stack: Vec<(&RawStage, usize)> = vec![(s, 0)];
+        while let Some((cur, k)) = stack.pop() {
+            match cur.inputs.get(k) {
+                Some((_, up)) => {
+                    stack.push((cur, k + 1));
+                    if let Some(&u) = by_name.get(up.as_str()) {
+                        if placed.insert(u.name.as_str()) {
+                            stack.push((u, 0));
+                        }
+                    }
+                }
+                None => order.push(cur),
             }
         }
-        placed.insert(&s.name, true);
-        order.push(s);
     }
-    for s in &raw.stages {
-        visit(s, &by_name, &mut placed, &mut order);
-    }
+    check_count(&raw, &order)?;
     let labels = axis_labels(&raw.stages);
     // (axis, value as JSON) → label, and (axis, label) → value: constant time per variant.
     let mut label_by_value: HashMap<(String, String), String> = HashMap::new();
@@ -238,7 +326,7 @@ pub fn expand(raw: RawPipeline) -> Result<RawPipeline, PipelineError> {
         let mut expanded = Vec::new();
         for a in combos {
             let mut name = format!("{}{}", s.name, label(&a));
-            if name.len() > MAX_NAME {
+            if name.len() > MAX_NAME && !a.is_empty() {
                 // A folder name has at most 255 bytes: keep the start, add a hash of the rest.
                 let l = label(&a);
                 name = format!(
@@ -384,5 +472,29 @@ mod tests {
             n[7].1,
             vec![("corpus".to_string(), "toy[length=60]".to_string())]
         );
+    }
+
+    #[test]
+    fn counts_variants_from_axis_lengths_before_expanding() {
+        // 10 axes of 10 values: 10^10 variants, refused at once with the stage named.
+        let axes: String = (0..10)
+            .map(|a| format!("      a{a}: [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]\n"))
+            .collect();
+        let text =
+            format!("name: t\nstages:\n  s:\n    kind: synthetic_series\n    matrix:\n{axes}");
+        let raw = crate::config::parse(Path::new("t.yaml"), &text).unwrap();
+        let start = std::time::Instant::now();
+        let e = expand(raw).unwrap_err();
+        assert!(start.elapsed().as_secs() < 1);
+        let d = &e.diagnostics[0];
+        assert!(
+            d.message
+                .contains("stage `s` would be repeated for 10,000,000,000 variants"),
+            "{d}"
+        );
+        assert_eq!((d.path.as_str(), d.line), ("stages.s.matrix", Some(5)));
+        // Axes shared by name pair up rather than multiply: 3 + 3 stages, not 3 + 9.
+        let text = "name: t\nstages:\n  toy:\n    kind: toy_sequence\n    matrix: { length: [5, 6, 7] }\n  b:\n    kind: sample_batches\n    inputs: { corpus: toy }\n    params: { strategy: random, batch_size: 2, num_steps: 3 }\n    matrix: { length: [5, 6, 7] }\n";
+        assert_eq!(names(text).len(), 6);
     }
 }

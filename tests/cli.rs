@@ -3139,3 +3139,300 @@ mod trust;
 
 #[path = "cli/report_page.rs"]
 mod report_page;
+
+// ---- The front door: bounds on what a file may make, and no panic on any file. ----
+
+/// Every bound a pipeline file can cross is named before anything is expanded (exit 2, with
+/// the bound and what would be right), rather than an abort or minutes of work.
+#[test]
+fn limits_are_named_before_anything_is_expanded() {
+    let toy = |extra: &str| {
+        format!(
+            "name: p\nstages:\n  t:\n    kind: toy_sequence\n    params: {{ length: 10 }}\n{extra}"
+        )
+    };
+    let alias_bomb = {
+        let mut t = String::from("name: p\nx: &a [");
+        t.push_str(&vec!["1"; 1000].join(", "));
+        t.push_str("]\ny: &b [");
+        t.push_str(&vec!["*a"; 1000].join(", "));
+        t.push_str("]\nz: [*b, *b, *b]\nstages: {}\n");
+        t
+    };
+    let values: Vec<String> = (1..=150_000).map(|i| i.to_string()).collect();
+    let cases: Vec<(&str, String)> = vec![
+        (
+            "file_too_large",
+            format!("{}# {}\n", toy(""), "x".repeat(17 << 20)),
+        ),
+        ("alias_expansion", alias_bomb),
+        (
+            "too_many_values",
+            toy(&format!("    description: [{}]\n", vec!["0"; 2_000_001].join(","))),
+        ),
+        (
+            "nested_too_deeply",
+            toy(&format!("    description: {}{}\n", "[".repeat(100), "]".repeat(100))),
+        ),
+        (
+            "matrix_of_ten_axes",
+            format!(
+                "name: p\nstages:\n  t:\n    kind: synthetic_series\n    matrix:\n{}",
+                (0..10)
+                    .map(|a| format!("      a{a}: [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]\n"))
+                    .collect::<String>()
+            ),
+        ),
+        (
+            "sweeps_too_large_in_all",
+            format!(
+                "name: p\nstages:\n  t:\n    kind: toy_sequence\n    matrix: {{ length: [{}] }}\n  b:\n    kind: sample_batches\n    inputs: {{ corpus: t }}\n    params: {{ strategy: random, batch_size: 2, num_steps: 3 }}\n",
+                values.join(", ")
+            ),
+        ),
+    ];
+    for (name, text) in cases {
+        let start = std::time::Instant::now();
+        let out = Case::new()
+            .file("p.yaml", &text)
+            .args(&["run", "p.yaml", "--dry-run"])
+            .expect(2);
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(20),
+            "{name}: took {:?}",
+            start.elapsed()
+        );
+        insta::assert_snapshot!(format!("limit_{name}"), out);
+    }
+}
+
+/// Parse, sweep, analysis, keys and plan, as `seqpipe run FILE --dry-run` does them, in this
+/// process: the plan or the errors as text.
+fn dry_run_in_process(file: &Path, digests: &mut seqpipe::key::FileDigests) -> String {
+    let p = match seqpipe::pipeline::load(file, &[]) {
+        Ok(p) => p,
+        Err(e) => return e.to_string(),
+    };
+    let names: Vec<String> = p.stages.iter().take(3).map(|s| s.origin.clone()).collect();
+    let targets = match p.resolve_names(&names) {
+        Ok(t) => t,
+        Err(e) => return e.to_string(),
+    };
+    let records = match seqpipe::key::compute(&p, &repo(), seqpipe::device::Device::Cpu, digests) {
+        Ok(r) => r,
+        Err(e) => return e.to_string(),
+    };
+    let plan =
+        seqpipe::plan::make_plan(&p, &records, &|_| seqpipe::plan::Cached::No, &targets, &[]);
+    seqpipe::plan::PlanView(&p, &plan).to_string()
+}
+
+/// One random edit of a pipeline file: characters and lines deleted, inserted or duplicated,
+/// YAML punctuation, anchors, aliases and tags.
+fn mutate(text: &str, rng: &mut impl rand::Rng) -> String {
+    const PUNCT: &[&str] = &[
+        "{",
+        "}",
+        "[",
+        "]",
+        ",",
+        ":",
+        ": ",
+        "&",
+        "*",
+        "!",
+        "|",
+        ">",
+        "-",
+        "- ",
+        "\"",
+        "'",
+        "#",
+        " #",
+        "\n",
+        " ",
+        "  ",
+        "\t",
+        "?",
+        "%",
+        "@",
+        "`",
+        "\\",
+        "~",
+        "null",
+        ".nan",
+        "1e999",
+        "&a ",
+        "*a",
+        "&b [1, 2] ",
+        "*b",
+        "!!str ",
+        "!!int ",
+        "!!map ",
+        "!tag ",
+        "<<: *a\n",
+        "---\n",
+        "...\n",
+        "{ a: \"}\" }",
+        "\"}\"",
+        "'{'",
+        "[[",
+        "]]",
+        "é",
+        "\u{feff}",
+        "\0",
+    ];
+    let mut chars: Vec<char> = text.chars().collect();
+    let at = |rng: &mut dyn rand::RngCore, n: usize| {
+        if n == 0 {
+            0
+        } else {
+            rng.next_u32() as usize % n
+        }
+    };
+    for _ in 0..rng.gen_range(1..=3) {
+        let n = chars.len();
+        match rng.gen_range(0..9) {
+            0 if n > 0 => {
+                chars.remove(at(rng, n));
+            }
+            1 => {
+                let p = PUNCT[rng.gen_range(0..PUNCT.len())];
+                let i = at(rng, n + 1);
+                chars.splice(i..i, p.chars());
+            }
+            2 if n > 0 => {
+                let i = at(rng, n);
+                chars.insert(i, chars[i]);
+            }
+            3 if n > 0 => {
+                // A run of characters replaced by punctuation.
+                let i = at(rng, n);
+                let j = (i + rng.gen_range(1..8)).min(n);
+                let p = PUNCT[rng.gen_range(0..PUNCT.len())];
+                chars.splice(i..j, p.chars());
+            }
+            k => {
+                let s: String = chars.iter().collect();
+                let mut lines: Vec<String> = s.lines().map(String::from).collect();
+                if lines.is_empty() {
+                    continue;
+                }
+                let i = at(rng, lines.len());
+                match k {
+                    4 => {
+                        lines.remove(i);
+                    }
+                    5 => {
+                        let l = lines[i].clone();
+                        lines.insert(i, l);
+                    }
+                    6 => {
+                        let j = at(rng, lines.len());
+                        lines.swap(i, j);
+                    }
+                    7 => {
+                        // An anchor on a value, and an alias to it somewhere else.
+                        if let Some(c) = lines[i].find(": ") {
+                            lines[i].insert_str(c + 2, "&x ");
+                            let j = at(rng, lines.len());
+                            if let Some(c) = lines[j].find(": ") {
+                                lines[j].truncate(c + 2);
+                                lines[j].push_str("*x");
+                            }
+                        }
+                    }
+                    _ => {
+                        // Indentation changed.
+                        if rng.gen_bool(0.5) {
+                            lines[i].insert_str(0, "  ");
+                        } else {
+                            lines[i] = lines[i].trim_start().to_string();
+                        }
+                    }
+                }
+                chars = (lines.join("\n") + "\n").chars().collect();
+            }
+        }
+    }
+    chars.into_iter().collect()
+}
+
+/// No file makes seqpipe panic: a few thousand random edits of the shipped pipelines go
+/// through the whole dry run (in this process, each bounded in time), and some through the
+/// real binary, which must answer with exit code 0, 1 or 2.
+#[test]
+fn no_pipeline_file_makes_it_panic() {
+    use rand::SeedableRng;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(20261207);
+    let mut shipped: Vec<(String, String)> = std::fs::read_dir(repo().join("pipelines"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .map(|p| {
+            (
+                p.display().to_string(),
+                std::fs::read_to_string(&p).unwrap(),
+            )
+        })
+        .collect();
+    shipped.sort();
+    // Cases known to have panicked once.
+    let mut files: Vec<String> = vec![
+        "name: p\nstages:\n  t: { kind: toy_sequence, description: \"}\", params: { length: 3 } }\n".into(),
+        format!("name: p\nstages:\n  {}:\n    kind: toy_sequence\n    params: {{ length: 3 }}\n  m:\n    kind: toy_sequence\n    matrix: {{ length: [3, 4] }}\n", "s".repeat(200)),
+    ];
+    for _ in 0..4000 {
+        let (_, text) = &shipped[rand::Rng::gen_range(&mut rng, 0..shipped.len())];
+        files.push(mutate(text, &mut rng));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("p.yaml");
+    let mut digests = seqpipe::key::FileDigests::default();
+    let mut failures = Vec::new();
+    let mut slowest = (std::time::Duration::ZERO, 0);
+    for (i, text) in files.iter().enumerate() {
+        std::fs::write(&file, text).unwrap();
+        let start = std::time::Instant::now();
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            dry_run_in_process(&file, &mut digests)
+        }));
+        slowest = slowest.max((start.elapsed(), i));
+        if let Err(e) = r {
+            let msg = e
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default();
+            failures.push(format!(
+                "case {i}: panicked: {msg}\n--- file ---\n{text}\n------------"
+            ));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} files panicked; the first:\n{}",
+        failures.len(),
+        files.len(),
+        failures[..failures.len().min(3)].join("\n")
+    );
+    assert!(
+        slowest.0 < std::time::Duration::from_secs(2),
+        "case {} took {:?}:\n{}",
+        slowest.1,
+        slowest.0,
+        files[slowest.1]
+    );
+    // The real binary, on a sample: only the documented exit codes, no panic message.
+    let t = project();
+    for (i, text) in files.iter().enumerate().step_by(files.len() / 50) {
+        std::fs::write(t.path().join("p.yaml"), text).unwrap();
+        let o = seqpipe(t.path(), &["run", "p.yaml", "--dry-run"]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            matches!(o.status.code(), Some(0..=2)) && !err.contains("panicked"),
+            "case {i}: exit {:?}\n{err}\n--- file ---\n{text}",
+            o.status.code()
+        );
+    }
+}

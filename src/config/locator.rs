@@ -128,7 +128,9 @@ fn split_key(s: &str) -> Option<(String, &str)> {
     Some((key, rest))
 }
 
-/// Keys of a one-line flow mapping `{ a: 1, b: { c: 2 } }` starting at column `col`.
+/// Keys of a one-line flow mapping `{ a: 1, b: { c: 2 } }` starting at column `col`. Quoted
+/// scalars are skipped whole (`description: "}"` closes nothing); text that does not balance
+/// ends the indexing there (its keys then have no position), never the program.
 fn index_flow(
     positions: &mut HashMap<String, (usize, usize)>,
     parent: &str,
@@ -139,31 +141,53 @@ fn index_flow(
     let mut stack: Vec<String> = vec![parent.to_string()];
     let mut token_start: Option<usize> = None;
     let mut last_key: Option<String> = None;
-    let bytes: Vec<char> = s.chars().collect();
+    let chars: Vec<char> = s.chars().collect();
+    // A quote opens a quoted scalar only where a scalar starts (not in `don't`).
+    let starts_scalar = |i: usize| {
+        chars[..i]
+            .iter()
+            .rev()
+            .find(|c| !c.is_whitespace())
+            .is_none_or(|c| matches!(c, '{' | '[' | ',' | ':'))
+    };
     let mut i = 0;
-    while i < bytes.len() {
-        let c = bytes[i];
+    while i < chars.len() {
+        let c = chars[i];
         match c {
+            '"' | '\'' if starts_scalar(i) => {
+                i = skip_quoted(&chars, i);
+                continue;
+            }
             '{' => {
+                let Some(top) = stack.last().cloned() else {
+                    return;
+                };
                 if let Some(k) = last_key.take() {
-                    stack.push(format!("{}.{}", stack.last().unwrap(), k));
+                    stack.push(format!("{top}.{k}"));
                 } else if i > 0 {
-                    stack.push(stack.last().unwrap().clone());
+                    stack.push(top);
                 }
                 token_start = Some(i + 1);
             }
             '}' => {
                 stack.pop();
+                if stack.is_empty() {
+                    return;
+                }
                 token_start = None;
             }
             '[' => {
                 // Lists of scalars hold no keys; skip to the matching bracket.
-                let mut depth = 0;
-                while i < bytes.len() {
-                    match bytes[i] {
+                let mut depth = 0usize;
+                while i < chars.len() {
+                    match chars[i] {
+                        '"' | '\'' if starts_scalar(i) => {
+                            i = skip_quoted(&chars, i);
+                            continue;
+                        }
                         '[' => depth += 1,
                         ']' => {
-                            depth -= 1;
+                            depth = depth.saturating_sub(1);
                             if depth == 0 {
                                 break;
                             }
@@ -176,10 +200,10 @@ fn index_flow(
             }
             ',' => token_start = Some(i + 1),
             ':' => {
-                if let Some(st) = token_start.take() {
-                    let raw: String = bytes[st..i].iter().collect();
+                if let Some(st) = token_start.take().filter(|&st| st <= i) {
+                    let raw: String = chars[st..i].iter().collect();
                     let key = raw.trim().trim_matches('"').trim_matches('\'').to_string();
-                    let offset = st + (raw.len() - raw.trim_start().len());
+                    let offset = st + raw.chars().take_while(|c| c.is_whitespace()).count();
                     if let Some(p) = stack.last() {
                         positions
                             .entry(format!("{p}.{key}"))
@@ -192,6 +216,27 @@ fn index_flow(
         }
         i += 1;
     }
+}
+
+/// The index just past the quoted scalar that opens at `i` (`"..."` with `\` escapes, or
+/// `'...'` with `''` for a quote); the end of the text if it is not closed.
+fn skip_quoted(chars: &[char], i: usize) -> usize {
+    let q = chars[i];
+    let mut j = i + 1;
+    while j < chars.len() {
+        match chars[j] {
+            '\\' if q == '"' => j += 2,
+            c if c == q => {
+                if q == '\'' && chars.get(j + 1) == Some(&'\'') {
+                    j += 2;
+                } else {
+                    return j + 1;
+                }
+            }
+            _ => j += 1,
+        }
+    }
+    chars.len()
 }
 
 #[cfg(test)]
@@ -210,5 +255,25 @@ mod tests {
         // Unknown keys fall back to the nearest parent that is written.
         assert_eq!(l.find("stages.vocab.params.nope"), Some((6, 5)));
         assert_eq!(l.find("other"), None);
+    }
+
+    #[test]
+    fn quoted_braces_and_unbalanced_text_never_panic() {
+        // Once a panic at `stack.last().unwrap()`: the quoted `}` closed the mapping.
+        let text = "name: x\nstages:\n  s: { kind: toy_sequence, description: \"}\", params: { length: 3 } }\n";
+        let l = Locator::new(text);
+        assert_eq!(l.find("stages.s.params.length"), Some((3, 56)));
+        for text in [
+            "a: { b: 1 } } { c: 2 }\n",
+            "a: }}}{{{\n",
+            "a: { 'x'': {: 1, \"\\\": [ }\n",
+            "a: { b: [1, \"]\", 2], c: 3 }\n",
+            "a: {:}\n",
+            "\"a\nb: '\n- - - \"\n",
+        ] {
+            let _ = Locator::new(text);
+        }
+        let l = Locator::new("a: { b: [1, \"]\", 2], c: 3 }\n");
+        assert_eq!(l.find("a.c"), Some((1, 22)));
     }
 }

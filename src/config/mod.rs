@@ -5,6 +5,7 @@
 //! The second step, checking the mirror against the stage kinds and building a pipeline that
 //! cannot hold a dangling reference, is [`crate::pipeline`].
 
+pub mod limits;
 mod locator;
 mod raw;
 
@@ -17,17 +18,43 @@ use std::path::Path;
 /// Read and parse a pipeline file. YAML syntax errors and unknown fields come back as
 /// diagnostics with a line and column.
 pub fn load(path: &Path) -> Result<RawPipeline, PipelineError> {
-    let text = std::fs::read_to_string(path).map_err(|e| PipelineError {
+    use std::io::Read;
+    let cannot = |e: std::io::Error| PipelineError {
         diagnostics: vec![
             Diagnostic::new(path, "", format!("cannot read pipeline file: {e}"))
                 .with_help("pass the path of a .yaml file, e.g. `pipelines/ex8_2_2.yaml`"),
         ],
+    };
+    // Read at most one byte past the limit: a huge file (or an endless one, like a device)
+    // is refused without being read whole.
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(limits::MAX_FILE_BYTES + 1).read_to_end(&mut bytes))
+        .map_err(cannot)?;
+    if bytes.len() as u64 > limits::MAX_FILE_BYTES {
+        let len = std::fs::metadata(path).map_or(bytes.len() as u64, |m| m.len());
+        return Err(PipelineError {
+            diagnostics: vec![limits::too_large(path, len.max(bytes.len() as u64))],
+        });
+    }
+    let text = String::from_utf8(bytes).map_err(|e| {
+        cannot(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("stream did not contain valid UTF-8 ({})", e.utf8_error()),
+        ))
     })?;
     parse(path, &text)
 }
 
 /// Parse pipeline text (`path` is used for messages only).
 pub fn parse(path: &Path, text: &str) -> Result<RawPipeline, PipelineError> {
+    let fail = |d| PipelineError {
+        diagnostics: vec![d],
+    };
+    if text.len() as u64 > limits::MAX_FILE_BYTES {
+        return Err(fail(limits::too_large(path, text.len() as u64)));
+    }
+    limits::check(path, text).map_err(fail)?;
     raw::parse(path, text)
 }
 

@@ -15,7 +15,6 @@ mod ngram_generate;
 mod ngram_stats;
 pub mod plot_stage;
 mod report;
-pub mod report_html;
 mod sample_batches;
 pub mod series;
 mod summary_table;

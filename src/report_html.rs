@@ -12,17 +12,17 @@
 //! - the run's identity (id, times, host, version, commit, device, threads, executor) and the
 //!   measured speed, which are outside every key: the page is never part of a cached entry.
 
-use super::plot_stage::{ChartKind, Plot, ScaleParam, Source};
 use crate::context::InputInfo;
 use crate::plot::Style;
 use crate::results::fmt_value;
+use crate::stages::plot_stage::{ChartKind, Plot, ScaleParam, Source};
 use anyhow::{Context, Result};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-const UPLOT_JS: &str = include_str!("../../assets/uplot/uPlot.iife.min.js");
-const UPLOT_CSS: &str = include_str!("../../assets/uplot/uPlot.min.css");
+const UPLOT_JS: &str = include_str!("../assets/uplot/uPlot.iife.min.js");
+const UPLOT_CSS: &str = include_str!("../assets/uplot/uPlot.min.css");
 
 /// Who ran what, where: shown at the top of the page.
 #[derive(Debug, Clone, Default)]
@@ -262,7 +262,7 @@ fn results_table(kind: &str, rows: &[&InputInfo], columns: &[String]) -> String 
             let mut m = BTreeMap::new();
             flatten("", &r.params, &mut m);
             // The sweep axes of the variant name (an upstream stage's, e.g. `activation`).
-            for (k, v) in super::plot_stage::axes(&r.stage) {
+            for (k, v) in crate::stages::plot_stage::axes(&r.stage) {
                 m.entry(k).or_insert(v);
             }
             m
@@ -443,8 +443,8 @@ fn chart_json(stage: &str, params: &Value, inputs: &[InputInfo]) -> Result<Value
         .with_context(|| format!("reading the params of plot `{stage}`"))?;
     let series = plot.series(inputs)?;
     let ys = match &plot.y {
-        super::plot_stage::OneOrMany::One(y) => vec![y.clone()],
-        super::plot_stage::OneOrMany::Many(v) => v.clone(),
+        crate::stages::plot_stage::OneOrMany::One(y) => vec![y.clone()],
+        crate::stages::plot_stage::OneOrMany::Many(v) => v.clone(),
     };
     let mut out: Vec<Value> = Vec::new();
     let mut colour = 0usize;
@@ -459,7 +459,7 @@ fn chart_json(stage: &str, params: &Value, inputs: &[InputInfo]) -> Result<Value
             .collect()
     };
     if plot.chart == ChartKind::Histogram {
-        for (name, bins) in super::plot_stage::histogram(&series, plot.bins) {
+        for (name, bins) in crate::stages::plot_stage::histogram(&series, plot.bins) {
             let p: Vec<(f64, f64)> = bins.iter().map(|b| (b.0, b.2)).collect();
             out.push(json!({"name": name, "colour": colour, "dash": false, "points": pts(&p)}));
             colour += 1;
