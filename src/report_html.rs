@@ -162,37 +162,6 @@ pub fn strip_epoch_prefix(line: &str) -> &str {
     line
 }
 
-/// Flatten params into `key.sub` → value, as the results table of report.md does.
-fn flatten(prefix: &str, v: &Value, out: &mut BTreeMap<String, String>) {
-    match v {
-        Value::Object(m) => {
-            for (k, x) in m {
-                let key = if prefix.is_empty() {
-                    k.clone()
-                } else {
-                    format!("{prefix}.{k}")
-                };
-                flatten(&key, x, out);
-            }
-        }
-        Value::String(s) => {
-            out.insert(prefix.to_string(), s.clone());
-        }
-        Value::Number(n) => {
-            let s = match n.as_f64() {
-                Some(f) if n.is_f64() && f.fract() == 0.0 && f.abs() < 1e15 => {
-                    format!("{}", f as i64)
-                }
-                _ => n.to_string(),
-            };
-            out.insert(prefix.to_string(), s);
-        }
-        other => {
-            out.insert(prefix.to_string(), other.to_string());
-        }
-    }
-}
-
 /// Perplexity numbers of a training, from its `metrics.csv`.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct Curve {
@@ -260,7 +229,7 @@ fn results_table(kind: &str, rows: &[&InputInfo], columns: &[String]) -> String 
         .iter()
         .map(|r| {
             let mut m = BTreeMap::new();
-            flatten("", &r.params, &mut m);
+            crate::results::flatten("", &r.params, &mut m);
             // The sweep axes of the variant name (an upstream stage's, e.g. `activation`).
             for (k, v) in crate::stages::plot_stage::axes(&r.stage) {
                 m.entry(k).or_insert(v);

@@ -18,8 +18,8 @@ pub struct Table {
     pub rows: Vec<Vec<String>>,
 }
 
-/// Flatten params into `key.sub=value` pairs.
-fn flatten(prefix: &str, v: &Value, out: &mut BTreeMap<String, String>) {
+/// Flatten params into `key.sub=value` pairs (the results tables of report.md and report.html).
+pub(crate) fn flatten(prefix: &str, v: &Value, out: &mut BTreeMap<String, String>) {
     match v {
         Value::Object(m) => {
             for (k, x) in m {

@@ -15,25 +15,8 @@ fn run_quick(p: &Path, name: &str) -> serde_json::Value {
     {
         args.extend(["--set", "*.epochs=2"]);
     }
-    let o = Command::new(BIN)
-        .args(&args)
-        .current_dir(p)
-        .env("NO_COLOR", "1")
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "seqpipe {args:?} failed:\n{}\n{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    let runs = p.join("outputs").join(name).join("runs");
-    let mut files: Vec<PathBuf> = std::fs::read_dir(runs)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    files.sort();
-    serde_json::from_slice(&std::fs::read(files.last().unwrap()).unwrap()).unwrap()
+    ok(p, &args);
+    last_record(p, name)
 }
 
 fn names_of(record: &serde_json::Value, kind: &str) -> Vec<String> {
