@@ -181,24 +181,30 @@ impl Store {
 
     /// A folder this store made: on a shared store, group-writable with the setgid bit (so
     /// that what is made inside stays the group's), whatever the user's umask.
+    /// Through a handle opened without following a link (`chmod_nofollow`).
     fn make_shared(&self, dir: &Path) {
         #[cfg(unix)]
         if self.shared {
-            use std::os::unix::fs::PermissionsExt;
-            let _ = fs::set_permissions(dir, fs::Permissions::from_mode(0o2775));
+            let _ = crate::fsutil::chmod_nofollow(dir, 0o2775);
         }
     }
 
     /// A committed file: read-only; on a shared store readable by all (`0444`), whatever the
     /// writer's umask, so that every co-user can verify and use it.
-    fn seal(&self, file: &Path) {
+    fn seal(&self, file: &File) {
         #[cfg(unix)]
-        if self.shared {
+        {
             use std::os::unix::fs::PermissionsExt;
-            let _ = fs::set_permissions(file, fs::Permissions::from_mode(0o444));
-            return;
+            let mode = if self.shared {
+                0o444
+            } else {
+                file.metadata()
+                    .map(|m| m.permissions().mode())
+                    .unwrap_or(0o444)
+                    & !0o222
+            };
+            let _ = file.set_permissions(fs::Permissions::from_mode(mode));
         }
-        set_read_only(file);
     }
 
     /// Check the store before a run does any work: its folder and each of its own folders are
@@ -433,14 +439,23 @@ impl Store {
                     format!("{}; a stage writes plain files", Found::describe(&p)),
                 ));
             }
-            let f = File::open(&p).at("opening", &p)?;
+            // One handle, opened without following a link, for the size, the digest and the
+            // mode: a file swapped for a link meanwhile is refused, never changed behind it.
+            let f = crate::fsutil::open_plain(&p).at("opening", &p)?;
+            let meta = f.metadata().at("reading", &p)?;
+            if !meta.is_file() {
+                return Err(StoreError::Strange(
+                    format!("the stage's output {name}"),
+                    "not a plain file".into(),
+                ));
+            }
             f.sync_all().at("syncing", &p)?;
             files.push(FileInfo {
                 name,
-                bytes: f.metadata().at("reading", &p)?.len(),
-                blake3: Some(digest_file(&p).at("hashing", &p)?),
+                bytes: meta.len(),
+                blake3: Some(crate::fsutil::digest_open(&f).at("hashing", &p)?),
             });
-            self.seal(&p);
+            self.seal(&f);
         }
         let entry = Entry {
             format: ENTRY_FORMAT,
@@ -451,7 +466,7 @@ impl Store {
             seconds,
         };
         write_synced(&staging.join(ENTRY), &serde_json::to_vec_pretty(&entry)?)?;
-        self.seal(&staging.join(ENTRY));
+        self.seal(&crate::fsutil::open_plain(&staging.join(ENTRY)).at("opening", staging)?);
         self.make_shared(staging);
         sync_dir(staging);
         let target = self.object_dir(&key);

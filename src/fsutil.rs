@@ -287,6 +287,35 @@ pub fn read_bounded(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
     Ok(out)
 }
 
+/// Open `path` to read, never through a link at it (a folder opens too).
+pub fn open_plain(path: &Path) -> std::io::Result<File> {
+    open_nofollow(path, false)
+}
+
+/// Set the mode of the file or folder at `path` through a handle opened without following a
+/// link: a link swapped in at `path` gets nothing changed behind it.
+#[cfg(unix)]
+pub fn chmod_nofollow(path: &Path, mode: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    open_plain(path)?.set_permissions(fs::Permissions::from_mode(mode))
+}
+
+/// The blake3 of an open file's content (mapped; large files hashed on every core).
+pub fn digest_open(f: &File) -> std::io::Result<String> {
+    let len = f.metadata()?.len();
+    let mut h = blake3::Hasher::new();
+    if len > 0 {
+        // SAFETY: a file of a staging folder only its writer fills, read once to hash it.
+        let m = unsafe { memmap2::Mmap::map(f)? };
+        if len >= 16 << 20 {
+            h.update_rayon(&m);
+        } else {
+            h.update(&m);
+        }
+    }
+    Ok(h.finalize().to_hex().to_string())
+}
+
 /// Open `path` (to write: create it if missing, never truncate) without following a link at it.
 fn open_nofollow(path: &Path, write: bool) -> std::io::Result<File> {
     let mut o = fs::OpenOptions::new();
@@ -360,6 +389,14 @@ mod tests {
         assert!(stamp(&link).is_err());
         assert!(read_bounded(&link, 100).is_err());
         assert_eq!(fs::read_to_string(&precious).unwrap(), "keep");
+        // A mode change through a link changes nothing behind it.
+        use std::os::unix::fs::PermissionsExt;
+        let before = fs::metadata(&precious).unwrap().permissions().mode();
+        assert!(chmod_nofollow(&link, 0o2777).is_err());
+        assert_eq!(
+            fs::metadata(&precious).unwrap().permissions().mode(),
+            before
+        );
         stamp(&precious).unwrap();
         assert_eq!(
             fs::read_to_string(&precious).unwrap(),
