@@ -237,24 +237,12 @@ fn results_table(kind: &str, rows: &[&InputInfo], columns: &[String]) -> String 
             m
         })
         .collect();
-    let mut differing: Vec<String> = flat.iter().flat_map(|m| m.keys().cloned()).collect();
-    differing.sort();
-    differing.dedup();
-    differing.retain(|k| flat.iter().any(|m| m.get(k) != flat[0].get(k)));
+    let differing = crate::results::differing_keys(&flat);
     let summaries: Vec<Option<serde_json::Map<String, Value>>> = rows
         .iter()
         .map(|r| crate::context::read_summary(&r.dir).ok())
         .collect();
-    let mut cols: Vec<String> = columns.to_vec();
-    if cols.is_empty() {
-        for s in summaries.iter().flatten() {
-            for (k, v) in s {
-                if (v.is_number() || v.is_boolean()) && !cols.contains(k) {
-                    cols.push(k.clone());
-                }
-            }
-        }
-    }
+    let cols = crate::results::summary_columns(columns, &summaries);
     let curves: Vec<Option<Curve>> = rows.iter().map(|r| curve(&r.dir)).collect();
     let has_curve = curves.iter().any(Option::is_some);
     let has_valid = curves.iter().flatten().any(|c| c.final_valid.is_some());

@@ -97,6 +97,37 @@ pub fn last_text(dir: &Path) -> Option<String> {
     None
 }
 
+/// The flattened params whose value is not the same in every row, sorted.
+pub(crate) fn differing_keys(flat: &[BTreeMap<String, String>]) -> Vec<String> {
+    let mut differing: Vec<String> = flat.iter().flat_map(|m| m.keys().cloned()).collect();
+    differing.sort();
+    differing.dedup();
+    differing.retain(|k| {
+        let first = flat[0].get(k);
+        flat.iter().any(|m| m.get(k) != first)
+    });
+    differing
+}
+
+/// The summary keys a table shows: `columns` as given, or every numeric and boolean key the
+/// summaries have, in first-seen order.
+pub(crate) fn summary_columns(
+    columns: &[String],
+    summaries: &[Option<serde_json::Map<String, Value>>],
+) -> Vec<String> {
+    let mut cols: Vec<String> = columns.to_vec();
+    if cols.is_empty() {
+        for s in summaries.iter().flatten() {
+            for (k, v) in s {
+                if (v.is_number() || v.is_boolean()) && !cols.contains(k) {
+                    cols.push(k.clone());
+                }
+            }
+        }
+    }
+    cols
+}
+
 /// Build the table. `columns` picks summary keys (all numeric and boolean ones when empty).
 /// `speed` adds each row's median tokens/s from its `speed.csv`: for the terminal only, never
 /// for a cached artifact, which must be byte-identical across runs.
@@ -109,27 +140,12 @@ pub fn table(rows: &[RowSource], columns: &[String], speed: bool) -> Table {
             m
         })
         .collect();
-    let mut differing: Vec<String> = flat.iter().flat_map(|m| m.keys().cloned()).collect();
-    differing.sort();
-    differing.dedup();
-    differing.retain(|k| {
-        let first = flat[0].get(k);
-        flat.iter().any(|m| m.get(k) != first)
-    });
+    let differing = differing_keys(&flat);
     let summaries: Vec<Option<serde_json::Map<String, Value>>> = rows
         .iter()
         .map(|r| r.dir.as_ref().and_then(|d| read_summary(d).ok()))
         .collect();
-    let mut cols: Vec<String> = columns.to_vec();
-    if cols.is_empty() {
-        for s in summaries.iter().flatten() {
-            for (k, v) in s {
-                if (v.is_number() || v.is_boolean()) && !cols.contains(k) {
-                    cols.push(k.clone());
-                }
-            }
-        }
-    }
+    let cols = summary_columns(columns, &summaries);
     let speeds: Vec<Option<f64>> = rows
         .iter()
         .map(|r| r.dir.as_deref().filter(|_| speed).and_then(median_speed))

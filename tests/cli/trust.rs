@@ -110,14 +110,30 @@ fn victim_intact(v: &Path) {
     );
 }
 
+/// A project that ran `ex8_3_3` with its cache in a shared store (`<first>/store`).
+fn shared_store_project() -> (tempfile::TempDir, tempfile::TempDir) {
+    let shared = tempfile::tempdir().unwrap();
+    let t = project();
+    let store = shared.path().join("store");
+    ok(
+        t.path(),
+        &[
+            "--store",
+            store.to_str().unwrap(),
+            "run",
+            "-q",
+            "pipelines/ex8_3_3.yaml",
+        ],
+    );
+    (shared, t)
+}
+
 #[test]
 fn planted_links_in_a_shared_store_are_reported_and_never_followed() {
-    let shared = tempfile::tempdir().unwrap();
+    let (shared, t) = shared_store_project();
     let store = shared.path().join("store");
     let s = store.to_str().unwrap();
-    let t = project();
     let p = t.path();
-    ok(p, &["--store", s, "run", "-q", "pipelines/ex8_3_3.yaml"]);
     let v = victim();
     // A co-user plants links where the store keeps shards, checkpoints and quarantine.
     for d in ["checkpoints", "quarantine"] {
@@ -154,12 +170,10 @@ fn planted_links_in_a_shared_store_are_reported_and_never_followed() {
 
 #[test]
 fn a_planted_link_at_a_used_stamp_truncates_nothing() {
-    let shared = tempfile::tempdir().unwrap();
+    let (shared, t) = shared_store_project();
     let store = shared.path().join("store");
     let s = store.to_str().unwrap();
-    let t = project();
     let p = t.path();
-    ok(p, &["--store", s, "run", "-q", "pipelines/ex8_3_3.yaml"]);
     let v = victim();
     // Every `used/<key>` stamp replaced by a link to the victim's file.
     let used: Vec<PathBuf> = std::fs::read_dir(store.join("used"))
