@@ -2,8 +2,12 @@
 //! made by the analyzer and read by the run, so that the pipeline model does not depend on the
 //! launchers.
 
-/// Where stages run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+/// Where stages run: `local` in the seqpipe process, `process` in a child process per stage,
+/// `slurm` as Slurm batch jobs (model stages; quick stages run in the driver unless
+/// `submit_all`).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum ExecutorKind {
     Local,

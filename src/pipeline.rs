@@ -768,53 +768,28 @@ fn parse_resources(
     at: &dyn Fn(&str, String) -> Diagnostic,
     diags: &mut Vec<Diagnostic>,
 ) -> crate::resources::Resources {
-    use crate::resources::{Resources, FIELDS};
-    let Some(map) = v.as_object() else {
+    use crate::resources::Resources;
+    if !v.is_object() {
         diags.push(
             at(base, "`resources` must be a mapping".into())
                 .with_help("e.g. `resources: { cpus: 2, mem: 4G, time: \"2:00:00\" }`"),
         );
         return Resources::default();
-    };
-    let mut bad = false;
-    for k in map.keys() {
-        if !FIELDS.contains(&k.as_str()) {
-            diags.push(
-                at(&format!("{base}.{k}"), format!("unknown resource `{k}`")).with_help(suggest(
-                    k,
-                    FIELDS,
-                    "resources",
-                )),
-            );
-            bad = true;
-        }
     }
-    if bad {
-        return Resources::default();
-    }
-    match serde_path_to_error::deserialize::<_, Resources>(v.clone()) {
+    match crate::config::de::from_value::<Resources>(v) {
         Ok(r) => {
             for (field, msg, help) in r.check() {
                 diags.push(at(&format!("{base}.{field}"), msg).with_help(help));
             }
             r
         }
-        Err(e) => {
-            let key = e.path().to_string();
-            let inner = e.into_inner().to_string();
-            let expected = inner.split(", expected ").nth(1).unwrap_or("another type");
-            let hint = match expected {
-                "u32" => "a positive integer, e.g. `2`".to_string(),
-                "a string" => "a string, e.g. `4G` or `\"2:00:00\"`".to_string(),
-                e => e.to_string(),
-            };
-            diags.push(
-                at(
-                    &format!("{base}.{key}"),
-                    format!("wrong type for resource `{key}`"),
-                )
-                .with_help(format!("expected {hint}")),
-            );
+        Err(issue) => {
+            let (message, help) = issue.explain("resource");
+            let d = at(&format!("{base}.{}", issue.key()), message);
+            diags.push(match help {
+                Some(h) => d.with_help(h),
+                None => d,
+            });
             Resources::default()
         }
     }

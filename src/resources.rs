@@ -7,14 +7,18 @@
 
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+/// What a stage asks of a cluster (`--executor slurm`). Not part of the key. Stage values override
+/// the pipeline's, which override the kind's defaults.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Resources {
     /// CPUs per task (`--cpus-per-task`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
     pub cpus: Option<u32>,
     /// Memory per node (`--mem`), e.g. `2G`, `500M`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = "^[0-9]+[KMGTkmgt]?$"))]
     pub mem: Option<String>,
     /// Time limit (`--time`), e.g. `30` (minutes), `4:00:00`, `1-00:00:00`.
     #[serde(
@@ -22,6 +26,7 @@ pub struct Resources {
         skip_serializing_if = "Option::is_none",
         deserialize_with = "string_or_number"
     )]
+    #[schemars(schema_with = "time_schema")]
     pub time: Option<String>,
     /// GPUs (`--gpus`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -34,37 +39,38 @@ pub struct Resources {
     pub qos: Option<String>,
     /// Further `sbatch` flags, passed as they are, e.g. `["--constraint=avx512"]`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(inner(regex(pattern = "^-")))]
     pub extra: Vec<String>,
 }
 
-pub const FIELDS: &[&str] = &[
-    "cpus",
-    "mem",
-    "time",
-    "gpus",
-    "partition",
-    "account",
-    "qos",
-    "extra",
-];
-
 /// `time: 30` and `time: "30"` are the same limit.
 fn string_or_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum SN {
-        S(String),
-        N(u64),
-    }
-    Ok(match Option::<SN>::deserialize(d) {
-        Ok(Some(SN::S(s))) => Some(s),
-        Ok(Some(SN::N(n))) => Some(n.to_string()),
-        Ok(None) => None,
-        Err(_) => {
-            return Err(serde::de::Error::custom(
-                "invalid type, expected a string such as \"4:00:00\", or minutes",
-            ))
+    struct V;
+    impl serde::de::Visitor<'_> for V {
+        type Value = Option<String>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a time limit: minutes, e.g. `30`, or a string such as \"4:00:00\"")
         }
+        fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Self::Value, E> {
+            Ok(Some(s.to_string()))
+        }
+        fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<Self::Value, E> {
+            Ok(Some(n.to_string()))
+        }
+        fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+    }
+    d.deserialize_any(V)
+}
+
+fn time_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "description": "Time limit (--time): minutes, MM:SS, HH:MM:SS, D-HH, D-HH:MM or D-HH:MM:SS.",
+        "anyOf": [
+            { "type": "integer", "minimum": 0 },
+            { "type": "string", "pattern": "^([0-9]{1,4}-)?[0-9]{1,4}(:[0-9]{1,4}){0,2}$" },
+        ],
     })
 }
 

@@ -1,7 +1,8 @@
-//! `seqpipe schema`: the JSON Schema (draft 2020-12) of pipeline files, built from the stage
-//! registry. Each kind's params come from its params struct (`#[derive(JsonSchema)]`, so types,
-//! enums, defaults and doc comments follow the code); the pipeline and stage levels are written
-//! here, mirroring `config::raw`. `pipelines/schema.json` is this output, kept current by a test;
+//! `seqpipe schema`: the JSON Schema (draft 2020-12) of pipeline files. The file's structure is
+//! derived from the spec types the file is read into (`config::spec`); each kind's params come
+//! from its params struct; both are `#[derive(JsonSchema)]`, so types, enums, defaults and doc
+//! comments follow the code. This file only adds what depends on the stage registry: the kind
+//! names and, per kind, its params, matrix axes and inputs. `pipelines/schema.json` is this output, kept current by a test;
 //! editors with the YAML language server pick it up from each pipeline's first line.
 
 use crate::stages::{registry, Roles};
@@ -28,12 +29,20 @@ fn params_def(kind: &str) -> String {
 
 pub fn pipeline_schema() -> Value {
     let mut gen = schemars::generate::SchemaSettings::draft2020_12().into_generator();
+    let mut root = gen
+        .root_schema_for::<crate::config::spec::PipelineSpec>()
+        .to_value();
     let kinds = registry();
     let mut refs = Vec::new();
     for k in kinds {
         refs.push((k, (k.params_schema)(&mut gen).to_value()));
     }
     let mut defs: Map<String, Value> = gen.take_definitions(true);
+    if let Some(Value::Object(root_defs)) = root.as_object_mut().and_then(|r| r.remove("$defs")) {
+        for (k, v) in root_defs {
+            defs.entry(k).or_insert(v);
+        }
+    }
     for d in defs.values_mut() {
         tidy(d);
     }
@@ -129,128 +138,25 @@ pub fn pipeline_schema() -> Value {
         .map(|k| format!("`{}`: {}", k.name, k.about))
         .collect::<Vec<_>>()
         .join("; ");
-    defs.insert(
-        "stage".into(),
-        json!({
-            "type": "object",
-            "description": "One stage: a kind, its inputs (upstream stages) and its params.",
-            "required": ["kind"],
-            "additionalProperties": false,
-            "properties": {
-                "kind": {
-                    "description": format!("The stage kind (`seqpipe kinds` lists them). {kinds_help}."),
-                    "enum": kind_names,
-                },
-                "description": { "type": "string", "description": "Free text; not part of the key." },
-                "inputs": {
-                    "description": "Upstream stages: a map role → stage name, or a list of stage names (for tables, plots and reports).",
-                    "anyOf": [
-                        { "type": "object", "additionalProperties": { "type": "string" } },
-                        { "type": "array", "items": { "type": "string" } },
-                        { "type": "null" },
-                    ],
-                },
-                "params": { "type": "object", "description": "The kind's params (unknown ones are errors)." },
-                "matrix": {
-                    "type": "object",
-                    "additionalProperties": { "type": "array", "minItems": 1 },
-                },
-                "resources": def("resources"),
-            },
-            "allOf": kind_rules,
-        }),
-    );
-    defs.insert(
-        "executor_kind".into(),
-        json!({
-            "description": "Where stages run: `local` in the seqpipe process, `process` in a child process per stage, `slurm` as Slurm batch jobs (model stages; quick stages run in the driver unless `submit_all`).",
-            "enum": ["local", "process", "slurm"],
-        }),
-    );
-    defs.insert(
-        "resources".into(),
-        json!({
-            "type": "object",
-            "description": "What a stage asks of a cluster (`--executor slurm`). Not part of the key. Stage values override the pipeline's, which override the kind's defaults.",
-            "additionalProperties": false,
-            "properties": {
-                "cpus": { "type": "integer", "minimum": 1, "description": "CPUs per task (--cpus-per-task)." },
-                "mem": { "type": "string", "pattern": "^[0-9]+[KMGTkmgt]?$", "description": "Memory per node (--mem), e.g. 2G." },
-                "time": {
-                    "description": "Time limit (--time): minutes, MM:SS, HH:MM:SS, D-HH, D-HH:MM or D-HH:MM:SS.",
-                    "anyOf": [
-                        { "type": "integer", "minimum": 0 },
-                        { "type": "string", "pattern": "^([0-9]{1,4}-)?[0-9]{1,4}(:[0-9]{1,4}){0,2}$" },
-                    ],
-                },
-                "gpus": { "type": "integer", "minimum": 0, "description": "GPUs (--gpus)." },
-                "partition": { "type": "string" },
-                "account": { "type": "string" },
-                "qos": { "type": "string" },
-                "extra": {
-                    "type": "array",
-                    "items": { "type": "string", "pattern": "^-" },
-                    "description": "Further sbatch flags, as sbatch takes them.",
-                },
-            },
-        }),
-    );
+    let stage = defs
+        .get_mut("StageSpec")
+        .and_then(Value::as_object_mut)
+        .expect("the stage's schema is a definition");
+    stage["properties"]["kind"]["enum"] = json!(kind_names);
+    stage["properties"]["kind"]["description"] = json!(format!(
+        "The stage kind (`seqpipe kinds` lists them). {kinds_help}."
+    ));
+    stage.insert("allOf".into(), Value::Array(kind_rules));
 
     let defs: Map<String, Value> = {
         let mut v: Vec<(String, Value)> = defs.into_iter().collect();
         v.sort_by(|a, b| a.0.cmp(&b.0));
         v.into_iter().collect()
     };
-    json!({
-        "$schema": "https://json-schema.org/draft/2020-12/schema",
-        "title": "seqpipe pipeline",
-        "description": "A seqpipe pipeline file: named stages of typed kinds, cached by key (generated by `seqpipe schema`).",
-        "type": "object",
-        "required": ["name", "stages"],
-        "additionalProperties": false,
-        "properties": {
-            "name": {
-                "type": "string",
-                "description": "Names the output folder outputs/<name>/.",
-            },
-            "description": { "type": "string", "description": "Free text." },
-            "seed": {
-                "type": "integer",
-                "minimum": 0,
-                "default": 0,
-                "description": "Every random choice derives from it; part of the keys of random stages.",
-            },
-            "device": {
-                "enum": ["cpu", "cuda", "auto"],
-                "default": "cpu",
-                "description": "Device of model stages (`cuda` needs the `cuda` build; `auto` is cuda when built with it).",
-            },
-            "executor": {
-                "description": "How stages are executed: a kind, or `{ kind: ... }`.",
-                "anyOf": [
-                    def("executor_kind"),
-                    {
-                        "type": "object",
-                        "required": ["kind"],
-                        "additionalProperties": false,
-                        "properties": {
-                            "kind": def("executor_kind"),
-                            "poll": { "type": "number", "exclusiveMinimum": 0, "description": "slurm: seconds between two squeue polls (default 2)." },
-                            "submit_all": { "type": "boolean", "description": "slurm: submit quick stages (text, tables, plots) as jobs too." },
-                        },
-                    },
-                ],
-            },
-            "resources": def("resources"),
-            "stages": {
-                "type": "object",
-                "description": "The stages by name (letters, digits, `_` and `-`; the name becomes a folder).",
-                "propertyNames": { "pattern": "^[A-Za-z0-9_-]+$" },
-                "additionalProperties": def("stage"),
-            },
-        },
-        "$defs": defs,
-    })
+    tidy(&mut root);
+    let top = root.as_object_mut().expect("the root schema is an object");
+    top.insert("$defs".into(), Value::Object(defs));
+    root
 }
 
 /// `inputs` of a kind: its fixed roles (all required), or any non-empty set of stages.
@@ -304,6 +210,10 @@ fn tidy(v: &mut Value) {
                 m.remove("format");
             }
             m.remove("writeOnly");
+            // An optional field of the file's spec: leaving it out is its default.
+            if m.get("default") == Some(&Value::Null) {
+                m.remove("default");
+            }
             m.values_mut().for_each(tidy);
         }
         Value::Array(a) => a.iter_mut().for_each(tidy),

@@ -2361,8 +2361,7 @@ fn committed_schema_is_current() {
 }
 
 fn yaml_to_json(text: &str) -> serde_json::Value {
-    let v: serde_yaml::Value = serde_yaml::from_str(text).unwrap();
-    serde_json::to_value(v).unwrap()
+    seqpipe::config::tree::parse(text).unwrap().to_json()
 }
 
 fn schema_errors(validator: &jsonschema::Validator, doc: &serde_json::Value) -> Vec<String> {

@@ -1,13 +1,16 @@
-//! Reading a pipeline file: YAML text → a serde mirror of the file (unknown fields rejected) →
-//! [`RawPipeline`], plain Rust values with source positions. This module is the only code that
-//! knows about YAML (serde_yaml); swapping the parser touches nothing outside it.
+//! Reading a pipeline file: YAML text → one parse into a tree with positions ([`tree`], the only
+//! code that knows the YAML library) → the spec types ([`spec`], which also give the JSON
+//! Schema) → [`RawPipeline`], plain Rust values with source positions.
 //!
 //! The second step, checking the mirror against the stage kinds and building a pipeline that
 //! cannot hold a dangling reference, is [`crate::pipeline`].
 
+pub mod de;
 pub mod limits;
 mod locator;
 mod raw;
+pub mod spec;
+pub mod tree;
 
 pub use locator::Locator;
 pub use raw::{RawExecutor, RawPipeline, RawStage};
@@ -54,22 +57,23 @@ pub fn parse(path: &Path, text: &str) -> Result<RawPipeline, PipelineError> {
     if text.len() as u64 > limits::MAX_FILE_BYTES {
         return Err(fail(limits::too_large(path, text.len() as u64)));
     }
-    limits::check(path, text).map_err(fail)?;
     raw::parse(path, text)
 }
 
 /// Parse a `--set` override value with YAML typing rules: `1e-3` is a float, `10` an integer,
 /// `true` a bool, `[1, 2]` a list, anything else a string.
 pub fn parse_scalar(text: &str) -> Result<serde_json::Value, String> {
-    let v: serde_yaml::Value = serde_yaml::from_str(text).map_err(|e| e.to_string())?;
-    if let Some(word) = raw::non_finite(&v) {
+    let node = match tree::parse(text) {
+        Ok(n) => n,
+        Err(tree::ParseError::Syntax { message, .. }) => return Err(message),
+        Err(tree::ParseError::Limit { .. }) => return Err("the value is too large".into()),
+    };
+    if let Some(word) = node.non_finite() {
         return Err(format!("`{word}` is not a finite number"));
     }
-    let v = if v.is_null() && !text.trim().is_empty() && text.trim() != "null" && text.trim() != "~"
-    {
-        serde_yaml::Value::String(text.to_string())
-    } else {
-        v
-    };
-    serde_json::to_value(&v).map_err(|e| e.to_string())
+    let t = text.trim();
+    if node.value == tree::Value::Null && !t.is_empty() && t != "null" && t != "~" {
+        return Ok(serde_json::Value::String(text.to_string()));
+    }
+    Ok(node.to_json())
 }

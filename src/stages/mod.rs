@@ -179,20 +179,14 @@ fn parse_params<S: Stage>(
         return Err(issues);
     }
     let value = serde_json::Value::Object(map.clone());
-    let parsed: S = match serde_path_to_error::deserialize(value) {
+    let parsed: S = match crate::config::de::from_value(&value) {
         Ok(p) => p,
-        Err(e) => {
-            let mut key = e.path().to_string();
-            let inner = e.into_inner().to_string();
-            if let Some(f) = inner
-                .strip_prefix("missing field `")
-                .and_then(|r| r.split('`').next())
-            {
-                if key == "." || key.is_empty() {
-                    key = f.to_string();
-                }
+        Err(issue) => {
+            let (message, mut help) = issue.explain("param");
+            if let crate::config::de::Problem::Missing { field } = &issue.problem {
+                help = Some(format!("add `{field}:` under `params`"));
             }
-            let (message, help) = explain_serde(&key, &inner);
+            let key = issue.key().to_string();
             return Err(vec![ParamIssue { key, message, help }]);
         }
     };
@@ -202,64 +196,6 @@ fn parse_params<S: Stage>(
     } else {
         Err(issues)
     }
-}
-
-fn explain_serde(key: &str, inner: &str) -> (String, Option<String>) {
-    // Untagged enums say only "data did not match any variant of untagged enum X": name the
-    // forms the param takes instead of the type.
-    if let Some(name) = inner.strip_prefix("data did not match any variant of untagged enum ") {
-        let forms = match name.trim() {
-            "Hidden" => "a positive integer (units per layer), or a list of them for `arch: mlp`, e.g. `hidden: 256` or `hidden: [10, 10]`",
-            "OneOrMany" => "a name, or a list of names, e.g. `y: loss` or `y: [loss, perplexity]`",
-            _ => "one of the forms the README's table of stage kinds gives for it",
-        };
-        return (
-            format!("invalid value for param `{key}`"),
-            Some(format!("expected {forms}")),
-        );
-    }
-    if let Some(rest) = inner.strip_prefix("missing field `") {
-        let f = rest.split('`').next().unwrap_or(rest);
-        return (
-            format!("missing required param `{f}`"),
-            Some(format!("add `{f}:` under `params`")),
-        );
-    }
-    if inner.starts_with("invalid type") || inner.starts_with("invalid value") {
-        let expected = inner.split(", expected ").nth(1).unwrap_or("another type");
-        let found = inner
-            .split(':')
-            .nth(1)
-            .and_then(|s| s.split(", expected").next())
-            .unwrap_or("")
-            .trim();
-        let hint = if expected == "usize" || expected == "u64" || expected == "u32" {
-            "a non-negative integer, e.g. `10`".to_string()
-        } else if expected == "f64" || expected == "f32" {
-            "a number, e.g. `0.5` or `1e-3`".to_string()
-        } else {
-            expected.to_string()
-        };
-        return (
-            format!("wrong type for param `{key}`: found {found}"),
-            Some(format!("expected {hint}")),
-        );
-    }
-    if let Some(rest) = inner.strip_prefix("unknown variant `") {
-        let given = rest.split('`').next().unwrap_or("");
-        let expected: Vec<&str> = rest
-            .split("expected ")
-            .nth(1)
-            .unwrap_or("")
-            .split(['`', ',', ' '])
-            .filter(|s| !s.is_empty() && *s != "one" && *s != "of" && *s != "or")
-            .collect();
-        return (
-            format!("invalid value `{given}` for param `{key}`"),
-            Some(crate::diagnostic::suggest(given, &expected, "values")),
-        );
-    }
-    (format!("invalid param `{key}`: {inner}"), None)
 }
 
 /// Every stage kind seqpipe knows.

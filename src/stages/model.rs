@@ -20,11 +20,36 @@ pub enum Arch {
     Mlp,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
+#[derive(Debug, Clone, Serialize, PartialEq, schemars::JsonSchema)]
 #[serde(untagged)]
 pub enum Hidden {
     One(usize),
     Layers(Vec<usize>),
+}
+
+impl<'de> Deserialize<'de> for Hidden {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Hidden;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a positive integer (units per layer), or a list of them for `arch: mlp`, e.g. `hidden: 256` or `hidden: [10, 10]`")
+            }
+            fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<Hidden, E> {
+                usize::try_from(n)
+                    .map(Hidden::One)
+                    .map_err(|_| E::invalid_value(serde::de::Unexpected::Unsigned(n), &self))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut a: A) -> Result<Hidden, A::Error> {
+                let mut v = Vec::new();
+                while let Some(n) = a.next_element::<usize>()? {
+                    v.push(n);
+                }
+                Ok(Hidden::Layers(v))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema)]

@@ -148,11 +148,37 @@ pub fn histogram(series: &[Series], bins: usize) -> Vec<(String, plot::Bins)> {
         .collect()
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
+#[derive(Debug, Clone, Serialize, PartialEq, schemars::JsonSchema)]
 #[serde(untagged)]
 pub enum OneOrMany {
     One(String),
     Many(Vec<String>),
+}
+
+impl<'de> Deserialize<'de> for OneOrMany {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = OneOrMany;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a name, or a list of names, e.g. `y: loss` or `y: [loss, perplexity]`")
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<OneOrMany, E> {
+                Ok(OneOrMany::One(s.to_string()))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut a: A,
+            ) -> Result<OneOrMany, A::Error> {
+                let mut v = Vec::new();
+                while let Some(s) = a.next_element::<String>()? {
+                    v.push(s);
+                }
+                Ok(OneOrMany::Many(v))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 impl OneOrMany {

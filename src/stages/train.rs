@@ -76,23 +76,29 @@ impl schemars::JsonSchema for Clip {
 
 impl<'de> Deserialize<'de> for Clip {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Num(f64),
-            Word(String),
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Clip;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a number (the max gradient norm) or `none`")
+            }
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Clip, E> {
+                Ok(Clip::Norm(v))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Clip, E> {
+                Ok(Clip::Norm(v as f64))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Clip, E> {
+                Ok(Clip::Norm(v as f64))
+            }
+            fn visit_str<E: serde::de::Error>(self, w: &str) -> Result<Clip, E> {
+                match w {
+                    "none" => Ok(Clip::Off),
+                    _ => Err(E::invalid_value(serde::de::Unexpected::Str(w), &self)),
+                }
+            }
         }
-        match Raw::deserialize(d).map_err(|_| {
-            serde::de::Error::custom(
-                "invalid value: expected a number (the max gradient norm) or `none`, expected clip",
-            )
-        })? {
-            Raw::Num(v) => Ok(Clip::Norm(v)),
-            Raw::Word(w) if w == "none" => Ok(Clip::Off),
-            Raw::Word(w) => Err(serde::de::Error::custom(format!(
-                "invalid value: `{w}`, expected a number or `none`, expected clip"
-            ))),
-        }
+        d.deserialize_any(V)
     }
 }
 
