@@ -147,6 +147,7 @@ mod tests {
 
     fn live_dir() -> (tempfile::TempDir, PathBuf) {
         let t = tempfile::tempdir().unwrap();
+        std::fs::create_dir(t.path().join("p")).unwrap();
         assert!(prepare(t.path(), "p"));
         let f = file(t.path(), "p", "train[lr=1]");
         (t, f)

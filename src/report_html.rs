@@ -1013,6 +1013,40 @@ mod tests {
     }
 
     #[test]
+    fn a_live_page_dropped_before_its_end_stops_reloading() {
+        let t = tempfile::tempdir().unwrap();
+        let path = t.path().join("report.html");
+        let live = format!("<head>\n{REFRESH}</head><dl><dd>{RUNNING}</dd></dl>{LIVE_NOTE}");
+        let mut page = LivePage::new(path.clone());
+        assert!(page.due());
+        page.show(live.clone()).unwrap();
+        assert!(!page.due(), "the next rewrite waits");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), live);
+        drop(page);
+        let html = std::fs::read_to_string(&path).unwrap();
+        assert!(!html.contains("http-equiv=\"refresh\""), "{html}");
+        assert!(html.contains(STOPPED_NOTE) && html.contains("<dd>stopped</dd>"));
+        // A finished page is written as it is and left alone.
+        let page = LivePage::new(path.clone());
+        page.finish("<p>final</p>").unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "<p>final</p>");
+        assert!(lock_live_pages().iter().all(|p| *p != path));
+    }
+
+    #[test]
+    fn live_rows_give_the_curve_so_far() {
+        let t = tempfile::tempdir().unwrap();
+        let rows = b"epoch,loss,perplexity,grad_norm,grad_norm_max,valid_perplexity\n1,2,7.5,1,1,\n2,1.9,6.5,1,1,\n".to_vec();
+        let c = curve(t.path(), &InputState::Live(rows)).unwrap();
+        assert_eq!(c.final_ppl, Some(6.5));
+        assert_eq!(c.min_ppl, Some((2.0, 6.5)));
+        assert_eq!(c.final_valid, None);
+        assert_eq!(curve(t.path(), &InputState::Live(Vec::new())), None);
+        assert_eq!(curve(t.path(), &InputState::Absent("waiting")), None);
+        assert_eq!(InputState::Live(Vec::new()).word(), "running");
+    }
+
+    #[test]
     fn markdown_tables_become_html() {
         let h = markdown_table("# t\n\n| a | b |\n|---|---|\n| x | 1.5 |\n");
         assert!(h.contains("<th>a</th>") && h.contains("<td data-v=\"1.5\">1.5</td>"));
