@@ -275,6 +275,7 @@ fn start_live_run(p: &Path, epochs: usize, args: &[&str]) -> Guard {
             .current_dir(p)
             .env("NO_COLOR", "1")
             .env("SEQPIPE_LIVE_EVERY_MS", "100")
+            .env("SEQPIPE_SLURM_POLL", "0.2")
             .output_async(),
     ))
 }
@@ -348,6 +349,15 @@ fn the_page_is_live_while_a_training_runs() {
 #[test]
 fn the_page_is_live_with_the_process_executor() {
     watch_a_run("process");
+}
+
+/// The driver reads the progress that Slurm jobs write in the project (a shared filesystem).
+#[test]
+fn the_page_is_live_with_the_slurm_executor() {
+    if !slurm_available() {
+        return;
+    }
+    watch_a_run("slurm");
 }
 
 /// A run stopped by Ctrl-C leaves a page that does not reload and says it stopped; the next
