@@ -328,7 +328,9 @@ pub fn execute(
         }
     }
 
-    if let Some(pg) = page.as_mut() {
+    // The page is there from the start of a run that computes something (a run of hits only
+    // writes its final page alone).
+    if let Some(pg) = page.as_mut().filter(|_| plan.to_run() > 0) {
         pg.update(store, p, &pos, &state, out);
     }
 

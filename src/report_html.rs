@@ -1,6 +1,8 @@
 //! `outputs/<pipeline>/report.html`: the results page people open, written beside `report.md`
-//! whenever a run publishes a `report` stage. One self-contained file that works offline: the
+//! by every run that has a `report` stage. One self-contained file that works offline: the
 //! vendored chart library (uPlot, MIT, `assets/uplot/`), its styles and the data are inline.
+//! While the run goes on the page is rewritten with the trainings' epochs so far (their live
+//! files, [`crate::live`]) and reloads itself ([`LivePage`]); the page the run ends with does not.
 //!
 //! - a chart per `plot` input: hover shows each series' value, a click on a legend entry hides
 //!   or shows a series, dragging zooms (double-click zooms out), log axes where the plot asks
