@@ -311,7 +311,11 @@ pub fn execute(
     // Each stage's progress file, for the page while it runs (outside the store).
     let live_file = |i: usize| {
         page.as_ref().filter(|pg| pg.live_rows).map(|_| {
-            crate::live::file(store.outputs(), &p.name, &p.stages[plan.steps[i].stage].name)
+            crate::live::file(
+                store.outputs(),
+                &p.name,
+                &p.stages[plan.steps[i].stage].name,
+            )
         })
     };
     let live_files: Vec<Option<PathBuf>> = (0..n).map(live_file).collect();

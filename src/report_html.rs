@@ -308,11 +308,7 @@ fn results_table(kind: &str, inputs: &[&PageInput], columns: &[String]) -> Strin
     let texts: Vec<Option<String>> = rows
         .iter()
         .enumerate()
-        .map(|(i, r)| {
-            done(i)
-                .then(|| crate::results::last_text(&r.dir))
-                .flatten()
-        })
+        .map(|(i, r)| done(i).then(|| crate::results::last_text(&r.dir)).flatten())
         .collect();
     let has_text = texts.iter().any(Option::is_some);
 
@@ -786,7 +782,11 @@ fn write_page(path: &Path, html: &str) -> Result<()> {
 pub fn stopped(html: &str) -> String {
     html.replacen(REFRESH, "", 1)
         .replacen(LIVE_NOTE, STOPPED_NOTE, 1)
-        .replacen(&format!("<dd>{RUNNING}</dd>"), &format!("<dd>{STOPPED}</dd>"), 1)
+        .replacen(
+            &format!("<dd>{RUNNING}</dd>"),
+            &format!("<dd>{STOPPED}</dd>"),
+            1,
+        )
 }
 
 /// End a live page this process wrote: it stops reloading.
