@@ -569,6 +569,7 @@ fn install_interrupt_handler() {
         let n = crate::launcher::kill_children() + crate::slurm::cancel_submitted();
         crate::claim::release_all_on_exit();
         crate::cache::remove_live_files_on_exit();
+        crate::report_html::end_live_pages_on_exit();
         if n > 0 {
             eprintln!("\ninterrupted: stopped {n} running job(s)");
         } else {

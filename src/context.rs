@@ -36,6 +36,11 @@ pub struct StageCtx {
     summary: serde_json::Map<String, serde_json::Value>,
     log: Vec<String>,
     notes: Vec<String>,
+    /// Where this stage shows its progress while it runs (outside its entry), if anywhere.
+    live_path: Option<PathBuf>,
+    live: Option<crate::live::LiveRows>,
+    /// Rows given to [`StageCtx::live_row`], shown or not.
+    live_offered: usize,
 }
 
 impl StageCtx {
@@ -62,7 +67,35 @@ impl StageCtx {
             summary: Default::default(),
             log: Vec::new(),
             notes: Vec::new(),
+            live_path: None,
+            live: None,
+            live_offered: 0,
         }
+    }
+
+    /// Show this stage's progress in `path` while it runs ([`crate::live`]): the run's
+    /// results page draws it. Not part of the key; the entry is the same without it.
+    pub fn with_live(mut self, path: Option<PathBuf>) -> Self {
+        self.live_path = path;
+        self
+    }
+
+    /// Rows of progress given to [`StageCtx::live_row`] so far (shown, or not where the stage
+    /// has no live file or it is full).
+    pub fn live_rows(&self) -> usize {
+        self.live_offered
+    }
+
+    /// Show one row of progress (a CSV line under `header`, which the first row writes) in
+    /// the stage's live file, when it has one. Best effort: it never fails the stage.
+    pub fn live_row(&mut self, header: &str, row: &str) {
+        self.live_offered += 1;
+        let Some(path) = &self.live_path else {
+            return;
+        };
+        self.live
+            .get_or_insert_with(|| crate::live::LiveRows::create(path, header))
+            .append(row);
     }
 
     /// The project files this stage may read, with the digests its key holds.

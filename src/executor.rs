@@ -113,6 +113,7 @@ fn job_spec(
     store: &Store,
     opts: &ExecOptions,
     i: usize,
+    live: Option<PathBuf>,
 ) -> JobSpec {
     let step = &plan.steps[i];
     let st = &p.stages[step.stage];
@@ -149,6 +150,127 @@ fn job_spec(
         resources: crate::resources::Resources::defaults(st.kind.uses_device, opts.threads)
             .overridden_by(&st.resources),
         heavy: st.kind.uses_device,
+        live,
+    }
+}
+
+/// The results page of a run with a `report` stage: live while the run goes on.
+struct RunPage {
+    /// The report stage (its index in the pipeline).
+    stage: usize,
+    page: crate::report_html::LivePage,
+    run: crate::report_html::RunIdentity,
+    /// Whether the live folder is there to show the trainings' progress.
+    live_rows: bool,
+    /// A live page that could not be written is said once; the run goes on.
+    warned: bool,
+}
+
+/// Where the page takes stage `u`'s results from, given the steps' states.
+fn input_state(
+    store: &Store,
+    p: &Pipeline,
+    pos: &BTreeMap<usize, usize>,
+    state: &[State],
+    u: usize,
+) -> crate::report_html::InputState {
+    use crate::report_html::InputState;
+    match pos.get(&u).map(|&i| state[i]) {
+        None | Some(State::Done(Status::Hit | Status::Ran | Status::Reused)) => InputState::View,
+        Some(State::Submitted) => InputState::Live(
+            crate::live::read(&crate::live::file(
+                store.outputs(),
+                &p.name,
+                &p.stages[u].name,
+            ))
+            .unwrap_or_default(),
+        ),
+        Some(State::Waiting) => InputState::Absent("waiting"),
+        Some(State::Done(Status::Failed)) => InputState::Absent("failed"),
+        Some(State::Done(Status::Skipped)) => InputState::Absent("skipped"),
+    }
+}
+
+impl RunPage {
+    /// The page of the last report stage of `plan`, if it has one.
+    fn of(p: &Pipeline, plan: &Plan, store: &Store, opts: &ExecOptions) -> Option<RunPage> {
+        let stage = plan
+            .steps
+            .iter()
+            .rev()
+            .find(|s| p.stages[s.stage].kind.name == "report")?
+            .stage;
+        let mut run = crate::report_html::RunIdentity::new(
+            &opts.root,
+            &opts.run_id,
+            opts.started_unix_ms,
+            &opts.device.to_string(),
+            opts.threads,
+            opts.executor.name(),
+        );
+        run.ended_unix_ms = None;
+        // The page is there from the start, before any view is.
+        let _ = std::fs::create_dir_all(store.outputs().join(&p.name));
+        Some(RunPage {
+            stage,
+            page: crate::report_html::LivePage::new(crate::report_html::page_path(
+                store.outputs(),
+                &p.name,
+            )),
+            run,
+            live_rows: crate::live::prepare(store.outputs(), &p.name),
+            warned: false,
+        })
+    }
+
+    /// Rewrite the live page when one is due; a failure is said once and the run goes on.
+    fn update(
+        &mut self,
+        store: &Store,
+        p: &Pipeline,
+        pos: &BTreeMap<usize, usize>,
+        state: &[State],
+        out: &Output,
+    ) {
+        if !self.page.due() {
+            return;
+        }
+        let html = crate::report_html::page_html(
+            store.outputs(),
+            p,
+            self.stage,
+            self.run.clone(),
+            true,
+            &|u| input_state(store, p, pos, state, u),
+        );
+        if let Err(e) = html.and_then(|h| self.page.show(h)) {
+            if !self.warned {
+                out.println(&format!(
+                    "warning: the live results page was not written ({e:#}); it is written when the run ends"
+                ));
+                self.warned = true;
+            }
+        }
+    }
+
+    /// Write the final page: it does not reload.
+    fn finish(
+        mut self,
+        store: &Store,
+        p: &Pipeline,
+        pos: &BTreeMap<usize, usize>,
+        state: &[State],
+    ) -> Result<()> {
+        self.run.ended_unix_ms = Some(crate::claim::now_ms());
+        let html = crate::report_html::page_html(
+            store.outputs(),
+            p,
+            self.stage,
+            self.run.clone(),
+            false,
+            &|u| input_state(store, p, pos, state, u),
+        )?;
+        self.page.finish(&html)
     }
 }
 
@@ -185,6 +307,18 @@ pub fn execute(
     let keys: Vec<Key> = plan.steps.iter().map(|s| s.key.clone()).collect();
     // The store was checked writable before the plan (`Store::prepare`).
     let live = store.register_run(&p.name, &keys)?;
+    let mut page = RunPage::of(p, plan, store, opts);
+    // Each stage's progress file, for the page while it runs (outside the store).
+    let live_file = |i: usize| {
+        page.as_ref().filter(|pg| pg.live_rows).map(|_| {
+            crate::live::file(
+                store.outputs(),
+                &p.name,
+                &p.stages[plan.steps[i].stage].name,
+            )
+        })
+    };
+    let live_files: Vec<Option<PathBuf>> = (0..n).map(live_file).collect();
 
     for (i, s) in plan.steps.iter().enumerate() {
         if s.action == Action::Hit {
@@ -193,9 +327,15 @@ pub fn execute(
                 p.stages[s.stage].name,
                 s.key.short()
             ));
-            publish(store, p, s.stage, &s.key, out, w, opts)?;
+            publish(store, p, s.stage, &s.key, out, w)?;
             state[i] = State::Done(Status::Hit);
         }
+    }
+
+    // The page is there from the start of a run that computes something (a run of hits only
+    // writes its final page alone).
+    if let Some(pg) = page.as_mut().filter(|_| plan.to_run() > 0) {
+        pg.update(store, p, &pos, &state, out);
     }
 
     let is_done = |s: State| matches!(s, State::Done(Status::Hit | Status::Ran | Status::Reused));
@@ -230,7 +370,7 @@ pub fn execute(
                 });
                 if let Some(j) = twin {
                     if is_done(state[j]) {
-                        publish(store, p, plan.steps[i].stage, &keys[i], out, w, opts)?;
+                        publish(store, p, plan.steps[i].stage, &keys[i], out, w)?;
                         state[i] = State::Done(Status::Hit);
                         notes[i].push(format!(
                             "same key as `{}`: computed once",
@@ -246,7 +386,11 @@ pub fn execute(
                     }
                     continue;
                 }
-                let spec = job_spec(p, records, plan, store, opts, i);
+                // What an earlier run of the stage showed is not this run's progress.
+                if let Some(f) = &live_files[i] {
+                    crate::live::clear(f);
+                }
+                let spec = job_spec(p, records, plan, store, opts, i, live_files[i].clone());
                 out.println(&format!("  run     {:<w$}  {}", st.name, st.kind.name));
                 match launcher.submit(i, spec) {
                     Ok(()) => {
@@ -270,9 +414,16 @@ pub fn execute(
             break;
         }
         live.touch();
+        if let Some(pg) = page.as_mut() {
+            pg.update(store, p, &pos, &state, out);
+        }
         for f in launcher.poll(Duration::from_millis(500)) {
             let i = f.id;
             in_flight -= 1;
+            // The stage's results are in its view from now on (or it failed).
+            if let Some(f) = &live_files[i] {
+                crate::live::clear(f);
+            }
             let st = &p.stages[plan.steps[i].stage];
             logs[i] = f.log.map(|l| l.display().to_string());
             jobs[i] = f.job;
@@ -289,7 +440,7 @@ pub fn execute(
                     }
                     Lookup::Corrupt(why) => anyhow::bail!("the job's entry is damaged: {why}"),
                 }
-                publish(store, p, plan.steps[i].stage, &keys[i], out, w, opts)?;
+                publish(store, p, plan.steps[i].stage, &keys[i], out, w)?;
                 Ok(r.outcome)
             });
             match committed {
@@ -385,6 +536,13 @@ pub fn execute(
         &serde_json::to_vec_pretty(&record)?,
     )?;
     drop(live);
+    if let Some(pg) = page {
+        for f in live_files.iter().flatten() {
+            crate::live::clear(f);
+        }
+        crate::live::remove_dir_if_empty(store.outputs(), &p.name);
+        pg.finish(store, p, &pos, &state)?;
+    }
     Ok(record)
 }
 
@@ -431,8 +589,8 @@ fn skip_downstream(
 
 /// Show a stage's entry in `outputs/<pipeline>/<stage>/`; a report also becomes the pipeline's
 /// page, `outputs/<pipeline>/report.md`, with a speed section read from its inputs' timing
-/// files (`speed.csv`), which are outside every key, and its results page, `report.html`.
-/// A view that was there and had to be rebuilt gets a line saying why (`w`: the width of the
+/// files (`speed.csv`), which are outside every key (its results page, `report.html`, is
+/// written by [`execute`], live while the run goes on). A view that was there and had to be rebuilt gets a line saying why (`w`: the width of the
 /// stage names).
 fn publish(
     store: &Store,
@@ -441,7 +599,6 @@ fn publish(
     key: &Key,
     out: &Output,
     w: usize,
-    opts: &ExecOptions,
 ) -> Result<PathBuf> {
     let published = crate::view::publish(
         store.outputs(),
@@ -479,15 +636,6 @@ fn publish(
             &store.outputs().join(&p.name).join("report.md"),
             md.as_bytes(),
         )?;
-        let run = crate::report_html::RunIdentity::new(
-            &opts.root,
-            &opts.run_id,
-            opts.started_unix_ms,
-            &opts.device.to_string(),
-            opts.threads,
-            opts.executor.name(),
-        );
-        crate::report_html::write(store.outputs(), p, stage, run, false)?;
     }
     Ok(view)
 }

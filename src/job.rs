@@ -90,6 +90,10 @@ pub struct JobSpec {
     /// Whether the stage computes on a device (models, training); the others take ms.
     #[serde(default)]
     pub heavy: bool,
+    /// Where the stage shows its progress while it runs, for the run's results page
+    /// (`outputs/<pipeline>/.live/<stage>.csv`, see [`crate::live`]); not part of the key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub live: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -305,7 +309,8 @@ pub fn run_job(spec: &JobSpec, store: &Store, progress: StageProgress) -> Result
         checkpoints.join("ckpt"),
         progress.clone(),
     )
-    .with_files(spec.record.files.clone());
+    .with_files(spec.record.files.clone())
+    .with_live(spec.live.clone());
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| params.run(&mut ctx)));
     progress.finish();
     let computed = match result {

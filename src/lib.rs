@@ -35,6 +35,7 @@ pub mod context;
 pub mod executor;
 pub mod job;
 pub mod launcher;
+pub mod live;
 pub mod progress;
 pub mod slurm;
 

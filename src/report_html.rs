@@ -1,6 +1,8 @@
 //! `outputs/<pipeline>/report.html`: the results page people open, written beside `report.md`
-//! whenever a run publishes a `report` stage. One self-contained file that works offline: the
+//! by every run that has a `report` stage. One self-contained file that works offline: the
 //! vendored chart library (uPlot, MIT, `assets/uplot/`), its styles and the data are inline.
+//! While the run goes on the page is rewritten with the trainings' epochs so far (their live
+//! files, [`crate::live`]) and reloads itself ([`LivePage`]); the page the run ends with does not.
 //!
 //! - a chart per `plot` input: hover shows each series' value, a click on a legend entry hides
 //!   or shows a series, dragging zooms (double-click zooms out), log axes where the plot asks
@@ -15,7 +17,7 @@
 use crate::context::InputInfo;
 use crate::plot::Style;
 use crate::results::fmt_value;
-use crate::stages::plot_stage::{ChartKind, Plot, ScaleParam, Source};
+use crate::stages::plot_stage::{ChartKind, Feed, Plot, ScaleParam, Source};
 use anyhow::{Context, Result};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -82,12 +84,44 @@ fn git_commit(root: &Path) -> Option<String> {
     (out.status.success() && s.len() >= 7 && s.chars().all(|c| c.is_ascii_hexdigit())).then_some(s)
 }
 
+/// Where the page takes a stage's results from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum InputState {
+    /// Its view under `outputs/<pipeline>/`: done (or not part of this run).
+    View,
+    /// Running: its epoch rows so far (the columns of `metrics.csv`), read from its live file
+    /// ([`crate::live`]); empty while it has none.
+    Live(Vec<u8>),
+    /// Nothing to show in this run: `waiting`, `failed`, `skipped`.
+    Absent(&'static str),
+}
+
+impl InputState {
+    fn feed(&self) -> Feed<'_> {
+        match self {
+            InputState::View => Feed::Files,
+            InputState::Live(rows) if !rows.is_empty() => Feed::Rows(rows),
+            _ => Feed::Nothing,
+        }
+    }
+
+    /// What a results table says of a stage with no summary.
+    fn word(&self) -> &'static str {
+        match self {
+            InputState::View => "not run",
+            InputState::Live(_) => "running",
+            InputState::Absent(w) => w,
+        }
+    }
+}
+
 /// One input of the report, as published under `outputs/<pipeline>/`.
 #[derive(Debug, Clone)]
 pub struct PageInput {
     pub info: InputInfo,
+    pub state: InputState,
     /// A plot's own inputs (its series are read from them again).
-    pub plot_inputs: Vec<InputInfo>,
+    pub plot_inputs: Vec<(InputInfo, InputState)>,
 }
 
 pub struct Page<'a> {
@@ -171,9 +205,19 @@ pub struct Curve {
     pub min_valid: Option<(f64, f64)>,
 }
 
-/// (epoch, perplexity, valid perplexity) rows of a `metrics.csv`.
-fn metric_rows(path: &Path) -> Option<Vec<(f64, Option<f64>, Option<f64>)>> {
-    let mut r = csv::Reader::from_path(path).ok()?;
+type MetricRows = Vec<(f64, Option<f64>, Option<f64>)>;
+
+/// (epoch, perplexity, valid perplexity) rows of a stage's `metrics.csv`, or of its epoch rows
+/// so far while it runs.
+fn metric_rows(dir: &Path, state: &InputState) -> Option<MetricRows> {
+    match state.feed() {
+        Feed::Files => metric_rows_of(csv::Reader::from_path(dir.join("metrics.csv")).ok()?),
+        Feed::Rows(rows) => metric_rows_of(csv::Reader::from_reader(rows)),
+        Feed::Nothing => None,
+    }
+}
+
+fn metric_rows_of<R: std::io::Read>(mut r: csv::Reader<R>) -> Option<MetricRows> {
     let h = r.headers().ok()?.clone();
     let col = |c: &str| h.iter().position(|n| n == c);
     let (e, p, v) = (col("epoch")?, col("perplexity")?, col("valid_perplexity"));
@@ -186,8 +230,8 @@ fn metric_rows(path: &Path) -> Option<Vec<(f64, Option<f64>, Option<f64>)>> {
     )
 }
 
-pub fn curve(dir: &Path) -> Option<Curve> {
-    let rows = metric_rows(&dir.join("metrics.csv"))?;
+pub fn curve(dir: &Path, state: &InputState) -> Option<Curve> {
+    let rows = metric_rows(dir, state)?;
     if rows.iter().all(|r| r.1.is_none()) {
         return None;
     }
@@ -224,7 +268,9 @@ fn num(v: Option<f64>) -> (String, Option<f64>) {
 }
 
 /// One sortable table of the inputs of one kind.
-fn results_table(kind: &str, rows: &[&InputInfo], columns: &[String]) -> String {
+fn results_table(kind: &str, inputs: &[&PageInput], columns: &[String]) -> String {
+    let rows: Vec<&InputInfo> = inputs.iter().map(|i| &i.info).collect();
+    let done = |i: usize| inputs[i].state == InputState::View;
     let flat: Vec<BTreeMap<String, String>> = rows
         .iter()
         .map(|r| {
@@ -240,10 +286,18 @@ fn results_table(kind: &str, rows: &[&InputInfo], columns: &[String]) -> String 
     let differing = crate::results::differing_keys(&flat);
     let summaries: Vec<Option<serde_json::Map<String, Value>>> = rows
         .iter()
-        .map(|r| crate::context::read_summary(&r.dir).ok())
+        .enumerate()
+        .map(|(i, r)| {
+            done(i)
+                .then(|| crate::context::read_summary(&r.dir).ok())
+                .flatten()
+        })
         .collect();
     let cols = crate::results::summary_columns(columns, &summaries);
-    let curves: Vec<Option<Curve>> = rows.iter().map(|r| curve(&r.dir)).collect();
+    let curves: Vec<Option<Curve>> = inputs
+        .iter()
+        .map(|r| curve(&r.info.dir, &r.state))
+        .collect();
     let has_curve = curves.iter().any(Option::is_some);
     let has_valid = curves.iter().flatten().any(|c| c.final_valid.is_some());
     let has_diverged = !cols.iter().any(|c| c == "diverged")
@@ -253,7 +307,8 @@ fn results_table(kind: &str, rows: &[&InputInfo], columns: &[String]) -> String 
             .any(|s| s.contains_key("diverged"));
     let texts: Vec<Option<String>> = rows
         .iter()
-        .map(|r| crate::results::last_text(&r.dir))
+        .enumerate()
+        .map(|(i, r)| done(i).then(|| crate::results::last_text(&r.dir)).flatten())
         .collect();
     let has_text = texts.iter().any(Option::is_some);
 
@@ -301,7 +356,7 @@ fn results_table(kind: &str, rows: &[&InputInfo], columns: &[String]) -> String 
                     Some(v) => (fmt_value(v), v.as_f64()),
                     None => ("–".into(), None),
                 },
-                None => ("not run".into(), None),
+                None => (inputs[i].state.word().into(), None),
             };
             html.push_str(&cell(&t, n));
         }
@@ -395,10 +450,11 @@ fn markdown_table(md: &str) -> String {
 }
 
 /// The chart of one plot stage as data for the page's script.
-fn chart_json(stage: &str, params: &Value, inputs: &[InputInfo]) -> Result<Value> {
+fn chart_json(stage: &str, params: &Value, fed: &[(InputInfo, InputState)]) -> Result<Value> {
     let plot: Plot = serde_json::from_value(params.clone())
         .with_context(|| format!("reading the params of plot `{stage}`"))?;
-    let series = plot.series(inputs)?;
+    let inputs: Vec<InputInfo> = fed.iter().map(|(i, _)| i.clone()).collect();
+    let series = plot.series_fed(&inputs, &|i| fed[i].1.feed())?;
     let ys = match &plot.y {
         crate::stages::plot_stage::OneOrMany::One(y) => vec![y.clone()],
         crate::stages::plot_stage::OneOrMany::Many(v) => v.clone(),
@@ -437,8 +493,8 @@ fn chart_json(stage: &str, params: &Value, inputs: &[InputInfo]) -> Result<Value
             colour += 1;
         }
         if valid_pairs {
-            for (i, info) in inputs.iter().enumerate() {
-                let Some(rows) = metric_rows(&info.dir.join("metrics.csv")) else {
+            for (i, (info, state)) in fed.iter().enumerate() {
+                let Some(rows) = metric_rows(&info.dir, state) else {
                     continue;
                 };
                 let v: Vec<(f64, f64)> = rows.iter().filter_map(|r| Some((r.0, r.2?))).collect();
@@ -514,7 +570,7 @@ pub fn render(page: &Page) -> Result<String> {
             "ended",
             match r.ended_unix_ms {
                 Some(t) => utc(t),
-                None => "running…".into(),
+                None => RUNNING.into(),
             },
         ),
         ("host", r.host.clone()),
@@ -532,18 +588,18 @@ pub fn render(page: &Page) -> Result<String> {
     }
     body.push_str("</dl>\n");
     if page.live {
-        body.push_str("<p class=\"live\">The run goes on: this page shows the epochs finished so far and reloads itself every few seconds.</p>\n");
+        body.push_str(LIVE_NOTE);
     }
     if let Some(t) = page.report.get("text").and_then(Value::as_str) {
         body.push_str(&prose(t));
     }
 
     let mut charts: Vec<Value> = Vec::new();
-    let mut groups: Vec<(String, Vec<&InputInfo>)> = Vec::new();
+    let mut groups: Vec<(String, Vec<&PageInput>)> = Vec::new();
     let mut tables = String::new();
     for input in &page.inputs {
         let info = &input.info;
-        if info.dir.join("table.md").exists() {
+        if input.state == InputState::View && info.dir.join("table.md").exists() {
             let t = std::fs::read_to_string(info.dir.join("table.md"))
                 .with_context(|| format!("reading the table of `{}`", info.stage))?;
             tables.push_str(&format!(
@@ -561,8 +617,8 @@ pub fn render(page: &Page) -> Result<String> {
             }
         } else {
             match groups.iter_mut().find(|(k, _)| *k == info.kind) {
-                Some((_, g)) => g.push(info),
-                None => groups.push((info.kind.clone(), vec![info])),
+                Some((_, g)) => g.push(input),
+                None => groups.push((info.kind.clone(), vec![input])),
             }
         }
     }
@@ -600,11 +656,7 @@ pub fn render(page: &Page) -> Result<String> {
         }
         body.push_str("</table>\n");
     }
-    let refresh = if page.live {
-        "<meta http-equiv=\"refresh\" content=\"5\">\n"
-    } else {
-        ""
-    };
+    let refresh = if page.live { REFRESH } else { "" };
     Ok(format!(
         "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n{refresh}<title>{t}</title>\n<!-- uPlot {ver}, MIT licence: assets/uplot/LICENSE of seqpipe -->\n<style>\n{UPLOT_CSS}\n{PAGE_CSS}</style>\n<script>\n{UPLOT_JS}\n</script>\n</head>\n<body>\n{body}<script id=\"charts\" type=\"application/json\">{data}</script>\n<script>\n{PAGE_JS}</script>\n</body>\n</html>\n",
         t = esc(&title),
@@ -613,7 +665,9 @@ pub fn render(page: &Page) -> Result<String> {
     ))
 }
 
-/// Gather the page of report stage `stage` of `p` from the views under `outputs/<pipeline>/`.
+/// Gather the page of report stage `stage` of `p` from the views under `outputs/<pipeline>/`
+/// and, while the run goes on, the live rows of its running trainings: `state` says where each
+/// stage's results are (by its index in `p`).
 pub fn page_of<'a>(
     outputs: &Path,
     p: &'a crate::pipeline::Pipeline,
@@ -621,6 +675,7 @@ pub fn page_of<'a>(
     report: &'a Value,
     run: RunIdentity,
     live: bool,
+    state: &dyn Fn(usize) -> InputState,
 ) -> Page<'a> {
     let view = |u: usize| -> InputInfo {
         let st = &p.stages[u];
@@ -636,8 +691,13 @@ pub fn page_of<'a>(
         .iter()
         .map(|(_, u)| PageInput {
             info: view(*u),
+            state: state(*u),
             plot_inputs: if p.stages[*u].kind.name == "plot" {
-                p.stages[*u].inputs.iter().map(|(_, w)| view(*w)).collect()
+                p.stages[*u]
+                    .inputs
+                    .iter()
+                    .map(|(_, w)| (view(*w), state(*w)))
+                    .collect()
             } else {
                 vec![]
             },
@@ -646,6 +706,7 @@ pub fn page_of<'a>(
     let speeds = p.stages[stage]
         .inputs
         .iter()
+        .filter(|(_, u)| state(*u) == InputState::View)
         .filter_map(|(_, u)| {
             let name = &p.stages[*u].name;
             let dir: PathBuf = outputs.join(&p.name).join(name);
@@ -662,21 +723,156 @@ pub fn page_of<'a>(
     }
 }
 
-/// Write `outputs/<pipeline>/report.html` for report stage `stage`.
-pub fn write(
+/// The page of report stage `stage` of `p` (see [`page_of`]).
+pub fn page_html(
     outputs: &Path,
     p: &crate::pipeline::Pipeline,
     stage: usize,
     run: RunIdentity,
     live: bool,
-) -> Result<PathBuf> {
+    state: &dyn Fn(usize) -> InputState,
+) -> Result<String> {
     let report = p.stages[stage].params.canonical_params();
-    let page = page_of(outputs, p, stage, &report, run, live);
-    let html = render(&page)?;
-    let path = outputs.join(&p.name).join("report.html");
-    crate::fsutil::write_synced(&path, html.as_bytes())
-        .with_context(|| format!("writing {}", path.display()))?;
-    Ok(path)
+    render(&page_of(outputs, p, stage, &report, run, live, state))
+}
+
+/// `outputs/<pipeline>/report.html`.
+pub fn page_path(outputs: &Path, pipeline: &str) -> PathBuf {
+    outputs.join(pipeline).join("report.html")
+}
+
+/// What makes a page live: the reload, the note, the end time not known yet. The final page has
+/// none of them; a live page that a run left when it stopped short has them replaced.
+const REFRESH: &str = "<meta http-equiv=\"refresh\" content=\"3\">\n";
+const LIVE_NOTE: &str = "<p class=\"live\">The run goes on: this page shows the epochs finished so far and reloads itself every few seconds.</p>\n";
+const RUNNING: &str = "running…";
+const STOPPED_NOTE: &str = "<p class=\"live\">The run stopped before its end (interrupted, or an error): this page shows what was done by then.</p>\n";
+const STOPPED: &str = "stopped";
+
+/// How often a live page is rewritten at most: every 2 s, or `SEQPIPE_LIVE_EVERY_MS`
+/// (100 to 60,000; the tests make it short).
+pub fn live_every() -> std::time::Duration {
+    let ms = std::env::var("SEQPIPE_LIVE_EVERY_MS")
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map_or(2000, |v| v.clamp(100, 60_000));
+    std::time::Duration::from_millis(ms)
+}
+
+/// The most a page seqpipe wrote may have when it reads it back to end it.
+const MAX_PAGE: u64 = 256 << 20;
+
+/// The live pages of this process: a page is written only while it is here, under the lock,
+/// so that an interrupt ends each one once, after any write in progress.
+fn live_pages() -> &'static std::sync::Mutex<Vec<PathBuf>> {
+    static P: std::sync::OnceLock<std::sync::Mutex<Vec<PathBuf>>> = std::sync::OnceLock::new();
+    P.get_or_init(Default::default)
+}
+
+fn lock_live_pages() -> std::sync::MutexGuard<'static, Vec<PathBuf>> {
+    live_pages().lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn write_page(path: &Path, html: &str) -> Result<()> {
+    crate::fsutil::write_synced(path, html.as_bytes())
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+/// A live page as it reads once its run stopped short: no reload, a note that says so.
+pub fn stopped(html: &str) -> String {
+    html.replacen(REFRESH, "", 1)
+        .replacen(LIVE_NOTE, STOPPED_NOTE, 1)
+        .replacen(
+            &format!("<dd>{RUNNING}</dd>"),
+            &format!("<dd>{STOPPED}</dd>"),
+            1,
+        )
+}
+
+/// End a live page this process wrote: it stops reloading.
+fn end_live(path: &Path) {
+    if let Ok(bytes) = crate::fsutil::read_bounded(path, MAX_PAGE) {
+        if let Ok(html) = String::from_utf8(bytes) {
+            if html.contains(REFRESH) {
+                let _ = write_page(path, &stopped(&html));
+            }
+        }
+    }
+}
+
+/// End every live page of this process (on Ctrl-C, before it exits): each stops reloading.
+pub fn end_live_pages_on_exit() {
+    let mut pages = lock_live_pages();
+    for p in pages.drain(..) {
+        end_live(&p);
+    }
+}
+
+/// The results page of a run that goes on: rewritten at most every [`live_every`] while it
+/// reloads itself, then written once more, final. Dropped before [`LivePage::finish`] (an
+/// error ended the run), the page written last stops reloading.
+pub struct LivePage {
+    path: PathBuf,
+    last: Option<std::time::Instant>,
+    last_html: String,
+    open: bool,
+    every: std::time::Duration,
+}
+
+impl LivePage {
+    pub fn new(path: PathBuf) -> Self {
+        lock_live_pages().push(path.clone());
+        LivePage {
+            path,
+            last: None,
+            last_html: String::new(),
+            open: true,
+            every: live_every(),
+        }
+    }
+
+    /// Whether a rewrite is due ([`live_every`] has passed since the last one).
+    pub fn due(&self) -> bool {
+        self.last.is_none_or(|t| t.elapsed() >= self.every)
+    }
+
+    /// Write `html`, a live page, when it differs from the one written last.
+    pub fn show(&mut self, html: String) -> Result<()> {
+        self.last = Some(std::time::Instant::now());
+        if html == self.last_html {
+            return Ok(());
+        }
+        let pages = lock_live_pages();
+        if pages.contains(&self.path) {
+            write_page(&self.path, &html)?;
+        }
+        drop(pages);
+        self.last_html = html;
+        Ok(())
+    }
+
+    /// Write the final page.
+    pub fn finish(mut self, html: &str) -> Result<()> {
+        self.open = false;
+        let mut pages = lock_live_pages();
+        if let Some(i) = pages.iter().position(|p| *p == self.path) {
+            pages.remove(i);
+        }
+        write_page(&self.path, html)
+    }
+}
+
+impl Drop for LivePage {
+    fn drop(&mut self) {
+        if !self.open {
+            return;
+        }
+        let mut pages = lock_live_pages();
+        if let Some(i) = pages.iter().position(|p| *p == self.path) {
+            pages.remove(i);
+            end_live(&self.path);
+        }
+    }
 }
 
 const PAGE_CSS: &str = r##"
@@ -816,6 +1012,40 @@ mod tests {
     fn json_cannot_close_its_script() {
         let s = script_json(&json!({"a": "</script><b>"}));
         assert!(!s.contains("</"));
+    }
+
+    #[test]
+    fn a_live_page_dropped_before_its_end_stops_reloading() {
+        let t = tempfile::tempdir().unwrap();
+        let path = t.path().join("report.html");
+        let live = format!("<head>\n{REFRESH}</head><dl><dd>{RUNNING}</dd></dl>{LIVE_NOTE}");
+        let mut page = LivePage::new(path.clone());
+        assert!(page.due());
+        page.show(live.clone()).unwrap();
+        assert!(!page.due(), "the next rewrite waits");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), live);
+        drop(page);
+        let html = std::fs::read_to_string(&path).unwrap();
+        assert!(!html.contains("http-equiv=\"refresh\""), "{html}");
+        assert!(html.contains(STOPPED_NOTE) && html.contains("<dd>stopped</dd>"));
+        // A finished page is written as it is and left alone.
+        let page = LivePage::new(path.clone());
+        page.finish("<p>final</p>").unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "<p>final</p>");
+        assert!(lock_live_pages().iter().all(|p| *p != path));
+    }
+
+    #[test]
+    fn live_rows_give_the_curve_so_far() {
+        let t = tempfile::tempdir().unwrap();
+        let rows = b"epoch,loss,perplexity,grad_norm,grad_norm_max,valid_perplexity\n1,2,7.5,1,1,\n2,1.9,6.5,1,1,\n".to_vec();
+        let c = curve(t.path(), &InputState::Live(rows)).unwrap();
+        assert_eq!(c.final_ppl, Some(6.5));
+        assert_eq!(c.min_ppl, Some((2.0, 6.5)));
+        assert_eq!(c.final_valid, None);
+        assert_eq!(curve(t.path(), &InputState::Live(Vec::new())), None);
+        assert_eq!(curve(t.path(), &InputState::Absent("waiting")), None);
+        assert_eq!(InputState::Live(Vec::new()).word(), "running");
     }
 
     #[test]

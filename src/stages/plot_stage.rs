@@ -239,7 +239,17 @@ fn lookup(info: &InputInfo, key: &str) -> Option<String> {
 /// Columns `x` and `y` of a CSV file as numbers (rows where either is not a number are skipped).
 /// `label` names the file for the user: the input stage and the file name.
 fn read_xy(path: &Path, label: &str, x: &str, y: &str) -> Result<Vec<(f64, f64)>> {
-    let mut r = csv::Reader::from_path(path).with_context(|| format!("reading {label}"))?;
+    let r = csv::Reader::from_path(path).with_context(|| format!("reading {label}"))?;
+    xy_of(r, label, x, y)
+}
+
+/// Columns `x` and `y` of a CSV as numbers, as [`read_xy`] reads them.
+fn xy_of<R: std::io::Read>(
+    mut r: csv::Reader<R>,
+    label: &str,
+    x: &str,
+    y: &str,
+) -> Result<Vec<(f64, f64)>> {
     let h = r.headers()?.clone();
     let col = |c: &str, param: &str| {
         h.iter().position(|n| n == c).with_context(|| {
@@ -262,10 +272,32 @@ fn read_xy(path: &Path, label: &str, x: &str, y: &str) -> Result<Vec<(f64, f64)>
     Ok(pts)
 }
 
+/// What a chart reads of one input. A plot stage reads its inputs' files; the results page of
+/// a run that goes on reads a running training's epoch rows so far, and nothing of a stage
+/// that has not run yet.
+#[derive(Debug, Clone, Copy)]
+pub enum Feed<'a> {
+    /// The input's files.
+    Files,
+    /// `metrics.csv` so far (a training's live rows); its other files have no points yet.
+    Rows(&'a [u8]),
+    /// No points yet.
+    Nothing,
+}
+
 impl Plot {
     /// The plotted series, read from `infos` (the plot's inputs, in order): what the SVG/PNG
     /// charts draw and what `report.html` draws again, interactively.
     pub fn series(&self, infos: &[InputInfo]) -> Result<Vec<Series>> {
+        self.series_fed(infos, &|_| Feed::Files)
+    }
+
+    /// [`Plot::series`] with what `feed` says of each input (by its index in `infos`).
+    pub fn series_fed<'a>(
+        &self,
+        infos: &[InputInfo],
+        feed: &dyn Fn(usize) -> Feed<'a>,
+    ) -> Result<Vec<Series>> {
         let ys = self.y.list();
         let mut series: Vec<Series> = Vec::new();
         let style = if self.chart == ChartKind::Points {
@@ -280,7 +312,8 @@ impl Plot {
                 } else {
                     self.files.clone()
                 };
-                for info in infos {
+                for (i, info) in infos.iter().enumerate() {
+                    let fed = feed(i);
                     for f in &files {
                         for y in &ys {
                             let mut name = Vec::new();
@@ -295,16 +328,27 @@ impl Plot {
                             }
                             series.push(Series {
                                 name: name.join(" "),
-                                points: read_xy(
-                                    &info.dir.join(f),
-                                    &format!("`{}`'s {f}", info.stage),
-                                    &self.x,
-                                    y,
-                                )?,
+                                points: match fed {
+                                    Feed::Files => read_xy(
+                                        &info.dir.join(f),
+                                        &format!("`{}`'s {f}", info.stage),
+                                        &self.x,
+                                        y,
+                                    )?,
+                                    // Rows lacking a column have no points so far.
+                                    Feed::Rows(rows) if f == "metrics.csv" => xy_of(
+                                        csv::Reader::from_reader(rows),
+                                        &format!("`{}`'s epochs so far", info.stage),
+                                        &self.x,
+                                        y,
+                                    )
+                                    .unwrap_or_default(),
+                                    Feed::Rows(_) | Feed::Nothing => Vec::new(),
+                                },
                                 style,
                             });
                         }
-                        if self.zipf_fit {
+                        if self.zipf_fit && matches!(fed, Feed::Files) {
                             let zipf = info.dir.join("zipf.csv");
                             let mut r = csv::Reader::from_path(&zipf)
                                 .with_context(|| format!("`zipf_fit` needs {}", zipf.display()))?;
@@ -333,7 +377,10 @@ impl Plot {
             }
             Source::Summary => {
                 let mut groups: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
-                for info in infos {
+                for (i, info) in infos.iter().enumerate() {
+                    if !matches!(feed(i), Feed::Files) {
+                        continue;
+                    }
                     let s = crate::context::read_summary(&info.dir)?;
                     let xv = lookup(info, &self.x).with_context(|| {
                         format!("input `{}` has no axis or param `{}`", info.stage, self.x)

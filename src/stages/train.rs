@@ -235,6 +235,28 @@ impl Progress {
     }
 }
 
+/// The columns of a training's live rows (those of its `metrics.csv`, the held-out perplexity
+/// always, empty when nothing is held out).
+const LIVE_HEADER: &str = "epoch,loss,perplexity,grad_norm,grad_norm_max,valid_perplexity";
+
+/// Show the epochs finished since the last call in the stage's live file (the results page
+/// draws the curves so far from it while the run goes on). One small row per epoch.
+fn show_live(ctx: &mut StageCtx, prog: &Progress) {
+    let opt = |v: Option<f64>| v.map(|v| v.to_string()).unwrap_or_default();
+    for m in prog.metrics.iter().skip(ctx.live_rows()) {
+        let row = format!(
+            "{},{},{},{},{},{}",
+            m.epoch,
+            m.loss,
+            opt(m.perplexity),
+            m.grad_norm,
+            m.grad_norm_max,
+            opt(m.valid_perplexity)
+        );
+        ctx.live_row(LIVE_HEADER, &row);
+    }
+}
+
 impl Train {
     fn checkpoint_due(&self, epoch: usize) -> bool {
         self.checkpoint_every > 0
@@ -403,6 +425,7 @@ impl Train {
         let clip = self.clip();
         ctx.progress.start(self.epochs as u64, "epochs");
         ctx.progress.inc(prog.epochs_done as u64);
+        show_live(ctx, prog);
         for epoch in prog.epochs_done + 1..=self.epochs {
             if prog.diverged.is_some() {
                 break;
@@ -429,6 +452,7 @@ impl Train {
                     m.valid_perplexity = Some(v);
                 }
             }
+            show_live(ctx, prog);
             ctx.progress.set_message(&format!(
                 "perplexity {ppl:.2}, {:.0} tokens/s",
                 totals.count as f64 / secs.max(1e-9)
@@ -478,6 +502,7 @@ impl Train {
         let mut order: Vec<usize> = (0..f.n_train).collect();
         ctx.progress.start(self.epochs as u64, "epochs");
         ctx.progress.inc(prog.epochs_done as u64);
+        show_live(ctx, prog);
         for epoch in prog.epochs_done + 1..=self.epochs {
             if prog.diverged.is_some() {
                 break;
@@ -500,6 +525,7 @@ impl Train {
                 totals.add(&s);
             }
             let loss = prog.record(epoch, &totals, t.elapsed().as_secs_f64(), false);
+            show_live(ctx, prog);
             ctx.progress.set_message(&format!("loss {loss:.4}"));
             ctx.progress.inc(1);
             if self.checkpoint_due(epoch) {

@@ -238,3 +238,149 @@ fn the_results_page_renders_in_a_real_browser() {
         std::fs::copy(&shot, keep).unwrap();
     }
 }
+
+/// A tiny training of `epochs` epochs with a chart and a report: a run to watch live.
+fn live_pipeline(epochs: usize) -> String {
+    format!(
+        "name: live\nseed: 7\nstages:\n  corpus:\n    kind: load_corpus\n    params: {{ path: data/timemachine.txt }}\n  chars:\n    kind: tokenize\n    inputs: {{ corpus: corpus }}\n    params: {{ unit: char, max_tokens: 2000 }}\n  vocab:\n    kind: build_vocab\n    inputs: {{ tokens: chars }}\n  batches:\n    kind: sample_batches\n    inputs: {{ corpus: vocab }}\n    params: {{ strategy: sequential, batch_size: 8, num_steps: 10 }}\n  model:\n    kind: build_model\n    inputs: {{ data: batches }}\n    params: {{ arch: rnn, hidden: 16 }}\n  train:\n    kind: train\n    inputs: {{ model: model, data: batches }}\n    params: {{ epochs: {epochs}, lr: 1, sample_every: 0, num_preds: 5, checkpoint_every: 0 }}\n  curves:\n    kind: plot\n    inputs: [train]\n    params: {{ title: Perplexity, file: metrics.csv, x: epoch, y: perplexity }}\n  report:\n    kind: report\n    inputs: [train, curves]\n    params: {{ title: Live, columns: [final_perplexity] }}\n"
+    )
+}
+
+const RELOAD: &str = "<meta http-equiv=\"refresh\"";
+
+/// The points of the page's charts, all series together.
+fn chart_points(html: &str) -> usize {
+    let start = html
+        .find("<script id=\"charts\" type=\"application/json\">")
+        .expect("the page has its chart data");
+    let rest = &html[start..];
+    let json = &rest[rest.find('>').unwrap() + 1..rest.find("</script>").unwrap()];
+    let charts: serde_json::Value = serde_json::from_str(json).unwrap();
+    charts
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|c| c["series"].as_array().cloned().unwrap_or_default())
+        .map(|s| s["points"].as_array().map_or(0, Vec::len))
+        .sum()
+}
+
+/// Start `run live.yaml` with `args`, its page rewritten every 100 ms.
+fn start_live_run(p: &Path, epochs: usize, args: &[&str]) -> Guard {
+    std::fs::write(p.join("live.yaml"), live_pipeline(epochs)).unwrap();
+    Guard(Some(
+        Command::new(BIN)
+            .args(["run", "-q", "live.yaml"])
+            .args(args)
+            .current_dir(p)
+            .env("NO_COLOR", "1")
+            .env("SEQPIPE_LIVE_EVERY_MS", "100")
+            .env("SEQPIPE_SLURM_POLL", "0.2")
+            .output_async(),
+    ))
+}
+
+/// Read the page until it reloads itself and shows some epochs of the training (as it runs);
+/// `None` if the run ended first. Returns the page and its points then.
+fn live_page(p: &Path, run: &mut Guard) -> Option<(String, usize)> {
+    let page = p.join("outputs/live/report.html");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        assert!(std::time::Instant::now() < deadline, "no live page");
+        if let Ok(html) = std::fs::read_to_string(&page) {
+            let points = chart_points(&html);
+            if html.contains(RELOAD) && points > 0 {
+                return Some((html, points));
+            }
+        }
+        if run.get().try_wait().unwrap().is_some() {
+            return None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// While a training runs, report.html exists, reloads itself and shows the epochs so far; the
+/// page the run ends with does not reload and has every epoch; no live file is left.
+fn watch_a_run(executor: &str) {
+    let t = project();
+    let p = t.path();
+    let epochs = 400;
+    let mut run = start_live_run(p, epochs, &["--executor", executor]);
+    let (html, points) = live_page(p, &mut run)
+        .unwrap_or_else(|| panic!("{executor}: the run ended before its page showed epochs"));
+    assert!(
+        points < epochs,
+        "{executor}: the live page shows {points} of {epochs} epochs"
+    );
+    assert!(
+        html.contains("<td>running</td>"),
+        "{executor}: the results table says the training runs"
+    );
+    assert!(html.contains("<dd>running…</dd>"));
+    let o = run.take().wait_with_output().unwrap();
+    assert!(
+        o.status.success(),
+        "{executor}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let html = std::fs::read_to_string(p.join("outputs/live/report.html")).unwrap();
+    assert!(
+        !html.contains(RELOAD),
+        "{executor}: the final page reloads itself"
+    );
+    assert!(!html.contains("<p class=\"live\">"));
+    assert_eq!(chart_points(&html), epochs, "{executor}: every epoch");
+    assert!(!html.contains("<td>running</td>"));
+    assert!(
+        !p.join("outputs/live/.live").exists(),
+        "{executor}: the live files of a finished run are gone"
+    );
+    // The cached entry is the one a run without a page to watch makes.
+    let metrics = std::fs::read_to_string(p.join("outputs/live/train/metrics.csv")).unwrap();
+    assert_eq!(metrics.lines().count(), epochs + 1);
+}
+
+#[test]
+fn the_page_is_live_while_a_training_runs() {
+    watch_a_run("local");
+}
+
+#[test]
+fn the_page_is_live_with_the_process_executor() {
+    watch_a_run("process");
+}
+
+/// The driver reads the progress that Slurm jobs write in the project (a shared filesystem).
+#[test]
+fn the_page_is_live_with_the_slurm_executor() {
+    if !slurm_available() {
+        return;
+    }
+    watch_a_run("slurm");
+}
+
+/// A run stopped by Ctrl-C leaves a page that does not reload and says it stopped; the next
+/// run does not show what the stopped one left as its progress.
+#[test]
+fn an_interrupted_run_leaves_a_final_page() {
+    let t = project();
+    let p = t.path();
+    let mut run = start_live_run(p, 100_000, &[]);
+    live_page(p, &mut run).expect("the long run showed no live page");
+    unsafe { libc::kill(run.get().id() as i32, libc::SIGINT) };
+    let o = run.take().wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(130));
+    let html = std::fs::read_to_string(p.join("outputs/live/report.html")).unwrap();
+    assert!(!html.contains(RELOAD), "a stopped run's page reloads");
+    assert!(html.contains("The run stopped before its end"));
+    assert!(html.contains("<dd>stopped</dd>"));
+    let left = p.join("outputs/live/.live/train.csv");
+    assert!(left.exists(), "the killed training's rows are still there");
+    // The next run clears what the stopped one left; its page shows its own epochs.
+    std::fs::write(p.join("live.yaml"), live_pipeline(3)).unwrap();
+    ok(p, &["run", "-q", "live.yaml"]);
+    let html = std::fs::read_to_string(p.join("outputs/live/report.html")).unwrap();
+    assert_eq!(chart_points(&html), 3);
+    assert!(!left.exists());
+}
