@@ -1391,6 +1391,153 @@ impl<G: Gpu> Trainer<G> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::nn::core::Core;
+    use rand::SeedableRng;
+    use std::cell::Cell;
+    use std::rc::Rc;
+
+    /// A device that only hands out addresses (deterministic: each allocation after the last,
+    /// from 2^40 on) and keeps the bytes written; it runs nothing. With it, a step's program is
+    /// a pure function of the configuration, the same in every run.
+    #[derive(Clone)]
+    struct AddrGpu {
+        next: Rc<Cell<u64>>,
+        block: u32,
+    }
+    #[derive(Clone)]
+    struct AddrBuf {
+        ptr: u64,
+        bytes: Vec<u8>,
+    }
+    impl Buf for AddrBuf {
+        fn ptr(&self) -> u64 {
+            self.ptr
+        }
+        fn write(&mut self, off: usize, src: &[u8]) -> Result<()> {
+            self.bytes[off..off + src.len()].copy_from_slice(src);
+            Ok(())
+        }
+        fn read(&self, off: usize, dst: &mut [u8]) -> Result<()> {
+            dst.copy_from_slice(&self.bytes[off..off + dst.len()]);
+            Ok(())
+        }
+    }
+    impl Gpu for AddrGpu {
+        type Buf = AddrBuf;
+        type Graph = ();
+        fn bind(&self) -> Result<()> {
+            Ok(())
+        }
+        fn alloc(&self, bytes: usize) -> Result<AddrBuf> {
+            let ptr = self.next.get();
+            self.next.set(ptr + (bytes.div_ceil(256) as u64 + 1) * 256);
+            Ok(AddrBuf {
+                ptr,
+                bytes: vec![0; bytes],
+            })
+        }
+        fn run(&self, _op: &Op) -> Result<()> {
+            Ok(())
+        }
+        fn block(&self) -> u32 {
+            self.block
+        }
+        fn reduce_blocks(&self) -> u32 {
+            3
+        }
+        fn record(&self, _prog: &[Op]) -> Result<Option<()>> {
+            Ok(None)
+        }
+        fn replay(&self, _graph: &()) -> Result<()> {
+            Ok(())
+        }
+    }
+
+    /// FNV-1a 64 of the program's text (every field of every operation, in order).
+    fn fingerprint(prog: &[Op]) -> u64 {
+        format!("{prog:?}")
+            .bytes()
+            .fold(0xcbf2_9ce4_8422_2325u64, |h, c| {
+                (h ^ c as u64).wrapping_mul(0x0100_0000_01b3)
+            })
+    }
+
+    /// The program of one step of a configuration: (operations, kernel launches, fingerprint).
+    #[allow(clippy::too_many_arguments)]
+    fn program_of(
+        cell: CellKind,
+        act: Activation,
+        input: InKind,
+        layers: usize,
+        adam: bool,
+        clip: Option<f32>,
+        (b, t): (usize, usize),
+        block: u32,
+    ) -> (usize, usize, u64) {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+        let core = Core::new(cell, act, input, 5, layers, 7, &mut rng).unwrap();
+        let gpu = AddrGpu {
+            next: Rc::new(Cell::new(1 << 40)),
+            block,
+        };
+        let mut tr = Trainer::new(gpu, &core).unwrap();
+        let zeros = core.store.zeros_like();
+        let moments = adam.then(|| tr.moments_from_host(&zeros, &zeros).unwrap());
+        tr.ensure_ws(&core, b, t).unwrap();
+        tr.ensure_state(&core, &core.zero_state(b)).unwrap();
+        let prog = tr.program(&core, moments.as_ref(), clip).unwrap();
+        let launches = prog
+            .iter()
+            .filter(|op| matches!(op, Op::Launch { .. }))
+            .count();
+        (prog.len(), launches, fingerprint(&prog))
+    }
+
+    /// The step's program, operation for operation, for a spread of configurations (every
+    /// cell, one-hot and embedding input, one to three layers, SGD and Adam, with and without
+    /// clipping, two block sizes): what a refactoring of `Trainer::program` must leave as it
+    /// is. The figures were taken from the program before it was split by phase; a deliberate
+    /// change of the program (another kernel, another argument) changes them, and the new ones
+    /// come from this test's failure message.
+    #[test]
+    fn step_programs_stay_operation_for_operation() {
+        use Activation::{Relu, Tanh};
+        use CellKind::{Gru, Lstm, Rnn, RnnScratch};
+        let oh = InKind::OneHot(7);
+        let emb = InKind::Embedding { vocab: 7, dim: 4 };
+        let cases = [
+            (RnnScratch, Tanh, oh, 1, false, Some(1.0), (3, 4), 32),
+            (Rnn, Relu, emb, 2, true, None, (3, 4), 32),
+            (Rnn, Tanh, oh, 3, false, Some(0.05), (2, 3), 128),
+            (Gru, Tanh, oh, 2, false, None, (3, 4), 32),
+            (Gru, Tanh, emb, 1, true, Some(0.5), (4, 2), 64),
+            (Lstm, Tanh, emb, 2, true, Some(1.0), (3, 4), 32),
+            (Lstm, Tanh, oh, 1, false, None, (2, 5), 128),
+        ];
+        // (operations, kernel launches, fingerprint)
+        let want: [(usize, usize, u64); 7] = [
+            (0x1f, 0x11, 0xa345664c8f83caf5),
+            (0x3b, 0x1c, 0x77cddb0908f14da6),
+            (0x43, 0x1f, 0x974d10447111df3e),
+            (0x39, 0x1d, 0x23dbb6689d0e84e7),
+            (0x1c, 0x0f, 0x09ff517fddd089a0),
+            (0x3f, 0x1c, 0x86007b500c89c52e),
+            (0x25, 0x13, 0xb52a7e7e38e36103),
+        ];
+        let got: Vec<_> = cases
+            .iter()
+            .map(|&(c, a, i, l, adam, clip, bt, bs)| program_of(c, a, i, l, adam, clip, bt, bs))
+            .collect();
+        for (k, (case, (g, w))) in cases.iter().zip(got.iter().zip(&want)).enumerate() {
+            // Per time step and layer: two products and a cell kernel forward, the same back.
+            let (_, _, _, layers, _, _, (_, t), _) = *case;
+            assert!(g.0 > 4 * t * layers, "case {k}: only {} operations", g.0);
+            assert_eq!(
+                g, w,
+                "case {k} {case:?}: the step's program changed; all now: {got:#x?}"
+            );
+        }
+    }
 
     /// BLAS semantics (column-major, as cublasSgemm): C[i + j*ldc] = sum_p op(A)(i,p) op(B)(p,j).
     fn blas_sgemm(g: &ColMajor, a: &[f32], b: &[f32], c: &mut [f32]) {
