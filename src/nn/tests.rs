@@ -1008,13 +1008,20 @@ fn training_runs_stay_bit_for_bit() {
         let mut opt = Optimizer::new(&adam, &r);
         let mut h = 0xcbf2_9ce4_8422_2325u64;
         for _ in 0..3 {
-            let l = r.train_step(&mut opt, &x, &y, n).unwrap().loss_sum.to_bits();
+            let l = r
+                .train_step(&mut opt, &x, &y, n)
+                .unwrap()
+                .loss_sum
+                .to_bits();
             h = fnv(h, [l as u32, (l >> 32) as u32]);
         }
         for (_, _, v) in r.named_tensors() {
             h = fnv(h, v.iter().map(|x| x.to_bits()));
         }
-        got.push(fnv(h, r.predict(&x, n).unwrap().iter().map(|x| x.to_bits())));
+        got.push(fnv(
+            h,
+            r.predict(&x, n).unwrap().iter().map(|x| x.to_bits()),
+        ));
     }
     let want: [u64; 10] = [
         0x6975948da32298e6,
@@ -1039,5 +1046,8 @@ fn training_runs_stay_bit_for_bit() {
         eprintln!("SKIPPED the comparison of training_runs_stay_bit_for_bit: no FMA kernels here");
         return;
     }
-    assert_eq!(got, want, "the CPU training runs changed; all now: {got:#x?}");
+    assert_eq!(
+        got, want,
+        "the CPU training runs changed; all now: {got:#x?}"
+    );
 }

@@ -18,6 +18,7 @@ use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal, Uniform};
 
 mod backward;
+mod cell;
 /// The kernels of `nn::cuda`, compiled for the host, against the cells (here to reach them).
 #[cfg(test)]
 #[path = "../cuda/host_test.rs"]
