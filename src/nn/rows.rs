@@ -29,6 +29,18 @@ impl Rows {
         assert!(start + n <= self.len, "internal: row slice out of bounds");
         std::slice::from_raw_parts_mut(self.ptr.add(start), n)
     }
+    /// As [`at`](Self::at), or an empty slice when the buffer is empty (a cache a cell does
+    /// not keep).
+    ///
+    /// # Safety
+    /// As `at`.
+    #[allow(clippy::mut_from_ref)]
+    pub unsafe fn at_kept(&self, start: usize, n: usize) -> &mut [f32] {
+        if self.len == 0 {
+            return &mut [];
+        }
+        self.at(start, n)
+    }
 }
 
 /// `Rows` for one f64 per row (the per-row squared norms of dL/dh).

@@ -83,3 +83,21 @@ pub(super) fn backward(
     }
 }
 }
+
+/// The GRU cell: `b_hh` stays apart (b_hn sits under r); the carry is dh's path through z.
+pub(super) struct Gru;
+
+impl super::cell::Cell for Gru {
+    const FOLDS_B_HH: bool = false;
+    const KEEPS_GATES: bool = true;
+    const KEEPS_GHN: bool = true;
+    const CARRY_IN_DH: bool = true;
+    fn forward(&self, r: super::cell::FwdRow) {
+        let h = r.hc.len();
+        forward(h, r.gi, r.gh, r.b_hh, r.hp, r.gates, r.ghn, r.hc)
+    }
+    fn backward(&self, r: super::cell::BwdRow) {
+        let h = r.dh.len();
+        backward(h, r.dh, r.gates, r.ghn, r.hp, r.carry, r.dg, r.dgi)
+    }
+}

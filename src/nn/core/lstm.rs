@@ -80,3 +80,19 @@ pub(super) fn backward(
     dgi.copy_from_slice(dg);
 }
 }
+
+/// The LSTM cell: a cell state beside h; the carry is dL/dc.
+pub(super) struct Lstm;
+
+impl super::cell::Cell for Lstm {
+    const KEEPS_GATES: bool = true;
+    const CELL_STATE: bool = true;
+    fn forward(&self, r: super::cell::FwdRow) {
+        let h = r.hc.len();
+        forward(h, r.gi, r.gh, r.cp, r.gates, r.cn, r.tc, r.hc)
+    }
+    fn backward(&self, r: super::cell::BwdRow) {
+        let h = r.dh.len();
+        backward(h, r.dh, r.gates, r.cp, r.tc, r.carry, r.dg, r.dgi)
+    }
+}

@@ -1,6 +1,7 @@
 //! The recurrent core shared by `LanguageModel` and `SeriesRnn`: stacked RNN/GRU/LSTM layers with
 //! a linear head, manual forward and manual BPTT. The element-wise math of each cell lives in
-//! `rnn`, `gru` and `lstm`; the products, the caches and the loss are shared, here.
+//! `rnn`, `gru` and `lstm`, behind `cell::Cell`; the products, the caches and the loss are
+//! shared, here and in `forward`, `backward`.
 //!
 //! Layout conventions (all host buffers row-major, rows time-major: row = t*batch + b):
 //! * layer parameters in PyTorch layout: `w_ih` [G*H, I], `w_hh` [G*H, H], `b_ih`, `b_hh` [G*H];
@@ -18,6 +19,7 @@ use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal, Uniform};
 
 mod backward;
+mod cell;
 /// The kernels of `nn::cuda`, compiled for the host, against the cells (here to reach them).
 #[cfg(test)]
 #[path = "../cuda/host_test.rs"]

@@ -42,3 +42,16 @@ pub(super) fn backward(act: Activation, dh: &[f32], hcur: &[f32], dg: &mut [f32]
     dgi.copy_from_slice(dg);
 }
 }
+
+/// The plain RNN cell with its activation (no gates kept, no carry).
+pub(super) struct Rnn(pub Activation);
+
+impl super::cell::Cell for Rnn {
+    const KEEPS_GATES: bool = false;
+    fn forward(&self, r: super::cell::FwdRow) {
+        forward(self.0, r.gi, r.gh, r.hc)
+    }
+    fn backward(&self, r: super::cell::BwdRow) {
+        backward(self.0, r.dh, r.hc, r.dg, r.dgi)
+    }
+}

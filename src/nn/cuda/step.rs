@@ -826,436 +826,40 @@ impl<G: Gpu> Trainer<G> {
         clip: Option<f32>,
     ) -> Result<Vec<Op>> {
         let ws = self.ws.as_ref().expect("ensure_ws before program");
-        let (b, t) = (ws.b, ws.t);
-        let (h, g, nl, o) = (core.hidden, core.g(), core.layers.len(), core.out_dim);
-        let gh = g * h;
-        let (tb, bh) = (t * b, b * h);
-        let cell = core.cell;
-        let relu = i32::from(core.act == Activation::Relu);
+        let sb = self.state.as_ref().expect("ensure_state before program");
         let (vocab, dim) = match core.input {
             InKind::OneHot(v) => (v, 0),
             InKind::Embedding { vocab, dim } => (vocab, dim),
             InKind::Dense(_) => unreachable!("checked"),
         };
+        let (b, t, h) = (ws.b, ws.t, core.hidden);
+        let at = StepAt {
+            core,
+            ws,
+            sb,
+            offs: &self.offs,
+            pbase: self.params.ptr(),
+            gbase: self.grads.ptr(),
+            total: self.total,
+            b,
+            t,
+            h,
+            gh: core.g() * h,
+            o: core.out_dim,
+            tb: t * b,
+            bh: b * h,
+            vocab,
+            dim,
+        };
         let mut pr = Prog {
-            ops: Vec::with_capacity(8 * t * nl + 32),
+            ops: Vec::with_capacity(8 * t * core.layers.len() + 32),
             block: self.gpu.block(),
         };
-        let ws = self.ws.as_ref().unwrap();
-        let sb = self.state.as_ref().unwrap();
-        let (pbase, gbase) = (self.params.ptr(), self.grads.ptr());
-        let p = |i: usize| pbase + 4 * self.offs[i] as u64;
-        let gr = |i: usize| gbase + 4 * self.offs[i] as u64;
-        let f = |base: u64, elems: usize| base + 4 * elems as u64;
-        let tok_x = ws.tokens;
-        let tok_y = f(ws.tokens, tb);
-        let order = f(ws.tokens, 2 * tb);
-        let starts = f(ws.tokens, 3 * tb);
-        use Arg::{F, I, L, P};
-        let (tbi, ghi, hi, bi) = (tb as i32, gh as i32, h as i32, b as i32);
-
-        // ---- forward
-        for (l, li) in core.layers.iter().enumerate() {
-            let lw = &ws.layers[l];
-            let bhh_fold = match (cell, li.b_hh) {
-                (CellKind::Gru, _) | (_, None) => 0,
-                (_, Some(bh)) => p(bh),
-            };
-            match (l, core.input) {
-                (0, InKind::OneHot(v)) => pr.launch_n(
-                    K::GatherOnehot,
-                    tb * gh,
-                    &[
-                        P(lw.gi),
-                        P(p(li.w_ih)),
-                        P(p(li.b_ih)),
-                        P(bhh_fold),
-                        P(tok_x),
-                        I(tbi),
-                        I(ghi),
-                        I(v as i32),
-                    ],
-                ),
-                _ => {
-                    let (xin, in_dim) = if l == 0 {
-                        let e = core.emb.expect("embedding input has a table");
-                        pr.launch_n(
-                            K::GatherRows,
-                            tb * dim,
-                            &[P(ws.xin), P(p(e)), P(tok_x), I(tbi), I(dim as i32)],
-                        );
-                        (ws.xin, dim)
-                    } else {
-                        (f(ws.layers[l - 1].hs, bh), h)
-                    };
-                    debug_assert_eq!(in_dim, li.in_dim);
-                    // gi [TB, GH] = X [TB, I] W_ih^T (W_ih [GH, I])
-                    pr.mm(
-                        false,
-                        true,
-                        tb,
-                        gh,
-                        in_dim,
-                        xin,
-                        in_dim,
-                        p(li.w_ih),
-                        in_dim,
-                        lw.gi,
-                        gh,
-                    );
-                    pr.launch_n(
-                        K::AddBias,
-                        tb * gh,
-                        &[P(lw.gi), P(p(li.b_ih)), P(bhh_fold), I(tbi), I(ghi)],
-                    );
-                }
-            }
-            pr.copy(lw.hs, sb.h[l], 4 * bh);
-            if cell == CellKind::Lstm {
-                pr.copy(lw.cs, sb.c[l], 4 * bh);
-            }
-            for s in 0..t {
-                let hp = f(lw.hs, s * bh);
-                let hc = f(lw.hs, (s + 1) * bh);
-                // ghh [B, GH] = h_s [B, H] W_hh^T
-                pr.mm(false, true, b, gh, h, hp, h, p(li.w_hh), h, ws.ghh, gh);
-                let gi_s = f(lw.gi, s * b * gh);
-                match cell {
-                    CellKind::Rnn | CellKind::RnnScratch => pr.launch_n(
-                        K::RnnFwd,
-                        bh,
-                        &[I(relu), P(gi_s), P(ws.ghh), P(hc), I(bh as i32)],
-                    ),
-                    CellKind::Gru => pr.launch_n(
-                        K::GruFwd,
-                        bh,
-                        &[
-                            P(gi_s),
-                            P(ws.ghh),
-                            P(p(li.b_hh.expect("GRU has b_hh"))),
-                            P(hp),
-                            P(f(lw.gates, s * b * gh)),
-                            P(f(lw.ghn, s * bh)),
-                            P(hc),
-                            I(bi),
-                            I(hi),
-                        ],
-                    ),
-                    CellKind::Lstm => pr.launch_n(
-                        K::LstmFwd,
-                        bh,
-                        &[
-                            P(gi_s),
-                            P(ws.ghh),
-                            P(f(lw.cs, s * bh)),
-                            P(f(lw.gates, s * b * gh)),
-                            P(f(lw.cs, (s + 1) * bh)),
-                            P(f(lw.tcs, s * bh)),
-                            P(hc),
-                            I(bi),
-                            I(hi),
-                        ],
-                    ),
-                }
-            }
-            pr.copy(sb.h[l], f(lw.hs, t * bh), 4 * bh);
-            if cell == CellKind::Lstm {
-                pr.copy(sb.c[l], f(lw.cs, t * bh), 4 * bh);
-            }
-        }
-
-        // ---- output layer and loss (all steps at once)
-        let top = &ws.layers[nl - 1];
-        let hs1 = f(top.hs, bh); // h_1 .. h_T: [TB, H]
-        pr.mm(
-            false,
-            true,
-            tb,
-            o,
-            h,
-            hs1,
-            h,
-            p(core.lin_w),
-            h,
-            ws.logits,
-            o,
-        );
-        pr.launch_n(
-            K::AddBias,
-            tb * o,
-            &[P(ws.logits), P(p(core.lin_b)), P(0), I(tbi), I(o as i32)],
-        );
-        let scale = 1.0 / (t * b) as f32;
-        pr.launch(
-            K::SoftmaxCe,
-            tb as u32,
-            pr.block.min(128),
-            &[
-                P(ws.logits),
-                P(tok_y),
-                P(ws.dy),
-                P(ws.row_loss),
-                I(o as i32),
-                F(scale),
-            ],
-        );
-
-        // ---- backward
-        // dh from the output layer for all steps: [TB, H] = dY [TB, O] W_lin [O, H]
-        pr.mm(
-            false,
-            false,
-            tb,
-            h,
-            o,
-            ws.dy,
-            o,
-            p(core.lin_w),
-            h,
-            ws.dhy,
-            h,
-        );
-        // dW_lin [O, H] = dY^T Hs_1..T
-        pr.mm(true, false, o, h, tb, ws.dy, o, hs1, h, gr(core.lin_w), h);
-        pr.launch_n(
-            K::ColSum,
-            o,
-            &[P(ws.dy), I(tbi), I(o as i32), P(gr(core.lin_b)), P(0)],
-        );
-        let mut extra = ws.dhy;
-        for l in (0..nl).rev() {
-            let li = &core.layers[l];
-            let lw = &ws.layers[l];
-            let dgi = if cell == CellKind::Gru { ws.dgi } else { ws.dg };
-            pr.zero(ws.carry, 4 * bh);
-            for tt in (1..=t).rev() {
-                let s = tt - 1;
-                let mmp = if tt < t {
-                    // dh_tt [B, H] = dG_tt [B, GH] W_hh [GH, H]
-                    pr.mm(
-                        false,
-                        false,
-                        b,
-                        h,
-                        gh,
-                        f(ws.dg, tt * b * gh),
-                        gh,
-                        p(li.w_hh),
-                        h,
-                        ws.dhmm,
-                        h,
-                    );
-                    ws.dhmm
-                } else {
-                    0
-                };
-                let ex = f(extra, s * bh);
-                let dg_s = f(ws.dg, s * b * gh);
-                match cell {
-                    CellKind::Rnn | CellKind::RnnScratch => pr.launch_n(
-                        K::RnnBwd,
-                        bh,
-                        &[
-                            I(relu),
-                            P(mmp),
-                            P(ex),
-                            P(f(lw.hs, tt * bh)),
-                            P(dg_s),
-                            I(bh as i32),
-                        ],
-                    ),
-                    CellKind::Gru => pr.launch_n(
-                        K::GruBwd,
-                        bh,
-                        &[
-                            P(mmp),
-                            P(ex),
-                            P(f(lw.gates, s * b * gh)),
-                            P(f(lw.ghn, s * bh)),
-                            P(f(lw.hs, s * bh)),
-                            P(ws.carry),
-                            P(dg_s),
-                            P(f(dgi, s * b * gh)),
-                            I(bi),
-                            I(hi),
-                        ],
-                    ),
-                    CellKind::Lstm => pr.launch_n(
-                        K::LstmBwd,
-                        bh,
-                        &[
-                            P(mmp),
-                            P(ex),
-                            P(f(lw.gates, s * b * gh)),
-                            P(f(lw.cs, s * bh)),
-                            P(f(lw.tcs, s * bh)),
-                            P(ws.carry),
-                            P(dg_s),
-                            I(bi),
-                            I(hi),
-                        ],
-                    ),
-                }
-            }
-            // dW_hh [GH, H] = dG^T [GH, TB] Hs_0..T-1 [TB, H]
-            pr.mm(true, false, gh, h, tb, ws.dg, gh, lw.hs, h, gr(li.w_hh), h);
-            match li.b_hh {
-                Some(bh_i) if cell == CellKind::Gru => {
-                    pr.launch_n(
-                        K::ColSum,
-                        gh,
-                        &[P(ws.dg), I(tbi), I(ghi), P(gr(bh_i)), P(0)],
-                    );
-                    pr.launch_n(
-                        K::ColSum,
-                        gh,
-                        &[P(dgi), I(tbi), I(ghi), P(gr(li.b_ih)), P(0)],
-                    );
-                }
-                Some(bh_i) => pr.launch_n(
-                    K::ColSum,
-                    gh,
-                    &[P(ws.dg), I(tbi), I(ghi), P(gr(bh_i)), P(gr(li.b_ih))],
-                ),
-                None => pr.launch_n(
-                    K::ColSum,
-                    gh,
-                    &[P(ws.dg), I(tbi), I(ghi), P(gr(li.b_ih)), P(0)],
-                ),
-            }
-            match (l, core.input) {
-                (0, InKind::OneHot(v)) => pr.launch_n(
-                    K::ScatterRows,
-                    v * gh,
-                    &[
-                        P(gr(li.w_ih)),
-                        P(dgi),
-                        P(order),
-                        P(starts),
-                        I(v as i32),
-                        I(ghi),
-                        I(1),
-                        I(v as i32),
-                    ],
-                ),
-                _ => {
-                    let in_dim = li.in_dim;
-                    let xin = if l > 0 {
-                        f(ws.layers[l - 1].hs, bh)
-                    } else {
-                        ws.xin
-                    };
-                    // dW_ih [GH, I] = dGi^T X
-                    pr.mm(
-                        true,
-                        false,
-                        gh,
-                        in_dim,
-                        tb,
-                        dgi,
-                        gh,
-                        xin,
-                        in_dim,
-                        gr(li.w_ih),
-                        in_dim,
-                    );
-                    // dX [TB, I] = dGi W_ih
-                    let dx = if l > 0 { ws.d_above } else { ws.dx };
-                    pr.mm(
-                        false,
-                        false,
-                        tb,
-                        in_dim,
-                        gh,
-                        dgi,
-                        gh,
-                        p(li.w_ih),
-                        in_dim,
-                        dx,
-                        in_dim,
-                    );
-                    if l > 0 {
-                        extra = ws.d_above;
-                    } else {
-                        let e = core.emb.expect("embedding input has a table");
-                        pr.launch_n(
-                            K::ScatterRows,
-                            vocab * dim,
-                            &[
-                                P(gr(e)),
-                                P(ws.dx),
-                                P(order),
-                                P(starts),
-                                I(vocab as i32),
-                                I(dim as i32),
-                                I(dim as i32),
-                                I(1),
-                            ],
-                        );
-                    }
-                }
-            }
-        }
-
-        // ---- global norm, clipping factor, loss sum; update
-        let bs = pr.block;
-        pr.launch(
-            K::SumsqPartial,
-            ws.np as u32,
-            bs,
-            &[P(gbase), L(self.total as i64), P(ws.partial)],
-        );
-        let (has_clip, theta) = match clip {
-            Some(c) => (1, c),
-            None => (0, 0.0),
-        };
-        pr.launch(
-            K::FinishStep,
-            1,
-            1,
-            &[
-                P(ws.partial),
-                I(ws.np as i32),
-                P(ws.row_loss),
-                I(tbi),
-                I(has_clip),
-                F(theta),
-                P(ws.stats),
-            ],
-        );
-        let n = self.total;
-        let hyper = f(ws.tokens, ws.hyper_at);
-        match moments {
-            // hyper: lr, weight decay
-            None => pr.launch_n(
-                K::SgdStep,
-                n,
-                &[P(pbase), P(gbase), L(n as i64), P(ws.stats), P(hyper)],
-            ),
-            // hyper: step size, beta1, beta2, eps, weight decay, sqrt(1 - beta2^t)
-            Some(mo) => {
-                if mo.total != n {
-                    nn_bail!(
-                        Weights,
-                        "device Adam moments hold {} values, the model {n}",
-                        mo.total
-                    );
-                }
-                pr.launch_n(
-                    K::AdamStep,
-                    n,
-                    &[
-                        P(pbase),
-                        P(gbase),
-                        P(mo.m.ptr()),
-                        P(mo.v.ptr()),
-                        L(n as i64),
-                        P(ws.stats),
-                        P(hyper),
-                    ],
-                )
-            }
-        }
+        at.forward(&mut pr);
+        at.loss(&mut pr);
+        at.backward(&mut pr);
+        at.gradient_norm(&mut pr, clip);
+        at.update(&mut pr, moments)?;
         Ok(pr.ops)
     }
 
@@ -1388,9 +992,638 @@ impl<G: Gpu> Trainer<G> {
     }
 }
 
+/// `base` advanced by `elems` f32s.
+fn elem(base: u64, elems: usize) -> u64 {
+    base + 4 * elems as u64
+}
+
+/// The direction of a cell kernel: forward, or backward with the gradient from the next step's
+/// recurrent product (`mmp`, 0 at the last step) and from above or the output layer (`ex`).
+#[derive(Clone, Copy)]
+enum Pass {
+    Forward,
+    Backward { mmp: u64, ex: u64 },
+}
+
+/// What a step's program is written from: the model, the shapes, and the device addresses of
+/// the parameters, gradients, work buffers and hidden state. Its methods write the phases of
+/// [`Trainer::program`], in order: [`forward`](Self::forward), [`loss`](Self::loss),
+/// [`backward`](Self::backward), [`gradient_norm`](Self::gradient_norm),
+/// [`update`](Self::update).
+struct StepAt<'a, B: Buf> {
+    core: &'a Core,
+    ws: &'a Ws<B>,
+    sb: &'a StateBufs<B>,
+    offs: &'a [usize],
+    pbase: u64,
+    gbase: u64,
+    /// Parameter values in all.
+    total: usize,
+    b: usize,
+    t: usize,
+    h: usize,
+    gh: usize,
+    o: usize,
+    tb: usize,
+    bh: usize,
+    vocab: usize,
+    /// Embedding width (0: one-hot input).
+    dim: usize,
+}
+
+impl<B: Buf> StepAt<'_, B> {
+    /// Parameter tensor `i`.
+    fn p(&self, i: usize) -> u64 {
+        self.pbase + 4 * self.offs[i] as u64
+    }
+    /// The gradient of parameter tensor `i`.
+    fn gr(&self, i: usize) -> u64 {
+        self.gbase + 4 * self.offs[i] as u64
+    }
+    /// Token ids: x [TB], y [TB], the rows of x grouped by token [TB], each token's first
+    /// row there [V+1].
+    fn tok_x(&self) -> u64 {
+        self.ws.tokens
+    }
+    fn tok_y(&self) -> u64 {
+        elem(self.ws.tokens, self.tb)
+    }
+    fn order(&self) -> u64 {
+        elem(self.ws.tokens, 2 * self.tb)
+    }
+    fn starts(&self) -> u64 {
+        elem(self.ws.tokens, 3 * self.tb)
+    }
+    /// Gradients at W_ih's outputs: GRU has its own, RNN and LSTM share W_hh's (`dg`).
+    fn dgi(&self) -> u64 {
+        if self.core.cell == CellKind::Gru {
+            self.ws.dgi
+        } else {
+            self.ws.dg
+        }
+    }
+    /// Input of layer `l` for all steps, [TB, in_dim]: the embedding rows, or h_1..h_T of
+    /// the layer below.
+    fn layer_input(&self, l: usize) -> u64 {
+        if l == 0 {
+            self.ws.xin
+        } else {
+            elem(self.ws.layers[l - 1].hs, self.bh)
+        }
+    }
+
+    /// The fused cell kernel of time step `s` of layer `l` (forward or backward), with its
+    /// arguments: the one place that knows what each cell's kernels take.
+    fn cell(&self, pr: &mut Prog, l: usize, s: usize, pass: Pass) {
+        use Arg::{I, P};
+        let (lw, ws) = (&self.ws.layers[l], self.ws);
+        let (b, gh, bh) = (self.b, self.gh, self.bh);
+        let (hi, bi) = (self.h as i32, self.b as i32);
+        let relu = i32::from(self.core.act == Activation::Relu);
+        // h_s (before the step) and h_{s+1} (after it), and the step's rows of the caches.
+        let (hp, hc) = (elem(lw.hs, s * bh), elem(lw.hs, (s + 1) * bh));
+        let gates = elem(lw.gates, s * b * gh);
+        let (ghn, tc) = (elem(lw.ghn, s * bh), elem(lw.tcs, s * bh));
+        let (cp, cn) = (elem(lw.cs, s * bh), elem(lw.cs, (s + 1) * bh));
+        let (gi, dg) = (elem(lw.gi, s * b * gh), elem(ws.dg, s * b * gh));
+        let (k, args) = match (self.core.cell, pass) {
+            (CellKind::Rnn | CellKind::RnnScratch, Pass::Forward) => (
+                K::RnnFwd,
+                vec![I(relu), P(gi), P(ws.ghh), P(hc), I(bh as i32)],
+            ),
+            (CellKind::Gru, Pass::Forward) => {
+                let b_hh = self.core.layers[l].b_hh.expect("GRU has b_hh");
+                (
+                    K::GruFwd,
+                    vec![
+                        P(gi),
+                        P(ws.ghh),
+                        P(self.p(b_hh)),
+                        P(hp),
+                        P(gates),
+                        P(ghn),
+                        P(hc),
+                        I(bi),
+                        I(hi),
+                    ],
+                )
+            }
+            (CellKind::Lstm, Pass::Forward) => (
+                K::LstmFwd,
+                vec![
+                    P(gi),
+                    P(ws.ghh),
+                    P(cp),
+                    P(gates),
+                    P(cn),
+                    P(tc),
+                    P(hc),
+                    I(bi),
+                    I(hi),
+                ],
+            ),
+            (CellKind::Rnn | CellKind::RnnScratch, Pass::Backward { mmp, ex }) => (
+                K::RnnBwd,
+                vec![I(relu), P(mmp), P(ex), P(hc), P(dg), I(bh as i32)],
+            ),
+            (CellKind::Gru, Pass::Backward { mmp, ex }) => (
+                K::GruBwd,
+                vec![
+                    P(mmp),
+                    P(ex),
+                    P(gates),
+                    P(ghn),
+                    P(hp),
+                    P(ws.carry),
+                    P(dg),
+                    P(elem(self.dgi(), s * b * gh)),
+                    I(bi),
+                    I(hi),
+                ],
+            ),
+            (CellKind::Lstm, Pass::Backward { mmp, ex }) => (
+                K::LstmBwd,
+                vec![
+                    P(mmp),
+                    P(ex),
+                    P(gates),
+                    P(cp),
+                    P(tc),
+                    P(ws.carry),
+                    P(dg),
+                    I(bi),
+                    I(hi),
+                ],
+            ),
+        };
+        pr.launch_n(k, bh, &args);
+    }
+
+    /// Forward through every layer: the input projection of all steps, the state in, per
+    /// time step `h_s W_hh^T` and the cell kernel, the state out.
+    fn forward(&self, pr: &mut Prog) {
+        let (b, t, h, gh, bh) = (self.b, self.t, self.h, self.gh, self.bh);
+        let lstm = self.core.cell == CellKind::Lstm;
+        for (l, li) in self.core.layers.iter().enumerate() {
+            let lw = &self.ws.layers[l];
+            self.input_projection(pr, l);
+            pr.copy(lw.hs, self.sb.h[l], 4 * bh);
+            if lstm {
+                pr.copy(lw.cs, self.sb.c[l], 4 * bh);
+            }
+            for s in 0..t {
+                // ghh [B, GH] = h_s [B, H] W_hh^T
+                let hp = elem(lw.hs, s * bh);
+                pr.mm(
+                    false,
+                    true,
+                    b,
+                    gh,
+                    h,
+                    hp,
+                    h,
+                    self.p(li.w_hh),
+                    h,
+                    self.ws.ghh,
+                    gh,
+                );
+                self.cell(pr, l, s, Pass::Forward);
+            }
+            pr.copy(self.sb.h[l], elem(lw.hs, t * bh), 4 * bh);
+            if lstm {
+                pr.copy(self.sb.c[l], elem(lw.cs, t * bh), 4 * bh);
+            }
+        }
+    }
+
+    /// gi [TB, GH] of layer `l` for all steps: the input projection plus `b_ih` (and `b_hh`
+    /// folded in, except for GRU). A gather for one-hot input, else (after gathering the
+    /// embedding rows) a product and the biases.
+    fn input_projection(&self, pr: &mut Prog, l: usize) {
+        use Arg::{I, P};
+        let (li, lw) = (&self.core.layers[l], &self.ws.layers[l]);
+        let (tb, gh) = (self.tb, self.gh);
+        let (tbi, ghi) = (self.tb as i32, self.gh as i32);
+        let bhh_fold = match (self.core.cell, li.b_hh) {
+            (CellKind::Gru, _) | (_, None) => 0,
+            (_, Some(bh)) => self.p(bh),
+        };
+        if let (0, InKind::OneHot(v)) = (l, self.core.input) {
+            let args = [
+                P(lw.gi),
+                P(self.p(li.w_ih)),
+                P(self.p(li.b_ih)),
+                P(bhh_fold),
+                P(self.tok_x()),
+                I(tbi),
+                I(ghi),
+                I(v as i32),
+            ];
+            pr.launch_n(K::GatherOnehot, tb * gh, &args);
+            return;
+        }
+        if l == 0 {
+            let (e, dim) = (
+                self.core.emb.expect("embedding input has a table"),
+                self.dim,
+            );
+            let args = [
+                P(self.ws.xin),
+                P(self.p(e)),
+                P(self.tok_x()),
+                I(tbi),
+                I(dim as i32),
+            ];
+            pr.launch_n(K::GatherRows, tb * dim, &args);
+        }
+        let (xin, in_dim) = (self.layer_input(l), li.in_dim);
+        debug_assert_eq!(in_dim, if l == 0 { self.dim } else { self.h });
+        // gi [TB, GH] = X [TB, I] W_ih^T (W_ih [GH, I])
+        let w_ih = self.p(li.w_ih);
+        pr.mm(
+            false, true, tb, gh, in_dim, xin, in_dim, w_ih, in_dim, lw.gi, gh,
+        );
+        let args = [P(lw.gi), P(self.p(li.b_ih)), P(bhh_fold), I(tbi), I(ghi)];
+        pr.launch_n(K::AddBias, tb * gh, &args);
+    }
+
+    /// The output layer and the softmax cross-entropy, all steps at once: logits, the
+    /// per-row losses and dLoss/dlogits of the mean loss.
+    fn loss(&self, pr: &mut Prog) {
+        use Arg::{F, I, P};
+        let (tb, h, o, ws) = (self.tb, self.h, self.o, self.ws);
+        let hs1 = elem(ws.layers.last().expect("a layer").hs, self.bh); // h_1 .. h_T: [TB, H]
+        let lin_w = self.p(self.core.lin_w);
+        pr.mm(false, true, tb, o, h, hs1, h, lin_w, h, ws.logits, o);
+        let args = [
+            P(ws.logits),
+            P(self.p(self.core.lin_b)),
+            P(0),
+            I(tb as i32),
+            I(o as i32),
+        ];
+        pr.launch_n(K::AddBias, tb * o, &args);
+        let scale = 1.0 / tb as f32;
+        let args = [
+            P(ws.logits),
+            P(self.tok_y()),
+            P(ws.dy),
+            P(ws.row_loss),
+            I(o as i32),
+            F(scale),
+        ];
+        pr.launch(K::SoftmaxCe, tb as u32, pr.block.min(128), &args);
+    }
+
+    /// Backpropagation: the output layer's gradients, then per layer from the top: through
+    /// time, the weight and bias gradients, and the gradient of the layer's input.
+    fn backward(&self, pr: &mut Prog) {
+        use Arg::{I, P};
+        let (tb, h, o, ws) = (self.tb, self.h, self.o, self.ws);
+        let hs1 = elem(ws.layers.last().expect("a layer").hs, self.bh);
+        let (lin_w, lin_b) = (self.core.lin_w, self.core.lin_b);
+        // dh from the output layer for all steps: [TB, H] = dY [TB, O] W_lin [O, H]
+        pr.mm(
+            false,
+            false,
+            tb,
+            h,
+            o,
+            ws.dy,
+            o,
+            self.p(lin_w),
+            h,
+            ws.dhy,
+            h,
+        );
+        // dW_lin [O, H] = dY^T Hs_1..T
+        pr.mm(true, false, o, h, tb, ws.dy, o, hs1, h, self.gr(lin_w), h);
+        let args = [P(ws.dy), I(tb as i32), I(o as i32), P(self.gr(lin_b)), P(0)];
+        pr.launch_n(K::ColSum, o, &args);
+        // The gradient at the outputs of the layer above (the output layer for the top one).
+        let mut above = ws.dhy;
+        for l in (0..self.core.layers.len()).rev() {
+            self.through_time(pr, l, above);
+            self.recurrent_weight_grads(pr, l);
+            above = self.input_grads(pr, l);
+        }
+    }
+
+    /// BPTT of layer `l`: per time step from the last, `dG_{s+1} W_hh` (none at the last
+    /// step) and the cell's backward kernel, with `above` [TB, H] the gradient from above.
+    fn through_time(&self, pr: &mut Prog, l: usize, above: u64) {
+        let (b, t, h, gh, bh, ws) = (self.b, self.t, self.h, self.gh, self.bh, self.ws);
+        let w_hh = self.p(self.core.layers[l].w_hh);
+        pr.zero(ws.carry, 4 * bh);
+        for tt in (1..=t).rev() {
+            let mmp = if tt < t {
+                // dh_tt [B, H] = dG_tt [B, GH] W_hh [GH, H]
+                let dg_tt = elem(ws.dg, tt * b * gh);
+                pr.mm(false, false, b, h, gh, dg_tt, gh, w_hh, h, ws.dhmm, h);
+                ws.dhmm
+            } else {
+                0
+            };
+            let ex = elem(above, (tt - 1) * bh);
+            self.cell(pr, l, tt - 1, Pass::Backward { mmp, ex });
+        }
+    }
+
+    /// dW_hh of layer `l` as one product over all steps, and the bias gradients as column
+    /// sums (RNN and LSTM: one sum for both biases; GRU: each its own).
+    fn recurrent_weight_grads(&self, pr: &mut Prog, l: usize) {
+        use Arg::{I, P};
+        let (li, lw, ws) = (&self.core.layers[l], &self.ws.layers[l], self.ws);
+        let (tb, h, gh) = (self.tb, self.h, self.gh);
+        let (tbi, ghi) = (self.tb as i32, self.gh as i32);
+        // dW_hh [GH, H] = dG^T [GH, TB] Hs_0..T-1 [TB, H]
+        pr.mm(
+            true,
+            false,
+            gh,
+            h,
+            tb,
+            ws.dg,
+            gh,
+            lw.hs,
+            h,
+            self.gr(li.w_hh),
+            h,
+        );
+        let b_ih = self.gr(li.b_ih);
+        // (rows summed, into, and also into)
+        let sums = match li.b_hh {
+            Some(b_hh) if self.core.cell == CellKind::Gru => {
+                vec![(ws.dg, self.gr(b_hh), 0), (self.dgi(), b_ih, 0)]
+            }
+            Some(b_hh) => vec![(ws.dg, self.gr(b_hh), b_ih)],
+            None => vec![(ws.dg, b_ih, 0)],
+        };
+        for (src, dst, dst2) in sums {
+            pr.launch_n(K::ColSum, gh, &[P(src), I(tbi), I(ghi), P(dst), P(dst2)]);
+        }
+    }
+
+    /// dW_ih of layer `l` and the gradient of its input: into the layer below (returned, as
+    /// its `above`), or scattered into the embedding's rows, or (one-hot input) dW_ih by a
+    /// scatter of the rows of dGi by token.
+    fn input_grads(&self, pr: &mut Prog, l: usize) -> u64 {
+        use Arg::{I, P};
+        let (li, ws) = (&self.core.layers[l], self.ws);
+        let (tb, gh, dgi) = (self.tb, self.gh, self.dgi());
+        // dst[v, cols] += the rows of src grouped by token (row strides ss, ds as i32s).
+        let scatter =
+            |pr: &mut Prog, dst: u64, src: u64, v: usize, cols: usize, (ss, ds): (i32, i32)| {
+                let args = [
+                    P(dst),
+                    P(src),
+                    P(self.order()),
+                    P(self.starts()),
+                    I(v as i32),
+                    I(cols as i32),
+                    I(ss),
+                    I(ds),
+                ];
+                pr.launch_n(K::ScatterRows, v * cols, &args);
+            };
+        if let (0, InKind::OneHot(v)) = (l, self.core.input) {
+            scatter(pr, self.gr(li.w_ih), dgi, v, gh, (1, v as i32));
+            return 0;
+        }
+        let (in_dim, xin) = (li.in_dim, self.layer_input(l));
+        // dW_ih [GH, I] = dGi^T X
+        let gw_ih = self.gr(li.w_ih);
+        pr.mm(
+            true, false, gh, in_dim, tb, dgi, gh, xin, in_dim, gw_ih, in_dim,
+        );
+        // dX [TB, I] = dGi W_ih
+        let dx = if l > 0 { ws.d_above } else { ws.dx };
+        let w_ih = self.p(li.w_ih);
+        pr.mm(
+            false, false, tb, in_dim, gh, dgi, gh, w_ih, in_dim, dx, in_dim,
+        );
+        if l == 0 {
+            let (e, dim) = (
+                self.core.emb.expect("embedding input has a table"),
+                self.dim,
+            );
+            scatter(pr, self.gr(e), ws.dx, self.vocab, dim, (dim as i32, 1));
+        }
+        ws.d_above
+    }
+
+    /// The global gradient norm (partial sums of squares, then one block), the clipping
+    /// factor and the loss sum, into `Ws::stats`.
+    fn gradient_norm(&self, pr: &mut Prog, clip: Option<f32>) {
+        use Arg::{F, I, L, P};
+        let ws = self.ws;
+        let args = [P(self.gbase), L(self.total as i64), P(ws.partial)];
+        pr.launch(K::SumsqPartial, ws.np as u32, pr.block, &args);
+        let (has_clip, theta) = match clip {
+            Some(c) => (1, c),
+            None => (0, 0.0),
+        };
+        let args = [
+            P(ws.partial),
+            I(ws.np as i32),
+            P(ws.row_loss),
+            I(self.tb as i32),
+            I(has_clip),
+            F(theta),
+            P(ws.stats),
+        ];
+        pr.launch(K::FinishStep, 1, 1, &args);
+    }
+
+    /// The optimizer's update of every parameter (clipping folded in): Adam with `moments`,
+    /// else SGD; their per-step scalars are read from `Ws::tokens`.
+    fn update(&self, pr: &mut Prog, moments: Option<&Moments<B>>) -> Result<()> {
+        use Arg::{L, P};
+        let (n, ws) = (self.total, self.ws);
+        let hyper = elem(ws.tokens, ws.hyper_at);
+        let (pbase, gbase) = (self.pbase, self.gbase);
+        match moments {
+            // hyper: lr, weight decay
+            None => pr.launch_n(
+                K::SgdStep,
+                n,
+                &[P(pbase), P(gbase), L(n as i64), P(ws.stats), P(hyper)],
+            ),
+            // hyper: step size, beta1, beta2, eps, weight decay, sqrt(1 - beta2^t)
+            Some(mo) => {
+                if mo.total != n {
+                    nn_bail!(
+                        Weights,
+                        "device Adam moments hold {} values, the model {n}",
+                        mo.total
+                    );
+                }
+                let args = [
+                    P(pbase),
+                    P(gbase),
+                    P(mo.m.ptr()),
+                    P(mo.v.ptr()),
+                    L(n as i64),
+                    P(ws.stats),
+                    P(hyper),
+                ];
+                pr.launch_n(K::AdamStep, n, &args)
+            }
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::nn::core::Core;
+    use rand::SeedableRng;
+    use std::cell::Cell;
+    use std::rc::Rc;
+
+    /// A device that only hands out addresses (deterministic: each allocation after the last,
+    /// from 2^40 on) and keeps the bytes written; it runs nothing. With it, a step's program is
+    /// a pure function of the configuration, the same in every run.
+    #[derive(Clone)]
+    struct AddrGpu {
+        next: Rc<Cell<u64>>,
+        block: u32,
+    }
+    #[derive(Clone)]
+    struct AddrBuf {
+        ptr: u64,
+        bytes: Vec<u8>,
+    }
+    impl Buf for AddrBuf {
+        fn ptr(&self) -> u64 {
+            self.ptr
+        }
+        fn write(&mut self, off: usize, src: &[u8]) -> Result<()> {
+            self.bytes[off..off + src.len()].copy_from_slice(src);
+            Ok(())
+        }
+        fn read(&self, off: usize, dst: &mut [u8]) -> Result<()> {
+            dst.copy_from_slice(&self.bytes[off..off + dst.len()]);
+            Ok(())
+        }
+    }
+    impl Gpu for AddrGpu {
+        type Buf = AddrBuf;
+        type Graph = ();
+        fn bind(&self) -> Result<()> {
+            Ok(())
+        }
+        fn alloc(&self, bytes: usize) -> Result<AddrBuf> {
+            let ptr = self.next.get();
+            self.next.set(ptr + (bytes.div_ceil(256) as u64 + 1) * 256);
+            Ok(AddrBuf {
+                ptr,
+                bytes: vec![0; bytes],
+            })
+        }
+        fn run(&self, _op: &Op) -> Result<()> {
+            Ok(())
+        }
+        fn block(&self) -> u32 {
+            self.block
+        }
+        fn reduce_blocks(&self) -> u32 {
+            3
+        }
+        fn record(&self, _prog: &[Op]) -> Result<Option<()>> {
+            Ok(None)
+        }
+        fn replay(&self, _graph: &()) -> Result<()> {
+            Ok(())
+        }
+    }
+
+    /// FNV-1a 64 of the program's text (every field of every operation, in order).
+    fn fingerprint(prog: &[Op]) -> u64 {
+        format!("{prog:?}")
+            .bytes()
+            .fold(0xcbf2_9ce4_8422_2325u64, |h, c| {
+                (h ^ c as u64).wrapping_mul(0x0100_0000_01b3)
+            })
+    }
+
+    /// The program of one step of a configuration: (operations, kernel launches, fingerprint).
+    #[allow(clippy::too_many_arguments)]
+    fn program_of(
+        cell: CellKind,
+        act: Activation,
+        input: InKind,
+        layers: usize,
+        adam: bool,
+        clip: Option<f32>,
+        (b, t): (usize, usize),
+        block: u32,
+    ) -> (usize, usize, u64) {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+        let core = Core::new(cell, act, input, 5, layers, 7, &mut rng).unwrap();
+        let gpu = AddrGpu {
+            next: Rc::new(Cell::new(1 << 40)),
+            block,
+        };
+        let mut tr = Trainer::new(gpu, &core).unwrap();
+        let zeros = core.store.zeros_like();
+        let moments = adam.then(|| tr.moments_from_host(&zeros, &zeros).unwrap());
+        tr.ensure_ws(&core, b, t).unwrap();
+        tr.ensure_state(&core, &core.zero_state(b)).unwrap();
+        let prog = tr.program(&core, moments.as_ref(), clip).unwrap();
+        let launches = prog
+            .iter()
+            .filter(|op| matches!(op, Op::Launch { .. }))
+            .count();
+        (prog.len(), launches, fingerprint(&prog))
+    }
+
+    /// The step's program, operation for operation, for a spread of configurations (every
+    /// cell, one-hot and embedding input, one to three layers, SGD and Adam, with and without
+    /// clipping, two block sizes): what a refactoring of `Trainer::program` must leave as it
+    /// is. The figures were taken from the program before it was split by phase; a deliberate
+    /// change of the program (another kernel, another argument) changes them, and the new ones
+    /// come from this test's failure message.
+    #[test]
+    fn step_programs_stay_operation_for_operation() {
+        use Activation::{Relu, Tanh};
+        use CellKind::{Gru, Lstm, Rnn, RnnScratch};
+        let oh = InKind::OneHot(7);
+        let emb = InKind::Embedding { vocab: 7, dim: 4 };
+        let cases = [
+            (RnnScratch, Tanh, oh, 1, false, Some(1.0), (3, 4), 32),
+            (Rnn, Relu, emb, 2, true, None, (3, 4), 32),
+            (Rnn, Tanh, oh, 3, false, Some(0.05), (2, 3), 128),
+            (Gru, Tanh, oh, 2, false, None, (3, 4), 32),
+            (Gru, Tanh, emb, 1, true, Some(0.5), (4, 2), 64),
+            (Lstm, Tanh, emb, 2, true, Some(1.0), (3, 4), 32),
+            (Lstm, Tanh, oh, 1, false, None, (2, 5), 128),
+        ];
+        // (operations, kernel launches, fingerprint)
+        let want: [(usize, usize, u64); 7] = [
+            (0x1f, 0x11, 0xa345664c8f83caf5),
+            (0x3b, 0x1c, 0x77cddb0908f14da6),
+            (0x43, 0x1f, 0x974d10447111df3e),
+            (0x39, 0x1d, 0x23dbb6689d0e84e7),
+            (0x1c, 0x0f, 0x09ff517fddd089a0),
+            (0x3f, 0x1c, 0x86007b500c89c52e),
+            (0x25, 0x13, 0xb52a7e7e38e36103),
+        ];
+        let got: Vec<_> = cases
+            .iter()
+            .map(|&(c, a, i, l, adam, clip, bt, bs)| program_of(c, a, i, l, adam, clip, bt, bs))
+            .collect();
+        for (k, (case, (g, w))) in cases.iter().zip(got.iter().zip(&want)).enumerate() {
+            // Per time step and layer: two products and a cell kernel forward, the same back.
+            let (_, _, _, layers, _, _, (_, t), _) = *case;
+            assert!(g.0 > 4 * t * layers, "case {k}: only {} operations", g.0);
+            assert_eq!(
+                g, w,
+                "case {k} {case:?}: the step's program changed; all now: {got:#x?}"
+            );
+        }
+    }
 
     /// BLAS semantics (column-major, as cublasSgemm): C[i + j*ldc] = sum_p op(A)(i,p) op(B)(p,j).
     fn blas_sgemm(g: &ColMajor, a: &[f32], b: &[f32], c: &mut [f32]) {
