@@ -337,11 +337,90 @@ pub fn apply_overrides(raw: &mut RawPipeline, sets: &[String]) -> Result<(), Pip
     }
 }
 
-/// Check a raw pipeline against the kinds; build the validated pipeline.
+/// A diagnostic at a key path of the file (or at the `--set` that gave the value there).
+type At<'a> = dyn Fn(&str, String) -> Diagnostic + 'a;
+
+/// Check a raw pipeline against the kinds and build the validated pipeline: the passes after
+/// the file is read, overridden and expanded ([`load`]). Every problem of a pass is reported at
+/// once; a pass that found problems stops the ones after it.
 pub fn analyze(raw: RawPipeline) -> Result<Pipeline, PipelineError> {
     let file = raw.file.clone();
     let at = |path: &str, msg: String| locate(&file, &raw.locator, path, msg);
     let mut diags = Vec::new();
+    let settings = settings(&raw, &at, &mut diags);
+    let resolved = resolve(&raw, &settings.resources, &at, &mut diags);
+    let (inputs, wiring) = wire(&raw, &resolved, &at, &mut diags);
+    if !diags.is_empty() {
+        return Err(report(diags, wiring));
+    }
+    let stages: Vec<StageDef> = raw
+        .stages
+        .iter()
+        .zip(resolved)
+        .zip(inputs)
+        .filter_map(|((st, r), inputs)| {
+            let (kind, params, resources) = (r.kind?, r.params?, r.resources);
+            Some(StageDef {
+                resources,
+                name: st.name.clone(),
+                origin: st.origin.clone(),
+                kind,
+                description: st.description.clone(),
+                params,
+                inputs,
+            })
+        })
+        .collect();
+    let order = order(&stages, &at)?;
+    if !wiring.is_empty() {
+        return Err(PipelineError {
+            diagnostics: wiring,
+        });
+    }
+    let columns = check_plot_columns(&stages, &at);
+    if !columns.is_empty() {
+        return Err(PipelineError {
+            diagnostics: columns,
+        });
+    }
+    let by_name = stages
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.name.clone(), i))
+        .collect();
+    Ok(Pipeline {
+        by_name,
+        name: raw.name,
+        file: raw.file,
+        description: raw.description,
+        seed: raw.seed.unwrap_or(DEFAULT_SEED),
+        device: settings.device,
+        executor: settings.executor,
+        stages,
+        order,
+        locator: raw.locator,
+    })
+}
+
+/// The problems of the file, each once (sweep variants repeat their origin's mistakes), in the
+/// order of the file, whichever pass found them.
+fn report(mut diags: Vec<Diagnostic>, mut wiring: Vec<Diagnostic>) -> PipelineError {
+    diags.append(&mut wiring);
+    let mut seen = HashSet::new();
+    diags.retain(|d| seen.insert(format!("{:?}|{}|{}", d.line, d.path, d.message)));
+    diags.sort_by_key(|d| (d.line.unwrap_or(usize::MAX), d.column.unwrap_or(0)));
+    PipelineError { diagnostics: diags }
+}
+
+/// The pipeline-wide settings: its name, device, executor and resources.
+struct Settings {
+    device: DeviceSetting,
+    executor: Option<crate::executor_setting::ExecutorSetting>,
+    resources: crate::resources::Resources,
+}
+
+/// Pass 1: the pipeline-wide settings.
+fn settings(raw: &RawPipeline, at: &At, diags: &mut Vec<Diagnostic>) -> Settings {
     if raw.name.is_empty()
         || !raw
             .name
@@ -376,21 +455,37 @@ pub fn analyze(raw: RawPipeline) -> Result<Pipeline, PipelineError> {
             }
         }
     });
-    let pipeline_resources = match &raw.resources {
+    let resources = match &raw.resources {
         None => crate::resources::Resources::default(),
-        Some(v) => parse_resources(v, "resources", &at, &mut diags),
+        Some(v) => parse_resources(v, "resources", at, diags),
     };
+    Settings {
+        device,
+        executor,
+        resources,
+    }
+}
+
+/// A stage's kind, typed params and resources; `None` where the file is wrong.
+struct Resolved {
+    kind: Option<&'static KindInfo>,
+    params: Option<Arc<dyn DynStage>>,
+    resources: crate::resources::Resources,
+}
+
+/// Pass 2: each stage's kind, params (values a matrix replaces are checked too) and resources.
+fn resolve(
+    raw: &RawPipeline,
+    pipeline_resources: &crate::resources::Resources,
+    at: &At,
+    diags: &mut Vec<Diagnostic>,
+) -> Vec<Resolved> {
     let kinds: Vec<&str> = registry().iter().map(|k| k.name).collect();
-    let names: Vec<&str> = raw.stages.iter().map(|s| s.name.as_str()).collect();
-    let index_of: HashMap<&str, usize> = names.iter().enumerate().map(|(i, n)| (*n, i)).collect();
-    let mut stages = Vec::new();
-    let mut origins: Option<Vec<&str>> = None;
-    // Inputs of the wrong artifact type: reported with the other errors, or, when the file has
-    // none, after the cycle check (in a cycle, types are beside the point).
-    let mut wiring: Vec<Diagnostic> = Vec::new();
+    let mut out = Vec::with_capacity(raw.stages.len());
     for st in &raw.stages {
         let base = format!("stages.{}", st.origin);
-        let Some(kind) = find_kind(&st.kind) else {
+        let kind = find_kind(&st.kind);
+        if kind.is_none() {
             diags.push(
                 at(
                     &format!("{base}.kind"),
@@ -398,10 +493,100 @@ pub fn analyze(raw: RawPipeline) -> Result<Pipeline, PipelineError> {
                 )
                 .with_help(suggest(&st.kind, &kinds, "kinds")),
             );
+        }
+        let params = kind.and_then(|k| {
+            check_shadowed(st, k, &base, at, diags);
+            match (k.parse)(&st.params) {
+                Ok(p) => Some(p),
+                Err(issues) => {
+                    for i in issues {
+                        let mut d = at(&format!("{base}.params.{}", i.key), i.message);
+                        d.help = i.help;
+                        diags.push(d);
+                    }
+                    None
+                }
+            }
+        });
+        let resources = match (&st.resources, kind) {
+            (Some(v), Some(_)) => pipeline_resources.overridden_by(&parse_resources(
+                v,
+                &format!("{base}.resources"),
+                at,
+                diags,
+            )),
+            _ => pipeline_resources.clone(),
+        };
+        out.push(Resolved {
+            kind,
+            params,
+            resources,
+        });
+    }
+    out
+}
+
+/// A value under `params:` that the matrix replaces is never used, but a wrong one is still a
+/// mistake in the file: check it as if there were no matrix.
+fn check_shadowed(
+    st: &RawStage,
+    kind: &KindInfo,
+    base: &str,
+    at: &At,
+    diags: &mut Vec<Diagnostic>,
+) {
+    if st.shadowed.is_empty() {
+        return;
+    }
+    let mut written = st.params.clone();
+    for (k, v) in &st.shadowed {
+        written.insert(k.clone(), v.clone());
+    }
+    let Err(issues) = (kind.parse)(&written) else {
+        return;
+    };
+    for i in issues {
+        if let Some((_, v)) = st.shadowed.iter().find(|(k, _)| *k == i.key) {
+            let mut d = at(
+                &format!("{base}.params.{}", i.key),
+                format!(
+                    "{} (this value is replaced by the `matrix:` axis `{}`, but must still be valid)",
+                    i.message, i.key
+                ),
+            );
+            d.help = i
+                .help
+                .or_else(|| Some(format!("found {v}; or remove it from `params:`")));
+            diags.push(d);
+        }
+    }
+}
+
+/// Pass 3: each stage's inputs: roles its kind has, stages that exist, and artifact types the
+/// role accepts. Type mismatches come back apart (the second list): in a cycle they are beside
+/// the point, so they are reported after the cycle check.
+fn wire(
+    raw: &RawPipeline,
+    resolved: &[Resolved],
+    at: &At,
+    diags: &mut Vec<Diagnostic>,
+) -> (Vec<Vec<(String, usize)>>, Vec<Diagnostic>) {
+    let index_of: HashMap<&str, usize> = raw
+        .stages
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.name.as_str(), i))
+        .collect();
+    let mut origins: Option<Vec<&str>> = None;
+    let mut wiring: Vec<Diagnostic> = Vec::new();
+    let mut all = Vec::with_capacity(raw.stages.len());
+    for (st, r) in raw.stages.iter().zip(resolved) {
+        let mut inputs = Vec::new();
+        let Some(kind) = r.kind else {
+            all.push(inputs);
             continue;
         };
-        // Inputs: every role known for the kind, every referenced stage defined.
-        let mut inputs = Vec::new();
+        let base = format!("stages.{}", st.origin);
         for (role, up) in &st.inputs {
             let ipath = format!("{base}.inputs.{role}");
             if let Roles::Fixed(roles) = kind.roles {
@@ -418,7 +603,7 @@ pub fn analyze(raw: RawPipeline) -> Result<Pipeline, PipelineError> {
             }
             match index_of.get(up.as_str()).copied() {
                 Some(i) => {
-                    if let Some(d) = check_wiring(&raw.stages, st, kind, role, i, &ipath, &at) {
+                    if let Some(d) = check_wiring(&raw.stages, st, kind, role, i, &ipath, at) {
                         if !wiring
                             .iter()
                             .any(|x: &Diagnostic| x.path == d.path && x.message == d.message)
@@ -453,160 +638,81 @@ pub fn analyze(raw: RawPipeline) -> Result<Pipeline, PipelineError> {
                 }
             }
         }
-        match kind.roles {
-            Roles::Fixed(roles) => {
-                for r in roles {
-                    if !st.inputs.iter().any(|(role, _)| role == r) {
-                        diags.push(
-                            at(
-                                &format!("{base}.inputs"),
-                                format!(
-                                    "stage `{}` (kind `{}`) is missing its input `{r}`",
-                                    st.name, kind.name
-                                ),
-                            )
-                            .with_help(format!("add `inputs: {{ {r}: <stage> }}`")),
-                        );
-                    }
-                }
-            }
-            Roles::AnyNonEmpty => {
-                if st.inputs.is_empty() {
+        check_missing_inputs(st, kind, &base, at, diags);
+        all.push(inputs);
+    }
+    (all, wiring)
+}
+
+/// The roles a kind requires that the stage leaves out.
+fn check_missing_inputs(
+    st: &RawStage,
+    kind: &KindInfo,
+    base: &str,
+    at: &At,
+    diags: &mut Vec<Diagnostic>,
+) {
+    match kind.roles {
+        Roles::Fixed(roles) => {
+            for r in roles {
+                if !st.inputs.iter().any(|(role, _)| role == r) {
                     diags.push(
                         at(
-                            &base,
+                            &format!("{base}.inputs"),
                             format!(
-                                "stage `{}` (kind `{}`) needs at least one input",
+                                "stage `{}` (kind `{}`) is missing its input `{r}`",
                                 st.name, kind.name
                             ),
                         )
-                        .with_help("add `inputs: [stage_a, stage_b]`"),
+                        .with_help(format!("add `inputs: {{ {r}: <stage> }}`")),
                     );
                 }
             }
         }
-        // A value under `params:` that the matrix replaces is never used, but a wrong one is
-        // still a mistake in the file: check it as if there were no matrix.
-        if !st.shadowed.is_empty() {
-            let mut written = st.params.clone();
-            for (k, v) in &st.shadowed {
-                written.insert(k.clone(), v.clone());
-            }
-            if let Err(issues) = (kind.parse)(&written) {
-                for i in issues {
-                    if let Some((_, v)) = st.shadowed.iter().find(|(k, _)| *k == i.key) {
-                        let mut d = at(
-                            &format!("{base}.params.{}", i.key),
-                            format!(
-                                "{} (this value is replaced by the `matrix:` axis `{}`, but must still be valid)",
-                                i.message, i.key
-                            ),
-                        );
-                        d.help = i
-                            .help
-                            .or_else(|| Some(format!("found {v}; or remove it from `params:`")));
-                        diags.push(d);
-                    }
-                }
+        Roles::AnyNonEmpty => {
+            if st.inputs.is_empty() {
+                diags.push(
+                    at(
+                        base,
+                        format!(
+                            "stage `{}` (kind `{}`) needs at least one input",
+                            st.name, kind.name
+                        ),
+                    )
+                    .with_help("add `inputs: [stage_a, stage_b]`"),
+                );
             }
         }
-        let params = match (kind.parse)(&st.params) {
-            Ok(p) => Some(p),
-            Err(issues) => {
-                for i in issues {
-                    let mut d = at(&format!("{base}.params.{}", i.key), i.message);
-                    d.help = i.help;
-                    diags.push(d);
-                }
-                None
-            }
-        };
-        let resources = match &st.resources {
-            None => pipeline_resources.clone(),
-            Some(v) => pipeline_resources.overridden_by(&parse_resources(
-                v,
-                &format!("{base}.resources"),
-                &at,
-                &mut diags,
-            )),
-        };
-        if let Some(params) = params {
-            stages.push(StageDef {
-                resources,
-                name: st.name.clone(),
-                origin: st.origin.clone(),
-                kind,
-                description: st.description.clone(),
-                params,
-                inputs,
-            });
-        }
     }
-    if !diags.is_empty() {
-        diags.append(&mut wiring);
-        // Sweep variants repeat their origin's mistakes: report each once.
-        let mut seen = HashSet::new();
-        diags.retain(|d| seen.insert(format!("{:?}|{}|{}", d.line, d.path, d.message)));
-        return Err(PipelineError { diagnostics: diags });
-    }
+}
+
+/// Pass 4: a topological order of the stages (inputs first, file order among equals), or the
+/// cycle that prevents one.
+fn order(stages: &[StageDef], at: &At) -> Result<Vec<usize>, PipelineError> {
     let edges: Vec<(usize, usize)> = stages
         .iter()
         .enumerate()
         .flat_map(|(i, s)| s.inputs.iter().map(move |(_, u)| (*u, i)))
         .collect();
-    let order = match graph::topo_order(stages.len(), &edges) {
-        Ok(o) => o,
-        Err(cycle) => {
-            let loop_names: Vec<&str> = cycle.iter().map(|&i| stages[i].name.as_str()).collect();
-            let first = loop_names[0];
-            return Err(PipelineError {
-                diagnostics: vec![at(
-                    &format!("stages.{first}.inputs"),
-                    format!(
-                        "the stages form a cycle: {} → {first}",
-                        loop_names.join(" → ")
-                    ),
-                )
-                .with_help("a stage cannot depend on its own output; remove one of these inputs")],
-            });
+    graph::topo_order(stages.len(), &edges).map_err(|cycle| {
+        let loop_names: Vec<&str> = cycle.iter().map(|&i| stages[i].name.as_str()).collect();
+        let first = loop_names[0];
+        PipelineError {
+            diagnostics: vec![at(
+                &format!("stages.{first}.inputs"),
+                format!(
+                    "the stages form a cycle: {} → {first}",
+                    loop_names.join(" → ")
+                ),
+            )
+            .with_help("a stage cannot depend on its own output; remove one of these inputs")],
         }
-    };
-    if !wiring.is_empty() {
-        return Err(PipelineError {
-            diagnostics: wiring,
-        });
-    }
-    let columns = check_plot_columns(&stages, &at);
-    if !columns.is_empty() {
-        return Err(PipelineError {
-            diagnostics: columns,
-        });
-    }
-    let by_name = stages
-        .iter()
-        .enumerate()
-        .map(|(i, s)| (s.name.clone(), i))
-        .collect();
-    Ok(Pipeline {
-        by_name,
-        name: raw.name,
-        file: raw.file,
-        description: raw.description,
-        seed: raw.seed.unwrap_or(DEFAULT_SEED),
-        device,
-        executor,
-        stages,
-        order,
-        locator: raw.locator,
     })
 }
 
 /// A `plot` of its inputs' CSV files whose `x` or `y` names a column those files cannot have
 /// (where the producing kind's columns are fixed): found now, not after the training.
-fn check_plot_columns(
-    stages: &[StageDef],
-    at: &dyn Fn(&str, String) -> Diagnostic,
-) -> Vec<Diagnostic> {
+fn check_plot_columns(stages: &[StageDef], at: &At) -> Vec<Diagnostic> {
     let mut diags: Vec<Diagnostic> = Vec::new();
     for st in stages.iter().filter(|s| s.kind.name == "plot") {
         let p = st.params.canonical_params();
@@ -674,7 +780,7 @@ fn check_wiring(
     role: &str,
     up: usize,
     ipath: &str,
-    at: &dyn Fn(&str, String) -> Diagnostic,
+    at: &At,
 ) -> Option<Diagnostic> {
     let accepts = kind.accepts(role)?;
     // An unknown upstream kind is reported on its own.
@@ -765,7 +871,7 @@ fn descendants(stages: &[RawStage], i: usize) -> Vec<usize> {
 fn parse_resources(
     v: &serde_json::Value,
     base: &str,
-    at: &dyn Fn(&str, String) -> Diagnostic,
+    at: &At,
     diags: &mut Vec<Diagnostic>,
 ) -> crate::resources::Resources {
     use crate::resources::Resources;
@@ -801,4 +907,114 @@ pub fn load(path: &Path, sets: &[String]) -> Result<Pipeline, PipelineError> {
     apply_overrides(&mut raw, sets)?;
     let raw = crate::sweep::expand(raw)?;
     analyze(raw)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(text: &str) -> RawPipeline {
+        crate::config::parse(Path::new("t.yaml"), text).expect("the test file parses")
+    }
+
+    fn messages(d: &[Diagnostic]) -> Vec<String> {
+        d.iter()
+            .map(|d| format!("{}: {}", d.path, d.message))
+            .collect()
+    }
+
+    const GOOD: &str = "name: t\nstages:\n  corpus:\n    kind: load_corpus\n    params: { path: data/a.txt }\n  toks:\n    kind: tokenize\n    inputs: { corpus: corpus }\n    params: { unit: char }\n";
+
+    #[test]
+    fn settings_pass_checks_the_pipeline_wide_fields() {
+        let r = raw(
+            "name: 'a b'\ndevice: gpu\nexecutor: slurn\nstages:\n  s:\n    kind: toy_sequence\n",
+        );
+        let at = |p: &str, m: String| Diagnostic::new("t.yaml", p, m);
+        let mut diags = Vec::new();
+        let s = settings(&r, &at, &mut diags);
+        assert_eq!(s.device, DeviceSetting::Cpu);
+        assert!(s.executor.is_none());
+        assert_eq!(
+            messages(&diags),
+            [
+                "name: invalid pipeline name `a b`",
+                "device: unknown device `gpu`",
+                "executor: unknown executor `slurn`"
+            ]
+        );
+        assert!(diags[2]
+            .help
+            .as_deref()
+            .unwrap()
+            .contains("did you mean `slurm`"));
+    }
+
+    #[test]
+    fn resolve_pass_types_params_and_names_unknown_kinds() {
+        let r = raw("name: t\nstages:\n  a:\n    kind: tokenise\n  b:\n    kind: toy_sequence\n    params: { length: many }\n  c:\n    kind: toy_sequence\n    params: { length: 5 }\n");
+        let at = |p: &str, m: String| Diagnostic::new("t.yaml", p, m);
+        let mut diags = Vec::new();
+        let out = resolve(&r, &Default::default(), &at, &mut diags);
+        assert!(out[0].kind.is_none());
+        assert!(out[1].kind.is_some() && out[1].params.is_none());
+        assert!(out[2].params.is_some());
+        assert_eq!(
+            messages(&diags),
+            [
+                "stages.a.kind: unknown stage kind `tokenise`",
+                "stages.b.params.length: wrong type for param `length`: found string \"many\""
+            ]
+        );
+    }
+
+    #[test]
+    fn wiring_pass_resolves_inputs_and_keeps_type_mismatches_apart() {
+        let text = "name: t\nstages:\n  corpus:\n    kind: load_corpus\n    params: { path: data/a.txt }\n  toks:\n    kind: tokenize\n    inputs: { corpus: corpuss, text: corpus }\n  vocab:\n    kind: build_vocab\n    inputs: { tokens: corpus }\n";
+        let r = raw(text);
+        let at = |p: &str, m: String| Diagnostic::new("t.yaml", p, m);
+        let mut diags = Vec::new();
+        let resolved = resolve(&r, &Default::default(), &at, &mut diags);
+        diags.clear();
+        let (inputs, wiring) = wire(&r, &resolved, &at, &mut diags);
+        assert_eq!(
+            messages(&diags),
+            [
+                "stages.toks.inputs.corpus: input `corpus` refers to unknown stage `corpuss`",
+                "stages.toks.inputs.text: kind `tokenize` has no input `text`",
+            ]
+        );
+        assert!(diags[0]
+            .help
+            .as_deref()
+            .unwrap()
+            .contains("did you mean `corpus`"));
+        // `vocab` is wired (to stage 0), but to the wrong type: reported apart.
+        assert_eq!(inputs[2], [("tokens".to_string(), 0)]);
+        assert_eq!(messages(&wiring).len(), 1);
+        assert!(
+            wiring[0].message.contains("needs tokens"),
+            "{}",
+            wiring[0].message
+        );
+
+        let good = raw(GOOD);
+        let mut diags = Vec::new();
+        let resolved = resolve(&good, &Default::default(), &at, &mut diags);
+        let (inputs, wiring) = wire(&good, &resolved, &at, &mut diags);
+        assert!(diags.is_empty() && wiring.is_empty());
+        assert_eq!(inputs, [vec![], vec![("corpus".to_string(), 0)]]);
+    }
+
+    #[test]
+    fn order_pass_puts_inputs_first_or_names_the_cycle() {
+        let p = analyze(raw("name: t\nstages:\n  toks:\n    kind: tokenize\n    inputs: { corpus: corpus }\n    params: { unit: char }\n  corpus:\n    kind: load_corpus\n    params: { path: data/a.txt }\n")).unwrap();
+        assert_eq!(p.order, [1, 0]);
+        let cyc = "name: t\nstages:\n  a:\n    kind: summary_table\n    inputs: [c]\n  b:\n    kind: summary_table\n    inputs: [a]\n  c:\n    kind: summary_table\n    inputs: [b]\n";
+        let e = analyze(raw(cyc)).unwrap_err();
+        assert_eq!(
+            messages(&e.diagnostics),
+            ["stages.a.inputs: the stages form a cycle: a → b → c → a"]
+        );
+    }
 }

@@ -2361,7 +2361,7 @@ fn committed_schema_is_current() {
 }
 
 fn yaml_to_json(text: &str) -> serde_json::Value {
-    seqpipe::config::tree::parse(text).unwrap().to_json()
+    seqpipe::config::tree::parse(text).unwrap().into_json()
 }
 
 fn schema_errors(validator: &jsonschema::Validator, doc: &serde_json::Value) -> Vec<String> {

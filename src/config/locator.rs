@@ -4,12 +4,21 @@
 
 use super::tree::{Node, Pos, Value};
 use std::collections::HashMap;
+use std::hash::BuildHasher;
+
+/// Paths are kept as 64-bit hashes: a pipeline of 100,000 stages has 400,000 keys, and a string
+/// each would be most of the cost of reading it. A collision could only misplace a message.
+type Index = HashMap<u64, Pos, foldhash::fast::FixedState>;
+
+fn hash(path: &str) -> u64 {
+    foldhash::fast::FixedState::with_seed(0x5e9_7195).hash_one(path)
+}
 
 #[derive(Debug, Clone, Default)]
 pub struct Locator {
-    positions: HashMap<String, Pos>,
+    positions: Index,
     /// Where a key written twice under the same parent appears the second time.
-    repeats: HashMap<String, Pos>,
+    repeats: Index,
     /// Key paths whose value comes from a `--set` (path → the `--set` as given).
     overrides: HashMap<String, String>,
 }
@@ -33,10 +42,14 @@ impl Locator {
                         path.push('.');
                     }
                     path.push_str(&e.key.text);
-                    if self.positions.contains_key(path.as_str()) {
-                        self.repeats.entry(path.clone()).or_insert(e.key.at);
-                    } else {
-                        self.positions.insert(path.clone(), e.key.at);
+                    let h = hash(path);
+                    match self.positions.entry(h) {
+                        std::collections::hash_map::Entry::Occupied(_) => {
+                            self.repeats.entry(h).or_insert(e.key.at);
+                        }
+                        std::collections::hash_map::Entry::Vacant(v) => {
+                            v.insert(e.key.at);
+                        }
                     }
                     self.index(&e.value, path);
                     path.truncate(len);
@@ -53,7 +66,7 @@ impl Locator {
 
     /// Where `path` is written a second time, if it is.
     pub fn repeat(&self, path: &str) -> Option<Pos> {
-        self.repeats.get(path).copied()
+        self.repeats.get(&hash(path)).copied()
     }
 
     /// The value at `path` comes from `--set {set}`, not from the file.
@@ -76,7 +89,7 @@ impl Locator {
     pub fn find(&self, path: &str) -> Option<Pos> {
         let mut p = path;
         loop {
-            if let Some(pos) = self.positions.get(p) {
+            if let Some(pos) = self.positions.get(&hash(p)) {
                 return Some(*pos);
             }
             p = &p[..p.rfind('.')?];

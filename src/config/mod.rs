@@ -75,5 +75,5 @@ pub fn parse_scalar(text: &str) -> Result<serde_json::Value, String> {
     if node.value == tree::Value::Null && !t.is_empty() && t != "null" && t != "~" {
         return Ok(serde_json::Value::String(text.to_string()));
     }
-    Ok(node.to_json())
+    Ok(node.into_json())
 }

@@ -204,22 +204,44 @@ pub(super) fn parse(path: &Path, text: &str) -> Result<RawPipeline, PipelineErro
     if !diags.is_empty() {
         return Err(PipelineError { diagnostics: diags });
     }
-    let json = doc.to_json();
-    if !json.is_object() {
-        return Err(one(placed(
-            Diagnostic::new(
-                path,
-                "",
-                format!(
-                    "expected a pipeline: a mapping with `name:` and `stages:`, found {}",
-                    describe(&json)
+    let at = doc.at;
+    let entries = match doc.value {
+        T::Map(entries) => entries,
+        value => {
+            let found = describe(&Node { at, value }.into_json());
+            return Err(one(placed(
+                Diagnostic::new(
+                    path,
+                    "",
+                    format!(
+                        "expected a pipeline: a mapping with `name:` and `stages:`, found {found}"
+                    ),
                 ),
-            ),
-            Some(doc.at),
-        )));
+                Some(at),
+            )));
+        }
+    };
+    // The top level goes through the spec with each stage a placeholder; the stages are then
+    // read one by one (every bad stage is reported, and nothing is copied twice).
+    let mut stage_nodes = Vec::new();
+    let mut top = serde_json::Map::new();
+    for e in entries {
+        match (e.key.text.as_str(), e.value.value) {
+            ("stages", T::Map(stages)) => {
+                let names = stages.iter().map(|s| (s.key.text.clone(), Value::Null));
+                top.insert("stages".into(), Value::Object(names.collect()));
+                stage_nodes = stages;
+            }
+            (_, value) => {
+                let node = Node {
+                    at: e.key.at,
+                    value,
+                };
+                top.insert(e.key.text, node.into_json());
+            }
+        }
     }
-    drop(doc);
-    let top: PipelineSpec<Value> = typed::from_value(&json)
+    let top: PipelineSpec<serde::de::IgnoredAny> = typed::from_value(&Value::Object(top))
         .map_err(|i| one(issue_diagnostic(path, &locator, "", &i, "field")))?;
 
     let executor = match top.executor {
@@ -237,7 +259,9 @@ pub(super) fn parse(path: &Path, text: &str) -> Result<RawPipeline, PipelineErro
         },
     };
     let mut stages = Vec::new();
-    for (name, v) in top.stages {
+    for entry in stage_nodes {
+        let name = entry.key.text;
+        let v = entry.value.into_json();
         let at = format!("stages.{name}");
         let place = |d: Diagnostic| placed(d, locator.find(&at));
         if name.is_empty()

@@ -16,7 +16,9 @@ use std::fmt;
 /// A 1-based (line, column).
 pub type Pos = (usize, usize);
 
-/// A value of the file and where it is written.
+/// A value of the file and where it is written: a mapping's value at its key, a list item at
+/// the key of its list (keys are what messages point at; a span on every value would double the
+/// cost of a parse).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Node {
     pub at: Pos,
@@ -183,10 +185,12 @@ impl<'de> Visitor<'de> for BareVisitor {
         enter::<A::Error>()?;
         let mut items = Vec::new();
         let r = (|| {
-            while let Some(n) = seq.next_element::<Spanned<Bare>>()? {
+            while let Some(n) = seq.next_element::<Bare>()? {
+                // Placed by the caller (the list's own place): spans on every value would
+                // double the cost of a parse, and messages name keys.
                 items.push(Node {
-                    at: pos(&n.referenced),
-                    value: n.value.0,
+                    at: (0, 0),
+                    value: n.0,
                 });
             }
             Ok(())
@@ -200,17 +204,15 @@ impl<'de> Visitor<'de> for BareVisitor {
         let mut entries = Vec::new();
         let r = (|| {
             while let Some(k) = map.next_key::<Spanned<KeyText>>()? {
-                let v = map.next_value::<Spanned<Bare>>()?;
+                let v = map.next_value::<Bare>()?;
+                let at = pos(&k.referenced);
                 entries.push(Entry {
                     key: Key {
                         text: k.value.text,
                         is_str: k.value.is_str,
-                        at: pos(&k.referenced),
+                        at,
                     },
-                    value: Node {
-                        at: pos(&v.referenced),
-                        value: v.value.0,
-                    },
+                    value: Node::placed(at, v.0),
                 });
             }
             Ok(())
@@ -291,25 +293,16 @@ pub fn parse(text: &str) -> Result<Node, ParseError> {
     limits.max_total_replayed_events = 4 * MAX_NODES;
     limits.max_replay_stack_depth = MAX_DEPTH;
     options.alias_limits = limits;
-    let mut budget = serde_saphyr::Budget::default();
-    budget.max_events = 4 * MAX_NODES;
-    budget.max_depth = 4 * MAX_DEPTH;
-    budget.max_nodes = 4 * MAX_NODES;
-    budget.max_aliases = MAX_NODES;
-    budget.max_anchors = MAX_NODES;
-    budget.enforce_alias_anchor_ratio = false;
-    budget.max_recorded_anchor_events = 4 * MAX_NODES;
-    options.budget = Some(budget);
+    // No pre-parse budget: it is a second pass over the events (a third of the cost of a
+    // parse), and the counts above bound the same things while the tree is built.
+    options.budget = None;
     options.with_snippet = false;
     // YAML 1.2: `yes`, `on` and `y` are words, not booleans.
     options.strict_booleans = true;
     let result = serde_saphyr::from_str_with_options::<Option<Spanned<Bare>>>(text, options);
     let crossed = CROSSED.with(|c| c.take());
     match (result, crossed) {
-        (Ok(Some(n)), _) => Ok(Node {
-            at: pos(&n.referenced),
-            value: n.value.0,
-        }),
+        (Ok(Some(n)), _) => Ok(Node::placed(pos(&n.referenced), n.value.0)),
         (Ok(None), _) => Ok(Node {
             at: (1, 1),
             value: Value::Null,
@@ -352,6 +345,16 @@ impl Value {
 }
 
 impl Node {
+    /// A value at `at`; the items of a list (which carry no place of their own) get it too.
+    fn placed(at: Pos, mut value: Value) -> Node {
+        if let Value::Seq(items) = &mut value {
+            for i in items.iter_mut().filter(|i| i.at == (0, 0)) {
+                *i = Node::placed(at, std::mem::replace(&mut i.value, Value::Null));
+            }
+        }
+        Node { at, value }
+    }
+
     /// `.nan`, `.inf` or `-.inf` anywhere in the value: JSON (and a key) has no such numbers.
     pub fn non_finite(&self) -> Option<&'static str> {
         match &self.value {
@@ -364,21 +367,21 @@ impl Node {
         }
     }
 
-    /// The value as JSON. Non-finite numbers (see [`Node::non_finite`]) become null; callers
+    /// The value as JSON, moved out of the tree. Non-finite numbers (see [`Node::non_finite`]) become null; callers
     /// check for them first. A key written twice keeps its last value, as YAML readers do.
-    pub fn to_json(&self) -> serde_json::Value {
+    pub fn into_json(self) -> serde_json::Value {
         use serde_json::Value as J;
-        match &self.value {
+        match self.value {
             Value::Null => J::Null,
-            Value::Bool(b) => J::Bool(*b),
-            Value::Int(i) => J::from(*i),
-            Value::UInt(u) => J::from(*u),
-            Value::Float(f) => serde_json::Number::from_f64(*f).map_or(J::Null, J::Number),
-            Value::Str(s) => J::String(s.clone()),
-            Value::Seq(s) => J::Array(s.iter().map(Node::to_json).collect()),
+            Value::Bool(b) => J::Bool(b),
+            Value::Int(i) => J::from(i),
+            Value::UInt(u) => J::from(u),
+            Value::Float(f) => serde_json::Number::from_f64(f).map_or(J::Null, J::Number),
+            Value::Str(s) => J::String(s),
+            Value::Seq(s) => J::Array(s.into_iter().map(Node::into_json).collect()),
             Value::Map(m) => J::Object(
-                m.iter()
-                    .map(|e| (e.key.text.clone(), e.value.to_json()))
+                m.into_iter()
+                    .map(|e| (e.key.text, e.value.into_json()))
                     .collect(),
             ),
         }
@@ -418,7 +421,7 @@ mod tests {
         // The hand-written lexer this replaced panicked on this valid file.
         let t = parse("a: { description: \"}\", b: '{', c: [\"]\"] }\n").unwrap();
         assert_eq!(
-            t.to_json(),
+            t.clone().into_json(),
             serde_json::json!({"a": {"description": "}", "b": "{", "c": ["]"]}})
         );
     }
@@ -484,6 +487,17 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(parse(&format!("a: {}{}\n", "[".repeat(20), "]".repeat(20))).is_ok());
+        // Far deeper than any stack would take recursively: refused all the same.
+        for open in ["[", "{a: "] {
+            let text = format!("a: {}\n", open.repeat(200_000));
+            assert!(matches!(
+                parse(&text),
+                Err(ParseError::Limit {
+                    crossed: Crossed::Depth,
+                    ..
+                }) | Err(ParseError::Syntax { .. })
+            ));
+        }
     }
 
     #[test]
