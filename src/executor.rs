@@ -485,18 +485,13 @@ impl<'a> Run<'a> {
         skipped
     }
 
-    /// After a failure without `--keep-going`: say which stages never started.
-    fn say_not_started(&self) {
-        let not_started: Vec<&str> = (0..self.steps.len())
+    /// The stages that never started: after a failure without `--keep-going`, those that did
+    /// not need the failed one.
+    fn not_started(&self) -> Vec<String> {
+        (0..self.steps.len())
             .filter(|&i| self.steps[i].state == State::Waiting)
-            .map(|i| self.stage(i).name.as_str())
-            .collect();
-        if !not_started.is_empty() {
-            eprintln!(
-                "  not started after the failure (use --keep-going to run independent stages): {}",
-                not_started.join(", ")
-            );
-        }
+            .map(|i| self.stage(i).name.clone())
+            .collect()
     }
 
     /// Where the page takes stage `u`'s results from, given the steps' states.
@@ -678,6 +673,19 @@ pub fn execute(
     launcher: &mut dyn Launcher,
     out: &Output,
 ) -> Result<RunRecord> {
+    execute_steps(p, records, plan, store, opts, launcher, out).map(|(record, _)| record)
+}
+
+/// [`execute`]; also returns the stages that never started.
+fn execute_steps(
+    p: &Pipeline,
+    records: &[KeyRecord],
+    plan: &Plan,
+    store: &Store,
+    opts: &ExecOptions,
+    launcher: &mut dyn Launcher,
+    out: &Output,
+) -> Result<(RunRecord, Vec<String>)> {
     let t0 = Instant::now();
     let keys: Vec<Key> = plan.steps.iter().map(|s| s.key.clone()).collect();
     // The store was checked writable before the plan (`Store::prepare`).
@@ -708,7 +716,13 @@ pub fn execute(
             run.finished(f);
         }
     }
-    run.say_not_started();
+    let not_started = run.not_started();
+    if !not_started.is_empty() {
+        eprintln!(
+            "  not started after the failure (use --keep-going to run independent stages): {}",
+            not_started.join(", ")
+        );
+    }
     let record = run.record(t0.elapsed().as_secs_f64());
     write_record(store, &opts.run_id, &record)?;
     drop(live);
@@ -717,7 +731,7 @@ pub fn execute(
         crate::live::remove_dir_if_empty(store.outputs(), &p.name);
         pg.finish(&run)?;
     }
-    Ok(record)
+    Ok((record, not_started))
 }
 
 /// Show a stage's entry in `outputs/<pipeline>/<stage>/`; a report also becomes the pipeline's
@@ -923,12 +937,14 @@ mod tests {
         statuses: &'static [(&'static str, Status)],
         /// The stages the launcher started, in order.
         started: &'static [&'static str],
+        /// The skipped stages that did not need a failed one: never started (no `--keep-going`).
+        not_started: &'static [&'static str],
         /// The stages served from a twin this run computed (a note says so).
         from_twin: &'static [&'static str],
     }
 
-    /// Runs the case; returns the run record and the stages started.
-    fn run(c: &Case) -> (RunRecord, Vec<String>) {
+    /// Runs the case; returns the run record, the stages started and those never started.
+    fn run(c: &Case) -> (RunRecord, Vec<String>, Vec<String>) {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path();
         std::fs::write(root.join("a.txt"), "one two\n").unwrap();
@@ -981,8 +997,9 @@ mod tests {
             started_unix_ms: 1,
         };
         let out = Output::detect(true);
-        let record = execute(&p, &records, &plan, &store, &opts, &mut fake, &out).unwrap();
-        (record, fake.started)
+        let (record, not_started) =
+            execute_steps(&p, &records, &plan, &store, &opts, &mut fake, &out).unwrap();
+        (record, fake.started, not_started)
     }
 
     /// A job description of stage `i` alone (to fill the store before a case).
@@ -1031,6 +1048,7 @@ mod tests {
                     ("ttwin", Hit),
                 ],
                 started: &["a", "b", "ta", "tb"],
+                not_started: &[],
                 from_twin: &["twin", "ttwin"],
             },
             Case {
@@ -1049,6 +1067,7 @@ mod tests {
                     ("ttwin", Skipped),
                 ],
                 started: &["a"],
+                not_started: &["b", "tb"],
                 from_twin: &[],
             },
             Case {
@@ -1067,6 +1086,7 @@ mod tests {
                     ("ttwin", Skipped),
                 ],
                 started: &["a", "b", "tb"],
+                not_started: &[],
                 from_twin: &[],
             },
             Case {
@@ -1085,6 +1105,7 @@ mod tests {
                     ("ttwin", Skipped),
                 ],
                 started: &["a", "b"],
+                not_started: &["tb"],
                 from_twin: &[],
             },
             Case {
@@ -1103,6 +1124,7 @@ mod tests {
                     ("ttwin", Hit),
                 ],
                 started: &["a", "b", "ta", "tb"],
+                not_started: &[],
                 from_twin: &["twin", "ttwin"],
             },
             Case {
@@ -1121,6 +1143,7 @@ mod tests {
                     ("ttwin", Skipped),
                 ],
                 started: &["a", "b", "ta"],
+                not_started: &["tb"],
                 from_twin: &["twin"],
             },
             Case {
@@ -1139,6 +1162,7 @@ mod tests {
                     ("ttwin", Hit),
                 ],
                 started: &["a", "b", "ta"],
+                not_started: &[],
                 from_twin: &["twin", "ttwin"],
             },
             Case {
@@ -1157,6 +1181,7 @@ mod tests {
                     ("ttwin", Skipped),
                 ],
                 started: &["b", "tb"],
+                not_started: &[],
                 from_twin: &[],
             },
             Case {
@@ -1175,6 +1200,7 @@ mod tests {
                     ("ttwin", Hit),
                 ],
                 started: &["b", "ta", "tb"],
+                not_started: &[],
                 from_twin: &["ttwin"],
             },
             Case {
@@ -1193,16 +1219,18 @@ mod tests {
                     ("ttwin", Hit),
                 ],
                 started: &["a", "ta"],
+                not_started: &[],
                 from_twin: &["twin", "ttwin"],
             },
         ];
         for c in &cases {
-            let (record, started) = run(c);
+            let (record, started, not_started) = run(c);
             let got: Vec<(&str, Status)> = (record.stages.iter())
                 .map(|s| (s.name.as_str(), s.status))
                 .collect();
             assert_eq!(got, c.statuses, "{}: statuses", c.what);
             assert_eq!(started, c.started, "{}: stages started", c.what);
+            assert_eq!(not_started, c.not_started, "{}: never started", c.what);
             for s in &record.stages {
                 let then = (c.then.iter())
                     .find(|(n, _)| *n == s.name)
