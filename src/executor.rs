@@ -57,7 +57,9 @@ pub struct RunRecord {
     pub seconds: f64,
     pub seed: u64,
     pub device: crate::device::Device,
-    pub executor: String,
+    /// The launcher (`--executor`, the users' word for it).
+    #[serde(rename = "executor")]
+    pub launcher: String,
     pub stages: Vec<StageRun>,
     /// The resolved pipeline: each stage's kind, typed params and inputs.
     pub resolved: BTreeMap<String, serde_json::Value>,
@@ -82,7 +84,7 @@ pub struct ExecOptions {
     pub root: PathBuf,
     pub device: crate::device::Device,
     pub threads: usize,
-    pub executor: crate::launcher::ExecutorKind,
+    pub launcher: crate::launcher::LauncherKind,
     /// `<ms>-<pid>`: names the run record and its folder of job files.
     pub run_id: String,
     pub started_unix_ms: u128,
@@ -544,7 +546,7 @@ impl<'a> Run<'a> {
             seconds,
             seed: p.seed,
             device: opts.device,
-            executor: opts.executor.name().to_string(),
+            launcher: opts.launcher.name().to_string(),
             stages,
             resolved: resolved(p),
         }
@@ -606,7 +608,7 @@ impl RunPage {
             opts.started_unix_ms,
             &opts.device.to_string(),
             opts.threads,
-            opts.executor.name(),
+            opts.launcher.name(),
         );
         ident.ended_unix_ms = None;
         // The page is there from the start, before any view is.
@@ -800,7 +802,7 @@ pub fn cached_state(store: &Store, key: &Key) -> crate::plan::Cached {
 mod tests {
     use super::*;
     use crate::job::JobResult;
-    use crate::launcher::ExecutorKind;
+    use crate::launcher::LauncherKind;
     use anyhow::anyhow;
     use std::collections::VecDeque;
     use std::path::Path;
@@ -992,7 +994,7 @@ mod tests {
             root: root.to_path_buf(),
             device: crate::device::Device::Cpu,
             threads: 1,
-            executor: ExecutorKind::Local,
+            launcher: LauncherKind::Local,
             run_id: "1-1".into(),
             started_unix_ms: 1,
         };
@@ -1018,7 +1020,7 @@ mod tests {
             root: PathBuf::new(),
             device: crate::device::Device::Cpu,
             threads: 1,
-            executor: ExecutorKind::Local,
+            launcher: LauncherKind::Local,
             run_id: String::new(),
             started_unix_ms: 0,
         };
@@ -1027,11 +1029,10 @@ mod tests {
 
     /// (plan, launcher outcomes) → final statuses and the stages started. The plan's order is
     /// a, b, twin, ta, tb, ttwin.
-    #[test]
-    fn the_executor_runs_what_the_plan_and_the_launcher_allow() {
+    fn cases() -> Vec<Case> {
         use Status::{Failed, Hit, Ran, Reused, Skipped};
         use Then::*;
-        let cases = [
+        vec![
             Case {
                 what: "all compute; a twin takes its twin's entry",
                 cached: &[],
@@ -1222,8 +1223,13 @@ mod tests {
                 not_started: &[],
                 from_twin: &["twin", "ttwin"],
             },
-        ];
-        for c in &cases {
+        ]
+    }
+
+    #[test]
+    fn the_executor_runs_what_the_plan_and_the_launcher_allow() {
+        use Status::Failed;
+        for c in &cases() {
             let (record, started, not_started) = run(c);
             let got: Vec<(&str, Status)> = (record.stages.iter())
                 .map(|s| (s.name.as_str(), s.status))

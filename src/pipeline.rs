@@ -78,7 +78,7 @@ pub struct Pipeline {
     pub seed: u64,
     pub device: DeviceSetting,
     /// `executor:` of the file (the CLI's `--executor` wins over it).
-    pub executor: Option<crate::executor_setting::ExecutorSetting>,
+    pub launcher: Option<crate::launcher_setting::LauncherSetting>,
     pub stages: Vec<StageDef>,
     /// Stage indices in a topological order (inputs first; file order among equals).
     pub order: Vec<usize>,
@@ -367,8 +367,8 @@ pub fn analyze(raw: RawPipeline) -> Result<Pipeline, PipelineError> {
             DeviceSetting::Cpu
         }),
     };
-    let executor = raw.executor.as_ref().and_then(|e| {
-        match crate::executor_setting::ExecutorSetting::parse(&e.kind, &e.options) {
+    let launcher = raw.executor.as_ref().and_then(|e| {
+        match crate::launcher_setting::LauncherSetting::parse(&e.kind, &e.options) {
             Ok(s) => Some(s),
             Err((key, msg, help)) => {
                 diags.push(at(&key, msg).with_help(help));
@@ -594,7 +594,7 @@ pub fn analyze(raw: RawPipeline) -> Result<Pipeline, PipelineError> {
         description: raw.description,
         seed: raw.seed.unwrap_or(DEFAULT_SEED),
         device,
-        executor,
+        launcher,
         stages,
         order,
         locator: raw.locator,
