@@ -1,7 +1,13 @@
-//! Runs a plan: a small state machine over the plan's steps (waiting → ready → submitted →
-//! done, failed, skipped or cancelled) that drives a [`Launcher`]. Hits are published at once;
-//! a step is submitted once its inputs are committed, up to `-j N` at a time; a finished job's
-//! entry is checked in the store and published; a failure names the stages it skips.
+//! The scheduler: runs a plan as a state machine over its steps, one `StepRun` record each
+//! (waiting → submitted → done: hit, ran, reused, failed or skipped), driving a [`Launcher`].
+//! - a hit is published at once (`Run::serve_hit`);
+//! - a step whose inputs are committed is submitted, up to `-j N` at a time (`Run::submit`);
+//!   a step the plan paired with an earlier one of the same key (its twin) waits for that one
+//!   and takes its entry instead (`Run::serve_twin`);
+//! - a finished job's entry is checked in the store and published (`Run::accept_entry`: the
+//!   commit point);
+//! - a failure skips what needs it and, without `--keep-going`, stops new submissions
+//!   (`Run::fail`); jobs in flight still end and count.
 
 use crate::cache::{Lookup, Store};
 use crate::job::{JobInput, JobSpec, Outcome, JOB_SCHEMA};
