@@ -6,7 +6,7 @@ use crate::cli::{Cli, Command, PipelineArgs};
 use crate::diagnostic::PipelineError;
 use crate::executor::{self, ExecOptions};
 use crate::key::{self, FileDigests, KeyRecord};
-use crate::launcher::{ExecutorKind, ExecutorSetting, Launcher, LocalLauncher, ProcessLauncher};
+use crate::launcher::{Launcher, LauncherKind, LauncherSetting, LocalLauncher, ProcessLauncher};
 use crate::pipeline::{self, DeviceSetting, Pipeline};
 use crate::plan::{self, PlanView};
 use crate::progress::Output;
@@ -124,143 +124,27 @@ pub fn run(cli: Cli, root: &Path) -> Result<()> {
     let out = Output::detect(cli.quiet);
     match cli.command {
         Command::Run {
-            pipeline: args,
+            pipeline,
             targets,
             force,
             dry_run,
             jobs,
             keep_going,
-            executor,
-        } => {
-            let l = load(&project, &args)?;
-            let p = &l.pipeline;
-            let targets = p.resolve_names(&targets)?;
-            let force = p.resolve_names(&force)?;
-            let store = &project.store;
-            let setting = match executor.as_deref() {
-                Some(e) => {
-                    let kind = ExecutorKind::parse(e).expect("clap checked the value");
-                    match &p.executor {
-                        Some(s) if s.kind == kind => s.clone(),
-                        _ => ExecutorSetting::of(kind),
-                    }
-                }
-                None => p
-                    .executor
-                    .clone()
-                    .unwrap_or(ExecutorSetting::of(ExecutorKind::Local)),
-            };
-            let executor = setting.kind;
-            let jobs = jobs.unwrap_or(executor.default_jobs());
-            if jobs == 0 {
-                bail!("`-j 0` would run nothing: give at least 1 (stages to run at once)");
-            }
-            if dry_run {
-                let plan = plan::make_plan(
-                    p,
-                    &l.records,
-                    &|k| executor::cached_state(store, k),
-                    &targets,
-                    &force,
-                );
-                print!("{}", PlanView(p, &plan));
-                return Ok(());
-            }
-            // Folders seqpipe writes must be folders: say so before anything runs.
-            for d in [
-                store.outputs().to_path_buf(),
-                store.outputs().join(&p.name),
-                store.runs_dir(&p.name),
-                store.meta().to_path_buf(),
-            ] {
-                if d.exists() && !d.is_dir() {
-                    bail!(
-                        "{} is a file, but seqpipe keeps a folder there; move the file away",
-                        d.display()
-                    );
-                }
-            }
-            // The store's folders are real folders and it can be written: said before any work.
-            store.prepare()?;
-            // What crashed runs left behind (their owners are gone) goes first.
-            store.clean_leftovers();
-            crate::view::clean_leftovers(store.outputs(), &p.name);
-            let plan = plan::make_plan(
-                p,
-                &l.records,
-                &|k| executor::cached_state(store, k),
-                &targets,
-                &force,
-            );
-            for s in &plan.steps {
-                if let plan::Action::Run(plan::Reason::Corrupt(why)) = &s.action {
-                    eprintln!("warning: {why}; it will be quarantined and recomputed");
-                }
-            }
-            out.println(&format!(
-                "{}: {} stages, {} to run{}",
-                p.name,
-                plan.steps.len(),
-                plan.to_run(),
-                plan::twins_note(plan.twins())
-            ));
-            let started_unix_ms = crate::claim::now_ms();
-            let run_id = format!("{started_unix_ms}-{}", std::process::id());
-            install_interrupt_handler();
-            let mut launcher: Box<dyn Launcher> = match executor {
-                ExecutorKind::Local => Box::new(LocalLauncher::new(store.clone(), out.clone())),
-                ExecutorKind::Process => Box::new(ProcessLauncher::new(
-                    store.runs_dir(&p.name).join(&run_id),
-                    cli.threads,
-                    out.clone(),
-                )?),
-                ExecutorKind::Slurm => Box::new(crate::slurm::SlurmLauncher::new(
-                    store.runs_dir(&p.name).join(&run_id),
-                    project.root.clone(),
-                    cli.threads,
-                    run_id.clone(),
-                    &setting,
-                    store.clone(),
-                    out.clone(),
-                )?),
-            };
-            let opts = ExecOptions {
+            launcher,
+        } => run_pipeline(
+            &project,
+            &out,
+            cli.threads,
+            &RunArgs {
+                pipeline,
+                targets,
+                force,
+                dry_run,
                 jobs,
                 keep_going,
-                root: project.root.clone(),
-                device: l.device,
-                threads: cli.threads,
-                executor,
-                run_id,
-                started_unix_ms,
-            };
-            let record =
-                executor::execute(p, &l.records, &plan, store, &opts, launcher.as_mut(), &out)?;
-            if record.failed() > 0 {
-                return Err(StagesFailed {
-                    pipeline: p.name.clone(),
-                    failed: record.failed(),
-                    record: format!("outputs/{}/runs", p.name),
-                }
-                .into());
-            }
-            let ran = record.count(executor::Status::Ran);
-            // A planned run served by a stage of the same key that ran here is no cache hit:
-            // count it as the plan did.
-            let twins = (plan.steps.iter().zip(&record.stages))
-                .filter(|(s, r)| s.action != plan::Action::Hit && r.status == executor::Status::Hit)
-                .count();
-            let hits = record.count(executor::Status::Hit) + record.count(executor::Status::Reused)
-                - twins;
-            println!(
-                "{}: {ran} ran, {hits} cached{}, in {:.2} s; outputs in {}",
-                p.name,
-                plan::twins_note(twins),
-                record.seconds,
-                store.outputs().join(&p.name).display()
-            );
-            Ok(())
-        }
+                launcher,
+            },
+        ),
         Command::Verify { repair } => {
             project.check_store()?;
             verify(&project, repair)
@@ -320,19 +204,7 @@ pub fn run(cli: Cli, root: &Path) -> Result<()> {
         }
         Command::Kinds { kind: Some(kind) } => describe_kind(&kind),
         Command::Kinds { kind: None } => {
-            for k in crate::stages::registry() {
-                println!("{:<16} v{}  {}", k.name, k.version, k.about);
-                if let crate::stages::Roles::Fixed(r) = k.roles {
-                    if !r.is_empty() {
-                        println!("{:<16}     inputs: {}", "", r.join(", "));
-                    }
-                } else {
-                    println!("{:<16}     inputs: any stages", "");
-                }
-                if !k.params.is_empty() {
-                    println!("{:<16}     params: {}", "", k.params.join(", "));
-                }
-            }
+            list_kinds();
             Ok(())
         }
         Command::Schema => {
@@ -340,6 +212,180 @@ pub fn run(cli: Cli, root: &Path) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// What `seqpipe run` was asked.
+struct RunArgs {
+    pipeline: PipelineArgs,
+    targets: Vec<String>,
+    force: Vec<String>,
+    dry_run: bool,
+    jobs: Option<usize>,
+    keep_going: bool,
+    /// `--executor`: the launcher.
+    launcher: Option<String>,
+}
+
+/// `seqpipe run`, in the steps of a run: load → choose the launcher → (a dry run prints the
+/// plan) → prepare the store → plan → make the launcher → execute (it publishes each result,
+/// the run record and the results page) → say what failed, or summarise.
+fn run_pipeline(project: &Project, out: &Output, threads: usize, args: &RunArgs) -> Result<()> {
+    let l = load(project, &args.pipeline)?;
+    let p = &l.pipeline;
+    let targets = p.resolve_names(&args.targets)?;
+    let force = p.resolve_names(&args.force)?;
+    let setting = launcher_setting(p, args.launcher.as_deref());
+    let jobs = args.jobs.unwrap_or(setting.kind.default_jobs());
+    if jobs == 0 {
+        bail!("`-j 0` would run nothing: give at least 1 (stages to run at once)");
+    }
+    let plan_run = || {
+        let store = &project.store;
+        plan::make_plan(
+            p,
+            &l.records,
+            &|k| executor::cached_state(store, k),
+            &targets,
+            &force,
+        )
+    };
+    if args.dry_run {
+        print!("{}", PlanView(p, &plan_run()));
+        return Ok(());
+    }
+    prepare_store(&project.store, p)?;
+    let plan = plan_run();
+    announce(p, &plan, out);
+    let started_unix_ms = crate::claim::now_ms();
+    let run_id = format!("{started_unix_ms}-{}", std::process::id());
+    install_interrupt_handler();
+    let mut launcher = make_launcher(project, p, &setting, &run_id, threads, out)?;
+    let opts = ExecOptions {
+        jobs,
+        keep_going: args.keep_going,
+        root: project.root.clone(),
+        device: l.device,
+        threads,
+        launcher: setting.kind,
+        run_id,
+        started_unix_ms,
+    };
+    let store = &project.store;
+    let record = executor::execute(p, &l.records, &plan, store, &opts, launcher.as_mut(), out)?;
+    fail_if_stages_failed(p, &record)?;
+    summarise(p, &plan, &record, store);
+    Ok(())
+}
+
+/// The launcher a run uses: `--executor` (with the file's options when it names the same
+/// kind), else the file's `executor:`, else local.
+fn launcher_setting(p: &Pipeline, flag: Option<&str>) -> LauncherSetting {
+    match flag {
+        Some(e) => {
+            let kind = LauncherKind::parse(e).expect("clap checked the value");
+            match &p.launcher {
+                Some(s) if s.kind == kind => s.clone(),
+                _ => LauncherSetting::of(kind),
+            }
+        }
+        None => p
+            .launcher
+            .clone()
+            .unwrap_or(LauncherSetting::of(LauncherKind::Local)),
+    }
+}
+
+/// Before anything runs: the folders seqpipe writes are folders, the store can be written, and
+/// what crashed runs left behind (their owners are gone) is gone.
+fn prepare_store(store: &Store, p: &Pipeline) -> Result<()> {
+    for d in [
+        store.outputs().to_path_buf(),
+        store.outputs().join(&p.name),
+        store.runs_dir(&p.name),
+        store.meta().to_path_buf(),
+    ] {
+        if d.exists() && !d.is_dir() {
+            bail!(
+                "{} is a file, but seqpipe keeps a folder there; move the file away",
+                d.display()
+            );
+        }
+    }
+    // The store's folders are real folders and it can be written: said before any work.
+    store.prepare()?;
+    store.clean_leftovers();
+    crate::view::clean_leftovers(store.outputs(), &p.name);
+    Ok(())
+}
+
+/// Say what the plan will do: broken entries it recomputes, and how many stages run.
+fn announce(p: &Pipeline, plan: &plan::Plan, out: &Output) {
+    for s in &plan.steps {
+        if let plan::Action::Run(plan::Reason::Corrupt(why)) = &s.action {
+            eprintln!("warning: {why}; it will be quarantined and recomputed");
+        }
+    }
+    out.println(&format!(
+        "{}: {} stages, {} to run{}",
+        p.name,
+        plan.steps.len(),
+        plan.to_run(),
+        plan::twins_note(plan.twins())
+    ));
+}
+
+/// The launcher of `setting`; its job files go to the run's folder of the run record.
+fn make_launcher(
+    project: &Project,
+    p: &Pipeline,
+    setting: &LauncherSetting,
+    run_id: &str,
+    threads: usize,
+    out: &Output,
+) -> Result<Box<dyn Launcher>> {
+    let store = &project.store;
+    let dir = store.runs_dir(&p.name).join(run_id);
+    Ok(match setting.kind {
+        LauncherKind::Local => Box::new(LocalLauncher::new(store.clone(), out.clone())),
+        LauncherKind::Process => Box::new(ProcessLauncher::new(dir, threads, out.clone())?),
+        LauncherKind::Slurm => Box::new(crate::slurm::SlurmLauncher::new(
+            dir,
+            project.root.clone(),
+            threads,
+            run_id.to_string(),
+            setting,
+            store.clone(),
+            out.clone(),
+        )?),
+    })
+}
+
+/// A run in which stages failed is an error (exit 1) that points at the run record.
+fn fail_if_stages_failed(p: &Pipeline, record: &executor::RunRecord) -> Result<()> {
+    if record.failed() == 0 {
+        return Ok(());
+    }
+    Err(StagesFailed {
+        pipeline: p.name.clone(),
+        failed: record.failed(),
+        record: format!("outputs/{}/runs", p.name),
+    }
+    .into())
+}
+
+/// The last line of a run: what ran, what was cached, and where the outputs are. A planned run
+/// served by a stage of the same key that ran here is no cache hit: it counts as the plan did.
+fn summarise(p: &Pipeline, plan: &plan::Plan, record: &executor::RunRecord, store: &Store) {
+    let ran = record.count(executor::Status::Ran);
+    let twins = plan.twins();
+    let hits = record.count(executor::Status::Hit) + record.count(executor::Status::Reused) - twins;
+    println!(
+        "{}: {ran} ran, {hits} cached{}, in {:.2} s; outputs in {}",
+        p.name,
+        plan::twins_note(twins),
+        record.seconds,
+        store.outputs().join(&p.name).display()
+    );
 }
 
 /// `seqpipe compare`: one table per swept stage, from the stages' current outputs.
@@ -411,6 +457,23 @@ fn compare(project: &Project, args: &PipelineArgs, only: Option<&str>) -> Result
         );
     }
     Ok(())
+}
+
+/// `seqpipe kinds`: every kind, its inputs and params.
+fn list_kinds() {
+    for k in crate::stages::registry() {
+        println!("{:<16} v{}  {}", k.name, k.version, k.about);
+        if let crate::stages::Roles::Fixed(r) = k.roles {
+            if !r.is_empty() {
+                println!("{:<16}     inputs: {}", "", r.join(", "));
+            }
+        } else {
+            println!("{:<16}     inputs: any stages", "");
+        }
+        if !k.params.is_empty() {
+            println!("{:<16}     params: {}", "", k.params.join(", "));
+        }
+    }
 }
 
 /// `seqpipe kinds KIND`: the kind, its inputs and output, and a line per param.

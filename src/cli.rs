@@ -63,8 +63,9 @@ pub enum Command {
         /// Where stages run: `local` (threads of this process, the default), `process` (each
         /// stage a child `seqpipe exec-job`) or `slurm` (each model stage a Slurm batch job).
         /// Overrides the pipeline's `executor:`.
-        #[arg(long, value_parser = ["local", "process", "slurm"])]
-        executor: Option<String>,
+        /// (The launcher, in the code: "executor" there is the scheduler.)
+        #[arg(long = "executor", value_name = "EXECUTOR", value_parser = ["local", "process", "slurm"])]
+        launcher: Option<String>,
     },
     /// Show which stages are fresh or stale, and why.
     Status {

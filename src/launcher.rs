@@ -16,7 +16,7 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-pub use crate::executor_setting::{ExecutorKind, ExecutorSetting};
+pub use crate::launcher_setting::{LauncherKind, LauncherSetting};
 
 /// A job that ended: its id (the executor's step index) and how it ended.
 pub struct Finished {

@@ -14,9 +14,9 @@ pub mod sweep;
 // Its graph, the cache keys, and the plan a run (or a dry run) follows.
 pub mod dag;
 pub mod device;
-pub mod executor_setting;
 pub mod graph;
 pub mod key;
+pub mod launcher_setting;
 pub mod plan;
 pub mod status;
 

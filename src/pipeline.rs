@@ -78,7 +78,7 @@ pub struct Pipeline {
     pub seed: u64,
     pub device: DeviceSetting,
     /// `executor:` of the file (the CLI's `--executor` wins over it).
-    pub executor: Option<crate::executor_setting::ExecutorSetting>,
+    pub launcher: Option<crate::launcher_setting::LauncherSetting>,
     pub stages: Vec<StageDef>,
     /// Stage indices in a topological order (inputs first; file order among equals).
     pub order: Vec<usize>,
@@ -395,7 +395,7 @@ pub fn analyze(raw: RawPipeline) -> Result<Pipeline, PipelineError> {
         description: raw.description,
         seed: raw.seed.unwrap_or(DEFAULT_SEED),
         device: settings.device,
-        executor: settings.executor,
+        launcher: settings.launcher,
         stages,
         order,
         locator: raw.locator,
@@ -415,7 +415,7 @@ fn report(mut diags: Vec<Diagnostic>, mut wiring: Vec<Diagnostic>) -> PipelineEr
 /// The pipeline-wide settings: its name, device, executor and resources.
 struct Settings {
     device: DeviceSetting,
-    executor: Option<crate::executor_setting::ExecutorSetting>,
+    launcher: Option<crate::launcher_setting::LauncherSetting>,
     resources: crate::resources::Resources,
 }
 
@@ -446,8 +446,8 @@ fn settings(raw: &RawPipeline, at: &At, diags: &mut Vec<Diagnostic>) -> Settings
             DeviceSetting::Cpu
         }),
     };
-    let executor = raw.executor.as_ref().and_then(|e| {
-        match crate::executor_setting::ExecutorSetting::parse(&e.kind, &e.options) {
+    let launcher = raw.executor.as_ref().and_then(|e| {
+        match crate::launcher_setting::LauncherSetting::parse(&e.kind, &e.options) {
             Ok(s) => Some(s),
             Err((key, msg, help)) => {
                 diags.push(at(&key, msg).with_help(help));
@@ -461,7 +461,7 @@ fn settings(raw: &RawPipeline, at: &At, diags: &mut Vec<Diagnostic>) -> Settings
     };
     Settings {
         device,
-        executor,
+        launcher,
         resources,
     }
 }
@@ -934,7 +934,7 @@ mod tests {
         let mut diags = Vec::new();
         let s = settings(&r, &at, &mut diags);
         assert_eq!(s.device, DeviceSetting::Cpu);
-        assert!(s.executor.is_none());
+        assert!(s.launcher.is_none());
         assert_eq!(
             messages(&diags),
             [

@@ -39,7 +39,8 @@ pub struct RunIdentity {
     pub git_commit: Option<String>,
     pub device: String,
     pub threads: usize,
-    pub executor: String,
+    /// The launcher (shown as the users' word for it, "executor").
+    pub launcher: String,
 }
 
 impl RunIdentity {
@@ -51,7 +52,7 @@ impl RunIdentity {
         started_unix_ms: u128,
         device: &str,
         threads: usize,
-        executor: &str,
+        launcher: &str,
     ) -> Self {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -66,7 +67,7 @@ impl RunIdentity {
             git_commit: git_commit(root),
             device: device.to_string(),
             threads,
-            executor: executor.to_string(),
+            launcher: launcher.to_string(),
         }
     }
 }
@@ -581,7 +582,7 @@ pub fn render(page: &Page) -> Result<String> {
     }
     ident.push(("device", r.device.clone()));
     ident.push(("threads", r.threads.to_string()));
-    ident.push(("executor", r.executor.clone()));
+    ident.push(("executor", r.launcher.clone()));
     body.push_str("<dl class=\"run\">");
     for (k, v) in &ident {
         body.push_str(&format!("<div><dt>{k}</dt><dd>{}</dd></div>", esc(v)));

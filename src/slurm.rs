@@ -323,7 +323,7 @@ impl SlurmLauncher {
         root: PathBuf,
         threads: usize,
         run_id: String,
-        setting: &crate::launcher::ExecutorSetting,
+        setting: &crate::launcher::LauncherSetting,
         store: std::sync::Arc<crate::cache::Store>,
         out: Output,
     ) -> Result<Self> {

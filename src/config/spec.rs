@@ -3,7 +3,7 @@
 //! Doc comments here are the schema's descriptions. What depends on the stage registry (the kind
 //! names, each kind's params, inputs and matrix axes) is added to the schema by `schema.rs`.
 
-use crate::executor_setting::ExecutorKind;
+use crate::launcher_setting::LauncherKind;
 use crate::resources::Resources;
 use indexmap::IndexMap;
 use schemars::JsonSchema;
@@ -90,7 +90,7 @@ enum DeviceName {
 #[serde(untagged)]
 #[allow(dead_code)]
 enum ExecutorSpec {
-    Kind(ExecutorKind),
+    Kind(LauncherKind),
     WithOptions(ExecutorOptions),
 }
 
@@ -99,7 +99,7 @@ enum ExecutorSpec {
 #[serde(deny_unknown_fields)]
 #[allow(dead_code)]
 struct ExecutorOptions {
-    kind: ExecutorKind,
+    kind: LauncherKind,
     /// slurm: seconds between two squeue polls (default 2).
     #[schemars(range(min = 0.001))]
     poll: Option<f64>,

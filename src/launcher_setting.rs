@@ -1,6 +1,7 @@
-//! Where a pipeline's stages run (`--executor`, or `executor:` in the file): a leaf value type,
-//! made by the analyzer and read by the run, so that the pipeline model does not depend on the
-//! launchers.
+//! The launcher a run uses: where a pipeline's stages run. Users choose it with `--executor` or
+//! `executor:` in the file (their word for it); in the code it is the launcher, and "executor"
+//! is the scheduler (`executor.rs`). A leaf value type, made by the analyzer and read by the
+//! run, so that the pipeline model does not depend on the launchers.
 
 /// Where stages run: `local` in the seqpipe process, `process` in a child process per stage,
 /// `slurm` as Slurm batch jobs (model stages; quick stages run in the driver unless
@@ -9,13 +10,15 @@
     Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema,
 )]
 #[serde(rename_all = "snake_case")]
-pub enum ExecutorKind {
+// The schema keeps the users' word for it.
+#[schemars(rename = "ExecutorKind")]
+pub enum LauncherKind {
     Local,
     Process,
     Slurm,
 }
 
-impl ExecutorKind {
+impl LauncherKind {
     pub const NAMES: &'static [&'static str] = &["local", "process", "slurm"];
 
     pub fn parse(s: &str) -> Option<Self> {
@@ -46,8 +49,8 @@ impl ExecutorKind {
 
 /// The `executor:` of a pipeline file, or `--executor`: a kind and its options.
 #[derive(Debug, Clone, PartialEq)]
-pub struct ExecutorSetting {
-    pub kind: ExecutorKind,
+pub struct LauncherSetting {
+    pub kind: LauncherKind,
     /// slurm: seconds between two `squeue` polls (default 2; `SEQPIPE_SLURM_POLL`).
     pub poll: Option<f64>,
     /// slurm: submit every stage as a job, quick ones (text, tables, plots) too. By default
@@ -55,9 +58,9 @@ pub struct ExecutorSetting {
     pub submit_all: bool,
 }
 
-impl ExecutorSetting {
-    pub fn of(kind: ExecutorKind) -> Self {
-        ExecutorSetting {
+impl LauncherSetting {
+    pub fn of(kind: LauncherKind) -> Self {
+        LauncherSetting {
             kind,
             poll: None,
             submit_all: false,
@@ -69,19 +72,19 @@ impl ExecutorSetting {
         kind: &str,
         options: &serde_json::Map<String, serde_json::Value>,
     ) -> Result<Self, (String, String, String)> {
-        let Some(k) = ExecutorKind::parse(kind) else {
+        let Some(k) = LauncherKind::parse(kind) else {
             return Err((
                 "executor".into(),
                 format!("unknown executor `{kind}`"),
-                crate::diagnostic::suggest(kind, ExecutorKind::NAMES, "executors"),
+                crate::diagnostic::suggest(kind, LauncherKind::NAMES, "executors"),
             ));
         };
-        let mut s = ExecutorSetting::of(k);
+        let mut s = LauncherSetting::of(k);
         const SLURM: &[&str] = &["poll", "submit_all"];
         for (name, v) in options {
             let path = format!("executor.{name}");
             match (k, name.as_str()) {
-                (ExecutorKind::Slurm, "poll") => match v.as_f64() {
+                (LauncherKind::Slurm, "poll") => match v.as_f64() {
                     Some(x) if x > 0.0 && x.is_finite() => s.poll = Some(x),
                     _ => {
                         return Err((
@@ -91,7 +94,7 @@ impl ExecutorSetting {
                         ))
                     }
                 },
-                (ExecutorKind::Slurm, "submit_all") => match v.as_bool() {
+                (LauncherKind::Slurm, "submit_all") => match v.as_bool() {
                     Some(b) => s.submit_all = b,
                     None => {
                         return Err((
@@ -101,7 +104,7 @@ impl ExecutorSetting {
                         ))
                     }
                 },
-                (ExecutorKind::Slurm, _) => {
+                (LauncherKind::Slurm, _) => {
                     return Err((
                         path,
                         format!("unknown option `{name}` for executor `slurm`"),
