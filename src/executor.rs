@@ -68,6 +68,8 @@ pub struct RunRecord {
     pub stages: Vec<StageRun>,
     /// The resolved pipeline: each stage's kind, typed params and inputs.
     pub resolved: BTreeMap<String, serde_json::Value>,
+    /// The CPU, ISA and matrix-product kernel choices known to this process (`nn::tune`).
+    pub kernels: crate::nn::KernelReport,
 }
 
 impl RunRecord {
@@ -528,6 +530,7 @@ pub fn execute(
         executor: opts.executor.name().to_string(),
         stages,
         resolved,
+        kernels: crate::nn::kernel_report(),
     };
     let dir = store.runs_dir(&record.pipeline);
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
