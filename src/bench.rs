@@ -144,9 +144,12 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             let mut ppl = f64::NAN;
             let (mut step_wall, mut steps_timed, mut tokens_timed) = (0.0f64, 0usize, 0usize);
             for epoch in 0..args.epochs {
-                // The breakdown leaves out the first epoch (warm-up, kernel choices).
+                // The breakdown leaves out the first epoch (warm-up, kernel choices); the
+                // timers start (from zero) with the second and add up over the rest.
                 let profiled = args.breakdown && epoch > 0;
-                nn::profile::set_enabled(profiled);
+                if args.breakdown && epoch <= 1 {
+                    nn::profile::set_enabled(profiled);
+                }
                 let t = Instant::now();
                 let mut state = lm.zero_state(32);
                 let (mut loss, mut n) = (0.0, 0);
@@ -276,6 +279,12 @@ impl Breakdown {
             }
             out.push('\n');
         }
+        let _ = writeln!(
+            out,
+            "  {:<38} {used:>8.3} ms {:>5.1}%",
+            "sum of the phases",
+            100.0 * used / avail
+        );
         if self.threads > 1 {
             let idle = (avail - used).max(0.0);
             let _ = writeln!(
@@ -297,7 +306,7 @@ mod tests {
     fn the_breakdown_gives_ms_shares_and_the_products_rate() {
         let ms = |x: f64| (x * 1e6) as u64;
         let b = Breakdown {
-            // 10 steps: products 60 ms, cells 20, packing 5, loss 5, update 5, other 5
+            // 10 steps: products 60 ms, cells 20, packing 5, loss 5, update 5, other 5 (all of it)
             nanos: [ms(60.0), ms(20.0), ms(5.0), ms(5.0), ms(5.0), ms(5.0)],
             flops: 6_000_000_000, // 6 GFLOP in 60 ms: 100 GFLOP/s
             wall_s: 0.1,
@@ -324,7 +333,11 @@ mod tests {
             lines[2].contains("cell kernels") && lines[2].contains("2.000 ms  20.0%"),
             "{s}"
         );
-        assert_eq!(lines.len(), 7, "{s}");
+        assert!(
+            lines[7].contains("sum of the phases") && lines[7].contains("10.000 ms 100.0%"),
+            "{s}"
+        );
+        assert_eq!(lines.len(), 8, "{s}");
         // two threads: shares of wall × 2, and the helpers' idle time
         let s2 = Breakdown { threads: 2, ..b }.render("x");
         assert!(s2.contains("6.000 ms  30.0%"), "{s2}");

@@ -431,21 +431,26 @@ unsafe fn block(
 }
 
 /// One core's peak FP32 rate in GFLOP/s, measured: 12 independent FMA chains of the widest
-/// vector this CPU has, run for about `ms` milliseconds (best of 3).
+/// vector this CPU has, in runs of about half a millisecond for about `ms` milliseconds; the
+/// best run counts (a short run is rarely interrupted on a busy machine).
 pub(crate) fn measure_peak_gflops(ms: u64) -> f64 {
-    let mut best = 0.0f64;
-    for _ in 0..3 {
-        let mut iters = 1u64 << 16;
-        loop {
-            let t = std::time::Instant::now();
-            let flops = fma_chains(iters);
-            let s = t.elapsed().as_secs_f64();
-            if s * 1000.0 >= ms as f64 / 3.0 || iters > 1 << 40 {
-                best = best.max(flops / s / 1e9);
-                break;
-            }
-            iters *= 2;
+    let mut iters = 1u64 << 10;
+    while iters < 1 << 30 {
+        let t = std::time::Instant::now();
+        fma_chains(iters);
+        if t.elapsed().as_secs_f64() >= 5e-4 {
+            break;
         }
+        iters *= 2;
+    }
+    let start = std::time::Instant::now();
+    let mut best = 0.0f64;
+    let mut runs = 0;
+    while runs < 3 || start.elapsed().as_millis() < ms as u128 {
+        let t = std::time::Instant::now();
+        let flops = fma_chains(iters);
+        best = best.max(flops / t.elapsed().as_secs_f64() / 1e9);
+        runs += 1;
     }
     best
 }

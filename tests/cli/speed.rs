@@ -37,6 +37,20 @@ fn bench_breakdown_shows_phases_the_peak_and_kernel_choices_kept_for_later_runs(
         .find(|l| l.trim_start().starts_with("products"))
         .unwrap_or_else(|| panic!("no products line:\n{out}"));
     assert!(products.ends_with("% of peak"), "{products}");
+    // The phases account for the step: on one thread they add up to most of its wall time
+    // (the rest is the step's own checks), never more.
+    let sum = out
+        .lines()
+        .find(|l| l.trim_start().starts_with("sum of the phases"))
+        .unwrap_or_else(|| panic!("no sum line:\n{out}"));
+    let pct: f64 = sum
+        .trim_end_matches('%')
+        .rsplit(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((70.0..=100.5).contains(&pct), "{sum}");
     // The weight-gradient product of all steps (64 × 284 × 1,152, Aᵀ) is large enough to be
     // tuned: in the first run it is tuned, and the choice is written to the cache file.
     let tuned = "big Aᵀ 64x284x1152: ";
