@@ -960,6 +960,69 @@ mod tests {
         }
     }
 
+    /// Side by side with the matrixmultiply crate (0.3, run-time ISA detection) on the shapes
+    /// of a training step, one thread, the best of many runs each, alternating. A timing, not
+    /// a check: `cargo test --release --lib -- --ignored side_by_side --nocapture`.
+    #[test]
+    #[ignore]
+    fn side_by_side_with_matrixmultiply() {
+        let peak = measure_peak_gflops(300);
+        println!("peak {peak:.1} GFLOP/s; m x n x k, seqpipe (built-in choice) vs matrixmultiply");
+        for &(m, n, k, at) in &[
+            (32, 1052, 256, false),
+            (1120, 1024, 256, false),
+            (256, 1052, 1152, true),
+            (512, 2076, 1152, true),
+        ] {
+            let a: Vec<f32> = (0..m * k).map(|i| (i % 17) as f32 * 0.1 - 0.8).collect();
+            let b: Vec<f32> = (0..k * n).map(|i| (i % 13) as f32 * 0.1 - 0.6).collect();
+            let mut c1 = vec![0.0f32; m * n];
+            let mut c2 = vec![0.0f32; m * n];
+            let ch = Choice::default_for(false);
+            // a as stored: [m×k] (row stride k) or, for Aᵀ, [k×m] (column stride m)
+            let (rsa, csa) = if at { (1, m as isize) } else { (k as isize, 1) };
+            let (mut t1, mut t2) = (f64::INFINITY, f64::INFINITY);
+            for _ in 0..30 {
+                let t = std::time::Instant::now();
+                sgemm_with(&ch, m, n, k, &a, at, &b, &mut c1, false);
+                t1 = t1.min(t.elapsed().as_secs_f64());
+                let t = std::time::Instant::now();
+                // SAFETY: the strides describe the buffers above.
+                unsafe {
+                    matrixmultiply::sgemm(
+                        m,
+                        k,
+                        n,
+                        1.0,
+                        a.as_ptr(),
+                        rsa,
+                        csa,
+                        b.as_ptr(),
+                        n as isize,
+                        1,
+                        0.0,
+                        c2.as_mut_ptr(),
+                        n as isize,
+                        1,
+                    )
+                };
+                t2 = t2.min(t.elapsed().as_secs_f64());
+            }
+            let g = |t: f64| 2.0 * (m * n * k) as f64 / t / 1e9;
+            println!(
+                "{}{m} x {n} x {k}: {:.1} GFLOP/s ({:.0}%) vs {:.1} GFLOP/s ({:.0}%)",
+                if at { "Aᵀ " } else { "" },
+                g(t1),
+                100.0 * g(t1) / peak,
+                g(t2),
+                100.0 * g(t2) / peak
+            );
+            for (x, y) in c1.iter().zip(&c2) {
+                assert!((x - y).abs() <= 1e-3 * (1.0 + y.abs()), "{x} vs {y}");
+            }
+        }
+    }
+
     #[test]
     fn the_peak_is_measured_and_positive() {
         let p = measure_peak_gflops(3);
