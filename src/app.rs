@@ -184,6 +184,7 @@ pub fn run(cli: Cli, root: &Path) -> Result<()> {
             corpus,
             unit,
             embedding,
+            breakdown,
         } => {
             let device = crate::device::Device::parse(&device).expect("clap checked the value");
             if device == crate::device::Device::Cuda && !cfg!(feature = "cuda") {
@@ -200,6 +201,7 @@ pub fn run(cli: Cli, root: &Path) -> Result<()> {
                 threads: cli.threads,
                 unit,
                 embedding,
+                breakdown,
             })
         }
         Command::Kinds { kind: Some(kind) } => describe_kind(&kind),

@@ -140,6 +140,12 @@ pub enum Command {
         /// Embedding dimension of the input (default: one-hot).
         #[arg(long, value_parser = bench_embedding)]
         embedding: Option<usize>,
+        /// Also print where a training step's time goes (ms and share per phase: products with
+        /// GFLOP/s and % of the measured peak, cell kernels, packing and transposes, softmax /
+        /// loss, norm and update), the CPU, the ISA and the kernel choices. Needs 2 epochs or
+        /// more (the first is left out).
+        #[arg(long)]
+        breakdown: bool,
     },
     /// Print the JSON Schema (draft 2020-12) of pipeline files (committed as pipelines/schema.json).
     Schema,

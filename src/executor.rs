@@ -69,6 +69,8 @@ pub struct RunRecord {
     pub stages: Vec<StageRun>,
     /// The resolved pipeline: each stage's kind, typed params and inputs.
     pub resolved: BTreeMap<String, serde_json::Value>,
+    /// The CPU, ISA and matrix-product kernel choices known to this process (`nn::tune`).
+    pub kernels: crate::nn::KernelReport,
 }
 
 impl RunRecord {
@@ -555,6 +557,7 @@ impl<'a> Run<'a> {
             launcher: opts.launcher.name().to_string(),
             stages,
             resolved: resolved(p),
+            kernels: crate::nn::kernel_report(),
         }
     }
 }

@@ -14,6 +14,8 @@ fn main() {
     if let Err(e) = seqpipe::nn::set_num_threads(cli.threads) {
         eprintln!("warning: {e:#}");
     }
+    // Matrix-product kernels are chosen on this machine and remembered (nn::tune).
+    seqpipe::nn::set_kernel_cache(seqpipe::nn::default_kernel_cache());
     let root = match std::env::current_dir() {
         Ok(d) => d,
         Err(e) => {

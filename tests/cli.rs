@@ -29,6 +29,8 @@ fn seqpipe(dir: &Path, args: &[&str]) -> Output {
         .args(args)
         .current_dir(dir)
         .env("NO_COLOR", "1")
+        // kernel choices go to the project, not to the user's cache folder
+        .env("SEQPIPE_KERNEL_CACHE", dir.join(".kernels"))
         .output()
         .unwrap()
 }
@@ -3138,6 +3140,9 @@ mod trust;
 
 #[path = "cli/report_page.rs"]
 mod report_page;
+
+#[path = "cli/speed.rs"]
+mod speed;
 
 // ---- The front door: bounds on what a file may make, and no panic on any file. ----
 

@@ -102,6 +102,7 @@ impl<D: Engine> Ctx<D> {
         if D::HOST {
             let bt;
             let b_rm: &[f32] = if tb {
+                let _t = super::profile::enter(super::profile::Phase::Packing);
                 bt = super::math::transposed(&b.host, b.rows, b.cols);
                 &bt
             } else {

@@ -6,11 +6,15 @@
 //! columns), so a register-blocked kernel straight on the host buffers wins (see the README's
 //! "Speed" section for the measurements).
 //!
-//! Kernels: AVX-512F (8 rows × 32 columns, 16 zmm accumulators, masked edges) when the CPU has
-//! it, else AVX2+FMA (6 rows × 16 columns), else a plain loop. Every element of `C` is one FMA
-//! chain over k in increasing order, whatever the blocking and the number of threads: results
-//! are bit-identical across runs and thread counts on one machine (not across instruction sets).
+//! Kernels: AVX-512F (`mr` rows × 32 columns, 2·`mr` zmm accumulators, masked edges) when the
+//! CPU has it, AVX2+FMA (`mr` × 16), a plain loop otherwise. How a product runs is a [`Choice`]
+//! (micro-kernel and its rows, k-blocking, packing of B or not, how threads split the work),
+//! picked per shape by `super::tune` on the machine that runs it. Every element of `C` is one
+//! FMA chain over k in increasing order (starting from +0), whatever the choice and the number
+//! of threads: results are bit-identical across choices, runs and thread counts (the test
+//! `every_candidate_gives_the_same_bits` holds every candidate to it).
 
+use serde::{Deserialize, Serialize};
 use std::sync::OnceLock;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -48,7 +52,7 @@ pub(crate) fn simd_level() -> u8 {
     }
 }
 
-/// Name of the kernel in use (for `seqpipe bench`).
+/// The widest instruction set in use (for `seqpipe bench` and the kernel cache's key).
 pub(crate) fn kernel_name() -> &'static str {
     match isa() {
         Isa::Avx512 => "avx512f",
@@ -57,57 +61,187 @@ pub(crate) fn kernel_name() -> &'static str {
     }
 }
 
+/// A micro-kernel family: its instruction set and its panel width (columns per tile).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum Kernel {
+    /// AVX-512F, 32 columns (two zmm per row).
+    Avx512,
+    /// AVX2+FMA, 16 columns (two ymm per row).
+    Avx2,
+    /// A plain loop (16-column panels).
+    Scalar,
+}
+
+impl Kernel {
+    pub fn nr(self) -> usize {
+        match self {
+            Kernel::Avx512 => 32,
+            _ => 16,
+        }
+    }
+    /// The micro-tile heights this kernel has (accumulators: 2 × rows registers).
+    pub fn mrs(self) -> &'static [u8] {
+        match self {
+            Kernel::Avx512 => &[4, 6, 8, 12],
+            Kernel::Avx2 => &[4, 6],
+            Kernel::Scalar => &[1],
+        }
+    }
+    /// Whether this CPU can run it.
+    pub fn available(self) -> bool {
+        match self {
+            Kernel::Avx512 => isa() == Isa::Avx512,
+            Kernel::Avx2 => isa() != Isa::Scalar,
+            Kernel::Scalar => true,
+        }
+    }
+    fn name(self) -> &'static str {
+        match self {
+            Kernel::Avx512 => "avx512",
+            Kernel::Avx2 => "avx2",
+            Kernel::Scalar => "scalar",
+        }
+    }
+}
+
+/// How the threads share a product: by panels of columns, or by blocks of rows (then each
+/// thread copies the panels of B it needs itself).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum Split {
+    Cols,
+    Rows,
+}
+
+/// k-blocks a choice may use (0: all of k in one block).
+pub(crate) const KCS: [u32; 5] = [0, 128, 256, 512, 1024];
+/// Row counts from which an unpacked B's panel is copied first (`NEVER`: walk B in place).
+pub(crate) const PACK_RULES: [u32; 3] = [0, 16, NEVER];
+pub(crate) const NEVER: u32 = u32::MAX;
+
+/// How one product runs. Any valid choice gives the same bits; only the speed differs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Choice {
+    pub kernel: Kernel,
+    /// Rows of the micro-tile (one of `kernel.mrs()`).
+    pub mr: u8,
+    /// Depth of a k-block over a contiguous panel of B (one of [`KCS`]; 0: all of k).
+    pub kc: u32,
+    /// Copy an unpacked panel of B into a contiguous buffer when the product (or the thread's
+    /// part of it) has at least this many rows (one of [`PACK_RULES`]).
+    pub pack_min_rows: u32,
+    pub split: Split,
+}
+
+impl Choice {
+    /// The built-in choice for this CPU (what ran before choices were tuned): the widest
+    /// kernel, 8 (AVX-512) or 6 (AVX2) rows; `kc` 256 for products that copy B's panels,
+    /// 0 for the per-step products on packed weights.
+    pub fn default_for(step: bool) -> Choice {
+        let (kernel, mr) = match isa() {
+            Isa::Avx512 => (Kernel::Avx512, 8),
+            Isa::Avx2 => (Kernel::Avx2, 6),
+            Isa::Scalar => (Kernel::Scalar, 1),
+        };
+        Choice {
+            kernel,
+            mr,
+            kc: if step { 0 } else { 256 },
+            pack_min_rows: 16,
+            split: Split::Cols,
+        }
+    }
+    /// Whether this is one of the candidates and runs on this CPU (a choice read from a file
+    /// is used only then).
+    pub fn is_valid_here(&self) -> bool {
+        self.kernel.available()
+            && self.kernel.mrs().contains(&self.mr)
+            && KCS.contains(&self.kc)
+            && PACK_RULES.contains(&self.pack_min_rows)
+    }
+    /// `avx512 8x32 kc=256 pack>=16 split=cols`.
+    pub fn describe(&self) -> String {
+        let kc = match self.kc {
+            0 => "all".to_string(),
+            k => k.to_string(),
+        };
+        let pack = match self.pack_min_rows {
+            NEVER => "never".to_string(),
+            r => format!(">={r}"),
+        };
+        let split = match self.split {
+            Split::Cols => "cols",
+            Split::Rows => "rows",
+        };
+        format!(
+            "{} {}x{} kc={kc} pack{}{pack} split={split}",
+            self.kernel.name(),
+            self.mr,
+            self.kernel.nr(),
+            if self.pack_min_rows == NEVER { "=" } else { "" },
+        )
+    }
+}
+
 #[derive(Clone, Copy)]
 struct SendPtr(*mut f32);
 unsafe impl Send for SendPtr {}
 unsafe impl Sync for SendPtr {}
 
-/// `c[m×n] = a[m×k] · b[k×n]` (row-major, dense). Splits the columns over the rayon pool when
-/// the product is large enough; the split never changes a result.
+/// `c[m×n] = a[m×k] · b[k×n]` (row-major, dense), with the choice tuned for the shape. Splits
+/// the work over the thread team when the product is large enough; that never changes a result.
 pub(super) fn sgemm(m: usize, n: usize, k: usize, a: &[f32], b: &[f32], c: &mut [f32]) {
-    sgemm_impl(m, n, k, a, (k, 1), b, false, c, true)
+    let ch = super::tune::choice(super::tune::Shape::big(m, n, k, false));
+    sgemm_with(&ch, m, n, k, a, false, b, c, true)
 }
 
 /// `c[m×n] = a^T · b` where `a` is stored [k×m] row-major (no transposed copy is made).
 pub(super) fn sgemm_at(m: usize, n: usize, k: usize, a: &[f32], b: &[f32], c: &mut [f32]) {
-    sgemm_impl(m, n, k, a, (1, m), b, false, c, true)
+    let ch = super::tune::choice(super::tune::Shape::big(m, n, k, true));
+    sgemm_with(&ch, m, n, k, a, true, b, c, true)
 }
 
-/// A right-hand matrix [k×n] packed for the kernel: panels of `panel_width()` columns, each
-/// stored contiguously ([k × width], the last one zero-padded), so that a product streams it
+/// `sgemm` (`at` false) or `sgemm_at` (`at` true) with a given choice; `parallel`: may use the
+/// thread team.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn sgemm_with(
+    ch: &Choice,
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[f32],
+    at: bool,
+    b: &[f32],
+    c: &mut [f32],
+    parallel: bool,
+) {
+    let a_st = if at { (1, m) } else { (k, 1) };
+    sgemm_impl(ch, m, n, k, a, a_st, b, false, c, parallel)
+}
+
+/// A right-hand matrix [k×n] packed for one choice's kernel: panels of `nr` columns, each
+/// stored contiguously ([k × nr], the last one zero-padded), so that a product streams it
 /// sequentially. For weights that enter many products (once per time step).
 pub(super) struct Packed {
     pub k: usize,
     pub n: usize,
+    /// How the products with this matrix run (its kernel's width is the panels').
+    pub choice: Choice,
     data: Vec<f32>,
 }
 
-fn panel_width() -> usize {
-    match isa() {
-        Isa::Avx512 => 32,
-        _ => 16,
-    }
-}
-
-#[cfg(test)]
-pub(super) fn pack_b(b: &[f32], k: usize, n: usize) -> Packed {
+/// `b` [k×n] packed for `choice`'s kernel.
+pub(super) fn pack_b(b: &[f32], k: usize, n: usize, choice: Choice) -> Packed {
     assert_eq!(b.len(), k * n, "internal: pack size");
-    let nr = panel_width();
-    let panels = n.div_ceil(nr);
-    let mut data = vec![0.0f32; panels * k * nr];
-    for (pj, panel) in data.chunks_exact_mut(k * nr).enumerate() {
-        let j0 = pj * nr;
-        let wdt = nr.min(n - j0);
-        for (p, row) in panel.chunks_exact_mut(nr).enumerate() {
-            row[..wdt].copy_from_slice(&b[p * n + j0..p * n + j0 + wdt]);
-        }
-    }
-    Packed { k, n, data }
+    pack_b_rows(&[b], k, n, choice)
 }
 
 /// `pack_b` of the matrix stacked from `parts` (row-major, `n` columns each, `k` rows in all).
-pub(super) fn pack_b_rows(parts: &[&[f32]], k: usize, n: usize) -> Packed {
-    let nr = panel_width();
+pub(super) fn pack_b_rows(parts: &[&[f32]], k: usize, n: usize, choice: Choice) -> Packed {
+    let _p = super::profile::enter(super::profile::Phase::Packing);
+    let nr = choice.kernel.nr();
     let panels = n.div_ceil(nr);
     let mut data = vec![0.0f32; panels * k * nr];
     let rows = parts.iter().flat_map(|p| p.chunks_exact(n));
@@ -123,18 +257,24 @@ pub(super) fn pack_b_rows(parts: &[&[f32]], k: usize, n: usize) -> Packed {
         parts.iter().map(|p| p.len()).sum::<usize>() == k * n,
         "internal: pack size"
     );
-    Packed { k, n, data }
+    Packed { k, n, choice, data }
 }
 
 /// `pack_b` of the TRANSPOSE of the matrix stacked from `parts` (row-major, `rows` × `cols` in
 /// all): the packed matrix is [cols × rows], with no transposed copy made first.
-pub(super) fn pack_b_transposed(parts: &[&[f32]], rows: usize, cols: usize) -> Packed {
+pub(super) fn pack_b_transposed(
+    parts: &[&[f32]],
+    rows: usize,
+    cols: usize,
+    choice: Choice,
+) -> Packed {
+    let _p = super::profile::enter(super::profile::Phase::Packing);
     assert!(
         parts.iter().map(|p| p.len()).sum::<usize>() == rows * cols,
         "internal: pack size"
     );
     let (k, n) = (cols, rows);
-    let nr = panel_width();
+    let nr = choice.kernel.nr();
     let panels = n.div_ceil(nr);
     let mut data = vec![0.0f32; panels * k * nr];
     let rows_of: Vec<&[f32]> = parts.iter().flat_map(|p| p.chunks_exact(cols)).collect();
@@ -147,6 +287,7 @@ pub(super) fn pack_b_transposed(parts: &[&[f32]], rows: usize, cols: usize) -> P
         1
     };
     super::team::run(split, &|q| {
+        let _p = super::profile::enter(super::profile::Phase::Packing);
         let (p0, p1) = (panels * q / split, panels * (q + 1) / split);
         // SAFETY: part q writes only panels [p0, p1).
         let dst = unsafe { out.at(p0 * k * nr, (p1 - p0) * k * nr) };
@@ -159,18 +300,19 @@ pub(super) fn pack_b_transposed(parts: &[&[f32]], rows: usize, cols: usize) -> P
             }
         }
     });
-    Packed { k, n, data }
+    Packed { k, n, choice, data }
 }
 
-/// `c[m×n] = a[m×k] · B` with B packed, on the calling thread. Same bits as `sgemm` on the
-/// unpacked matrix.
+/// `c[m×n] = a[m×k] · B` with B packed, on the calling thread, with the packed matrix's
+/// choice. Same bits as `sgemm` on the unpacked matrix.
 pub(super) fn sgemm_packed_serial(m: usize, a: &[f32], b: &Packed, c: &mut [f32]) {
-    sgemm_impl(m, b.n, b.k, a, (b.k, 1), &b.data, true, c, false)
+    sgemm_impl(&b.choice, m, b.n, b.k, a, (b.k, 1), &b.data, true, c, false)
 }
 
 /// `a_st`: (row stride, column stride) of `a`'s elements.
 #[allow(clippy::too_many_arguments)]
 fn sgemm_impl(
+    ch: &Choice,
     m: usize,
     n: usize,
     k: usize,
@@ -182,70 +324,103 @@ fn sgemm_impl(
     parallel: bool,
 ) {
     assert!(a.len() >= m * k && b.len() >= k * n && c.len() >= m * n);
+    assert!(
+        ch.is_valid_here(),
+        "internal: kernel choice {ch:?} not valid here"
+    );
     if m == 0 || n == 0 {
         return;
     }
+    let _p = super::profile::enter(super::profile::Phase::Products);
+    super::profile::add_flops(2 * m * n * k);
     if k == 0 {
         c[..m * n].fill(0.0);
         return;
     }
-    let isa = isa();
-    let nr = match isa {
-        Isa::Avx512 => 32,
-        _ => 16,
-    };
+    let nr = ch.kernel.nr();
+    let mr = ch.mr as usize;
     let threads = super::team::width();
     let flops = 2 * m * n * k;
     let panels = n.div_ceil(nr);
+    let tiles = m.div_ceil(mr);
+    let units = match ch.split {
+        Split::Cols => panels,
+        Split::Rows => tiles,
+    };
     let parts = if parallel && threads > 1 && flops >= 1 << 20 {
-        threads.min(panels)
+        threads.min(units)
     } else {
         1
     };
     let cp = SendPtr(c.as_mut_ptr());
+    let (rs, cs) = a_st;
     let run = |p: usize| {
-        let p0 = panels * p / parts;
-        let p1 = panels * (p + 1) / parts;
-        let (j0, j1) = (p0 * nr, (p1 * nr).min(n));
+        let _p = super::profile::enter(super::profile::Phase::Products);
+        let u0 = units * p / parts;
+        let u1 = units * (p + 1) / parts;
+        let ((i0, i1), (j0, j1)) = match ch.split {
+            Split::Cols => ((0, m), (u0 * nr, (u1 * nr).min(n))),
+            Split::Rows => (((u0 * mr).min(m), (u1 * mr).min(m)), (0, n)),
+        };
         #[allow(clippy::redundant_locals)] // capture the Send wrapper, not its raw pointer field
         let cp = cp;
-        // SAFETY: parts write disjoint column ranges [j0, j1) of c; bounds asserted above.
-        unsafe { block(isa, m, n, k, a, a_st, b, packed, cp.0, j0, j1) }
+        // SAFETY: parts write disjoint blocks [i0, i1) × [j0, j1) of c; bounds asserted above
+        // (row i0 of a starts at i0·rs; a packed B is never split by rows here: serial).
+        unsafe {
+            block(
+                ch,
+                i1 - i0,
+                n,
+                k,
+                a.as_ptr().add(i0 * rs),
+                (rs, cs),
+                b.as_ptr(),
+                packed,
+                cp.0.add(i0 * n),
+                j0,
+                j1,
+            )
+        }
     };
     super::team::run(parts, &run);
 }
 
+/// Rows [0, m), columns [j0, j1) of c = a·b with choice `ch` (c's row stride is `n`).
 #[allow(clippy::too_many_arguments)]
 unsafe fn block(
-    isa: Isa,
+    ch: &Choice,
     m: usize,
     n: usize,
     k: usize,
-    a: &[f32],
+    a: *const f32,
     (rs, cs): (usize, usize),
-    b: &[f32],
+    b: *const f32,
     packed: bool,
     c: *mut f32,
     j0: usize,
     j1: usize,
 ) {
-    match isa {
+    if m == 0 {
+        return;
+    }
+    match ch.kernel {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => x86::block512(m, n, k, a.as_ptr(), rs, cs, b.as_ptr(), packed, c, j0, j1),
+        Kernel::Avx512 => x86::block512(ch, m, n, k, a, rs, cs, b, packed, c, j0, j1),
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => x86::block256(m, n, k, a.as_ptr(), rs, cs, b.as_ptr(), packed, c, j0, j1),
+        Kernel::Avx2 => x86::block256(ch, m, n, k, a, rs, cs, b, packed, c, j0, j1),
         _ => {
+            let nr = ch.kernel.nr();
             for i in 0..m {
                 let crow = std::slice::from_raw_parts_mut(c.add(i * n + j0), j1 - j0);
                 crow.fill(0.0);
                 for p in 0..k {
-                    let av = a[i * rs + p * cs];
+                    let av = *a.add(i * rs + p * cs);
                     for (q, cv) in crow.iter_mut().enumerate() {
                         let j = j0 + q;
                         let bv = if packed {
-                            b[(j / 16) * k * 16 + p * 16 + j % 16]
+                            *b.add((j / nr) * k * nr + p * nr + j % nr)
                         } else {
-                            b[p * n + j]
+                            *b.add(p * n + j)
                         };
                         *cv = av.mul_add(bv, *cv);
                     }
@@ -255,26 +430,67 @@ unsafe fn block(
     }
 }
 
+/// One core's peak FP32 rate in GFLOP/s, measured: 12 independent FMA chains of the widest
+/// vector this CPU has, in runs of about half a millisecond for about `ms` milliseconds; the
+/// best run counts (a short run is rarely interrupted on a busy machine).
+pub(crate) fn measure_peak_gflops(ms: u64) -> f64 {
+    let mut iters = 1u64 << 10;
+    while iters < 1 << 30 {
+        let t = std::time::Instant::now();
+        fma_chains(iters);
+        if t.elapsed().as_secs_f64() >= 5e-4 {
+            break;
+        }
+        iters *= 2;
+    }
+    let start = std::time::Instant::now();
+    let mut best = 0.0f64;
+    let mut runs = 0;
+    while runs < 3 || start.elapsed().as_millis() < ms as u128 {
+        let t = std::time::Instant::now();
+        let flops = fma_chains(iters);
+        best = best.max(flops / t.elapsed().as_secs_f64() / 1e9);
+        runs += 1;
+    }
+    best
+}
+
+/// Runs 12 chains of `iters` FMAs each; returns the FLOPs done.
+fn fma_chains(iters: u64) -> f64 {
+    #[cfg(target_arch = "x86_64")]
+    match isa() {
+        // SAFETY: the ISA was detected.
+        Isa::Avx512 => return unsafe { x86::chains512(iters) } * 2.0 * 16.0 * 12.0,
+        Isa::Avx2 => return unsafe { x86::chains256(iters) } * 2.0 * 8.0 * 12.0,
+        Isa::Scalar => {}
+    }
+    let mut acc = [1.0f32; 12];
+    for _ in 0..iters {
+        for a in acc.iter_mut() {
+            *a = a.mul_add(0.999_999, 1e-7);
+        }
+    }
+    std::hint::black_box(acc);
+    iters as f64 * 2.0 * 12.0
+}
+
 #[cfg(target_arch = "x86_64")]
 mod x86 {
+    use super::{Choice, NEVER};
     use std::arch::x86_64::*;
-
-    /// Rows a product of `m` rows must have before an unpacked right-hand panel is first copied
-    /// into a contiguous buffer: the copy is paid once and read by every micro-tile, and it
-    /// avoids a strided walk (one page per `k` when a row of B spans 4 KB or more).
-    const PACK_MIN_ROWS: usize = 16;
-    /// Depth of one block of a packed panel (256 × 32 floats = 32 KB, within L1).
-    const KC: usize = 256;
 
     thread_local! {
         static PANEL: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
     }
 
     /// The panel of columns [j, j + w) of B (`nr` wide) as (pointer, row stride, the buffer to
-    /// hand back with `give_back`): in place when B is packed, or for fewer than
-    /// `PACK_MIN_ROWS` rows; else copied into this thread's buffer as [k × nr], zero-padded.
+    /// hand back with `give_back`): in place when B is packed, or for fewer rows than the
+    /// choice's `pack_min_rows`; else copied into this thread's buffer as [k × nr],
+    /// zero-padded (the copy is paid once and read by every micro-tile, and it avoids a
+    /// strided walk: one page per `k` when a row of B spans 4 KB or more).
     #[allow(clippy::too_many_arguments)]
     unsafe fn panel(
+        ch: &Choice,
         b: *const f32,
         packed: bool,
         m: usize,
@@ -282,15 +498,16 @@ mod x86 {
         k: usize,
         j: usize,
         w: usize,
-        nr: usize,
     ) -> (*const f32, usize, Option<Vec<f32>>) {
+        let nr = ch.kernel.nr();
         if packed {
             // j is a multiple of nr: panel j / nr starts at (j / nr)·k·nr
             return (b.add(j * k), nr, None);
         }
-        if m < PACK_MIN_ROWS {
+        if ch.pack_min_rows == NEVER || m < ch.pack_min_rows as usize {
             return (b.add(j), n, None);
         }
+        let _p = super::super::profile::enter(super::super::profile::Phase::Packing);
         let mut buf = PANEL.with(|p| std::mem::take(&mut *p.borrow_mut()));
         buf.clear();
         buf.resize(k * nr, 0.0);
@@ -308,10 +525,21 @@ mod x86 {
         }
     }
 
-    /// Rows [0, m), columns [j0, j1) of c = a·b; 32-column panels, 8-row micro-tiles.
+    /// The k-block depth for a panel: the choice's `kc` when the panel is contiguous (packed
+    /// or copied), else all of k.
+    fn kc_for(ch: &Choice, contiguous: bool, k: usize) -> usize {
+        if contiguous && ch.kc > 0 {
+            ch.kc as usize
+        } else {
+            k
+        }
+    }
+
+    /// Rows [0, m), columns [j0, j1) of c = a·b; 32-column panels, `ch.mr`-row micro-tiles.
     #[target_feature(enable = "avx512f")]
     #[allow(clippy::too_many_arguments)]
     pub(super) unsafe fn block512(
+        ch: &Choice,
         m: usize,
         n: usize,
         k: usize,
@@ -324,6 +552,7 @@ mod x86 {
         j0: usize,
         j1: usize,
     ) {
+        let mr = ch.mr as usize;
         let mut j = j0;
         while j < j1 {
             let w = (j1 - j).min(32);
@@ -335,11 +564,11 @@ mod x86 {
             } else {
                 0
             };
-            let (bp, ldb, guard) = panel(b, packed, m, n, k, j, w, 32);
-            // k in blocks of KC rows when B was packed here: one block of the panel (32 KB) stays
-            // in L1 while every micro-tile of the rows runs over it; each tile's accumulators
+            let (bp, ldb, guard) = panel(ch, b, packed, m, n, k, j, w);
+            // k in blocks of kc rows over a contiguous panel: one block of the panel stays in
+            // L1 while every micro-tile of the rows runs over it; each tile's accumulators
             // carry on from C between blocks (the FMA chain over k is unchanged).
-            let kc = if guard.is_some() { KC } else { k };
+            let kc = kc_for(ch, packed || guard.is_some(), k);
             let mut p0 = 0;
             while p0 < k {
                 let kb = kc.min(k - p0);
@@ -348,10 +577,20 @@ mod x86 {
                 while i < m {
                     let ap = a.add(i * rs + p0 * cs);
                     let cpt = c.add(i * n + j);
-                    let rows = (m - i).min(8);
+                    let rows = (m - i).min(mr);
                     macro_rules! go {
                         ($f:literal, $acc:literal) => {
                             match rows {
+                                12 => {
+                                    k512::<12, $f, $acc>(kb, ap, rs, cs, bpk, ldb, cpt, n, m0, m1)
+                                }
+                                11 => {
+                                    k512::<11, $f, $acc>(kb, ap, rs, cs, bpk, ldb, cpt, n, m0, m1)
+                                }
+                                10 => {
+                                    k512::<10, $f, $acc>(kb, ap, rs, cs, bpk, ldb, cpt, n, m0, m1)
+                                }
+                                9 => k512::<9, $f, $acc>(kb, ap, rs, cs, bpk, ldb, cpt, n, m0, m1),
                                 8 => k512::<8, $f, $acc>(kb, ap, rs, cs, bpk, ldb, cpt, n, m0, m1),
                                 7 => k512::<7, $f, $acc>(kb, ap, rs, cs, bpk, ldb, cpt, n, m0, m1),
                                 6 => k512::<6, $f, $acc>(kb, ap, rs, cs, bpk, ldb, cpt, n, m0, m1),
@@ -436,10 +675,11 @@ mod x86 {
         }
     }
 
-    /// AVX2+FMA: 16-column panels, 6-row micro-tiles.
+    /// AVX2+FMA: 16-column panels, `ch.mr`-row micro-tiles.
     #[target_feature(enable = "avx2,fma")]
     #[allow(clippy::too_many_arguments)]
     pub(super) unsafe fn block256(
+        ch: &Choice,
         m: usize,
         n: usize,
         k: usize,
@@ -452,6 +692,7 @@ mod x86 {
         j0: usize,
         j1: usize,
     ) {
+        let mr = ch.mr as usize;
         let mut j = j0;
         while j < j1 {
             let w = (j1 - j).min(16);
@@ -463,30 +704,38 @@ mod x86 {
                 _mm256_loadu_si256(v.as_ptr() as *const __m256i)
             };
             let (m0, m1) = (mk(0), mk(8));
-            let (bp, ldb, guard) = panel(b, packed, m, n, k, j, w, 16);
-            let mut i = 0;
-            while i < m {
-                let ap = a.add(i * rs);
-                let cpt = c.add(i * n + j);
-                let rows = (m - i).min(6);
-                macro_rules! go {
-                    ($f:literal) => {
-                        match rows {
-                            6 => k256::<6, $f>(k, ap, rs, cs, bp, ldb, cpt, n, m0, m1),
-                            5 => k256::<5, $f>(k, ap, rs, cs, bp, ldb, cpt, n, m0, m1),
-                            4 => k256::<4, $f>(k, ap, rs, cs, bp, ldb, cpt, n, m0, m1),
-                            3 => k256::<3, $f>(k, ap, rs, cs, bp, ldb, cpt, n, m0, m1),
-                            2 => k256::<2, $f>(k, ap, rs, cs, bp, ldb, cpt, n, m0, m1),
-                            _ => k256::<1, $f>(k, ap, rs, cs, bp, ldb, cpt, n, m0, m1),
-                        }
-                    };
+            let (bp, ldb, guard) = panel(ch, b, packed, m, n, k, j, w);
+            let kc = kc_for(ch, packed || guard.is_some(), k);
+            let mut p0 = 0;
+            while p0 < k {
+                let kb = kc.min(k - p0);
+                let bpk = bp.add(p0 * ldb);
+                let mut i = 0;
+                while i < m {
+                    let ap = a.add(i * rs + p0 * cs);
+                    let cpt = c.add(i * n + j);
+                    let rows = (m - i).min(mr);
+                    macro_rules! go {
+                        ($f:literal, $acc:literal) => {
+                            match rows {
+                                6 => k256::<6, $f, $acc>(kb, ap, rs, cs, bpk, ldb, cpt, n, m0, m1),
+                                5 => k256::<5, $f, $acc>(kb, ap, rs, cs, bpk, ldb, cpt, n, m0, m1),
+                                4 => k256::<4, $f, $acc>(kb, ap, rs, cs, bpk, ldb, cpt, n, m0, m1),
+                                3 => k256::<3, $f, $acc>(kb, ap, rs, cs, bpk, ldb, cpt, n, m0, m1),
+                                2 => k256::<2, $f, $acc>(kb, ap, rs, cs, bpk, ldb, cpt, n, m0, m1),
+                                _ => k256::<1, $f, $acc>(kb, ap, rs, cs, bpk, ldb, cpt, n, m0, m1),
+                            }
+                        };
+                    }
+                    match (w == 16, p0 > 0) {
+                        (true, false) => go!(true, false),
+                        (true, true) => go!(true, true),
+                        (false, false) => go!(false, false),
+                        (false, true) => go!(false, true),
+                    }
+                    i += rows;
                 }
-                if w == 16 {
-                    go!(true)
-                } else {
-                    go!(false)
-                }
-                i += rows;
+                p0 += kb;
             }
             give_back(guard);
             j += w;
@@ -496,7 +745,7 @@ mod x86 {
     #[target_feature(enable = "avx2,fma")]
     #[inline]
     #[allow(clippy::too_many_arguments)]
-    unsafe fn k256<const MR: usize, const FULL: bool>(
+    unsafe fn k256<const MR: usize, const FULL: bool, const ACC: bool>(
         k: usize,
         a: *const f32,
         rs: usize,
@@ -510,6 +759,18 @@ mod x86 {
     ) {
         let mut c0 = [_mm256_setzero_ps(); MR];
         let mut c1 = [_mm256_setzero_ps(); MR];
+        if ACC {
+            for r in 0..MR {
+                let cr = c.add(r * ldc);
+                if FULL {
+                    c0[r] = _mm256_loadu_ps(cr);
+                    c1[r] = _mm256_loadu_ps(cr.add(8));
+                } else {
+                    c0[r] = _mm256_maskload_ps(cr, m0);
+                    c1[r] = _mm256_maskload_ps(cr.add(8), m1);
+                }
+            }
+        }
         let mut bp = b;
         for p in 0..k {
             let (b0, b1) = if FULL {
@@ -538,11 +799,40 @@ mod x86 {
             }
         }
     }
+
+    /// 12 independent chains of `iters` 16-lane FMAs; returns `iters` (as f64).
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn chains512(iters: u64) -> f64 {
+        let mut acc = [_mm512_set1_ps(1.0); 12];
+        let (x, y) = (_mm512_set1_ps(0.999_999), _mm512_set1_ps(1e-7));
+        for _ in 0..iters {
+            for a in acc.iter_mut() {
+                *a = _mm512_fmadd_ps(*a, x, y);
+            }
+        }
+        std::hint::black_box(acc);
+        iters as f64
+    }
+
+    /// 12 independent chains of `iters` 8-lane FMAs; returns `iters` (as f64).
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn chains256(iters: u64) -> f64 {
+        let mut acc = [_mm256_set1_ps(1.0); 12];
+        let (x, y) = (_mm256_set1_ps(0.999_999), _mm256_set1_ps(1e-7));
+        for _ in 0..iters {
+            for a in acc.iter_mut() {
+                *a = _mm256_fmadd_ps(*a, x, y);
+            }
+        }
+        std::hint::black_box(acc);
+        iters as f64
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rand::{Rng, SeedableRng};
 
     fn naive(m: usize, n: usize, k: usize, a: &[f32], b: &[f32]) -> Vec<f32> {
         let mut c = vec![0.0f64; m * n];
@@ -559,21 +849,28 @@ mod tests {
     #[test]
     fn packing_from_parts_and_transposed_matches_pack_b() {
         for (r, c) in [(45, 37), (1_052, 256)] {
-            packing_matches(r, c);
+            for kernel in [Kernel::Avx512, Kernel::Avx2, Kernel::Scalar] {
+                let ch = Choice {
+                    kernel,
+                    mr: kernel.mrs()[0],
+                    ..Choice::default_for(true)
+                };
+                packing_matches(r, c, ch);
+            }
         }
     }
 
-    fn packing_matches(r: usize, c: usize) {
+    fn packing_matches(r: usize, c: usize, ch: Choice) {
         let m: Vec<f32> = (0..r * c).map(|i| i as f32 * 0.5 - 7.0).collect();
         let (top, bottom) = m.split_at(20 * c);
         let t = crate::nn::math::transposed(&m, r, c);
         assert_eq!(
-            pack_b_rows(&[top, bottom], r, c).data,
-            pack_b(&m, r, c).data
+            pack_b_rows(&[top, bottom], r, c, ch).data,
+            pack_b(&m, r, c, ch).data
         );
         assert_eq!(
-            pack_b_transposed(&[top, bottom], r, c).data,
-            pack_b(&t, c, r).data
+            pack_b_transposed(&[top, bottom], r, c, ch).data,
+            pack_b(&t, c, r, ch).data
         );
     }
 
@@ -604,5 +901,131 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// Every candidate this CPU can run (every kernel, tile height, k-block, packing rule and
+    /// thread split), on random shapes, plain, transposed-A and packed: the same bits as the
+    /// built-in choice, and close to an f64 product.
+    #[test]
+    fn every_candidate_gives_the_same_bits() {
+        let cands = crate::nn::tune::all_candidates();
+        assert!(cands.len() >= 30, "only {} candidates", cands.len());
+        assert!(cands.contains(&Choice::default_for(true)));
+        assert!(cands.contains(&Choice::default_for(false)));
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(22);
+        // random shapes, plus one large enough to be split over the team (≥ 2^20 FLOPs)
+        let mut shapes: Vec<(usize, usize, usize)> = (0..4)
+            .map(|_| {
+                (
+                    rng.gen_range(1..30),
+                    rng.gen_range(1..80),
+                    rng.gen_range(1..300),
+                )
+            })
+            .collect();
+        shapes.push((37, 75, 400));
+        for (m, n, k) in shapes {
+            let a: Vec<f32> = (0..m * k).map(|_| rng.gen_range(-1.0..1.0)).collect();
+            let b: Vec<f32> = (0..k * n).map(|_| rng.gen_range(-1.0..1.0)).collect();
+            // a stored [k×m] for the transposed product
+            let at = crate::nn::math::transposed(&a, m, k);
+            let reference = |at_: bool, ch: &Choice| {
+                let mut c = vec![f32::NAN; m * n];
+                let src = if at_ { &at } else { &a };
+                sgemm_with(ch, m, n, k, src, at_, &b, &mut c, true);
+                c
+            };
+            let want = reference(false, &Choice::default_for(false));
+            let close = naive(m, n, k, &a, &b);
+            for (x, y) in want.iter().zip(&close) {
+                assert!((x - y).abs() <= 1e-4 * (1.0 + y.abs()), "{m}x{n}x{k}");
+            }
+            for ch in &cands {
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(
+                    bits(&reference(false, ch)),
+                    bits(&want),
+                    "{ch:?} {m}x{n}x{k}"
+                );
+                assert_eq!(
+                    bits(&reference(true, ch)),
+                    bits(&want),
+                    "{ch:?} Aᵀ {m}x{n}x{k}"
+                );
+                let pk = pack_b(&b, k, n, *ch);
+                let mut c = vec![f32::NAN; m * n];
+                sgemm_packed_serial(m, &a, &pk, &mut c);
+                assert_eq!(bits(&c), bits(&want), "{ch:?} packed {m}x{n}x{k}");
+            }
+        }
+    }
+
+    /// Side by side with the matrixmultiply crate (0.3, run-time ISA detection) on the shapes
+    /// of a training step, one thread, the best of many runs each, alternating. A timing, not
+    /// a check: `cargo test --release --lib -- --ignored side_by_side --nocapture`.
+    #[test]
+    #[ignore]
+    fn side_by_side_with_matrixmultiply() {
+        let peak = measure_peak_gflops(300);
+        println!("peak {peak:.1} GFLOP/s; m x n x k, seqpipe (built-in choice) vs matrixmultiply");
+        for &(m, n, k, at) in &[
+            (32, 1052, 256, false),
+            (1120, 1024, 256, false),
+            (256, 1052, 1152, true),
+            (512, 2076, 1152, true),
+        ] {
+            let a: Vec<f32> = (0..m * k).map(|i| (i % 17) as f32 * 0.1 - 0.8).collect();
+            let b: Vec<f32> = (0..k * n).map(|i| (i % 13) as f32 * 0.1 - 0.6).collect();
+            let mut c1 = vec![0.0f32; m * n];
+            let mut c2 = vec![0.0f32; m * n];
+            let ch = Choice::default_for(false);
+            // a as stored: [m×k] (row stride k) or, for Aᵀ, [k×m] (column stride m)
+            let (rsa, csa) = if at { (1, m as isize) } else { (k as isize, 1) };
+            let (mut t1, mut t2) = (f64::INFINITY, f64::INFINITY);
+            for _ in 0..30 {
+                let t = std::time::Instant::now();
+                sgemm_with(&ch, m, n, k, &a, at, &b, &mut c1, false);
+                t1 = t1.min(t.elapsed().as_secs_f64());
+                let t = std::time::Instant::now();
+                // SAFETY: the strides describe the buffers above.
+                unsafe {
+                    matrixmultiply::sgemm(
+                        m,
+                        k,
+                        n,
+                        1.0,
+                        a.as_ptr(),
+                        rsa,
+                        csa,
+                        b.as_ptr(),
+                        n as isize,
+                        1,
+                        0.0,
+                        c2.as_mut_ptr(),
+                        n as isize,
+                        1,
+                    )
+                };
+                t2 = t2.min(t.elapsed().as_secs_f64());
+            }
+            let g = |t: f64| 2.0 * (m * n * k) as f64 / t / 1e9;
+            println!(
+                "{}{m} x {n} x {k}: {:.1} GFLOP/s ({:.0}%) vs {:.1} GFLOP/s ({:.0}%)",
+                if at { "Aᵀ " } else { "" },
+                g(t1),
+                100.0 * g(t1) / peak,
+                g(t2),
+                100.0 * g(t2) / peak
+            );
+            for (x, y) in c1.iter().zip(&c2) {
+                assert!((x - y).abs() <= 1e-3 * (1.0 + y.abs()), "{x} vs {y}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_peak_is_measured_and_positive() {
+        let p = measure_peak_gflops(3);
+        assert!(p.is_finite() && p > 0.1, "peak {p}");
     }
 }

@@ -122,13 +122,19 @@ fn core_train(
     state: &mut HiddenState,
     clip: Option<f32>,
 ) -> Result<StepStats> {
+    use super::profile::{enter, Phase};
+    let _step = enter(Phase::Other);
     let (loss_sum, tokens, grads) = with_ctx!(be, ctx => {
-        let dw = core.upload(ctx);
+        let dw = core.upload(ctx, b);
         let mut fwd = core.forward(ctx, &dw, inp, b, t, state);
-        let (sum, n, dy) = core.loss(&fwd, tg, b, t, true);
+        let (sum, n, dy) = {
+            let _l = enter(Phase::Loss);
+            core.loss(&fwd, tg, b, t, true)
+        };
         let grads = core.backward(ctx, &dw, inp, &mut fwd, &dy, b, t, None);
         (sum, n, grads)
     });
+    let _u = enter(Phase::Update);
     let grad_norm = global_norm(&grads);
     let scale = clip_scale(grad_norm, clip);
     opt.apply(&mut core.store, &grads, scale)?;
@@ -334,7 +340,7 @@ impl LanguageModel {
         let yt = to_time_major(y, batch, steps);
         let core = &*self.host_core()?;
         let (s, n) = with_ctx!(&self.be, ctx => {
-            let dw = core.upload(ctx);
+            let dw = core.upload(ctx, batch);
             let fwd = core.forward(ctx, &dw, &Inputs::Tokens(&xt), batch, steps, state);
             let (s, n, _) = core.loss(&fwd, &Targets::Tokens(&yt), batch, steps, false);
             (s, n)
@@ -359,7 +365,7 @@ impl LanguageModel {
         let core = &*self.host_core()?;
         let v = self.spec.vocab;
         let out = with_ctx!(&self.be, ctx => {
-            let dw = core.upload(ctx);
+            let dw = core.upload(ctx, 1);
             let mut state = core.zero_state(1);
             let mut outputs = vec![prefix[0]];
             for &y in &prefix[1..] {
@@ -408,7 +414,7 @@ impl LanguageModel {
         let mut state = self.core.zero_state(batch);
         let core = &*self.host_core()?;
         let rows = with_ctx!(&self.be, ctx => {
-            let dw = core.upload(ctx);
+            let dw = core.upload(ctx, batch);
             let f = core.forward(ctx, &dw, &Inputs::Tokens(&xt), batch, steps, &mut state);
             f.logits.len() / self.spec.vocab
         });
@@ -431,7 +437,7 @@ impl LanguageModel {
         let mut state = core.zero_state(batch);
         let mut norms = Vec::new();
         with_ctx!(&self.be, ctx => {
-            let dw = core.upload(ctx);
+            let dw = core.upload(ctx, batch);
             let inp = Inputs::Tokens(&xt);
             let mut fwd = core.forward(ctx, &dw, &inp, batch, steps, &mut state);
             let (_, _, dy) = core.loss(&fwd, &Targets::Tokens(&yt), batch, steps, true);
@@ -563,7 +569,7 @@ impl SeriesRnn {
         let core = &self.core;
         let mut state = core.zero_state(batch);
         let logits = with_ctx!(&self.be, ctx => {
-            let dw = core.upload(ctx);
+            let dw = core.upload(ctx, batch);
             let mut fwd = core.forward(ctx, &dw, &Inputs::Dense(&xt), batch, tau, &mut state);
             std::mem::take(&mut fwd.logits)
         });

@@ -202,6 +202,7 @@ pub(super) fn transpose_cols(
     };
     let out = super::rows::Rows::new(dst);
     super::team::run(parts, &|p| {
+        let _t = super::profile::enter(super::profile::Phase::Packing);
         let (b0, b1) = (blocks * p / parts, blocks * (p + 1) / parts);
         let (j0, j1) = (c0 + b0 * T, (c0 + b1 * T).min(c1));
         // SAFETY: part p writes only destination rows [j0 - c0, j1 - c0).
@@ -233,6 +234,7 @@ pub(super) fn add_col_sums(src: &[f32], stride: usize, n: usize, dst: &mut [f32]
     };
     let out = super::rows::Rows::new(dst);
     super::team::run(parts, &|p| {
+        let _o = super::profile::enter(super::profile::Phase::Other);
         let (j0, j1) = (
             blocks * p / parts * BLOCK,
             (blocks * (p + 1) / parts * BLOCK).min(n),

@@ -48,16 +48,28 @@ mod lm;
 mod math;
 mod mlp;
 mod params;
+pub mod profile;
 mod rows;
 mod scratch;
 mod team;
 #[cfg(test)]
 mod tests;
+mod tune;
 
 pub use self::core::HiddenState;
 pub use self::lm::{LanguageModel, SeriesRnn};
 pub use self::mlp::Mlp;
 pub use self::params::{Model, Optimizer, ParamSet};
+pub use self::tune::{
+    cpu_model, default_cache_dir as default_kernel_cache, report as kernel_report,
+    set_cache_dir as set_kernel_cache, KernelReport, KernelUse, Source as KernelSource,
+};
+
+/// One core's measured FP32 peak in GFLOP/s (12 independent FMA chains of the widest vector,
+/// about `ms` milliseconds).
+pub fn measure_peak_gflops(ms: u64) -> f64 {
+    gemm::measure_peak_gflops(ms)
+}
 
 use serde::{Deserialize, Serialize};
 

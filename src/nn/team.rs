@@ -130,6 +130,11 @@ fn helper(sh: &'static Shared, i: usize) {
     }
 }
 
+/// Whether this thread runs a part of a region now (a team helper, or a caller inside one).
+pub(super) fn inside() -> bool {
+    INSIDE.with(|c| c.get())
+}
+
 /// The number of parts a region can run at once (the `--threads` setting).
 pub(super) fn width() -> usize {
     rayon::current_num_threads().max(1)

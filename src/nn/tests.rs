@@ -63,7 +63,7 @@ fn analytic_grads(
     let core = m.core();
     let mut st = state.clone();
     with_ctx!(m.backend(), ctx => {
-        let dw = core.upload(ctx);
+        let dw = core.upload(ctx, b);
         let inp = Inputs::Tokens(&xt);
         let mut fwd = core.forward(ctx, &dw, &inp, b, t, &mut st);
         let (_, _, dy) = core.loss(&fwd, &Targets::Tokens(&yt), b, t, true);

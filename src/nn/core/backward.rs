@@ -4,6 +4,7 @@
 use super::super::backend::{Ctx, Engine};
 use super::super::gemm;
 use super::super::math::{add_col_sums, transpose, transpose_cols};
+use super::super::profile;
 use super::super::scratch;
 use super::cell::{with_cell, BwdRow, Cell};
 use super::{par_chunks, Core, DevW, Fwd, InKind, Inputs, Rows, RowsF64};
@@ -132,6 +133,7 @@ impl Core {
                     let src = &da[(s * b + r0) * h..(s * b + r1) * h];
                     dh.iter_mut().zip(src).for_each(|(a, &c)| *a += c);
                 }
+                let _cell = profile::enter(profile::Phase::Cell);
                 for bb in r0..r1 {
                     let k = bb - r0;
                     let dhr = &dh[k * h..(k + 1) * h];
@@ -209,9 +211,13 @@ impl Core {
         scratch::give(hsm.host);
         scratch::give(dmat.host);
         // [dW_hh; dW_lin] = dwt^T, transposed straight into the two gradients.
+        let tr = profile::enter(profile::Phase::Packing);
         transpose_cols(&dwt, h, w, 0, gh, &mut grads[li.w_hh]);
         if top {
             transpose_cols(&dwt, h, w, gh, w, &mut grads[self.lin_w]);
+        }
+        drop(tr);
+        if top {
             let gb = &mut grads[self.lin_b];
             for r in 0..t * b {
                 for oo in 0..o {
@@ -262,6 +268,7 @@ impl Core {
                 let dst = &mut acc[tok * gh..(tok + 1) * gh];
                 dst.iter_mut().zip(src).for_each(|(a, &c)| *a += c);
             }
+            let _tr = profile::enter(profile::Phase::Packing);
             transpose(&acc, v, gh, &mut grads[li.w_ih]);
             scratch::give(dgi);
             return None;
@@ -275,7 +282,10 @@ impl Core {
         let dgm = ctx.mat_owned(dgi, t * b, gh);
         let mut dwi_t = vec![0.0f32; li.in_dim * gh];
         ctx.mm(&xm, true, &dgm, false, &mut dwi_t);
-        transpose(&dwi_t, li.in_dim, gh, &mut grads[li.w_ih]);
+        {
+            let _tr = profile::enter(profile::Phase::Packing);
+            transpose(&dwi_t, li.in_dim, gh, &mut grads[li.w_ih]);
+        }
         let mut below = None;
         if l > 0 || matches!(self.input, InKind::Embedding { .. }) {
             let mut dx = vec![0.0f32; t * b * li.in_dim];

@@ -4,6 +4,7 @@
 use super::super::backend::{Ctx, Engine};
 use super::super::gemm;
 use super::super::math::softmax_ce;
+use super::super::profile;
 use super::super::scratch;
 use super::cell::{with_cell, Cell, FwdRow};
 use super::HiddenState;
@@ -166,6 +167,7 @@ impl Core {
             let mut out = vec![0.0f32; nb * w];
             mm(hs_w.at(r0 * h, nb * h), &mut out);
             for s in 0..t {
+                let cell_span = profile::enter(profile::Phase::Cell);
                 for bb in r0..r1 {
                     let (gr, hr) = ((s * b + bb) * gh, (s * b + bb) * h);
                     cell.forward(FwdRow {
@@ -181,6 +183,7 @@ impl Core {
                         tc: tcs_w.at_kept(hr, h),
                     });
                 }
+                drop(cell_span);
                 if top || s + 1 < t {
                     mm(hs_w.at(((s + 1) * b + r0) * h, nb * h), &mut out);
                     if top {

@@ -319,8 +319,13 @@ impl Core {
             }
     }
 
-    pub fn upload<D: Engine>(&self, ctx: &Ctx<D>) -> DevW<D> {
+    /// The device copies of the weights; on the host, the recurrent weights packed for the
+    /// per-step products of `batch` rows (split over the team: the choice of kernel is made
+    /// for the rows one thread takes).
+    pub fn upload<D: Engine>(&self, ctx: &Ctx<D>, batch: usize) -> DevW<D> {
+        let _p = super::profile::enter(super::profile::Phase::Packing);
         let h = self.hidden;
+        let rows = batch.max(1) / super::team::width().min(batch.max(1));
         let gh = self.g() * h;
         let p = &self.store.params;
         let mut layers = Vec::new();
@@ -348,9 +353,10 @@ impl Core {
                 )
             };
             let (packed, wext_t, wext) = if D::HOST {
+                use super::tune::{choice, Shape};
                 let packed = (
-                    super::gemm::pack_b_transposed(&parts, w, h),
-                    super::gemm::pack_b_rows(&parts, w, h),
+                    super::gemm::pack_b_transposed(&parts, w, h, choice(Shape::step(rows, w, h))),
+                    super::gemm::pack_b_rows(&parts, w, h, choice(Shape::step(rows, h, w))),
                 );
                 (Some(packed), None, None)
             } else {
@@ -381,7 +387,10 @@ pub(in crate::nn) use super::rows::{Rows, RowsF64};
 /// one per row), in parallel; a single chunk with one thread.
 pub(super) fn par_chunks(b: usize, f: &(dyn Fn(usize, usize) + Sync)) {
     let parts = super::team::width().min(b).max(1);
-    super::team::run(parts, &|p| f(b * p / parts, b * (p + 1) / parts));
+    super::team::run(parts, &|p| {
+        let _o = super::profile::enter(super::profile::Phase::Other);
+        f(b * p / parts, b * (p + 1) / parts)
+    });
 }
 
 /// Batch-major [b*steps+t] -> time-major [t*batch+b].
