@@ -25,6 +25,8 @@ pub enum Status {
     Ran,
     /// Computed by another run at the same time (this run waited on its claim).
     Reused,
+    /// Taken from the remote store (`--remote`), verified, then served like a hit.
+    Pulled,
     Failed,
     Skipped,
 }
@@ -93,6 +95,9 @@ pub struct ExecOptions {
     /// `<ms>-<pid>`: names the run record and its folder of job files.
     pub run_id: String,
     pub started_unix_ms: u128,
+    /// The remote store (`--remote`): says which hits were pulled, and takes what this run
+    /// computes (pushed in the background once committed).
+    pub remote: Option<std::sync::Arc<crate::remote::Link>>,
 }
 
 fn fmt_secs(s: f64) -> String {
@@ -188,17 +193,24 @@ pub fn execute(
 
     for (i, s) in plan.steps.iter().enumerate() {
         if s.action == Action::Hit {
+            let pulled = opts.remote.as_ref().is_some_and(|r| r.was_pulled(&s.key));
             out.println(&format!(
-                "  hit     {:<w$}  {}",
+                "  {:<7} {:<w$}  {}",
+                if pulled { "pulled" } else { "hit" },
                 p.stages[s.stage].name,
                 s.key.short()
             ));
             publish(store, p, s.stage, &s.key, out, w, opts)?;
-            state[i] = State::Done(Status::Hit);
+            state[i] = State::Done(if pulled { Status::Pulled } else { Status::Hit });
         }
     }
 
-    let is_done = |s: State| matches!(s, State::Done(Status::Hit | Status::Ran | Status::Reused));
+    let is_done = |s: State| {
+        matches!(
+            s,
+            State::Done(Status::Hit | Status::Ran | Status::Reused | Status::Pulled)
+        )
+    };
     let mut in_flight = 0usize;
     let mut stop = false;
     loop {
@@ -299,6 +311,9 @@ pub fn execute(
                         Outcome::Reused => (Status::Reused, "reused"),
                     };
                     state[i] = State::Done(status);
+                    if let (Outcome::Computed, Some(r)) = (&outcome, &opts.remote) {
+                        r.push_soon(keys[i].clone());
+                    }
                     let how = match outcome {
                         Outcome::Computed => format!("in {}", fmt_secs(seconds[i])),
                         Outcome::Reused => "computed meanwhile by another run".into(),

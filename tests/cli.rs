@@ -3140,6 +3140,9 @@ mod trust;
 #[path = "cli/report_page.rs"]
 mod report_page;
 
+#[path = "cli/remote.rs"]
+mod remote;
+
 // ---- The front door: bounds on what a file may make, and no panic on any file. ----
 
 /// Every bound a pipeline file can cross is named before anything is expanded (exit 2, with
