@@ -4,10 +4,12 @@
 //! - `blobs/<d0d1>/<blake3>`: a file's bytes, addressed by their digest (a push skips a blob
 //!   already there);
 //! - `records/<k0k1>/<key>.json`: a key's record, the local entry's `entry.json` (the key's
-//!   [`KeyRecord`](crate::key::KeyRecord), each file's name, size and digest), written LAST and
+//!   [`KeyRecord`](crate::key::KeyRecord), each file's name, size and digest) with the content
+//!   of its small files inline (up to [`INLINE_MAX`] each: one request moves a small entry),
+//!   written LAST and
 //!   only if absent (`If-None-Match: *` on S3, an exclusive link on a folder): a partial upload
 //!   is never visible, and of two pushers the first record wins;
-//! - `used/<k0k1>/<key>`: stamped when a key is pulled (for `gc --remote --older-than`).
+//! - `used/s/<ms>-<pid>.json`: the keys one pull took (for `gc --remote --older-than`).
 //!
 //! Everything a remote hands back is untrusted: a record is bounded ([`MAX_RECORD`]), parsed,
 //! and must hash to the key asked for; file names must be plain names; a blob is read up to
@@ -37,6 +39,12 @@ use std::time::{Duration, Instant, SystemTime};
 
 /// The most a remote record may hold (it lists a stage's few files).
 pub const MAX_RECORD: u64 = 1 << 20;
+/// A file up to this size travels inside its key's record, not as a blob.
+pub const INLINE_MAX: u64 = 64 << 10;
+/// The most file bytes one record carries inline (its base64 must fit in [`MAX_RECORD`]).
+pub const INLINE_TOTAL: u64 = 512 << 10;
+/// The most a pull's list of used keys may hold.
+const MAX_USED: u64 = 16 << 20;
 /// Transfers in flight at once.
 pub const PARALLEL: usize = 32;
 /// A push re-uploads a blob last written longer ago than this instead of skipping it: a blob
@@ -116,8 +124,27 @@ pub fn blob_path(digest: &str) -> String {
     format!("blobs/{}/{digest}", &digest[..2])
 }
 
-pub fn used_path(key: &Key) -> String {
-    format!("used/{}/{}", key.prefix(), key.as_str())
+/// A record on the remote: the entry, and the content of its small files.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct RemoteRecord {
+    entry: Entry,
+    /// File name → base64 of its content.
+    #[serde(default)]
+    inline: std::collections::BTreeMap<String, String>,
+}
+
+/// A checked record: the entry, and its inline files' bytes (checked against their digests
+/// only where they are used, like a blob's).
+#[derive(Debug, Clone)]
+pub struct Fetched {
+    pub entry: Entry,
+    pub inline: std::collections::HashMap<String, Vec<u8>>,
+}
+
+/// Whether `bytes` are the file `f` says: its size and digest.
+fn matches(f: &crate::cache::FileInfo, bytes: &[u8]) -> bool {
+    bytes.len() as u64 == f.bytes
+        && f.blake3.as_deref() == Some(blake3::hash(bytes).to_hex().as_str())
 }
 
 /// A blake3 digest as the store writes it: 64 lowercase hex digits.
@@ -128,9 +155,11 @@ pub fn is_digest(s: &str) -> bool {
 /// Parse and check a record a remote returned for `key`: an entry of this format, for this
 /// key, whose key record hashes to the key, whose files are plain, distinct names with
 /// digests. The error says what is wrong.
-pub fn check_record(bytes: &[u8], key: &Key) -> Result<Entry, String> {
-    let e: Entry =
+pub fn check_record(bytes: &[u8], key: &Key) -> Result<Fetched, String> {
+    use base64::Engine;
+    let r: RemoteRecord =
         serde_json::from_slice(bytes).map_err(|e| format!("its record is not valid ({e})"))?;
+    let e = r.entry;
     if &e.key != key {
         return Err(format!("its record names key {}", e.key.short()));
     }
@@ -159,7 +188,20 @@ pub fn check_record(bytes: &[u8], key: &Key) -> Result<Entry, String> {
             return Err(format!("its record gives {} no digest", f.name));
         }
     }
-    Ok(e)
+    let mut inline = std::collections::HashMap::new();
+    for (name, b64) in r.inline {
+        let Some(f) = e.files.iter().find(|f| f.name == name) else {
+            return Err(format!(
+                "its record carries a file {:?} it does not list",
+                name.chars().take(80).collect::<String>()
+            ));
+        };
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(b64.as_bytes())
+            .map_err(|_| format!("its record carries {} in malformed base64", f.name))?;
+        inline.insert(name, bytes);
+    }
+    Ok(Fetched { entry: e, inline })
 }
 
 /// Writes through to a file while hashing what passes.
@@ -314,7 +356,7 @@ impl Link {
     /// Fetch the records of `keys` (those not served locally), in parallel: the checked
     /// entries, `None` for a key the remote does not have. A damaged record is warned about and
     /// counts as absent (its key is then recomputed and repaired).
-    pub fn records(&self, keys: &[Key]) -> Result<Vec<Option<Entry>>> {
+    pub fn records(&self, keys: &[Key]) -> Result<Vec<Option<Fetched>>> {
         if self.is_down() {
             return Ok(vec![None; keys.len()]);
         }
@@ -362,7 +404,7 @@ impl Link {
     /// in parallel, with a progress line every 2 s on long pulls. Returns each key's outcome.
     pub fn pull(
         &self,
-        wanted: &[Entry],
+        wanted: &[Fetched],
         pipeline: &str,
         out: &crate::progress::Output,
     ) -> Result<Vec<Pulled>> {
@@ -394,6 +436,7 @@ impl Link {
         );
         let mut outcomes = Vec::new();
         for (e, r) in wanted.iter().zip(results) {
+            let e = &e.entry;
             match r {
                 Ok(Pulled::Damaged(why)) => {
                     self.warn(&format!(
@@ -417,25 +460,27 @@ impl Link {
                 Err(PullError::Local(err)) => return Err(err),
             }
         }
-        // Stamp what was pulled as used (for `gc --remote`), best effort.
-        let used: Vec<Key> = self.pulled.lock().unwrap().iter().cloned().collect();
-        if !self.is_down() {
-            parallel(
-                &used,
-                PARALLEL,
-                |k| {
-                    let _ = self.remote.put(&used_path(k), Vec::new(), false);
-                },
-                |_| {},
+        // Say what was pulled (for `gc --remote`), in one object, best effort.
+        let mut used: Vec<Key> = self.pulled.lock().unwrap().iter().cloned().collect();
+        if !self.is_down() && !used.is_empty() {
+            used.sort();
+            let name = format!(
+                "used/s/{}-{}-{:08x}.json",
+                crate::owner::now_ms(),
+                std::process::id(),
+                rand::random::<u32>()
             );
+            let body = serde_json::to_vec(&used).expect("keys serialise");
+            let _ = self.remote.put(&name, body, false);
         }
         Ok(outcomes)
     }
 
-    fn pull_one(&self, e: &Entry, pipeline: &str) -> Result<Pulled, PullError> {
+    fn pull_one(&self, got: &Fetched, pipeline: &str) -> Result<Pulled, PullError> {
         if self.is_down() {
             return Ok(Pulled::Absent);
         }
+        let e = &got.entry;
         let key = &e.key;
         let info = ClaimInfo::new(key, pipeline, &e.stage);
         let _claim = match self.store.claims().try_claim(&info) {
@@ -447,7 +492,7 @@ impl Link {
             return Ok(Pulled::Local);
         }
         let staging = self.store.staging(key).map_err(|e| PullError::Local(e.into()))?;
-        let fetched = self.fetch_files(e, &staging);
+        let fetched = self.fetch_files(got, &staging);
         match fetched {
             Ok(Ok(bytes)) => {
                 // A damaged local entry is set aside (quarantined) by the commit.
@@ -469,9 +514,9 @@ impl Link {
 
     /// Download an entry's files into `staging`, each checked against its size and digest.
     /// `Ok(Err(why))`: a blob is missing or damaged.
-    fn fetch_files(&self, e: &Entry, staging: &Path) -> Result<Result<u64, String>, PullError> {
+    fn fetch_files(&self, got: &Fetched, staging: &Path) -> Result<Result<u64, String>, PullError> {
         let mut total = 0;
-        for f in &e.files {
+        for f in &got.entry.files {
             let digest = f.blake3.as_deref().expect("checked by check_record");
             let path = staging.join(&f.name);
             let mut file = std::fs::OpenOptions::new()
@@ -487,6 +532,19 @@ impl Link {
                 self.bad_blobs.lock().unwrap().insert(digest.to_string());
                 Ok(Err(format!("{}: {why}", f.name)))
             };
+            if let Some(bytes) = got.inline.get(&f.name) {
+                if !matches(f, bytes) {
+                    return Ok(Err(format!(
+                        "{}: the content its record carries does not match its digest",
+                        f.name
+                    )));
+                }
+                w.write_all(bytes).map_err(|err| PullError::Local(err.into()))?;
+                drop(w);
+                file.sync_all().map_err(|err| PullError::Local(err.into()))?;
+                total += f.bytes;
+                continue;
+            }
             match self.remote.get(&blob_path(digest), f.bytes, &mut w) {
                 Ok(None) => return bad("its blob is missing on the remote".into()),
                 Ok(Some(n)) if n != f.bytes => {
@@ -572,11 +630,33 @@ impl Link {
             return Ok(None);
         };
         let repair = self.repair.lock().unwrap().contains(key);
-        if !repair && self.remote.head(&record_path(key))?.is_some() {
+        // Small files go inside the record; the others are blobs.
+        use base64::Engine;
+        let mut inline = std::collections::BTreeMap::new();
+        let mut budget = INLINE_TOTAL;
+        let mut blobs = Vec::new();
+        for f in &entry.files {
+            if f.bytes <= INLINE_MAX && f.bytes <= budget {
+                let content = crate::fsutil::read_bounded(&dir.join(&f.name), f.bytes)
+                    .map_err(|e| RemoteError::Failed(format!("reading {}: {e}", f.name)))?;
+                if !matches(f, &content) {
+                    return Ok(None);
+                }
+                budget -= f.bytes;
+                inline.insert(
+                    f.name.clone(),
+                    base64::engine::general_purpose::STANDARD.encode(&content),
+                );
+            } else {
+                blobs.push(f);
+            }
+        }
+        // With blobs to send, look first: a record there wins, and its blobs need not go.
+        if !repair && !blobs.is_empty() && self.remote.head(&record_path(key))?.is_some() {
             return Ok(Some(Pushed::There));
         }
         let (mut sent, mut bytes) = (0, 0);
-        for f in &entry.files {
+        for f in blobs {
             let Some(d) = f.blake3.as_deref() else {
                 return Ok(None);
             };
@@ -595,7 +675,7 @@ impl Link {
             sent += 1;
             bytes += f.bytes;
         }
-        let body = serde_json::to_vec_pretty(&entry).expect("an entry serialises");
+        let body = serde_json::to_vec(&RemoteRecord { entry, inline }).expect("a record serialises");
         if self.remote.put(&record_path(key), body.clone(), true)? {
             return Ok(Some(Pushed::Yes(sent, bytes)));
         }
@@ -620,10 +700,16 @@ impl Link {
             Ok(None) | Err(RemoteError::TooBig(..)) => return Ok(false),
             Err(e) => return Err(e),
         }
-        let Ok(e) = check_record(&buf, key) else {
+        let Ok(got) = check_record(&buf, key) else {
             return Ok(false);
         };
-        for f in &e.files {
+        for f in &got.entry.files {
+            if let Some(bytes) = got.inline.get(&f.name) {
+                if !matches(f, bytes) {
+                    return Ok(false);
+                }
+                continue;
+            }
             let d = f.blake3.as_deref().unwrap_or_default();
             let mut h = HashSink(blake3::Hasher::new());
             match self.remote.get(&blob_path(d), f.bytes, &mut h) {
@@ -656,12 +742,16 @@ impl Link {
             return Ok(0);
         }
         let recs = self.records(&missing)?;
-        let on_remote: HashSet<Key> = recs.iter().flatten().map(|e| e.key.clone()).collect();
+        let on_remote: HashSet<Key> = recs
+            .iter()
+            .flatten()
+            .map(|e| e.entry.key.clone())
+            .collect();
         let take = wanted(&on_remote);
-        let entries: Vec<Entry> = recs
+        let entries: Vec<Fetched> = recs
             .into_iter()
             .flatten()
-            .filter(|e| take.contains(&e.key))
+            .filter(|e| take.contains(&e.entry.key))
             .collect();
         let got = self.pull(&entries, pipeline, out)?;
         Ok(got.iter().filter(|p| matches!(p, Pulled::Yes(_))).count())
@@ -690,17 +780,21 @@ impl Link {
         let fail = |e: RemoteError| anyhow::anyhow!("remote {}: {e}", self.url());
         let now = SystemTime::now();
         let old = |t: SystemTime, g: Duration| now.duration_since(t).unwrap_or_default() > g;
-        let used: std::collections::HashMap<Key, SystemTime> = self
-            .remote
-            .list("used/")
-            .map_err(fail)?
-            .into_iter()
-            .filter_map(|(p, m)| {
-                let k = Key::parse(p.rsplit('/').next()?)?;
-                (p == used_path(&k)).then_some((k, m.modified))
-            })
-            .collect();
+        // When each key was last pulled: the pulls' lists (an old list goes with this gc).
+        let mut used: std::collections::HashMap<Key, SystemTime> = Default::default();
         let mut r = GcReport::default();
+        for (p, m) in self.remote.list("used/").map_err(fail)? {
+            let mut buf = Vec::new();
+            if let Ok(Some(_)) = self.remote.get(&p, MAX_USED, &mut buf) {
+                for k in serde_json::from_slice::<Vec<Key>>(&buf).unwrap_or_default() {
+                    let t = used.entry(k).or_insert(m.modified);
+                    *t = (*t).max(m.modified);
+                }
+            }
+            if old(m.modified, grace) && !dry_run {
+                self.remote.delete(&p).map_err(fail)?;
+            }
+        }
         let records = self.all_records().map_err(fail)?;
         let mut remaining = Vec::new();
         for (k, written) in records {
@@ -712,7 +806,6 @@ impl Link {
             }
             if !dry_run {
                 self.remote.delete(&record_path(&k)).map_err(fail)?;
-                let _ = self.remote.delete(&used_path(&k));
             }
             r.removed_records.push(k);
         }
@@ -724,7 +817,12 @@ impl Link {
                 let mut buf = Vec::new();
                 match self.remote.get(&record_path(k), MAX_RECORD, &mut buf) {
                     Ok(Some(_)) => Ok(check_record(&buf, k)
-                        .map(|e| e.files.into_iter().filter_map(|f| f.blake3).collect())
+                        .map(|got| {
+                            (got.entry.files.into_iter())
+                                .filter(|f| !got.inline.contains_key(&f.name))
+                                .filter_map(|f| f.blake3)
+                                .collect()
+                        })
                         .unwrap_or_default()),
                     Ok(None) | Err(RemoteError::TooBig(..)) => Ok(Vec::new()),
                     Err(e) => Err(e),
@@ -837,7 +935,7 @@ mod tests {
     use crate::cache::tests::record;
 
     /// A local entry committed for `p`, with one file.
-    fn committed(s: &Store, p: u32, content: &str) -> Key {
+    fn committed(s: &Store, p: u32, content: &[u8]) -> Key {
         let r = record(p);
         let k = r.key();
         let st = s.staging(&k).unwrap();
@@ -851,30 +949,57 @@ mod tests {
         Arc::new(Link::new(r, store.clone(), false, true))
     }
 
+    /// A file too big to travel inline: a blob.
+    fn big(c: u8) -> Vec<u8> {
+        vec![c; INLINE_MAX as usize + 1]
+    }
+
+    fn pull(l: &Link, k: &Key) -> usize {
+        let out = crate::progress::Output::detect(true);
+        l.pull_for(std::slice::from_ref(k), |on| on.clone(), "p", &out)
+            .unwrap()
+    }
+
+    fn content(s: &Store, k: &Key) -> Vec<u8> {
+        match s.lookup(k) {
+            Lookup::Hit(d) => std::fs::read(d.join("a.txt")).unwrap(),
+            other => panic!("{other:?}"),
+        }
+    }
+
     #[test]
     fn records_from_a_remote_are_checked() {
         let t = tempfile::tempdir().unwrap();
         let s = Store::new(t.path());
-        let k = committed(&s, 1, "hello");
-        let good = std::fs::read(s.object_dir(&k).join(ENTRY)).unwrap();
-        assert!(check_record(&good, &k).is_ok());
+        let k = committed(&s, 1, b"hello");
+        let entry: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(s.object_dir(&k).join(ENTRY)).unwrap())
+                .unwrap();
+        let wrap = |e: &serde_json::Value| serde_json::to_vec(&serde_json::json!({ "entry": e })).unwrap();
+        assert!(check_record(&wrap(&entry), &k).is_ok());
         let other = record(2).key();
-        assert!(check_record(&good, &other).unwrap_err().contains("names key"));
-        let mut v: serde_json::Value = serde_json::from_slice(&good).unwrap();
+        assert!(check_record(&wrap(&entry), &other)
+            .unwrap_err()
+            .contains("names key"));
+        let mut v = entry.clone();
         v["record"]["params"]["p"] = 9.into();
-        let e = check_record(&serde_json::to_vec(&v).unwrap(), &k).unwrap_err();
+        let e = check_record(&wrap(&v), &k).unwrap_err();
         assert!(e.contains("do not hash to its key"), "{e}");
         for bad in ["../x", "entry.json", "a/b", ""] {
-            let mut v: serde_json::Value = serde_json::from_slice(&good).unwrap();
+            let mut v = entry.clone();
             v["files"][0]["name"] = bad.into();
-            let e = check_record(&serde_json::to_vec(&v).unwrap(), &k).unwrap_err();
+            let e = check_record(&wrap(&v), &k).unwrap_err();
             assert!(e.contains("not a plain file name"), "{bad}: {e}");
         }
-        let mut v: serde_json::Value = serde_json::from_slice(&good).unwrap();
+        let mut v = entry.clone();
         v["files"][0]["blake3"] = "../../etc/passwd".into();
-        assert!(check_record(&serde_json::to_vec(&v).unwrap(), &k)
+        assert!(check_record(&wrap(&v), &k)
             .unwrap_err()
             .contains("no digest"));
+        // Inline content for a file the record does not list.
+        let r = serde_json::json!({ "entry": entry, "inline": { "../x": "aGk=" } });
+        let e = check_record(&serde_json::to_vec(&r).unwrap(), &k).unwrap_err();
+        assert!(e.contains("does not list"), "{e}");
     }
 
     #[test]
@@ -882,60 +1007,85 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let remote = t.path().join("remote");
         let a = Arc::new(Store::new(&t.path().join("a")));
-        let k = committed(&a, 1, "hello");
+        let k = committed(&a, 1, &big(b'h'));
         let la = link(&remote, &a);
-        assert_eq!(la.push_keys(&[k.clone()]).unwrap(), vec![Some(Pushed::Yes(1, 5))]);
+        let n = INLINE_MAX + 1;
+        assert_eq!(la.push_keys(&[k.clone()]).unwrap(), vec![Some(Pushed::Yes(1, n))]);
         // A second push finds the record there (the first wins).
         assert_eq!(la.push_keys(&[k.clone()]).unwrap(), vec![Some(Pushed::There)]);
 
         let b = Arc::new(Store::new(&t.path().join("b")));
         let lb = link(&remote, &b);
-        let out = crate::progress::Output::detect(true);
-        let n = lb.pull_for(&[k.clone()], |on| on.clone(), "p", &out).unwrap();
-        assert_eq!(n, 1);
+        assert_eq!(pull(&lb, &k), 1);
         assert!(lb.was_pulled(&k));
-        let dir = match b.lookup(&k) {
-            Lookup::Hit(d) => d,
-            other => panic!("{other:?}"),
-        };
-        assert_eq!(std::fs::read_to_string(dir.join("a.txt")).unwrap(), "hello");
+        assert_eq!(content(&b, &k), big(b'h'));
 
         // The blob flipped on the remote: a third store's pull is refused and repairs it.
-        let d = blake3::hash(b"hello").to_hex().to_string();
-        std::fs::write(remote.join(blob_path(&d)), "hellO").unwrap();
+        let d = blake3::hash(&big(b'h')).to_hex().to_string();
+        std::fs::write(remote.join(blob_path(&d)), big(b'X')).unwrap();
         let c = Arc::new(Store::new(&t.path().join("c")));
         let lc = link(&remote, &c);
-        assert_eq!(lc.pull_for(&[k.clone()], |on| on.clone(), "p", &out).unwrap(), 0);
+        assert_eq!(pull(&lc, &k), 0);
         assert!(matches!(c.lookup(&k), Lookup::Miss), "a bad blob is never committed");
         // Recomputed (the same bytes) and pushed: the blob is sent again.
-        let k2 = committed(&c, 1, "hello");
-        assert_eq!(k2, k);
+        assert_eq!(committed(&c, 1, &big(b'h')), k);
         assert_eq!(lc.push_keys(&[k.clone()]).unwrap(), vec![Some(Pushed::There)]);
-        assert_eq!(std::fs::read_to_string(remote.join(blob_path(&d))).unwrap(), "hello");
+        assert_eq!(std::fs::read(remote.join(blob_path(&d))).unwrap(), big(b'h'));
 
         // A recomputation that differs (a stage that is not bit-reproducible) replaces a
         // record whose blob is bad, once that is checked again.
-        std::fs::write(remote.join(blob_path(&d)), "hellO").unwrap();
+        std::fs::write(remote.join(blob_path(&d)), big(b'X')).unwrap();
         let e = Arc::new(Store::new(&t.path().join("e")));
         let le = link(&remote, &e);
-        assert_eq!(le.pull_for(&[k.clone()], |on| on.clone(), "p", &out).unwrap(), 0);
-        committed(&e, 1, "other bytes");
-        assert!(matches!(
-            le.push_keys(&[k.clone()]).unwrap()[0],
-            Some(Pushed::Repaired(1, 11))
-        ));
+        assert_eq!(pull(&le, &k), 0);
+        committed(&e, 1, &big(b'o'));
+        assert_eq!(
+            le.push_keys(&[k.clone()]).unwrap(),
+            vec![Some(Pushed::Repaired(1, n))]
+        );
         let f = Arc::new(Store::new(&t.path().join("f")));
-        let lf = link(&remote, &f);
-        assert_eq!(lf.pull_for(&[k.clone()], |on| on.clone(), "p", &out).unwrap(), 1);
-        let Lookup::Hit(dir) = f.lookup(&k) else { panic!() };
-        assert_eq!(std::fs::read_to_string(dir.join("a.txt")).unwrap(), "other bytes");
+        assert_eq!(pull(&link(&remote, &f), &k), 1);
+        assert_eq!(content(&f, &k), big(b'o'));
+    }
+
+    #[test]
+    fn small_files_travel_in_the_record_and_damage_there_is_repaired() {
+        let t = tempfile::tempdir().unwrap();
+        let remote = t.path().join("remote");
+        let a = Arc::new(Store::new(&t.path().join("a")));
+        let k = committed(&a, 4, b"hello");
+        assert_eq!(
+            link(&remote, &a).push_keys(&[k.clone()]).unwrap(),
+            vec![Some(Pushed::Yes(0, 0))],
+            "no blob sent"
+        );
+        assert!(!remote.join("blobs").exists());
+        // The content in the record flipped: refused, recomputed, the record replaced.
+        let rec = remote.join(record_path(&k));
+        let text = std::fs::read_to_string(&rec).unwrap();
+        use base64::Engine;
+        let b64 = |s: &[u8]| base64::engine::general_purpose::STANDARD.encode(s);
+        assert!(text.contains(&b64(b"hello")));
+        std::fs::write(&rec, text.replace(&b64(b"hello"), &b64(b"hellO"))).unwrap();
+        let c = Arc::new(Store::new(&t.path().join("c")));
+        let lc = link(&remote, &c);
+        assert_eq!(pull(&lc, &k), 0);
+        assert!(matches!(c.lookup(&k), Lookup::Miss));
+        committed(&c, 4, b"hello");
+        assert_eq!(
+            lc.push_keys(&[k.clone()]).unwrap(),
+            vec![Some(Pushed::Repaired(0, 0))]
+        );
+        let d = Arc::new(Store::new(&t.path().join("d")));
+        assert_eq!(pull(&link(&remote, &d), &k), 1);
+        assert_eq!(content(&d, &k), b"hello");
     }
 
     #[test]
     fn an_unreachable_remote_is_a_warning_unless_required() {
         let t = tempfile::tempdir().unwrap();
         let s = Arc::new(Store::new(t.path()));
-        let k = committed(&s, 3, "x");
+        let k = committed(&s, 3, b"x");
         // A file where the remote folder should be: every operation fails.
         let bad = t.path().join("not-a-folder");
         std::fs::write(&bad, "").unwrap();
@@ -954,7 +1104,7 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let remote = t.path().join("remote");
         let s = Arc::new(Store::new(&t.path().join("a")));
-        let (k1, k2) = (committed(&s, 1, "one"), committed(&s, 2, "two"));
+        let (k1, k2) = (committed(&s, 1, &big(b'1')), committed(&s, 2, &big(b'2')));
         let l = link(&remote, &s);
         l.push_keys(&[k1.clone(), k2.clone()]).unwrap();
         let keep: HashSet<Key> = [k1.clone()].into();
@@ -963,13 +1113,13 @@ mod tests {
         assert!(r.removed_records.is_empty() && r.removed_blobs == 0);
         // Records and blobs two days old: k2's record goes, then its blob; k1's stay.
         let ago = SystemTime::now() - Duration::from_secs(2 * 86400);
-        for p in [record_path(&k2), record_path(&k1)].iter().chain(
-            ["one", "two"]
-                .iter()
-                .map(|c| blob_path(blake3::hash(c.as_bytes()).to_hex().as_str()))
-                .collect::<Vec<_>>()
-                .iter(),
-        ) {
+        let digest = |c: u8| blake3::hash(&big(c)).to_hex().to_string();
+        for p in [
+            record_path(&k2),
+            record_path(&k1),
+            blob_path(&digest(b'1')),
+            blob_path(&digest(b'2')),
+        ] {
             std::fs::File::options()
                 .write(true)
                 .open(remote.join(p))
@@ -981,10 +1131,12 @@ mod tests {
         assert_eq!((r.removed_records.clone(), r.removed_blobs), (vec![k2.clone()], 1));
         assert!(remote.join(record_path(&k2)).exists(), "a dry run removes nothing");
         let r = l.gc(&keep, Duration::from_secs(3600), false).unwrap();
-        assert_eq!((r.removed_records, r.removed_blobs, r.kept_blobs), (vec![k2.clone()], 1, 1));
+        assert_eq!(
+            (r.removed_records, r.removed_blobs, r.kept_blobs),
+            (vec![k2.clone()], 1, 1)
+        );
         assert!(!remote.join(record_path(&k2)).exists());
         assert!(remote.join(record_path(&k1)).exists());
-        let d1 = blake3::hash(b"one").to_hex().to_string();
-        assert!(remote.join(blob_path(&d1)).exists(), "a kept record's blob stays");
+        assert!(remote.join(blob_path(&digest(b'1'))).exists(), "a kept record's blob stays");
     }
 }
