@@ -717,7 +717,10 @@ fn open_link(
 }
 
 /// `push` and `pull` are about the remote: a remote that cannot be used is an error there.
-fn required_link(project: &Project, args: &crate::cli::RemoteArgs) -> Result<Arc<crate::remote::Link>> {
+fn required_link(
+    project: &Project,
+    args: &crate::cli::RemoteArgs,
+) -> Result<Arc<crate::remote::Link>> {
     let args = crate::cli::RemoteArgs {
         remote: args.remote.clone(),
         remote_required: true,
@@ -731,7 +734,10 @@ fn required_link(project: &Project, args: &crate::cli::RemoteArgs) -> Result<Arc
 fn push(project: &Project, pipelines: &[PathBuf], remote: &crate::cli::RemoteArgs) -> Result<()> {
     let link = required_link(project, remote)?;
     if !project.check_store()? {
-        bail!("nothing to push: no store at {} yet", project.store.meta().display());
+        bail!(
+            "nothing to push: no store at {} yet",
+            project.store.meta().display()
+        );
     }
     let t = std::time::Instant::now();
     let mut keys = Vec::new();

@@ -30,10 +30,7 @@ impl DirRemote {
     }
 
     fn err(&self, what: &str, path: &str, e: impl std::fmt::Display) -> RemoteError {
-        RemoteError::Failed(format!(
-            "{what} {}: {e}",
-            self.root.join(path).display()
-        ))
+        RemoteError::Failed(format!("{what} {}: {e}", self.root.join(path).display()))
     }
 
     /// The folders and the name of `path`, each a plain name.
@@ -97,8 +94,8 @@ impl Remote for DirRemote {
         if m.len() > max {
             return Err(RemoteError::TooBig(path.to_string(), max));
         }
-        let n = std::io::copy(&mut f.take(max + 1), sink)
-            .map_err(|e| self.err("reading", path, e))?;
+        let n =
+            std::io::copy(&mut f.take(max + 1), sink).map_err(|e| self.err("reading", path, e))?;
         if n > max {
             return Err(RemoteError::TooBig(path.to_string(), max));
         }
@@ -214,7 +211,9 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let r = DirRemote::open("t", &t.path().join("r")).unwrap();
         assert!(r.put("records/ab/x.json", b"first".to_vec(), true).unwrap());
-        assert!(!r.put("records/ab/x.json", b"second".to_vec(), true).unwrap());
+        assert!(!r
+            .put("records/ab/x.json", b"second".to_vec(), true)
+            .unwrap());
         let mut v = Vec::new();
         assert_eq!(r.get("records/ab/x.json", 100, &mut v).unwrap(), Some(5));
         assert_eq!(v, b"first");
@@ -222,7 +221,9 @@ mod tests {
             r.get("records/ab/x.json", 4, &mut Vec::new()),
             Err(RemoteError::TooBig(..))
         ));
-        assert!(r.put("records/ab/x.json", b"third".to_vec(), false).unwrap());
+        assert!(r
+            .put("records/ab/x.json", b"third".to_vec(), false)
+            .unwrap());
         assert_eq!(r.list("records/").unwrap().len(), 1);
         // A link planted as a shard folder is neither entered nor followed.
         let outside = t.path().join("outside");
@@ -233,6 +234,9 @@ mod tests {
         assert_eq!(r.list("records/").unwrap().len(), 1);
         assert!(r.get("../outside/y.json", 100, &mut Vec::new()).is_err());
         r.delete("records/ab/x.json").unwrap();
-        assert_eq!(r.get("records/ab/x.json", 100, &mut Vec::new()).unwrap(), None);
+        assert_eq!(
+            r.get("records/ab/x.json", 100, &mut Vec::new()).unwrap(),
+            None
+        );
     }
 }

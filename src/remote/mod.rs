@@ -491,7 +491,10 @@ impl Link {
         if let Lookup::Hit(_) = self.store.lookup(key) {
             return Ok(Pulled::Local);
         }
-        let staging = self.store.staging(key).map_err(|e| PullError::Local(e.into()))?;
+        let staging = self
+            .store
+            .staging(key)
+            .map_err(|e| PullError::Local(e.into()))?;
         let fetched = self.fetch_files(got, &staging);
         match fetched {
             Ok(Ok(bytes)) => {
@@ -539,27 +542,32 @@ impl Link {
                         f.name
                     )));
                 }
-                w.write_all(bytes).map_err(|err| PullError::Local(err.into()))?;
-                drop(w);
-                file.sync_all().map_err(|err| PullError::Local(err.into()))?;
+                // (The commit fsyncs every file.)
+                w.write_all(bytes)
+                    .map_err(|err| PullError::Local(err.into()))?;
                 total += f.bytes;
                 continue;
             }
             match self.remote.get(&blob_path(digest), f.bytes, &mut w) {
                 Ok(None) => return bad("its blob is missing on the remote".into()),
                 Ok(Some(n)) if n != f.bytes => {
-                    return bad(format!("its blob has {n} bytes, the record says {}", f.bytes))
+                    return bad(format!(
+                        "its blob has {n} bytes, the record says {}",
+                        f.bytes
+                    ))
                 }
                 Ok(Some(_)) => {}
                 Err(RemoteError::TooBig(..)) => {
-                    return bad(format!("its blob has more than the {} bytes of the record", f.bytes))
+                    return bad(format!(
+                        "its blob has more than the {} bytes of the record",
+                        f.bytes
+                    ))
                 }
                 Err(err) => return Err(PullError::Remote(err)),
             }
             if w.hasher.finalize().to_hex().as_str() != digest {
                 return bad("its blob does not match its digest".into());
             }
-            file.sync_all().map_err(|err| PullError::Local(err.into()))?;
             total += f.bytes;
         }
         Ok(Ok(total))
@@ -663,8 +671,7 @@ impl Link {
             let must = self.bad_blobs.lock().unwrap().contains(d);
             let fresh = !must
                 && self.remote.head(&blob_path(d))?.is_some_and(|m| {
-                    m.size == f.bytes
-                        && m.modified.elapsed().unwrap_or(Duration::ZERO) < REFRESH
+                    m.size == f.bytes && m.modified.elapsed().unwrap_or(Duration::ZERO) < REFRESH
                 });
             if fresh {
                 continue;
@@ -675,7 +682,8 @@ impl Link {
             sent += 1;
             bytes += f.bytes;
         }
-        let body = serde_json::to_vec(&RemoteRecord { entry, inline }).expect("a record serialises");
+        let body =
+            serde_json::to_vec(&RemoteRecord { entry, inline }).expect("a record serialises");
         if self.remote.put(&record_path(key), body.clone(), true)? {
             return Ok(Some(Pushed::Yes(sent, bytes)));
         }
@@ -742,11 +750,7 @@ impl Link {
             return Ok(0);
         }
         let recs = self.records(&missing)?;
-        let on_remote: HashSet<Key> = recs
-            .iter()
-            .flatten()
-            .map(|e| e.entry.key.clone())
-            .collect();
+        let on_remote: HashSet<Key> = recs.iter().flatten().map(|e| e.entry.key.clone()).collect();
         let take = wanted(&on_remote);
         let entries: Vec<Fetched> = recs
             .into_iter()
@@ -973,9 +977,9 @@ mod tests {
         let s = Store::new(t.path());
         let k = committed(&s, 1, b"hello");
         let entry: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(s.object_dir(&k).join(ENTRY)).unwrap())
-                .unwrap();
-        let wrap = |e: &serde_json::Value| serde_json::to_vec(&serde_json::json!({ "entry": e })).unwrap();
+            serde_json::from_slice(&std::fs::read(s.object_dir(&k).join(ENTRY)).unwrap()).unwrap();
+        let wrap =
+            |e: &serde_json::Value| serde_json::to_vec(&serde_json::json!({ "entry": e })).unwrap();
         assert!(check_record(&wrap(&entry), &k).is_ok());
         let other = record(2).key();
         assert!(check_record(&wrap(&entry), &other)
@@ -1010,9 +1014,15 @@ mod tests {
         let k = committed(&a, 1, &big(b'h'));
         let la = link(&remote, &a);
         let n = INLINE_MAX + 1;
-        assert_eq!(la.push_keys(&[k.clone()]).unwrap(), vec![Some(Pushed::Yes(1, n))]);
+        assert_eq!(
+            la.push_keys(std::slice::from_ref(&k)).unwrap(),
+            vec![Some(Pushed::Yes(1, n))]
+        );
         // A second push finds the record there (the first wins).
-        assert_eq!(la.push_keys(&[k.clone()]).unwrap(), vec![Some(Pushed::There)]);
+        assert_eq!(
+            la.push_keys(std::slice::from_ref(&k)).unwrap(),
+            vec![Some(Pushed::There)]
+        );
 
         let b = Arc::new(Store::new(&t.path().join("b")));
         let lb = link(&remote, &b);
@@ -1026,11 +1036,20 @@ mod tests {
         let c = Arc::new(Store::new(&t.path().join("c")));
         let lc = link(&remote, &c);
         assert_eq!(pull(&lc, &k), 0);
-        assert!(matches!(c.lookup(&k), Lookup::Miss), "a bad blob is never committed");
+        assert!(
+            matches!(c.lookup(&k), Lookup::Miss),
+            "a bad blob is never committed"
+        );
         // Recomputed (the same bytes) and pushed: the blob is sent again.
         assert_eq!(committed(&c, 1, &big(b'h')), k);
-        assert_eq!(lc.push_keys(&[k.clone()]).unwrap(), vec![Some(Pushed::There)]);
-        assert_eq!(std::fs::read(remote.join(blob_path(&d))).unwrap(), big(b'h'));
+        assert_eq!(
+            lc.push_keys(std::slice::from_ref(&k)).unwrap(),
+            vec![Some(Pushed::There)]
+        );
+        assert_eq!(
+            std::fs::read(remote.join(blob_path(&d))).unwrap(),
+            big(b'h')
+        );
 
         // A recomputation that differs (a stage that is not bit-reproducible) replaces a
         // record whose blob is bad, once that is checked again.
@@ -1040,7 +1059,7 @@ mod tests {
         assert_eq!(pull(&le, &k), 0);
         committed(&e, 1, &big(b'o'));
         assert_eq!(
-            le.push_keys(&[k.clone()]).unwrap(),
+            le.push_keys(std::slice::from_ref(&k)).unwrap(),
             vec![Some(Pushed::Repaired(1, n))]
         );
         let f = Arc::new(Store::new(&t.path().join("f")));
@@ -1055,7 +1074,9 @@ mod tests {
         let a = Arc::new(Store::new(&t.path().join("a")));
         let k = committed(&a, 4, b"hello");
         assert_eq!(
-            link(&remote, &a).push_keys(&[k.clone()]).unwrap(),
+            link(&remote, &a)
+                .push_keys(std::slice::from_ref(&k))
+                .unwrap(),
             vec![Some(Pushed::Yes(0, 0))],
             "no blob sent"
         );
@@ -1073,7 +1094,7 @@ mod tests {
         assert!(matches!(c.lookup(&k), Lookup::Miss));
         committed(&c, 4, b"hello");
         assert_eq!(
-            lc.push_keys(&[k.clone()]).unwrap(),
+            lc.push_keys(std::slice::from_ref(&k)).unwrap(),
             vec![Some(Pushed::Repaired(0, 0))]
         );
         let d = Arc::new(Store::new(&t.path().join("d")));
@@ -1091,7 +1112,7 @@ mod tests {
         std::fs::write(&bad, "").unwrap();
         let r = dir::DirRemote::open("x", &bad.join("sub")).unwrap();
         let l = Link::new(Box::new(r), s.clone(), false, true);
-        assert_eq!(l.push_keys(&[k.clone()]).unwrap(), vec![None]);
+        assert_eq!(l.push_keys(std::slice::from_ref(&k)).unwrap(), vec![None]);
         assert!(l.is_down());
         let r = dir::DirRemote::open("x", &bad.join("sub")).unwrap();
         let l = Link::new(Box::new(r), s, true, true);
@@ -1128,8 +1149,14 @@ mod tests {
                 .unwrap();
         }
         let r = l.gc(&keep, Duration::from_secs(3600), true).unwrap();
-        assert_eq!((r.removed_records.clone(), r.removed_blobs), (vec![k2.clone()], 1));
-        assert!(remote.join(record_path(&k2)).exists(), "a dry run removes nothing");
+        assert_eq!(
+            (r.removed_records.clone(), r.removed_blobs),
+            (vec![k2.clone()], 1)
+        );
+        assert!(
+            remote.join(record_path(&k2)).exists(),
+            "a dry run removes nothing"
+        );
         let r = l.gc(&keep, Duration::from_secs(3600), false).unwrap();
         assert_eq!(
             (r.removed_records, r.removed_blobs, r.kept_blobs),
@@ -1137,6 +1164,9 @@ mod tests {
         );
         assert!(!remote.join(record_path(&k2)).exists());
         assert!(remote.join(record_path(&k1)).exists());
-        assert!(remote.join(blob_path(&digest(b'1'))).exists(), "a kept record's blob stays");
+        assert!(
+            remote.join(blob_path(&digest(b'1'))).exists(),
+            "a kept record's blob stays"
+        );
     }
 }

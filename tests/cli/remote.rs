@@ -29,7 +29,14 @@ impl Moto {
             .unwrap()
             .port();
         let child = Command::new("python3")
-            .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()])
+            .args([
+                "-m",
+                "moto.server",
+                "-H",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -46,7 +53,10 @@ impl Moto {
                      tests"
                 );
             }
-            assert!(t.elapsed().as_secs() < 60, "moto did not listen within 60 s");
+            assert!(
+                t.elapsed().as_secs() < 60,
+                "moto did not listen within 60 s"
+            );
             std::thread::sleep(std::time::Duration::from_millis(100));
         }
         Some(m)
@@ -64,7 +74,10 @@ impl Moto {
              region_name='us-east-1')\n{code}\n",
             self.endpoint()
         );
-        let o = Command::new("python3").args(["-c", &script]).output().unwrap();
+        let o = Command::new("python3")
+            .args(["-c", &script])
+            .output()
+            .unwrap();
         assert!(
             o.status.success(),
             "boto3: {}",
@@ -111,7 +124,7 @@ impl Remote {
     fn s3() -> Option<Remote> {
         let m = Moto::start()?;
         let b = m.bucket();
-        Some(Remote::S3(m, format!("{b}")))
+        Some(Remote::S3(m, b))
     }
 
     fn url(&self) -> String {
@@ -249,7 +262,10 @@ fn share_verify_and_repair(r: &Remote) {
     let (out, _) = r.ok(b.path(), &["run", "tiny.yaml"]);
     assert!(out.contains("0 ran, 6 pulled, 0 cached"), "{out}");
     assert!(statuses_of(b.path()).iter().all(|s| s == "pulled"));
-    same_tree(&tree(&a.path().join("outputs")), &tree(&b.path().join("outputs")));
+    same_tree(
+        &tree(&a.path().join("outputs")),
+        &tree(&b.path().join("outputs")),
+    );
     ok(b.path(), &["verify"]);
     // A second run is served by the local store.
     let (out, _) = r.ok(b.path(), &["run", "tiny.yaml"]);
@@ -261,7 +277,10 @@ fn share_verify_and_repair(r: &Remote) {
     let c = tiny_project(2);
     let (out, err) = r.ok(c.path(), &["run", "tiny.yaml"]);
     assert!(err.contains("does not match its digest"), "{err}");
-    assert!(err.contains("recomputed here and the repaired result pushed"), "{err}");
+    assert!(
+        err.contains("recomputed here and the repaired result pushed"),
+        "{err}"
+    );
     // Blobs are shared by content: every entry holding those bytes is recomputed, no other.
     let holders: Vec<String> = last_run(a.path(), "tiny")
         .into_iter()
@@ -276,11 +295,21 @@ fn share_verify_and_repair(r: &Remote) {
     // Their records are on the remote already: the re-push is refused (412 on S3, an existing
     // link on a folder) and only the bad blob is sent again.
     assert!(!out.contains("pushed "), "{out}");
-    assert_eq!(ran(c.path(), "tiny"), holders, "only the damaged entries run: {out}");
-    same_tree(&tree(&a.path().join("outputs")), &tree(&c.path().join("outputs")));
+    assert_eq!(
+        ran(c.path(), "tiny"),
+        holders,
+        "only the damaged entries run: {out}"
+    );
+    same_tree(
+        &tree(&a.path().join("outputs")),
+        &tree(&c.path().join("outputs")),
+    );
     let d = tiny_project(2);
     let (out, err) = r.ok(d.path(), &["run", "tiny.yaml"]);
-    assert!(out.contains("0 ran, 6 pulled"), "the repair was pushed: {out}\n{err}");
+    assert!(
+        out.contains("0 ran, 6 pulled"),
+        "the repair was pushed: {out}\n{err}"
+    );
     assert!(!err.contains("warning"), "{err}");
 }
 
@@ -314,7 +343,11 @@ fn concurrent_pushers(r: &Remote) {
     for c in children {
         let o = c.wait_with_output().unwrap();
         let out = String::from_utf8_lossy(&o.stdout).to_string();
-        assert!(o.status.success(), "{out}{}", String::from_utf8_lossy(&o.stderr));
+        assert!(
+            o.status.success(),
+            "{out}{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
         let n: usize = out
             .split("push: ")
             .nth(1)
@@ -323,7 +356,10 @@ fn concurrent_pushers(r: &Remote) {
             .unwrap_or_else(|| panic!("{out}"));
         pushed += n;
     }
-    assert_eq!(pushed, 6, "each of the 6 records is written by exactly one pusher");
+    assert_eq!(
+        pushed, 6,
+        "each of the 6 records is written by exactly one pusher"
+    );
     assert_eq!(r.records(), 6);
     let fresh = tiny_project(1);
     let (out, _) = r.ok(fresh.path(), &["pull", "tiny.yaml"]);
@@ -340,7 +376,9 @@ fn concurrent_pushers(r: &Remote) {
     };
     same_tree(&no_speed(projects[0].path()), &no_speed(fresh.path()));
     let speed = |p: &Path| std::fs::read(p.join("outputs/tiny/train/speed.csv")).unwrap();
-    assert!(projects.iter().any(|p| speed(p.path()) == speed(fresh.path())));
+    assert!(projects
+        .iter()
+        .any(|p| speed(p.path()) == speed(fresh.path())));
 }
 
 #[test]
@@ -390,7 +428,11 @@ fn a_server_killed_mid_run_costs_a_warning_not_the_run() {
     assert!(o.status.success(), "{seen}\n{err}");
     assert!(seen.contains("pulled  batches"), "{seen}");
     assert_eq!(ran(b.path(), "tiny"), vec!["model", "train"], "{seen}");
-    assert_eq!(err.matches("warning: remote").count(), 1, "one warning: {err}");
+    assert_eq!(
+        err.matches("warning: remote").count(),
+        1,
+        "one warning: {err}"
+    );
     assert!(err.contains("going on without it"), "{err}");
 
     // The server is gone: required, the run fails and says why.
@@ -414,7 +456,10 @@ fn gc_on_a_remote_removes_unreachable_records() {
     let url = r.url();
     let (out, _) = r.ok(a.path(), &["gc", "--remote", &url, "--older-than", "1"]);
     assert!(out.contains("removed 0 records and 0 blobs"), "{out}");
-    let (out, _) = r.ok(a.path(), &["gc", "--remote", &url, "--older-than", "0", "--dry-run"]);
+    let (out, _) = r.ok(
+        a.path(),
+        &["gc", "--remote", &url, "--older-than", "0", "--dry-run"],
+    );
     // tiny's corpus stage is also a stage of the shipped pipelines (reachable: kept).
     assert!(out.contains("would remove 5 records and 0 blobs"), "{out}");
     assert!(out.contains("kept 1 records"), "{out}");
