@@ -43,6 +43,15 @@ if ! command -v chromium-headless-shell >/dev/null && ! command -v chromium >/de
     chromium-headless-shell >/dev/null || echo "no chromium-headless-shell: the browser test will skip"
 fi
 
+# The remote-store tests (tests/cli/remote.rs) start moto's S3 server on 127.0.0.1: a pinned
+# moto[server] from PyPI. Without it those tests fail (SEQPIPE_TEST_NO_S3=1 skips them).
+MOTO_VERSION=5.2.5
+if ! python3 -c "import moto, boto3, flask; assert moto.__version__ == '$MOTO_VERSION'" 2>/dev/null; then
+  echo "installing moto[server]==$MOTO_VERSION (the S3 server of the remote-store tests)"
+  python3 -m pip install -q --disable-pip-version-check "moto[server]==$MOTO_VERSION" \
+    || echo "moto could not be installed: the S3 remote tests will fail"
+fi
+
 if have_slurm && [[ $(id -u) == 0 ]]; then
   # 8 CPUs advertised on a small machine, so that a sweep's jobs run side by side.
   export SLURM_CI_CPUS=${SLURM_CI_CPUS:-8}

@@ -131,6 +131,7 @@ pub fn run(cli: Cli, root: &Path) -> Result<()> {
             jobs,
             keep_going,
             launcher,
+            remote,
         } => run_pipeline(
             &project,
             &out,
@@ -143,6 +144,8 @@ pub fn run(cli: Cli, root: &Path) -> Result<()> {
                 jobs,
                 keep_going,
                 launcher,
+                remote,
+                quiet: cli.quiet,
             },
         ),
         Command::Verify { repair } => {
@@ -168,10 +171,22 @@ pub fn run(cli: Cli, root: &Path) -> Result<()> {
         Command::Gc {
             dry_run,
             older_than,
+            remote: Some(url),
+        } => remote_gc(&project, &url, dry_run, older_than),
+        Command::Gc {
+            dry_run,
+            older_than,
+            remote: None,
         } => {
             project.check_store()?;
             gc(&project, dry_run, older_than)
         }
+        Command::Push { pipelines, remote } => push(&project, &pipelines, &remote),
+        Command::Pull {
+            pipeline: args,
+            stages,
+            remote,
+        } => pull(&project, &args, &stages, &remote, &out),
         Command::Compare {
             pipeline: args,
             stage,
@@ -226,6 +241,9 @@ struct RunArgs {
     keep_going: bool,
     /// `--executor`: the launcher.
     launcher: Option<String>,
+    /// `--remote`: the remote store to pull from and push to.
+    remote: crate::cli::RemoteArgs,
+    quiet: bool,
 }
 
 /// `seqpipe run`, in the steps of a run: load → choose the launcher → (a dry run prints the
@@ -256,6 +274,11 @@ fn run_pipeline(project: &Project, out: &Output, threads: usize, args: &RunArgs)
         return Ok(());
     }
     prepare_store(&project.store, p)?;
+    // On a remote (`--remote`): pull what the plan can take from there first.
+    let link = open_link(project, &args.remote, args.quiet)?;
+    if let Some(link) = &link {
+        crate::remote::pull_for_plan(link, p, &l.records, &targets, &force, out)?;
+    }
     let plan = plan_run();
     announce(p, &plan, out);
     let started_unix_ms = crate::claim::now_ms();
@@ -271,11 +294,24 @@ fn run_pipeline(project: &Project, out: &Output, threads: usize, args: &RunArgs)
         launcher: setting.kind,
         run_id,
         started_unix_ms,
+        remote: link.clone(),
     };
     let store = &project.store;
-    let record = executor::execute(p, &l.records, &plan, store, &opts, launcher.as_mut(), out)?;
+    let record = executor::execute(p, &l.records, &plan, store, &opts, launcher.as_mut(), out);
+    // What committed is pushed even when a stage failed.
+    let pushed = link.as_ref().map(|l| l.finish()).transpose()?;
+    let record = record?;
     fail_if_stages_failed(p, &record)?;
-    summarise(p, &plan, &record, store);
+    if let (Some(l), Some((n, bytes))) = (&link, pushed) {
+        if n > 0 {
+            out.println(&format!(
+                "  pushed {n} entries ({}) to {}",
+                size_text(bytes),
+                l.url()
+            ));
+        }
+    }
+    summarise(p, &plan, &record, store, link.is_some());
     Ok(())
 }
 
@@ -377,12 +413,23 @@ fn fail_if_stages_failed(p: &Pipeline, record: &executor::RunRecord) -> Result<(
 
 /// The last line of a run: what ran, what was cached, and where the outputs are. A planned run
 /// served by a stage of the same key that ran here is no cache hit: it counts as the plan did.
-fn summarise(p: &Pipeline, plan: &plan::Plan, record: &executor::RunRecord, store: &Store) {
+fn summarise(
+    p: &Pipeline,
+    plan: &plan::Plan,
+    record: &executor::RunRecord,
+    store: &Store,
+    remote: bool,
+) {
     let ran = record.count(executor::Status::Ran);
     let twins = plan.twins();
     let hits = record.count(executor::Status::Hit) + record.count(executor::Status::Reused) - twins;
+    let pulled = if remote {
+        format!(", {} pulled", record.count(executor::Status::Pulled))
+    } else {
+        String::new()
+    };
     println!(
-        "{}: {ran} ran, {hits} cached{}, in {:.2} s; outputs in {}",
+        "{}: {ran} ran{pulled}, {hits} cached{}, in {:.2} s; outputs in {}",
         p.name,
         plan::twins_note(twins),
         record.seconds,
@@ -545,10 +592,8 @@ pub fn shipped_pipelines(root: &Path) -> Result<Vec<PathBuf>> {
     Ok(files)
 }
 
-fn gc(project: &Project, dry_run: bool, older_than: f64) -> Result<()> {
-    if !(older_than >= 0.0 && older_than.is_finite()) {
-        bail!("`--older-than {older_than}` must be a number of days, 0 or more");
-    }
+/// The keys every pipeline in `pipelines/` reaches (gc keeps them).
+fn reachable_keys(project: &Project) -> Result<HashSet<key::Key>> {
     let mut keep = HashSet::new();
     let mut digests = FileDigests::default();
     for f in shipped_pipelines(&project.root)? {
@@ -560,6 +605,14 @@ fn gc(project: &Project, dry_run: bool, older_than: f64) -> Result<()> {
             keep.insert(r.key());
         }
     }
+    Ok(keep)
+}
+
+fn gc(project: &Project, dry_run: bool, older_than: f64) -> Result<()> {
+    if !(older_than >= 0.0 && older_than.is_finite()) {
+        bail!("`--older-than {older_than}` must be a number of days, 0 or more");
+    }
+    let keep = reachable_keys(project)?;
     let recent = std::time::Duration::from_secs_f64(older_than * 86400.0);
     let mut r = project.store.gc(&keep, dry_run, recent)?;
     if dry_run {
@@ -717,5 +770,141 @@ fn exec_job(file: &Path, result: Option<&Path>) -> Result<()> {
     if let Some(path) = result {
         crate::cache::write_synced(path, &serde_json::to_vec_pretty(&r)?)?;
     }
+    Ok(())
+}
+
+/// The link to the remote named by `--remote` or `SEQPIPE_REMOTE`, if any.
+fn open_link(
+    project: &Project,
+    args: &crate::cli::RemoteArgs,
+    quiet: bool,
+) -> Result<Option<Arc<crate::remote::Link>>> {
+    let Some(url) = &args.remote else {
+        if args.remote_required {
+            bail!("--remote-required needs a remote: give --remote URL or set SEQPIPE_REMOTE");
+        }
+        return Ok(None);
+    };
+    let r = crate::remote::open(url, &project.root)?;
+    Ok(Some(Arc::new(crate::remote::Link::new(
+        r,
+        project.store.clone(),
+        args.remote_required,
+        quiet,
+    ))))
+}
+
+/// `push` and `pull` are about the remote: a remote that cannot be used is an error there.
+fn required_link(
+    project: &Project,
+    args: &crate::cli::RemoteArgs,
+) -> Result<Arc<crate::remote::Link>> {
+    let args = crate::cli::RemoteArgs {
+        remote: args.remote.clone(),
+        remote_required: true,
+    };
+    open_link(project, &args, false)?
+        .ok_or_else(|| anyhow::anyhow!("no remote: give --remote URL or set SEQPIPE_REMOTE"))
+}
+
+/// `seqpipe push [PIPELINE…]`: the entries of these pipelines' stages (all the store's when
+/// none are named), each verified here, to the remote.
+fn push(project: &Project, pipelines: &[PathBuf], remote: &crate::cli::RemoteArgs) -> Result<()> {
+    let link = required_link(project, remote)?;
+    if !project.check_store()? {
+        bail!(
+            "nothing to push: no store at {} yet",
+            project.store.meta().display()
+        );
+    }
+    let t = std::time::Instant::now();
+    let mut keys = Vec::new();
+    if pipelines.is_empty() {
+        keys.extend(project.store.entries()?.into_iter().map(|(k, _, _)| k));
+    }
+    for f in pipelines {
+        let args = PipelineArgs {
+            file: f.clone(),
+            sets: Vec::new(),
+            device: None,
+        };
+        keys.extend(load(project, &args)?.records.iter().map(|r| r.key()));
+    }
+    keys.sort();
+    keys.dedup();
+    let got = link.push_keys(&keys)?;
+    let (n, bytes) = link.finish()?;
+    let there = got
+        .iter()
+        .filter(|p| **p == Some(crate::remote::Pushed::There))
+        .count();
+    let absent = got.iter().filter(|p| p.is_none()).count();
+    println!(
+        "push: {n} pushed ({} of new blobs), {there} already there{}, in {:.2} s, to {}",
+        size_text(bytes),
+        if absent > 0 {
+            format!(", {absent} not in this store (or damaged here)")
+        } else {
+            String::new()
+        },
+        t.elapsed().as_secs_f64(),
+        link.url()
+    );
+    Ok(())
+}
+
+/// `seqpipe pull PIPELINE [STAGES…]`: what a run of these stages could take from the remote,
+/// verified and committed to this store.
+fn pull(
+    project: &Project,
+    args: &PipelineArgs,
+    stages: &[String],
+    remote: &crate::cli::RemoteArgs,
+    out: &Output,
+) -> Result<()> {
+    let link = required_link(project, remote)?;
+    let l = load(project, args)?;
+    let targets = l.pipeline.resolve_names(stages)?;
+    project.store.prepare()?;
+    project.store.clean_leftovers();
+    let t = std::time::Instant::now();
+    let n = crate::remote::pull_for_plan(&link, &l.pipeline, &l.records, &targets, &[], out)?;
+    println!(
+        "pull: {n} entries pulled from {} in {:.2} s (`seqpipe run {}` shows them)",
+        link.url(),
+        t.elapsed().as_secs_f64(),
+        args.file.display()
+    );
+    Ok(())
+}
+
+/// `seqpipe gc --remote URL`: the remote's garbage (see [`crate::remote::Link::gc`]).
+fn remote_gc(project: &Project, url: &str, dry_run: bool, older_than: f64) -> Result<()> {
+    if !(older_than >= 0.0 && older_than.is_finite()) {
+        bail!("`--older-than {older_than}` must be a number of days, 0 or more");
+    }
+    let keep = reachable_keys(project)?;
+    let args = crate::cli::RemoteArgs {
+        remote: Some(url.to_string()),
+        remote_required: true,
+    };
+    let link = required_link(project, &args)?;
+    let grace = std::time::Duration::from_secs_f64(older_than * 86400.0);
+    let r = link.gc(&keep, grace, dry_run)?;
+    for p in &r.strange {
+        println!("strange  {p}: not a name seqpipe writes under blobs/; left alone");
+    }
+    let verb = if dry_run { "would remove" } else { "removed" };
+    println!(
+        "gc {url}: {verb} {} records and {} blobs ({}); kept {} records (reachable from \
+         pipelines/ or pushed or pulled within {older_than} day(s)) and {} blobs (named by a \
+         kept record, or written within {} day(s))",
+        r.removed_records.len(),
+        r.removed_blobs,
+        size_text(r.removed_bytes),
+        r.kept_records,
+        r.kept_blobs,
+        (older_than).max(crate::remote::BLOB_GRACE_MIN.as_secs_f64() / 86400.0)
+    );
     Ok(())
 }

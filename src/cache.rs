@@ -44,7 +44,7 @@ use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-const ENTRY: &str = "entry.json";
+pub const ENTRY: &str = "entry.json";
 /// The most an entry record may hold: it lists a stage's files (a few), never megabytes.
 const MAX_RECORD: u64 = 4 << 20;
 /// The most a live-run record may hold (it lists a run's keys).

@@ -66,6 +66,26 @@ pub enum Command {
         /// (The launcher, in the code: "executor" there is the scheduler.)
         #[arg(long = "executor", value_name = "EXECUTOR", value_parser = ["local", "process", "slurm"])]
         launcher: Option<String>,
+        #[command(flatten)]
+        remote: RemoteArgs,
+    },
+    /// Push this store's entries to a remote: those of PIPELINES' stages, or all when none are
+    /// named.
+    Push {
+        /// Pipeline files whose stages' entries to push (all entries of the store when none).
+        pipelines: Vec<PathBuf>,
+        #[command(flatten)]
+        remote: RemoteArgs,
+    },
+    /// Pull a pipeline's entries (or STAGES' and what they need) from a remote into this store;
+    /// the next `run` shows them.
+    Pull {
+        #[command(flatten)]
+        pipeline: PipelineArgs,
+        /// Stages to pull (with what they need when the remote lacks them); all when none.
+        stages: Vec<String>,
+        #[command(flatten)]
+        remote: RemoteArgs,
     },
     /// Show which stages are fresh or stale, and why.
     Status {
@@ -97,6 +117,11 @@ pub enum Command {
         /// On a shared store (`--store`), keep every entry used in the last DAYS days.
         #[arg(long, value_name = "DAYS", default_value_t = 30.0)]
         older_than: f64,
+        /// Collect garbage on this remote instead (folder or s3://bucket/prefix): records of
+        /// keys no pipeline in pipelines/ reaches that nobody pushed or pulled for --older-than
+        /// days, then the blobs no record names.
+        #[arg(long, value_name = "URL")]
+        remote: Option<String>,
     },
     /// Re-hash every cache entry and every view: exit 1 and list what is damaged, 0 if clean.
     Verify {
@@ -149,6 +174,20 @@ pub enum Command {
     },
     /// Print the JSON Schema (draft 2020-12) of pipeline files (committed as pipelines/schema.json).
     Schema,
+}
+
+/// Where results are shared (`run`, `push`, `pull`).
+#[derive(Debug, clap::Args)]
+pub struct RemoteArgs {
+    /// A remote store: a folder (path or file:///path) or s3://bucket/prefix (endpoint and
+    /// credentials from AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION;
+    /// AWS_ALLOW_HTTP=true for plain http). A run pulls what it misses and pushes what it
+    /// computes.
+    #[arg(long, env = "SEQPIPE_REMOTE", value_name = "URL")]
+    pub remote: Option<String>,
+    /// Fail when the remote cannot be used (by default: one warning, and the run goes on here).
+    #[arg(long, env = "SEQPIPE_REMOTE_REQUIRED")]
+    pub remote_required: bool,
 }
 
 /// A count that must be at least 1 (`--threads`, `-j`).

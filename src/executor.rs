@@ -31,6 +31,8 @@ pub enum Status {
     Ran,
     /// Computed by another run at the same time (this run waited on its claim).
     Reused,
+    /// Taken from the remote store (`--remote`), verified, then served like a hit.
+    Pulled,
     Failed,
     Skipped,
 }
@@ -96,6 +98,9 @@ pub struct ExecOptions {
     /// `<ms>-<pid>`: names the run record and its folder of job files.
     pub run_id: String,
     pub started_unix_ms: u128,
+    /// The remote store (`--remote`): says which hits were pulled, and takes what this run
+    /// computes (pushed in the background once committed).
+    pub remote: Option<std::sync::Arc<crate::remote::Link>>,
 }
 
 fn fmt_secs(s: f64) -> String {
@@ -171,7 +176,7 @@ impl State {
     fn is_committed(self) -> bool {
         matches!(
             self,
-            State::Done(Status::Hit | Status::Ran | Status::Reused)
+            State::Done(Status::Hit | Status::Ran | Status::Reused | Status::Pulled)
         )
     }
 }
@@ -285,8 +290,10 @@ impl<'a> Run<'a> {
     /// A cache hit: its entry is shown in its view.
     fn serve_hit(&mut self, i: usize) -> Result<()> {
         let (name, key, w) = (&self.stage(i).name, &self.plan.steps[i].key, self.w);
+        let pulled = (self.opts.remote.as_ref()).is_some_and(|r| r.was_pulled(key));
+        let verb = if pulled { "pulled" } else { "hit" };
         self.out
-            .println(&format!("  hit     {name:<w$}  {}", key.short()));
+            .println(&format!("  {verb:<7} {name:<w$}  {}", key.short()));
         publish(
             self.store,
             self.p,
@@ -295,7 +302,7 @@ impl<'a> Run<'a> {
             self.out,
             w,
         )?;
-        self.steps[i].state = State::Done(Status::Hit);
+        self.steps[i].state = State::Done(if pulled { Status::Pulled } else { Status::Hit });
         Ok(())
     }
 
@@ -447,6 +454,10 @@ impl<'a> Run<'a> {
             ),
         };
         self.steps[i].state = State::Done(status);
+        // A result computed here goes to the remote (`--remote`), in the background.
+        if let (Outcome::Computed, Some(r)) = (&outcome, &self.opts.remote) {
+            r.push_soon(self.plan.steps[i].key.clone());
+        }
         let w = self.w;
         self.out
             .println(&format!("  {verb:<7} {:<w$}  {how}", self.stage(i).name));
@@ -508,7 +519,8 @@ impl<'a> Run<'a> {
     fn input_state(&self, u: usize) -> crate::report_html::InputState {
         use crate::report_html::InputState;
         match self.pos.get(&u).map(|&i| self.steps[i].state) {
-            None | Some(State::Done(Status::Hit | Status::Ran | Status::Reused)) => {
+            None
+            | Some(State::Done(Status::Hit | Status::Ran | Status::Reused | Status::Pulled)) => {
                 InputState::View
             }
             Some(State::Submitted) => InputState::Live(
@@ -1006,6 +1018,7 @@ mod tests {
             launcher: LauncherKind::Local,
             run_id: "1-1".into(),
             started_unix_ms: 1,
+            remote: None,
         };
         let out = Output::detect(true);
         let (record, not_started) =
@@ -1032,6 +1045,7 @@ mod tests {
             launcher: LauncherKind::Local,
             run_id: String::new(),
             started_unix_ms: 0,
+            remote: None,
         };
         job_spec(p, records, &plan, store, &opts, 0, None)
     }

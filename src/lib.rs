@@ -26,6 +26,7 @@ pub mod cache;
 pub mod claim;
 pub mod fsutil;
 pub mod owner;
+pub mod remote;
 pub mod upkeep;
 pub mod view;
 

@@ -3141,6 +3141,8 @@ mod trust;
 #[path = "cli/report_page.rs"]
 mod report_page;
 
+#[path = "cli/remote.rs"]
+mod remote;
 #[path = "cli/speed.rs"]
 mod speed;
 
