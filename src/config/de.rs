@@ -57,14 +57,6 @@ impl Issue {
         fn names(v: &[String]) -> Vec<&str> {
             v.iter().map(String::as_str).collect()
         }
-        self.explain_with(noun, names)
-    }
-
-    fn explain_with(
-        &self,
-        noun: &str,
-        names: fn(&[String]) -> Vec<&str>,
-    ) -> (String, Option<String>) {
         let key = self.key();
         match &self.problem {
             Problem::WrongType { found, expected } => (
