@@ -618,7 +618,7 @@ impl Store {
             ("tmp", tagged_name),
             ("trash", tagged_name),
             ("claims", claim_name),
-            ("live", live_name),
+            ("live", |n: &str| live_name(n).is_some()),
             ("used", |n: &str| Key::parse(n).is_some()),
         ] {
             let Ok(d) = self.dir(sub, false) else {
@@ -757,9 +757,12 @@ fn read_live(path: &Path) -> Option<LiveRecord> {
     serde_json::from_slice(&read_bounded(path, MAX_LIVE).ok()?).ok()
 }
 
-/// Live-run records whose owners still run (same host), or whose heartbeat is fresh.
 /// The runs announced in `live/` whose process still runs (or, on another host, whose record
-/// is recent). `prune`: remove the records of the others (never in a dry run).
+/// is recent). `prune`: remove the files of the others (never in a dry run).
+///
+/// A file is judged by the owner its *name* carries before its content is read: a run killed
+/// while writing its announcement leaves a half-written `<tag>.tmp<pid>`, which no reader can
+/// parse, and it goes with the dead owner all the same.
 fn live_runs(meta: &Path, prune: bool) -> Vec<LiveRecord> {
     let Ok(dir) = PinnedDir::open(meta, &["live"]) else {
         return Vec::new();
@@ -767,25 +770,40 @@ fn live_runs(meta: &Path, prune: bool) -> Vec<LiveRecord> {
     let Ok(rd) = fs::read_dir(dir.path()) else {
         return Vec::new();
     };
-    rd.filter_map(|e| e.ok())
-        .filter(|e| live_name(&e.file_name().to_string_lossy()))
-        .filter_map(|e| {
-            let path = dir.join(&e.file_name().to_string_lossy());
-            let r = read_live(&path)?;
-            let alive = match r.owner.alive_here() {
-                Some(a) => a,
-                None => fs::symlink_metadata(&path)
-                    .and_then(|m| m.modified())
-                    .ok()
-                    .and_then(|m| m.elapsed().ok())
-                    .is_some_and(|age| age < crate::claim::stale_after()),
-            };
-            if !alive && prune {
-                let _ = fs::remove_file(&path);
+    let mut live = Vec::new();
+    for e in rd.filter_map(|e| e.ok()) {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some((tag, is_record)) = live_name(&name) else {
+            continue;
+        };
+        let path = dir.join(&name);
+        let named_for = parse_tag(tag);
+        if named_for.as_ref().is_some_and(leftover_is_dead) {
+            if prune {
+                let _ = dir.remove(&name);
             }
-            alive.then_some(r)
-        })
-        .collect()
+            continue;
+        }
+        if !is_record {
+            continue; // being written by a live process
+        }
+        let Some(r) = read_live(&path) else { continue };
+        let alive = match r.owner.alive_here() {
+            Some(a) => a,
+            None => fs::symlink_metadata(&path)
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|m| m.elapsed().ok())
+                .is_some_and(|age| age < crate::claim::stale_after()),
+        };
+        if !alive && prune {
+            let _ = dir.remove(&name);
+        }
+        if alive {
+            live.push(r);
+        }
+    }
+    live
 }
 
 /// Remove entries of `dir` named `…~host~pid` whose owner is a dead process of this host.
@@ -1004,11 +1022,14 @@ fn claim_name(n: &str) -> bool {
 }
 
 /// `<owner tag>.json`, or its temporary `<owner tag>.tmp<pid>` while it is written.
-fn live_name(n: &str) -> bool {
-    let stem = n
-        .strip_suffix(".json")
-        .or_else(|| n.rsplit_once(".tmp").map(|(s, _)| s));
-    stem.is_some_and(|s| parse_tag(s).is_some())
+/// A name in `live/`: `<tag>.json` (a record) or `<tag>.tmp<pid>` (one being written). Returns
+/// the tag and whether it is a record.
+fn live_name(n: &str) -> Option<(&str, bool)> {
+    let (stem, is_record) = match n.strip_suffix(".json") {
+        Some(s) => (s, true),
+        None => (n.rsplit_once(".tmp")?.0, false),
+    };
+    parse_tag(stem).is_some().then_some((stem, is_record))
 }
 
 #[cfg(test)]
@@ -1250,5 +1271,32 @@ pub(crate) mod tests {
             .gc(&HashSet::new(), false, std::time::Duration::ZERO)
             .unwrap();
         assert_eq!(r.removed_keys(), vec![k]);
+    }
+
+    /// A run killed with SIGKILL while writing its announcement leaves a half-written temporary
+    /// file; the next run's cleanup removes it (and the dead run's record) by the owner in the
+    /// name, and leaves a live process's files alone.
+    #[test]
+    fn a_killed_runs_half_written_announcement_goes() {
+        let t = tempfile::tempdir().unwrap();
+        let s = Store::new(t.path());
+        let live = s.register_run("p", &[record(5).key()]).unwrap();
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead = child.id();
+        child.wait().unwrap();
+        let dir = s.meta().join("live");
+        let host = &Owner::me().host;
+        let half = dir.join(format!("{host}~{dead}.tmp{dead}"));
+        fs::write(&half, "{\"owner\": {\"ho").unwrap();
+        let whole = dir.join(format!("{host}~{dead}.json"));
+        fs::write(&whole, "not json either").unwrap();
+        let mine_tmp = dir.join(format!("{}.tmp1", Owner::me().tag()));
+        fs::write(&mine_tmp, "").unwrap();
+        s.clean_leftovers();
+        assert!(!half.exists(), "the half-written file of a dead run stayed");
+        assert!(!whole.exists(), "the unreadable record of a dead run stayed");
+        assert!(mine_tmp.exists(), "a live process's file went");
+        assert_eq!(fs::read_dir(&dir).unwrap().count(), 2);
+        drop(live);
     }
 }
