@@ -264,7 +264,7 @@ fn run_pipeline(project: &Project, out: &Output, threads: usize, args: &RunArgs)
         plan::make_plan(
             p,
             &l.records,
-            &|k| executor::cached_state(store, k),
+            &|k| store.cached(k),
             &targets,
             &force,
         )

@@ -507,6 +507,15 @@ impl Store {
         Ok(target)
     }
 
+    /// What the plan needs to know of `key`: cached, not cached, or there but damaged.
+    pub fn cached(&self, key: &Key) -> crate::plan::Cached {
+        match self.lookup(key) {
+            Lookup::Hit(_) => crate::plan::Cached::Yes,
+            Lookup::Miss => crate::plan::Cached::No,
+            Lookup::Corrupt(why) => crate::plan::Cached::Broken(why),
+        }
+    }
+
     /// Remove what crashed processes of this host left: staging folders, trash, and claims.
     /// Returns how many folders went.
     pub fn clean_leftovers(&self) -> usize {

@@ -810,14 +810,6 @@ fn publish(
     Ok(view)
 }
 
-/// Whether the store can serve a key, as the planner needs it (verifies hits).
-pub fn cached_state(store: &Store, key: &Key) -> crate::plan::Cached {
-    match store.lookup(key) {
-        Lookup::Hit(_) => crate::plan::Cached::Yes,
-        Lookup::Miss => crate::plan::Cached::No,
-        Lookup::Corrupt(why) => crate::plan::Cached::Broken(why),
-    }
-}
 
 #[cfg(test)]
 mod tests {
@@ -1005,7 +997,7 @@ mod tests {
         let plan = crate::plan::make_plan(
             &p,
             &records,
-            &|k| cached_state(&store, k),
+            &|k| store.cached(k),
             &[],
             &index(c.force),
         );

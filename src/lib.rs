@@ -54,3 +54,4 @@ pub mod nn;
 // The command line: flags, then the commands.
 pub mod app;
 pub mod cli;
+mod layering;

@@ -7,9 +7,15 @@
 //! aliases expanded, and tracks how deep it is; it stops at the first bound crossed, and
 //! [`crossed`] says which.
 
-use super::tree::Crossed;
 use crate::diagnostic::Diagnostic;
 use std::path::Path;
+
+/// Which bound a file crossed while its tree was built.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Crossed {
+    Nodes,
+    Depth,
+}
 
 /// The largest pipeline file read. A written-out pipeline of 100,000 stages with long names
 /// (`scripts/bench-plan.sh`) is about 9 MB.

@@ -7,7 +7,7 @@
 //! tracked: a file that would cross [`super::limits`] stops at the value that crosses, before
 //! anything is expanded further.
 
-use super::limits::{MAX_DEPTH, MAX_NODES};
+use super::limits::{Crossed, MAX_DEPTH, MAX_NODES};
 use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_saphyr::Spanned;
 use std::cell::Cell;
@@ -51,13 +51,6 @@ pub struct Key {
     pub text: String,
     pub is_str: bool,
     pub at: Pos,
-}
-
-/// Which bound a file crossed while its tree was built.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Crossed {
-    Nodes,
-    Depth,
 }
 
 /// Why a text did not give a tree.

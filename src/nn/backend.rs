@@ -109,9 +109,9 @@ impl<D: Engine> Ctx<D> {
                 &b.host
             };
             if ta {
-                super::gemm::sgemm_at(m, n, k1, &a.host, b_rm, out);
+                super::tune::sgemm_at(m, n, k1, &a.host, b_rm, out);
             } else {
-                super::gemm::sgemm(m, n, k1, &a.host, b_rm, out);
+                super::tune::sgemm(m, n, k1, &a.host, b_rm, out);
             }
             return;
         }

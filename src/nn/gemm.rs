@@ -190,20 +190,7 @@ struct SendPtr(*mut f32);
 unsafe impl Send for SendPtr {}
 unsafe impl Sync for SendPtr {}
 
-/// `c[m×n] = a[m×k] · b[k×n]` (row-major, dense), with the choice tuned for the shape. Splits
-/// the work over the thread team when the product is large enough; that never changes a result.
-pub(super) fn sgemm(m: usize, n: usize, k: usize, a: &[f32], b: &[f32], c: &mut [f32]) {
-    let ch = super::tune::choice(super::tune::Shape::big(m, n, k, false));
-    sgemm_with(&ch, m, n, k, a, false, b, c, true)
-}
-
-/// `c[m×n] = a^T · b` where `a` is stored [k×m] row-major (no transposed copy is made).
-pub(super) fn sgemm_at(m: usize, n: usize, k: usize, a: &[f32], b: &[f32], c: &mut [f32]) {
-    let ch = super::tune::choice(super::tune::Shape::big(m, n, k, true));
-    sgemm_with(&ch, m, n, k, a, true, b, c, true)
-}
-
-/// `sgemm` (`at` false) or `sgemm_at` (`at` true) with a given choice; `parallel`: may use the
+/// `c = a · b` (`at` false) or `c = aᵀ · b` (`at` true, `a` stored [k×m]) with a given choice; `parallel`: may use the
 /// thread team.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn sgemm_with(
@@ -893,7 +880,7 @@ mod tests {
                 .collect();
             let want = naive(m, n, k, &a, &b);
             let mut c = vec![f32::NAN; m * n];
-            sgemm(m, n, k, &a, &b, &mut c);
+            crate::nn::tune::sgemm(m, n, k, &a, &b, &mut c);
             for (x, y) in c.iter().zip(&want) {
                 assert!(
                     (x - y).abs() <= 1e-4 * (1.0 + y.abs()),

@@ -118,7 +118,26 @@ pub struct Optimizer {
     /// With feature `cuda`: the Adam moments of the device training step (`nn::cuda`), when it
     /// ran last; `m` and `v` are then stale and are brought back before any host use.
     #[cfg(feature = "cuda")]
-    pub(super) cuda: Option<super::cuda::device::DevMoments>,
+    pub(super) cuda: Option<Box<dyn FarMoments>>,
+}
+
+/// Adam moments kept away from the host (the CUDA step keeps them on the device), brought back
+/// before any host use. A trait so that this module does not name the device's types: `nn::cuda`
+/// builds on the host optimizer, not the reverse.
+#[cfg(feature = "cuda")]
+pub(super) trait FarMoments: std::fmt::Debug + Send + Sync {
+    /// (m, v) per parameter tensor of sizes `lens`.
+    fn download(&self, lens: &[usize]) -> Result<MomentPair>;
+    fn clone_box(&self) -> Box<dyn FarMoments>;
+    /// For the owner's own step, which knows the concrete type.
+    fn as_any_mut(&mut self) -> &mut dyn std::any::Any;
+}
+
+#[cfg(feature = "cuda")]
+impl Clone for Box<dyn FarMoments> {
+    fn clone(&self) -> Self {
+        self.clone_box()
+    }
 }
 
 /// Adam's first and second moments, one vector per parameter tensor.

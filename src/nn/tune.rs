@@ -32,6 +32,19 @@ const MARGIN: f64 = 0.97;
 /// Largest dimension an entry of the file may name.
 const MAX_DIM: usize = 1 << 24;
 
+/// `c[m×n] = a[m×k] · b[k×n]` (row-major, dense), with the choice tuned for the shape. Splits
+/// the work over the thread team when the product is large enough; that never changes a result.
+pub(super) fn sgemm(m: usize, n: usize, k: usize, a: &[f32], b: &[f32], c: &mut [f32]) {
+    let ch = choice(Shape::big(m, n, k, false));
+    gemm::sgemm_with(&ch, m, n, k, a, false, b, c, true)
+}
+
+/// `c[m×n] = a^T · b` where `a` is stored [k×m] row-major (no transposed copy is made).
+pub(super) fn sgemm_at(m: usize, n: usize, k: usize, a: &[f32], b: &[f32], c: &mut [f32]) {
+    let ch = choice(Shape::big(m, n, k, true));
+    gemm::sgemm_with(&ch, m, n, k, a, true, b, c, true)
+}
+
 /// A product's shape: `step` products are the per-time-step ones on packed weights (run on one
 /// thread, `m` rows per thread); `big` ones are the all-steps products (`at`: A transposed).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]

@@ -885,7 +885,7 @@ pub fn pull_for_plan(
             let plan = make_plan(
                 p,
                 records,
-                &|k| match crate::executor::cached_state(store, k) {
+                &|k| match store.cached(k) {
                     Cached::Yes => Cached::Yes,
                     _ if on_remote.contains(k) => Cached::Yes,
                     other => other,

@@ -6,7 +6,7 @@ use super::super::gemm;
 use super::super::math::{add_col_sums, transpose, transpose_cols};
 use super::super::profile;
 use super::super::scratch;
-use super::cell::{with_cell, BwdRow, Cell};
+use super::cell::{BwdRow, Cell};
 use super::{par_chunks, Core, DevW, Fwd, InKind, Inputs, Rows, RowsF64};
 
 /// `n` elements of a cache from `at`; empty when the cell keeps no such cache.

@@ -2,7 +2,7 @@
 //! products, the caches, the loss and the gradients of the weights; a cell (`rnn.rs`, `gru.rs`,
 //! `lstm.rs`) owns its element-wise step on one batch row, forward and backward, and says
 //! which caches it keeps and how its biases and carry go. A new cell is a new file with an
-//! `impl Cell`, and its line in [`with_cell!`].
+//! `impl Cell`, and its line in `with_cell!` (in `core/mod.rs`, which knows every cell).
 
 /// One batch row at one time step, forward: what the cell reads and writes. The caches the
 /// cell does not keep are empty.
@@ -43,8 +43,8 @@ pub(super) struct BwdRow<'a> {
     pub dgi: &'a mut [f32],
 }
 
-/// A kind of recurrent cell, for the shared passes (dispatched once per pass, by
-/// [`with_cell!`]).
+/// A kind of recurrent cell, for the shared passes (dispatched once per pass, by `with_cell!`
+/// in `core/mod.rs`).
 pub(super) trait Cell: Sync {
     /// `b_hh` is added to the input projection once for all steps, so its gradient equals
     /// `b_ih`'s. False (GRU): the cell adds it inside, and its gradient is summed from dG.
@@ -63,24 +63,3 @@ pub(super) trait Cell: Sync {
     /// One step of one row, backward: `dg`, `dgi` and the carry.
     fn backward(&self, r: BwdRow);
 }
-
-/// Evaluate `$body` with `$c` bound to the cell of `$core` (a `&impl Cell`).
-macro_rules! with_cell {
-    ($core:expr, $c:ident => $body:expr) => {
-        match $core.cell {
-            $crate::nn::CellKind::Rnn | $crate::nn::CellKind::RnnScratch => {
-                let $c = &super::rnn::Rnn($core.act);
-                $body
-            }
-            $crate::nn::CellKind::Gru => {
-                let $c = &super::gru::Gru;
-                $body
-            }
-            $crate::nn::CellKind::Lstm => {
-                let $c = &super::lstm::Lstm;
-                $body
-            }
-        }
-    };
-}
-pub(super) use with_cell;

@@ -6,7 +6,7 @@ use super::super::gemm;
 use super::super::math::softmax_ce;
 use super::super::profile;
 use super::super::scratch;
-use super::cell::{with_cell, Cell, FwdRow};
+use super::cell::{Cell, FwdRow};
 use super::HiddenState;
 use super::{par_chunks, Core, DevW, Fwd, InKind, Inputs, LCache, Rows, Targets};
 

@@ -18,6 +18,26 @@ use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal, Uniform};
 
+/// Evaluate `$body` with `$c` bound to the cell of `$core` (a `&impl Cell`).
+macro_rules! with_cell {
+    ($core:expr, $c:ident => $body:expr) => {
+        match $core.cell {
+            $crate::nn::CellKind::Rnn | $crate::nn::CellKind::RnnScratch => {
+                let $c = &$crate::nn::core::rnn::Rnn($core.act);
+                $body
+            }
+            $crate::nn::CellKind::Gru => {
+                let $c = &$crate::nn::core::gru::Gru;
+                $body
+            }
+            $crate::nn::CellKind::Lstm => {
+                let $c = &$crate::nn::core::lstm::Lstm;
+                $body
+            }
+        }
+    };
+}
+
 mod backward;
 mod cell;
 /// The kernels of `nn::cuda`, compiled for the host, against the cells (here to reach them).

@@ -10,7 +10,7 @@
 use super::step::{with_arg_ptrs, Buf, Gemm, Gpu, Moments, Op, Trainer};
 use super::{KERNELS, SOURCE};
 use crate::nn::core::{Core, HiddenState};
-use crate::nn::params::{Optimizer, Update};
+use crate::nn::params::{FarMoments, MomentPair, Optimizer, Update};
 use crate::nn::StepStats;
 use anyhow::Result;
 use cudarc::cublas::{result as blas, sys as blas_sys, CudaBlas};
@@ -434,8 +434,20 @@ impl Gpu for CudaGpu {
     }
 }
 
-/// Adam moments on the device (kept in `Optimizer`).
+/// Adam moments on the device (kept in `Optimizer`, which knows them as [`FarMoments`]).
 pub(in crate::nn) type DevMoments = Moments<CudaSlice<u8>>;
+
+impl FarMoments for DevMoments {
+    fn download(&self, lens: &[usize]) -> Result<MomentPair> {
+        Moments::download(self, lens)
+    }
+    fn clone_box(&self) -> Box<dyn FarMoments> {
+        Box::new(self.clone())
+    }
+    fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
+        self
+    }
+}
 
 /// The device-resident training state of one `LanguageModel` on CUDA: created at its first
 /// training step from the host weights. After steps the device weights are the current ones;
@@ -499,10 +511,12 @@ impl Resident {
             Update::Adam { .. } => {
                 if opt.cuda.is_none() {
                     let (m, v) = opt.host_moments();
-                    let mo = tr.moments_from_host(m, v)?;
-                    opt.cuda = Some(mo);
+                    let mo: DevMoments = tr.moments_from_host(m, v)?;
+                    opt.cuda = Some(Box::new(mo));
                 }
-                opt.cuda.as_mut()
+                opt.cuda
+                    .as_mut()
+                    .and_then(|b| b.as_any_mut().downcast_mut::<DevMoments>())
             }
             Update::Sgd { .. } => None,
         };
