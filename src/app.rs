@@ -7,7 +7,7 @@ use crate::diagnostic::PipelineError;
 use crate::executor::{self, ExecOptions};
 use crate::key::{self, FileDigests, KeyRecord};
 use crate::launcher::{Launcher, LauncherKind, LauncherSetting, LocalLauncher, ProcessLauncher};
-use crate::pipeline::{self, DeviceSetting, Pipeline};
+use crate::pipeline::{self, Pipeline};
 use crate::plan::{self, PlanView};
 use crate::progress::Output;
 use anyhow::{bail, Context, Result};
@@ -91,14 +91,16 @@ struct Loaded {
 
 fn load(project: &Project, args: &PipelineArgs) -> Result<Loaded> {
     let mut pipeline = pipeline::load(&args.file, &args.sets)?;
-    if let Some(d) = &args.device {
-        pipeline.device = DeviceSetting::parse(d).expect("clap checked the value");
+    if let Some(d) = args.device {
+        pipeline.device = d;
     }
     let device = pipeline.device.resolve();
     if let Err(why) = device.check_built() {
         // A usage error (exit 2), at the flag or the file's `device:` that asked for it.
         let d = match &args.device {
-            Some(d) => crate::diagnostic::Diagnostic::new(format!("--device {d}"), "", why),
+            Some(d) => {
+                crate::diagnostic::Diagnostic::new(format!("--device {}", d.name()), "", why)
+            }
             None => pipeline.diag("device", why),
         };
         return Err(PipelineError {
@@ -201,7 +203,6 @@ pub fn run(cli: Cli, root: &Path) -> Result<()> {
             embedding,
             breakdown,
         } => {
-            let device = crate::device::Device::parse(&device).expect("clap checked the value");
             if device == crate::device::Device::Cuda && !cfg!(feature = "cuda") {
                 bail!(
                     "`--device cuda` needs a build with the `cuda` feature (scripts/build-cuda.sh)"
@@ -240,7 +241,7 @@ struct RunArgs {
     jobs: Option<usize>,
     keep_going: bool,
     /// `--executor`: the launcher.
-    launcher: Option<String>,
+    launcher: Option<LauncherKind>,
     /// `--remote`: the remote store to pull from and push to.
     remote: crate::cli::RemoteArgs,
     quiet: bool,
@@ -254,20 +255,14 @@ fn run_pipeline(project: &Project, out: &Output, threads: usize, args: &RunArgs)
     let p = &l.pipeline;
     let targets = p.resolve_names(&args.targets)?;
     let force = p.resolve_names(&args.force)?;
-    let setting = launcher_setting(p, args.launcher.as_deref());
+    let setting = launcher_setting(p, args.launcher);
     let jobs = args.jobs.unwrap_or(setting.kind.default_jobs());
     if jobs == 0 {
         bail!("`-j 0` would run nothing: give at least 1 (stages to run at once)");
     }
     let plan_run = || {
         let store = &project.store;
-        plan::make_plan(
-            p,
-            &l.records,
-            &|k| store.cached(k),
-            &targets,
-            &force,
-        )
+        plan::make_plan(p, &l.records, &|k| store.cached(k), &targets, &force)
     };
     if args.dry_run {
         print!("{}", PlanView(p, &plan_run()));
@@ -317,15 +312,12 @@ fn run_pipeline(project: &Project, out: &Output, threads: usize, args: &RunArgs)
 
 /// The launcher a run uses: `--executor` (with the file's options when it names the same
 /// kind), else the file's `executor:`, else local.
-fn launcher_setting(p: &Pipeline, flag: Option<&str>) -> LauncherSetting {
+fn launcher_setting(p: &Pipeline, flag: Option<LauncherKind>) -> LauncherSetting {
     match flag {
-        Some(e) => {
-            let kind = LauncherKind::parse(e).expect("clap checked the value");
-            match &p.launcher {
-                Some(s) if s.kind == kind => s.clone(),
-                _ => LauncherSetting::of(kind),
-            }
-        }
+        Some(kind) => match &p.launcher {
+            Some(s) if s.kind == kind => s.clone(),
+            _ => LauncherSetting::of(kind),
+        },
         None => p
             .launcher
             .clone()

@@ -1303,7 +1303,10 @@ pub(crate) mod tests {
         fs::write(&mine_tmp, "").unwrap();
         s.clean_leftovers();
         assert!(!half.exists(), "the half-written file of a dead run stayed");
-        assert!(!whole.exists(), "the unreadable record of a dead run stayed");
+        assert!(
+            !whole.exists(),
+            "the unreadable record of a dead run stayed"
+        );
         assert!(mine_tmp.exists(), "a live process's file went");
         assert_eq!(fs::read_dir(&dir).unwrap().count(), 2);
         drop(live);

@@ -36,8 +36,8 @@ pub struct PipelineArgs {
     #[arg(long = "set", value_name = "STAGE.PARAM=VALUE")]
     pub sets: Vec<String>,
     /// Device for model stages (overrides the pipeline's `device:`).
-    #[arg(long, value_parser = ["cpu", "cuda", "auto"])]
-    pub device: Option<String>,
+    #[arg(long, value_enum)]
+    pub device: Option<crate::pipeline::DeviceSetting>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -64,8 +64,8 @@ pub enum Command {
         /// stage a child `seqpipe exec-job`) or `slurm` (each model stage a Slurm batch job).
         /// Overrides the pipeline's `executor:`.
         /// (The launcher, in the code: "executor" there is the scheduler.)
-        #[arg(long = "executor", value_name = "EXECUTOR", value_parser = ["local", "process", "slurm"])]
-        launcher: Option<String>,
+        #[arg(long = "executor", value_name = "EXECUTOR", value_enum)]
+        launcher: Option<crate::launcher_setting::LauncherKind>,
         #[command(flatten)]
         remote: RemoteArgs,
     },
@@ -154,8 +154,8 @@ pub enum Command {
         #[arg(long, default_value_t = 5, value_parser = bench_epochs)]
         epochs: usize,
         /// Device to train on (`cuda` needs a build with the `cuda` feature).
-        #[arg(long, default_value = "cpu", value_parser = ["cpu", "cuda"])]
-        device: String,
+        #[arg(long, value_enum, default_value_t = crate::device::Device::Cpu)]
+        device: crate::device::Device,
         /// The corpus to train on.
         #[arg(long, default_value = "data/timemachine.txt")]
         corpus: PathBuf,
@@ -238,5 +238,65 @@ fn bench_cell(s: &str) -> Result<String, String> {
         Ok(s.to_string())
     } else {
         Err(crate::diagnostic::suggest(s, &BENCH_CELLS, "cells"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::device::Device;
+    use crate::launcher_setting::LauncherKind;
+    use crate::pipeline::DeviceSetting;
+    use clap::ValueEnum;
+
+    /// Each choice has one name: the flag's (`ValueEnum`), the file's and the store's (serde),
+    /// and the one messages use (`name()`), so none can drift from the others.
+    #[test]
+    fn the_names_are_the_flags_and_the_files() {
+        fn check<T: ValueEnum + serde::Serialize + std::fmt::Debug>(name: impl Fn(&T) -> &str) {
+            for v in T::value_variants() {
+                let flag = v.to_possible_value().unwrap();
+                let serde = serde_json::to_value(v).unwrap();
+                assert_eq!(flag.get_name(), name(v), "{v:?}");
+                assert_eq!(serde.as_str(), Some(name(v)), "{v:?}");
+                assert!(T::from_str(name(v), false).is_ok(), "{v:?}");
+            }
+        }
+        check::<Device>(|d| d.name());
+        check::<DeviceSetting>(|d| d.name());
+        check::<LauncherKind>(|k| k.name());
+        assert_eq!(LauncherKind::names(), ["local", "process", "slurm"]);
+        assert_eq!(DeviceSetting::names(), ["cpu", "cuda", "auto"]);
+        assert_eq!(DeviceSetting::parse("gpu"), None);
+    }
+
+    /// The flags take exactly those names, and say the choices when given another.
+    #[test]
+    fn flags_take_the_enums() {
+        use clap::Parser;
+        let a = super::Cli::try_parse_from([
+            "seqpipe",
+            "run",
+            "p.yaml",
+            "--device",
+            "auto",
+            "--executor",
+            "slurm",
+        ])
+        .unwrap();
+        let super::Command::Run {
+            pipeline, launcher, ..
+        } = a.command
+        else {
+            panic!("not a run: {a:?}");
+        };
+        assert_eq!(pipeline.device, Some(DeviceSetting::Auto));
+        assert_eq!(launcher, Some(LauncherKind::Slurm));
+        let e = super::Cli::try_parse_from(["seqpipe", "run", "p.yaml", "--executor", "slurmm"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("[possible values: local, process, slurm]"),
+            "{e}"
+        );
     }
 }

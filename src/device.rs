@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum Device {
     Cpu,
@@ -13,16 +13,6 @@ pub enum Device {
 }
 
 impl Device {
-    pub const NAMES: &'static [&'static str] = &["cpu", "cuda"];
-
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "cpu" => Some(Self::Cpu),
-            "cuda" => Some(Self::Cuda),
-            _ => None,
-        }
-    }
-
     pub fn name(self) -> &'static str {
         match self {
             Self::Cpu => "cpu",

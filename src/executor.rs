@@ -810,7 +810,6 @@ fn publish(
     Ok(view)
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -994,13 +993,7 @@ mod tests {
             };
             fake.commit(&spec);
         }
-        let plan = crate::plan::make_plan(
-            &p,
-            &records,
-            &|k| store.cached(k),
-            &[],
-            &index(c.force),
-        );
+        let plan = crate::plan::make_plan(&p, &records, &|k| store.cached(k), &[], &index(c.force));
         let opts = ExecOptions {
             jobs: c.jobs,
             keep_going: c.keep_going,

@@ -7,7 +7,15 @@
 /// `slurm` as Slurm batch jobs (model stages; quick stages run in the driver unless
 /// `submit_all`).
 #[derive(
-    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema,
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    serde::Serialize,
+    serde::Deserialize,
+    schemars::JsonSchema,
+    clap::ValueEnum,
 )]
 #[serde(rename_all = "snake_case")]
 // The schema keeps the users' word for it.
@@ -19,15 +27,17 @@ pub enum LauncherKind {
 }
 
 impl LauncherKind {
-    pub const NAMES: &'static [&'static str] = &["local", "process", "slurm"];
-
+    /// `--executor`'s names (from `clap::ValueEnum`), which are the file's.
     pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "local" => Some(Self::Local),
-            "process" => Some(Self::Process),
-            "slurm" => Some(Self::Slurm),
-            _ => None,
-        }
+        <Self as clap::ValueEnum>::from_str(s, false).ok()
+    }
+
+    /// Every name, for errors' "did you mean".
+    pub fn names() -> Vec<&'static str> {
+        <Self as clap::ValueEnum>::value_variants()
+            .iter()
+            .map(|v| v.name())
+            .collect()
     }
 
     pub fn name(self) -> &'static str {
@@ -76,7 +86,7 @@ impl LauncherSetting {
             return Err((
                 "executor".into(),
                 format!("unknown executor `{kind}`"),
-                crate::diagnostic::suggest(kind, LauncherKind::NAMES, "executors"),
+                crate::diagnostic::suggest(kind, &LauncherKind::names(), "executors"),
             ));
         };
         let mut s = LauncherSetting::of(k);

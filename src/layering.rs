@@ -28,7 +28,10 @@ mod tests {
                     .components()
                     .map(|c| c.as_os_str().to_string_lossy().into_owned())
                     .collect();
-                if matches!(parts.last().map(|s| s.as_str()), Some("mod" | "lib" | "main")) {
+                if matches!(
+                    parts.last().map(|s| s.as_str()),
+                    Some("mod" | "lib" | "main")
+                ) {
                     parts.pop();
                 }
                 let text = std::fs::read_to_string(&p).unwrap();
@@ -82,14 +85,20 @@ mod tests {
     fn edges(mods: &BTreeMap<String, String>) -> BTreeSet<(String, String)> {
         let mut out = BTreeSet::new();
         for (m, code) in mods {
-            let here: Vec<&str> = if m.is_empty() { vec![] } else { m.split("::").collect() };
+            let here: Vec<&str> = if m.is_empty() {
+                vec![]
+            } else {
+                m.split("::").collect()
+            };
             let parent = &here[..here.len().saturating_sub(1)];
             let mut named: Vec<Vec<&str>> = paths(code, "crate::");
             for p in paths(code, "super::") {
                 named.push(parent.iter().copied().chain(p).collect());
             }
             for p in named {
-                let Some(to) = resolve(mods, &p) else { continue };
+                let Some(to) = resolve(mods, &p) else {
+                    continue;
+                };
                 let is_ancestor = to.is_empty() || *m == to || m.starts_with(&format!("{to}::"));
                 if !is_ancestor {
                     out.insert((m.clone(), to));
@@ -102,7 +111,10 @@ mod tests {
     #[test]
     fn no_module_imports_itself_through_others() {
         let mods = modules();
-        assert!(mods.contains_key("nn::core::cell"), "the walk found the modules");
+        assert!(
+            mods.contains_key("nn::core::cell"),
+            "the walk found the modules"
+        );
         let edges = edges(&mods);
         let mut g = DiGraph::<&str, ()>::new();
         let ix: BTreeMap<&str, _> = mods.keys().map(|m| (m.as_str(), g.add_node(m))).collect();

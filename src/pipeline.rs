@@ -13,7 +13,7 @@ use std::sync::Arc;
 pub const DEFAULT_SEED: u64 = 0;
 
 /// Where a pipeline's stages run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum DeviceSetting {
     Cpu,
@@ -22,13 +22,25 @@ pub enum DeviceSetting {
 }
 
 impl DeviceSetting {
+    /// The value of `--device` or `device:` (the flag's names, from `clap::ValueEnum`).
     pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "cpu" => Some(Self::Cpu),
-            "cuda" => Some(Self::Cuda),
-            "auto" => Some(Self::Auto),
-            _ => None,
+        <Self as clap::ValueEnum>::from_str(s, false).ok()
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Cpu => "cpu",
+            Self::Cuda => "cuda",
+            Self::Auto => "auto",
         }
+    }
+
+    /// Every name, for errors' "did you mean".
+    pub fn names() -> Vec<&'static str> {
+        <Self as clap::ValueEnum>::value_variants()
+            .iter()
+            .map(|v| v.name())
+            .collect()
     }
 
     /// The device actually used: `auto` is cuda when built with it, else cpu.
@@ -439,7 +451,7 @@ fn settings(raw: &RawPipeline, at: &At, diags: &mut Vec<Diagnostic>) -> Settings
             diags.push(
                 at("device", format!("unknown device `{d}`")).with_help(suggest(
                     d,
-                    &["cpu", "cuda", "auto"],
+                    &DeviceSetting::names(),
                     "devices",
                 )),
             );
