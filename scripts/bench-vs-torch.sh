@@ -20,6 +20,14 @@
 # with `pip install torch==$TORCH_VERSION` from PyPI. PyPI's Linux x86_64 torch wheel is the
 # CUDA build; it runs on the CPU with the CUDA libraries installed but unused (about 5 GB).
 #
+# Products against MKL (PRODUCTS=0 skips it): for each cell and hidden size of the 1-thread
+# cases, `seqpipe --threads 1 bench --breakdown` runs with an empty kernel cache, so every
+# product shape is tuned in this run and its chosen kernel timed alone on that shape (the
+# "GFLOP/s when chosen" of the kernel-choice lines: best of at least 3 runs over 2 ms). The
+# same shapes are then timed with `torch.mm` on one thread (MKL; Aᵀ shapes as `a.t()` of a
+# [k×m] tensor, the layout seqpipe reads; best of at least 3 runs over 20 ms), and both are
+# printed beside the breakdown's products line, with the FLOP-weighted total of the shapes.
+#
 # GFLOP/s: model FLOPs per token × tokens/s, where the FLOPs per token of a training step are
 # 6 × (G·H·H [recurrent] + G·H·E [input, only for an embedding input: a one-hot input is a row
 # lookup in seqpipe] + H·V [output layer]), G = 1/3/4 for rnn/gru/lstm; the same count serves
@@ -34,12 +42,13 @@ WORD_EPOCHS=${WORD_EPOCHS:-4}
 VENV=${VENV:-/tmp/seqpipe-torch/venv}
 TORCH_VERSION=${TORCH_VERSION:-2.15.0}
 LOCK=${LOCK:-/tmp/seqpipe-bench.lock}
+PRODUCTS=${PRODUCTS:-1}
 CASES=${CASES:-"rnn:256:1 gru:256:1 lstm:256:1 rnn:512:1 gru:512:1 lstm:512:1 rnn:256:2 gru:256:2 lstm:256:2 rnn:512:2 gru:512:2 lstm:512:2 rnn_scratch:256:1 rnn_scratch:256:2 word_gru:256:1 word_gru:256:2"}
 
 if ! "$VENV/bin/python" -c 'import torch' 2>/dev/null; then
     echo "creating $VENV with torch $TORCH_VERSION from PyPI ..." >&2
     python3 -m venv "$VENV"
-    "$VENV/bin/pip" install -q "torch==$TORCH_VERSION"
+    "$VENV/bin/pip" install -q "torch==$TORCH_VERSION" numpy
 fi
 if [[ -z ${BIN:-} ]]; then  # BIN=path/to/seqpipe: measure that binary instead of building
     cargo build --release --locked -q
@@ -148,6 +157,42 @@ print("speeds torch:", " ".join(f"{s:.0f}" for s in speeds))
 print("V", V, "final_loss", f"{loss.item():.4f}")
 PY
 
+cat > "$WORK/mm_bench.py" <<'PY'
+# Times torch.mm (MKL, one thread) on the product shapes seqpipe's kernel-choice lines name,
+# read from stdin: `  step 32x1052x256: <choice>, 112.3 GFLOP/s, tuned now` (or `big`,
+# `big Aᵀ`). Prints one line per shape and the FLOP-weighted totals of both sides.
+import re, sys, time
+import torch
+torch.set_num_threads(1)
+torch.manual_seed(0)
+rows, s_time, t_time = [], 0.0, 0.0
+for line in sys.stdin:
+    m = re.match(r"\s+(step|big Aᵀ|big) (\d+)x(\d+)x(\d+): .*?, ([0-9.]+) GFLOP/s", line)
+    if not m:
+        continue
+    kind, M, N, K, sg = m.group(1), *map(int, m.groups()[1:4]), float(m.group(5))
+    a = torch.rand(K, M).t() if kind == "big Aᵀ" else torch.rand(M, K)
+    b = torch.rand(K, N)
+    out = torch.empty(M, N)
+    torch.mm(a, b, out=out)
+    best, runs, t0 = float("inf"), 0, time.perf_counter()
+    while runs < 3 or time.perf_counter() - t0 < 0.02:
+        t = time.perf_counter()
+        torch.mm(a, b, out=out)
+        best = min(best, time.perf_counter() - t)
+        runs += 1
+    flops = 2.0 * M * N * K
+    tg = flops / best / 1e9
+    s_time += flops / (sg * 1e9)
+    t_time += best
+    rows.append((kind, M, N, K, sg, tg))
+for kind, M, N, K, sg, tg in rows:
+    print(f"    {kind:7s} {M:5d}x{N:5d}x{K:5d}: seqpipe {sg:6.1f}, MKL {tg:6.1f} GFLOP/s ({sg / tg:4.2f}x)")
+total = sum(2.0 * r[1] * r[2] * r[3] for r in rows)
+if rows:
+    print(f"  all {len(rows)} shapes, FLOP-weighted: seqpipe {total / s_time / 1e9:.1f}, MKL (torch.mm, 1 thread) {total / t_time / 1e9:.1f} GFLOP/s ({t_time / s_time:.2f}x)")
+PY
+
 median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {if (NR==0) print "nan"; else if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
 # the median of a run's epoch speeds, the first epoch left out
 run_median() { sed 's/^[^:]*: *//' | cut -d' ' -f2- | median; }
@@ -235,3 +280,19 @@ for c in $CASES; do
         printf "runs: seqpipe %s; PyTorch %s\n", sr, tr > "/dev/stderr"
     }'
 done
+
+if [[ $PRODUCTS == 1 ]]; then
+    echo
+    echo "products on 1 thread, per shape: seqpipe's tuned kernel against MKL (torch.mm), same shapes, this run"
+    seen=" "
+    for c in $CASES; do
+        IFS=: read -r cell hidden threads <<< "$c"
+        [[ $threads == 1 && $cell != word_gru && $cell != rnn_scratch ]] || continue
+        [[ $seen == *" $cell:$hidden "* ]] && continue
+        seen+="$cell:$hidden "
+        kc=$(mktemp -d "$WORK/kc.XXXX")
+        out=$(flock "$LOCK" env SEQPIPE_KERNEL_CACHE="$kc" "$BIN" --threads 1 bench --breakdown --cell "$cell" --hidden "$hidden" --epochs 3)
+        echo "$cell $hidden:$(grep -m1 '^  products' <<< "$out" | sed 's/^  products */ products /')"
+        grep -E '^  (step|big)' <<< "$out" | flock "$LOCK" env OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 "$VENV/bin/python" "$WORK/mm_bench.py"
+    done
+fi

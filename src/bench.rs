@@ -104,6 +104,10 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         println!("cpu: {}", k.cpu);
         println!("isa: {} (matrix products and element-wise kernels)", k.isa);
         println!(
+            "caches: {} (candidates whose k-block of B exceeds half the L2 are not tried)",
+            k.caches
+        );
+        println!(
             "peak: {peak:.1} GFLOP/s on one core (FP32, measured: 12 independent FMA chains of the widest vector)"
         );
         println!(

@@ -41,6 +41,7 @@ macro_rules! nn_err {
 }
 
 pub(crate) mod backend;
+mod caches;
 mod core;
 mod cuda;
 mod gemm;

@@ -15,6 +15,7 @@
 //! `MAX_FILE` bytes and `MAX_ENTRIES` entries, every entry checked to be a candidate that runs
 //! here; a file that does not parse or belongs to another CPU, ISA or version is ignored.
 
+use super::caches::{Caches, InUse};
 use super::gemm::{self, Choice, Kernel, Split, KCS, PACK_RULES};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -22,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Instant;
 
-const FORMAT: u32 = 1;
+const FORMAT: u32 = 2;
 const MAX_FILE: u64 = 256 << 10;
 const MAX_ENTRIES: usize = 512;
 /// Products below this many FLOPs are not tuned (the choice hardly matters there).
@@ -120,6 +121,8 @@ struct File {
     cpu: String,
     isa: String,
     seqpipe: String,
+    /// The caches the candidates were sized for (this CPU's, or `SEQPIPE_ASSUME_CACHES`).
+    caches: Caches,
     entries: Vec<Entry>,
 }
 
@@ -188,12 +191,20 @@ fn key() -> (String, String, String) {
     )
 }
 
+/// The caches the search sizes its candidates for (see `caches.rs`), and why an assumption
+/// was ignored, if one was.
+fn caches() -> &'static InUse {
+    static C: std::sync::OnceLock<InUse> = std::sync::OnceLock::new();
+    C.get_or_init(Caches::in_use)
+}
+
 /// The cache file in `dir` for this CPU, ISA and version (a name seqpipe makes itself: a hash
 /// of the key, so machines of a cluster that share a home folder keep their own files).
 fn file_in(dir: &Path) -> PathBuf {
     let (cpu, isa, ver) = key();
+    let c = caches().caches;
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in format!("{cpu}|{isa}|{ver}").bytes() {
+    for b in format!("{cpu}|{isa}|{ver}|{}|{}", c.l1d, c.l2).bytes() {
         h = (h ^ b as u64).wrapping_mul(0x100_0000_01b3);
     }
     dir.join(format!("kernels-{h:016x}.json"))
@@ -203,10 +214,11 @@ fn file_in(dir: &Path) -> PathBuf {
 fn parse_file(bytes: &[u8]) -> Result<Vec<Entry>, String> {
     let f: File = serde_json::from_slice(bytes).map_err(|e| format!("does not parse: {e}"))?;
     let (cpu, isa, ver) = key();
-    if f.format != FORMAT || f.cpu != cpu || f.isa != isa || f.seqpipe != ver {
+    let c = caches().caches;
+    if f.format != FORMAT || f.cpu != cpu || f.isa != isa || f.seqpipe != ver || f.caches != c {
         return Err(format!(
-            "written for format {} / {} / {} / seqpipe {}, not format {FORMAT} / {cpu} / {isa} / seqpipe {ver}",
-            f.format, f.cpu, f.isa, f.seqpipe
+            "written for format {} / {} / {} / seqpipe {} / {}, not format {FORMAT} / {cpu} / {isa} / seqpipe {ver} / {c}",
+            f.format, f.cpu, f.isa, f.seqpipe, f.caches
         ));
     }
     if f.entries.len() > MAX_ENTRIES {
@@ -270,6 +282,7 @@ fn save(s: &mut State) {
         cpu,
         isa,
         seqpipe,
+        caches: caches().caches,
         entries,
     };
     let path = file_in(dir);
@@ -298,7 +311,7 @@ pub(crate) fn choice(shape: Shape) -> Choice {
     {
         return default;
     }
-    let (best, gflops) = tune(shape);
+    let (best, gflops) = tune(shape, &caches().caches);
     s.map.insert(shape, (best, gflops, Source::Tuned));
     save(&mut s);
     best
@@ -353,8 +366,26 @@ fn time_one(shape: Shape, ch: &Choice, a: &[f32], b: &[f32], c: &mut [f32]) -> f
     best
 }
 
-/// Line search from the built-in choice; returns the winner and its GFLOP/s.
-fn tune(shape: Shape) -> (Choice, f64) {
+/// Where the search starts: the built-in choice, with the longest k-block that fits the caches
+/// when its own does not (an assumed small L2).
+fn start(shape: Shape, caches: &Caches) -> Choice {
+    let built_in = Choice::default_for(shape.step);
+    let nr = built_in.kernel.nr();
+    if caches.fits(built_in.kc, shape.k, nr) {
+        return built_in;
+    }
+    let kc = KCS
+        .iter()
+        .copied()
+        .filter(|&kc| kc != 0 && caches.fits(kc, shape.k, nr))
+        .max()
+        .unwrap_or(KCS[1]);
+    Choice { kc, ..built_in }
+}
+
+/// Line search from the built-in choice over the candidates that fit the caches; returns the
+/// winner and its GFLOP/s.
+fn tune(shape: Shape, caches: &Caches) -> (Choice, f64) {
     let Shape { m, n, k, .. } = shape;
     // Deterministic values in [-1, 1) (the speed does not depend on them).
     let fill = |len: usize, seed: usize| -> Vec<f32> {
@@ -366,11 +397,11 @@ fn tune(shape: Shape) -> (Choice, f64) {
     };
     let (a, b) = (fill(m * k, 1), fill(k * n, 2));
     let mut c = vec![0.0f32; m * n];
-    let mut best = Choice::default_for(shape.step);
+    let mut best = start(shape, caches);
     let mut best_t = time_one(shape, &best, &a, &b, &mut c);
     let mut try_all = |cands: Vec<Choice>, best: &mut Choice, best_t: &mut f64| {
         for ch in cands {
-            if ch == *best || !ch.is_valid_here() {
+            if ch == *best || !ch.is_valid_here() || !caches.fits(ch.kc, k, ch.kernel.nr()) {
                 continue;
             }
             let t = time_one(shape, &ch, &a, &b, &mut c);
@@ -414,6 +445,8 @@ fn tune(shape: Shape) -> (Choice, f64) {
 pub struct KernelReport {
     pub cpu: String,
     pub isa: String,
+    /// The data caches the candidates are sized for (this CPU's, or assumed).
+    pub caches: String,
     /// The cache file (absent: tuning is off, every product uses the built-in choice).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cache: Option<String>,
@@ -439,6 +472,10 @@ pub fn report() -> KernelReport {
     KernelReport {
         cpu: cpu_model(),
         isa: gemm::kernel_name().to_string(),
+        caches: match caches() {
+            u if u.assumed => format!("{} (assumed)", u.caches),
+            u => u.caches.to_string(),
+        },
         cache: s.dir.as_ref().map(|d| file_in(d).display().to_string()),
         default: format!(
             "step: {}; big: {}",
@@ -455,7 +492,10 @@ pub fn report() -> KernelReport {
                 source: src,
             })
             .collect(),
-        problem: s.problem.clone(),
+        problem: match (&s.problem, &caches().problem) {
+            (Some(p), Some(c)) => Some(format!("{p}; {c}")),
+            (p, c) => p.clone().or_else(|| c.clone()),
+        },
     }
 }
 
@@ -518,6 +558,30 @@ pub(crate) mod tests {
         set_cache_dir(None);
         state().map.clear();
         state().problem = None;
+    }
+
+    /// With an assumed small L2, the search starts from and keeps to k-blocks that fit in
+    /// half of it; with this CPU's caches the same shape may use all of k.
+    #[test]
+    fn the_search_keeps_to_what_fits_the_caches() {
+        let small = Caches {
+            l1d: 32 << 10,
+            l2: 64 << 10,
+        };
+        // A per-step product on all of k = 1,024 rows: 128 KiB of a 32-float panel.
+        let shape = Shape::step(32, 256, 1024);
+        let nr = Choice::default_for(true).kernel.nr();
+        assert!(!small.fits(0, 1024, nr));
+        let s = start(shape, &small);
+        assert!(s.kc != 0 && small.fits(s.kc, 1024, nr), "{s:?}");
+        let (best, gflops) = tune(shape, &small);
+        assert!(small.fits(best.kc, 1024, best.kernel.nr()), "{best:?}");
+        assert!(gflops > 0.0);
+        let roomy = Caches {
+            l1d: 48 << 10,
+            l2: 2 << 20,
+        };
+        assert_eq!(start(shape, &roomy), Choice::default_for(true));
     }
 
     #[test]
