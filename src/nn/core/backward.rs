@@ -3,7 +3,7 @@
 
 use super::super::backend::{Ctx, Engine};
 use super::super::gemm;
-use super::super::math::{add_col_sums, transpose, transpose_cols};
+use super::super::math::{add_col_sums, transpose};
 use super::super::profile;
 use super::super::scratch;
 use super::cell::{BwdRow, Cell};
@@ -206,17 +206,22 @@ impl Core {
         let hs_owned = std::mem::take(&mut fwd.caches[l].hs);
         let hsm = ctx.mat_owned(hs_owned, (t + 1) * b, h);
         let dmat = ctx.mat_owned(d, (t + 1) * b, w);
-        let mut dwt = scratch::take(h * w);
-        ctx.mm(&hsm, true, &dmat, false, &mut dwt);
+        // [dW_hh; dW_lin] = D^T · Hs, [w × h]: already the gradients' layout (rows of W_hh,
+        // then of W_lin), so no transpose. Each element is the same FMA chain over the rows as
+        // in Hs^T · D (a product's factors commute exactly), so the bits are those of before.
+        if top {
+            let mut dw = scratch::take(w * h);
+            ctx.mm(&dmat, true, &hsm, false, &mut dw);
+            let _c = profile::enter(profile::Phase::Packing);
+            grads[li.w_hh].copy_from_slice(&dw[..gh * h]);
+            grads[self.lin_w].copy_from_slice(&dw[gh * h..]);
+            drop(_c);
+            scratch::give(dw);
+        } else {
+            ctx.mm(&dmat, true, &hsm, false, &mut grads[li.w_hh]);
+        }
         scratch::give(hsm.host);
         scratch::give(dmat.host);
-        // [dW_hh; dW_lin] = dwt^T, transposed straight into the two gradients.
-        let tr = profile::enter(profile::Phase::Packing);
-        transpose_cols(&dwt, h, w, 0, gh, &mut grads[li.w_hh]);
-        if top {
-            transpose_cols(&dwt, h, w, gh, w, &mut grads[self.lin_w]);
-        }
-        drop(tr);
         if top {
             let gb = &mut grads[self.lin_b];
             for r in 0..t * b {
@@ -225,7 +230,6 @@ impl Core {
                 }
             }
         }
-        scratch::give(dwt);
         add_col_sums(dgi, gh, gh, &mut grads[li.b_ih]);
         if let (Some(bh), true) = (li.b_hh, fold_b_hh) {
             // d's rows hold exactly dgi's rows (and zeros): the same sums, bit for bit.
@@ -280,12 +284,9 @@ impl Core {
         };
         let xm = ctx.mat(xin, t * b, li.in_dim);
         let dgm = ctx.mat_owned(dgi, t * b, gh);
-        let mut dwi_t = vec![0.0f32; li.in_dim * gh];
-        ctx.mm(&xm, true, &dgm, false, &mut dwi_t);
-        {
-            let _tr = profile::enter(profile::Phase::Packing);
-            transpose(&dwi_t, li.in_dim, gh, &mut grads[li.w_ih]);
-        }
+        // dW_ih = dGi^T · X [gh × in]: the gradient's layout, no transpose (same bits as the
+        // transpose of X^T · dGi, see above).
+        ctx.mm(&dgm, true, &xm, false, &mut grads[li.w_ih]);
         let mut below = None;
         if l > 0 || matches!(self.input, InKind::Embedding { .. }) {
             let mut dx = vec![0.0f32; t * b * li.in_dim];
