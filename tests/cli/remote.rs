@@ -6,8 +6,9 @@
 //! The S3 tests need `python3 -m moto.server` (scripts/test.sh installs `moto[server]`): without
 //! it they FAIL, unless SEQPIPE_TEST_NO_S3=1 says to skip them.
 
-use super::*;
-use std::process::{Child, Stdio};
+use crate::support::*;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// moto's S3 server on a free port of 127.0.0.1, killed when dropped.

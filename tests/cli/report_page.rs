@@ -3,7 +3,9 @@
 //! page as a real browser renders it (without one the browser test skips and says why, except
 //! under CI=true, where it fails; scripts/test.sh installs `chromium-headless-shell` as root).
 
-use super::*;
+use crate::support::*;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 
 /// Run a shipped pipeline quick (`*.epochs=2` where it trains); the run record.
 fn run_quick(p: &Path, name: &str) -> serde_json::Value {

@@ -1,7 +1,7 @@
 //! `seqpipe bench --breakdown` and the kernel choices: tuned on first use, kept in the cache
 //! file, read by later runs, shown in the breakdown and in each run record.
 
-use super::*;
+use crate::support::*;
 
 #[test]
 fn bench_breakdown_shows_phases_the_peak_and_kernel_choices_kept_for_later_runs() {

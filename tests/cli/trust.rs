@@ -2,8 +2,10 @@
 //! goes on, links planted in a shared store, a crafted entry record, a user's edit in a view
 //! that a run switches to a new entry. Each test failed before the store checked these.
 
-use super::*;
+use crate::support::*;
 use std::os::unix::fs::symlink;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 
 /// A training, then a second corpus (`data/b.txt`): with `-j 1` the scheduler starts ready
 /// stages in the file's order, so the corpus is read after the training.
