@@ -525,6 +525,10 @@ impl Store {
                 n += remove_dead(&dir, |_| true);
             }
         }
+        // A claim or take-over guard a killed process was writing (see `claim::create_whole`).
+        if let Ok(dir) = self.dir("claims", false) {
+            remove_dead(&dir, |n| n.contains(".tmp~"));
+        }
         // The announcements of runs that were killed (kill -9 runs no destructor).
         live_runs(&self.meta, true);
         self.claims.clear_stale();
@@ -1025,12 +1029,17 @@ pub(crate) fn tagged_key_name(n: &str) -> bool {
 }
 
 /// `<key>.claim` and its take-over guard `<key>.takeover`.
+/// `<key>.claim`, `<key>.takeover`, or one being written: `<key>.claim.tmp~<owner tag>`.
 fn claim_name(n: &str) -> bool {
+    let n = match n.split_once(".tmp~") {
+        Some((stem, tag)) if parse_tag(tag).is_some() => stem,
+        Some(_) => return false,
+        None => n,
+    };
     n.split_once('.')
         .is_some_and(|(k, ext)| Key::parse(k).is_some() && matches!(ext, "claim" | "takeover"))
 }
 
-/// `<owner tag>.json`, or its temporary `<owner tag>.tmp<pid>` while it is written.
 /// A name in `live/`: `<tag>.json` (a record) or `<tag>.tmp<pid>` (one being written). Returns
 /// the tag and whether it is a record.
 fn live_name(n: &str) -> Option<(&str, bool)> {
@@ -1258,6 +1267,34 @@ pub(crate) mod tests {
             "another host's leftover untouched for 40 days goes"
         );
         assert!(fresh.exists() && busy.exists());
+    }
+
+    /// A claim a killed process was writing (`<key>.claim.tmp~<tag>`) goes with the next
+    /// cleanup; one of a live process stays, and neither is reported as a strange file.
+    #[test]
+    fn a_killed_claimants_temporary_file_goes() {
+        let t = tempfile::tempdir().unwrap();
+        let s = Store::new(t.path());
+        let dir = s.meta().join("claims");
+        fs::create_dir_all(&dir).unwrap();
+        let key = record(6).key();
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead = child.id();
+        child.wait().unwrap();
+        let host = &Owner::me().host;
+        let theirs = dir.join(format!("{}.claim.tmp~{host}~{dead}", key.as_str()));
+        let mine = dir.join(format!(
+            "{}.takeover.tmp~{}",
+            key.as_str(),
+            Owner::me().tag()
+        ));
+        fs::write(&theirs, "{\"own").unwrap();
+        fs::write(&mine, "").unwrap();
+        assert!(claim_name(&theirs.file_name().unwrap().to_string_lossy()));
+        assert!(!claim_name(&format!("{}.claim.tmp~no tag", key.as_str())));
+        s.clean_leftovers();
+        assert!(!theirs.exists(), "a dead claimant's file stayed");
+        assert!(mine.exists(), "a live process's file went");
     }
 
     #[test]

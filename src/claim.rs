@@ -139,10 +139,8 @@ impl Claims {
         fs::create_dir_all(&self.dir)?;
         let path = self.path(&info.key);
         for _ in 0..4 {
-            match File::options().write(true).create_new(true).open(&path) {
-                Ok(mut f) => {
-                    f.write_all(&serde_json::to_vec(info)?)?;
-                    f.sync_all()?;
+            match create_whole(&path, &serde_json::to_vec(info)?) {
+                Ok(f) => {
                     held().lock().unwrap().push(path.clone());
                     return Ok(TryClaim::Got(start_heartbeat(path, f)));
                 }
@@ -162,14 +160,16 @@ impl Claims {
     /// Remove a stale claim, under a second exclusive file so that only one process does.
     fn take_over(&self, path: &Path) -> std::io::Result<()> {
         let guard = path.with_extension("takeover");
-        match File::options().write(true).create_new(true).open(&guard) {
+        let me = serde_json::to_vec(&Guard {
+            owner: Owner::me().clone(),
+        })?;
+        match create_whole(&guard, &me) {
             Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                // Someone else is taking it over; a guard left by a crash expires (one dated
-                // far in the future too: a skewed clock must not block the key for ever).
-                if mtime_age(&guard)
-                    .is_some_and(|a| heartbeat(a, stale_after()) != Heartbeat::Fresh)
-                {
+                // Someone else is taking it over; a guard left by a crash goes (its owner is a
+                // dead process here, or it is older than the timeout; one dated far in the
+                // future too: a skewed clock must not block the key for ever).
+                if guard_is_stale(&guard) {
                     let _ = fs::remove_file(&guard);
                 }
                 std::thread::sleep(Duration::from_millis(50));
@@ -242,6 +242,12 @@ impl Claims {
             {
                 n += 1;
             }
+            if p.extension().is_some_and(|x| x == "takeover")
+                && guard_is_stale(&p)
+                && fs::remove_file(&p).is_ok()
+            {
+                n += 1;
+            }
         }
         n
     }
@@ -263,6 +269,51 @@ fn start_heartbeat(path: PathBuf, file: File) -> Claim {
         })
         .ok();
     Claim { path, stop, beat }
+}
+
+/// What a take-over guard holds: who is taking the claim over.
+#[derive(Serialize, Deserialize)]
+struct Guard {
+    owner: Owner,
+}
+
+/// Whether a take-over guard was left by a crash: its owner is a dead process of this machine,
+/// or (owner elsewhere or unreadable) it is older than the timeout or dated in the future.
+fn guard_is_stale(guard: &Path) -> bool {
+    let owner = crate::fsutil::read_bounded(guard, 64 << 10)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Guard>(&b).ok())
+        .map(|g| g.owner);
+    if let Some(alive) = owner.and_then(|o| o.alive_here()) {
+        return !alive;
+    }
+    mtime_age(guard).is_some_and(|a| heartbeat(a, stale_after()) != Heartbeat::Fresh)
+}
+
+/// Create `path` exclusively with all of `bytes` in it, never a part: the bytes go into a
+/// temporary file named for this process (`<name>.tmp~<owner tag>`, removed by the next run
+/// when a kill leaves it), which is then hard-linked to `path` (exclusive, as `O_EXCL` is, and
+/// on NFS too). A file system without hard links gets an exclusive create and a write (a kill
+/// between the two leaves an empty file, which expires by its age). Returns the file, open for
+/// the heartbeat.
+fn create_whole(path: &Path, bytes: &[u8]) -> std::io::Result<File> {
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let tmp = path.with_file_name(format!("{name}.tmp~{}", Owner::me().tag()));
+    let _ = fs::remove_file(&tmp); // ours, from an earlier try; a link there goes itself
+    let mut f = File::options().write(true).create_new(true).open(&tmp)?;
+    let written = f.write_all(bytes).and_then(|_| f.sync_all());
+    let linked = written.and_then(|_| fs::hard_link(&tmp, path));
+    let _ = fs::remove_file(&tmp);
+    match linked {
+        Ok(()) => Ok(f),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(e),
+        Err(_) => {
+            let mut f = File::options().write(true).create_new(true).open(path)?;
+            f.write_all(bytes)?;
+            f.sync_all()?;
+            Ok(f)
+        }
+    }
 }
 
 /// A claim file: a plain file (never through a link) of at most 64 KiB (it holds an owner and
@@ -504,6 +555,51 @@ mod tests {
             .unwrap();
         assert!(!c.is_held(&i.key));
         assert_eq!(c.clear_stale(), 1);
+    }
+
+    /// A claim appears whole or not at all: no half-written claim of a killed process can
+    /// hold its key. A guard left by a killed take-over goes at once, not after the timeout.
+    #[test]
+    fn claims_are_written_whole_and_a_killed_take_over_does_not_block() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path().join("claims");
+        let c = Claims::new(dir.clone());
+        let i = info("a1");
+        let TryClaim::Got(held) = c.try_claim(&i).unwrap() else {
+            panic!("the first claim succeeds")
+        };
+        let names: Vec<String> = fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            names,
+            [format!("{}.claim", i.key.as_str())],
+            "no temporary file stays"
+        );
+        assert_eq!(read_claim(&c.path(&i.key)).unwrap().owner, *Owner::me());
+        drop(held);
+        // A guard of a dead process of this machine, just written (so not old).
+        let mut dead = Owner::me().clone();
+        dead.pid = dead_pid();
+        dead.start = Some(1);
+        let guard = c.path(&i.key).with_extension("takeover");
+        fs::write(&guard, serde_json::to_vec(&Guard { owner: dead }).unwrap()).unwrap();
+        assert!(guard_is_stale(&guard));
+        assert_eq!(c.clear_stale(), 1);
+        assert!(!guard.exists());
+        // A live one's guard stays; so does an unreadable fresh one (another host's, writing).
+        fs::write(
+            &guard,
+            serde_json::to_vec(&Guard {
+                owner: Owner::me().clone(),
+            })
+            .unwrap(),
+        )
+        .unwrap();
+        assert!(!guard_is_stale(&guard));
+        fs::write(&guard, b"").unwrap();
+        assert!(!guard_is_stale(&guard));
     }
 
     fn dead_pid() -> u32 {
