@@ -7,7 +7,9 @@
 //! The search is one parameter at a time from the built-in choice (ATLAS-style line search):
 //! micro-kernel and its rows, then the k-block, then packing, then the thread split, keeping a
 //! change only when it is at least 3% faster (timings on a shared machine are noisy, and the
-//! built-in choice is the known-good one). About 15 candidates, 2-4 ms each, per shape.
+//! built-in choice is the known-good one). About 15 candidates per shape, timed in 3
+//! interleaved rounds of about 1 ms each, so that a burst of load from elsewhere slows them all
+//! alike.
 //!
 //! Tuning is off until the program names a cache folder ([`set_cache_dir`]; the `seqpipe`
 //! binary does, see [`default_cache_dir`]); the library's tests and other embedders get the
@@ -30,6 +32,8 @@ const MAX_ENTRIES: usize = 512;
 const MIN_TUNE_FLOPS: usize = 1 << 22;
 /// A candidate must beat the best so far by this factor to replace it.
 const MARGIN: f64 = 0.97;
+/// Interleaved timing rounds per search step (see `tune`).
+const ROUNDS: usize = 3;
 /// Largest dimension an entry of the file may name.
 const MAX_DIM: usize = 1 << 24;
 
@@ -345,7 +349,7 @@ pub(crate) fn all_candidates() -> Vec<Choice> {
     out
 }
 
-/// Seconds per product with choice `ch` on `shape` (best of several runs).
+/// Seconds per product with choice `ch` on `shape` (best of the runs in about 1 ms, at least one).
 fn time_one(shape: Shape, ch: &Choice, a: &[f32], b: &[f32], c: &mut [f32]) -> f64 {
     let Shape { m, n, k, .. } = shape;
     let packed = shape.step.then(|| gemm::pack_b(b, k, n, *ch));
@@ -353,11 +357,12 @@ fn time_one(shape: Shape, ch: &Choice, a: &[f32], b: &[f32], c: &mut [f32]) -> f
         Some(p) => gemm::sgemm_packed_serial(m, a, p, c),
         None => gemm::sgemm_with(ch, m, n, k, a, shape.at, b, c, true),
     };
-    run(); // warm-up (caches, the team's threads)
+    // No warm-up run: the search times every candidate in several rounds and keeps the best,
+    // so a cold first run (caches, the team's threads) is left out anyway.
     let mut best = f64::INFINITY;
     let start = Instant::now();
     let mut runs = 0;
-    while runs < 3 || (start.elapsed().as_secs_f64() < 0.002 && runs < 1000) {
+    while runs < 1 || (start.elapsed().as_secs_f64() < 0.001 && runs < 1000) {
         let t = Instant::now();
         run();
         best = best.min(t.elapsed().as_secs_f64());
@@ -399,12 +404,26 @@ fn tune(shape: Shape, caches: &Caches) -> (Choice, f64) {
     let mut c = vec![0.0f32; m * n];
     let mut best = start(shape, caches);
     let mut best_t = time_one(shape, &best, &a, &b, &mut c);
+    // The current best and the candidates are timed in ROUNDS interleaved rounds, each keeping
+    // its best time: a burst of load from another process then slows every one of them alike
+    // instead of sinking one (a choice made under load is kept in the cache for good).
     let mut try_all = |cands: Vec<Choice>, best: &mut Choice, best_t: &mut f64| {
-        for ch in cands {
-            if ch == *best || !ch.is_valid_here() || !caches.fits(ch.kc, k, ch.kernel.nr()) {
-                continue;
+        let mut times: Vec<(Choice, f64)> = std::iter::once(*best)
+            .chain(cands.into_iter().filter(|ch| {
+                ch != best && ch.is_valid_here() && caches.fits(ch.kc, k, ch.kernel.nr())
+            }))
+            .map(|ch| (ch, f64::INFINITY))
+            .collect();
+        if times.len() == 1 {
+            return;
+        }
+        for _ in 0..ROUNDS {
+            for (ch, t) in times.iter_mut() {
+                *t = t.min(time_one(shape, ch, &a, &b, &mut c));
             }
-            let t = time_one(shape, &ch, &a, &b, &mut c);
+        }
+        *best_t = times[0].1.min(*best_t);
+        for &(ch, t) in &times[1..] {
             if t < *best_t * MARGIN {
                 (*best, *best_t) = (ch, t);
             }
