@@ -307,7 +307,9 @@ fn live_page(p: &Path, run: &mut Guard) -> Option<(String, usize)> {
 fn watch_a_run(executor: &str) {
     let t = project();
     let p = t.path();
-    let epochs = 400;
+    // Long enough (about a second) that the page is caught while the training runs: 400
+    // epochs (0.3 s) sometimes ended before the first page with epochs on it was read.
+    let epochs = 4000;
     let mut run = start_live_run(p, epochs, &["--executor", executor]);
     let (html, points) = live_page(p, &mut run)
         .unwrap_or_else(|| panic!("{executor}: the run ended before its page showed epochs"));

@@ -51,9 +51,9 @@ fn bench_breakdown_shows_phases_the_peak_and_kernel_choices_kept_for_later_runs(
         .parse()
         .unwrap();
     assert!((70.0..=100.5).contains(&pct), "{sum}");
-    // The weight-gradient product of all steps (64 × 284 × 1,152, Aᵀ) is large enough to be
+    // The weight-gradient product of all steps (284 × 64 × 1,152, Aᵀ: dW = Dᵀ·Hs) is large enough to be
     // tuned: in the first run it is tuned, and the choice is written to the cache file.
-    let tuned = "big Aᵀ 64x284x1152: ";
+    let tuned = "big Aᵀ 284x64x1152: ";
     let line = out
         .lines()
         .find(|l| l.contains(tuned))
@@ -95,7 +95,7 @@ fn bench_breakdown_shows_phases_the_peak_and_kernel_choices_kept_for_later_runs(
             .as_array()
             .unwrap()
             .iter()
-            .any(|c| c["shape"] == "big Aᵀ 64x284x1152" && c["source"] == "cache"),
+            .any(|c| c["shape"] == "big Aᵀ 284x64x1152" && c["source"] == "cache"),
         "{k}"
     );
     // A damaged cache file is set aside with a note, and the built-in choice is used.
