@@ -44,7 +44,7 @@ impl Core {
             let fold = C::FOLDS_B_HH;
             let (gi, x_in) = self.input_projection(ctx, dw, inp, &caches, l, b, t, fold);
             let cache = self.recurrence(cell, ctx, dw, l, &gi, b, t, state, &mut logits);
-            scratch::give(gi);
+            gi.give_back();
             caches.push(LCache { x_in, ..cache });
         }
         Fwd { caches, logits }
@@ -54,17 +54,17 @@ impl Core {
     /// cell folds it) [T*B, GH]; and layer 0's input when it is not derivable (dense or
     /// embedding input), for the backward pass.
     #[allow(clippy::too_many_arguments)]
-    fn input_projection<D: Engine>(
+    fn input_projection<'a, D: Engine>(
         &self,
         ctx: &Ctx<D>,
         dw: &DevW<D>,
-        inp: &Inputs,
+        inp: &Inputs<'a>,
         below: &[LCache],
         l: usize,
         b: usize,
         t: usize,
         fold_b_hh: bool,
-    ) -> (Vec<f32>, Option<Vec<f32>>) {
+    ) -> (Projection<'a>, Option<Vec<f32>>) {
         let (h, gh) = (self.hidden, self.g() * self.hidden);
         let (li, ld, p) = (&self.layers[l], &dw.layers[l], &self.store.params);
         let mut bias = p[li.b_ih].data.clone();
@@ -73,22 +73,20 @@ impl Core {
                 bias.iter_mut().zip(&p[bh].data).for_each(|(a, &c)| *a += c);
             }
         }
-        let mut gi = scratch::take(t * b * gh);
         if let Some(host) = &ld.w_ih_t_host {
-            let Inputs::Tokens(x) = inp else {
+            let Inputs::Tokens(x) = *inp else {
                 unreachable!()
             };
-            // A one-hot input selects a row of W_ih^T: gather it with the bias added, in
-            // one pass (the same sums as a product followed by the bias).
-            for (&tok, dst) in x.iter().zip(gi.chunks_exact_mut(gh)) {
-                let tok = tok as usize;
-                let row = &host[tok * gh..(tok + 1) * gh];
-                for ((d, &a), &c) in dst.iter_mut().zip(row).zip(&bias) {
-                    *d = a + c;
-                }
+            // A one-hot input selects a row of W_ih^T: one row per token with the bias added
+            // (the same sums as a product followed by the bias), which the steps' rows point
+            // into instead of a copy per row and step (T·B·GH floats written and read again).
+            let mut table = host.clone();
+            for row in table.chunks_exact_mut(gh) {
+                row.iter_mut().zip(&bias).for_each(|(a, &c)| *a += c);
             }
-            return (gi, None);
+            return (Projection::Table { table, tokens: x }, None);
         }
+        let mut gi = scratch::take(t * b * gh);
         let xin: Vec<f32> = if l > 0 {
             below[l - 1].hs[b * h..].to_vec()
         } else {
@@ -112,7 +110,7 @@ impl Core {
         for row in gi.chunks_exact_mut(gh) {
             row.iter_mut().zip(&bias).for_each(|(a, &c)| *a += c);
         }
-        (gi, x_in)
+        (Projection::Rows(gi), x_in)
     }
 
     /// The recurrence of layer `l` over all steps from `state` (left at the final state):
@@ -125,7 +123,7 @@ impl Core {
         ctx: &Ctx<D>,
         dw: &DevW<D>,
         l: usize,
-        gi: &[f32],
+        gi: &Projection,
         b: usize,
         t: usize,
         state: &mut HiddenState,
@@ -171,7 +169,7 @@ impl Core {
                 for bb in r0..r1 {
                     let (gr, hr) = ((s * b + bb) * gh, (s * b + bb) * h);
                     cell.forward(FwdRow {
-                        gi: &gi[gr..gr + gh],
+                        gi: gi.row(s * b + bb, gh),
                         gh: &out[(bb - r0) * w..(bb - r0) * w + gh],
                         b_hh,
                         hp: hs_w.at(hr, h),
@@ -279,6 +277,34 @@ impl Core {
                 }
                 (sum, b, dy)
             }
+        }
+    }
+}
+
+/// A layer's input projection `x W_ih^T + b` per row (time-major: row = s·B + b).
+pub(super) enum Projection<'a> {
+    /// Every row written out [T·B, GH].
+    Rows(Vec<f32>),
+    /// One-hot input: `table` [V, GH] holds W_ih^T's row of each token with the bias added,
+    /// and row r is the row of token `tokens[r]`.
+    Table { table: Vec<f32>, tokens: &'a [u32] },
+}
+
+impl Projection<'_> {
+    #[inline]
+    fn row(&self, r: usize, gh: usize) -> &[f32] {
+        match self {
+            Projection::Rows(v) => &v[r * gh..(r + 1) * gh],
+            Projection::Table { table, tokens } => {
+                let tok = tokens[r] as usize;
+                &table[tok * gh..(tok + 1) * gh]
+            }
+        }
+    }
+
+    fn give_back(self) {
+        if let Projection::Rows(v) = self {
+            scratch::give(v);
         }
     }
 }
