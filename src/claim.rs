@@ -297,22 +297,34 @@ fn guard_is_stale(guard: &Path) -> bool {
 /// between the two leaves an empty file, which expires by its age). Returns the file, open for
 /// the heartbeat.
 fn create_whole(path: &Path, bytes: &[u8]) -> std::io::Result<File> {
+    use std::io::ErrorKind;
     let name = path.file_name().unwrap_or_default().to_string_lossy();
     let tmp = path.with_file_name(format!("{name}.tmp~{}", Owner::me().tag()));
     let _ = fs::remove_file(&tmp); // ours, from an earlier try; a link there goes itself
     let mut f = File::options().write(true).create_new(true).open(&tmp)?;
-    let written = f.write_all(bytes).and_then(|_| f.sync_all());
-    let linked = written.and_then(|_| fs::hard_link(&tmp, path));
+    if let Err(e) = f.write_all(bytes).and_then(|_| f.sync_all()) {
+        let _ = fs::remove_file(&tmp); // a full disk: nothing is left behind
+        return Err(e);
+    }
+    let linked = fs::hard_link(&tmp, path);
     let _ = fs::remove_file(&tmp);
     match linked {
         Ok(()) => Ok(f),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(e),
-        Err(_) => {
+        // No hard links on this file system (EPERM, EOPNOTSUPP).
+        Err(e)
+            if matches!(
+                e.kind(),
+                ErrorKind::PermissionDenied | ErrorKind::Unsupported
+            ) =>
+        {
             let mut f = File::options().write(true).create_new(true).open(path)?;
-            f.write_all(bytes)?;
-            f.sync_all()?;
+            if let Err(e) = f.write_all(bytes).and_then(|_| f.sync_all()) {
+                let _ = fs::remove_file(path); // ours: just created
+                return Err(e);
+            }
             Ok(f)
         }
+        Err(e) => Err(e),
     }
 }
 
