@@ -265,8 +265,7 @@ fn run_pipeline(project: &Project, out: &Output, threads: usize, args: &RunArgs)
         plan::make_plan(p, &l.records, &|k| store.cached(k), &targets, &force)
     };
     if args.dry_run {
-        print!("{}", PlanView(p, &plan_run()));
-        return Ok(());
+        return dry_run(project, &l, &targets, &force, &args.remote, args.quiet);
     }
     prepare_store(&project.store, p)?;
     // On a remote (`--remote`): pull what the plan can take from there first.
@@ -766,6 +765,72 @@ fn exec_job(file: &Path, result: Option<&Path>) -> Result<()> {
 }
 
 /// The link to the remote named by `--remote` or `SEQPIPE_REMOTE`, if any.
+/// `run --dry-run`: the plan, and with a remote, what of it would be pulled from there. Reads
+/// the remote's records only (no blob is fetched) and writes nothing.
+fn dry_run(
+    project: &Project,
+    l: &Loaded,
+    targets: &[usize],
+    force: &[usize],
+    remote: &crate::cli::RemoteArgs,
+    quiet: bool,
+) -> Result<()> {
+    let (p, store) = (&l.pipeline, &project.store);
+    let link = open_link(project, remote, quiet)?;
+    let mut on_remote = std::collections::HashSet::new();
+    if let Some(link) = &link {
+        let mut missing: Vec<crate::key::Key> = l
+            .records
+            .iter()
+            .map(|r| r.key())
+            .filter(|k| !matches!(store.cached(k), plan::Cached::Yes))
+            .collect();
+        missing.sort();
+        missing.dedup();
+        let recs = link.records(&missing)?;
+        on_remote.extend(recs.into_iter().flatten().map(|e| e.entry.key));
+    }
+    let plan = plan::make_plan(
+        p,
+        &l.records,
+        &|k| match store.cached(k) {
+            plan::Cached::Yes => plan::Cached::Yes,
+            _ if on_remote.contains(k) => plan::Cached::Yes,
+            other => other,
+        },
+        targets,
+        force,
+    );
+    print!("{}", PlanView(p, &plan));
+    if let Some(link) = &link {
+        let pulled: Vec<&str> = plan
+            .steps
+            .iter()
+            .filter(|s| s.action == plan::Action::Hit && on_remote.contains(&s.key))
+            .map(|s| p.stages[s.stage].name.as_str())
+            .collect();
+        if link.is_down() {
+            println!(
+                "remote {}: not reachable, so the plan above is this store's",
+                link.url()
+            );
+        } else if pulled.is_empty() {
+            println!(
+                "remote {}: nothing of this plan would be pulled from it",
+                link.url()
+            );
+        } else {
+            println!(
+                "remote {}: {} of the hits above would be pulled from it: {}",
+                link.url(),
+                pulled.len(),
+                pulled.join(", ")
+            );
+        }
+    }
+    Ok(())
+}
+
 fn open_link(
     project: &Project,
     args: &crate::cli::RemoteArgs,

@@ -473,3 +473,52 @@ fn gc_on_a_remote_removes_unreachable_records() {
     assert!(out.contains("5 ran, 1 pulled"), "{out}");
     assert!(!err.contains("warning"), "{err}");
 }
+
+/// `run --dry-run` with a remote says which hits would be pulled from it, fetches no blob and
+/// writes nothing; a remote that is not there leaves the local plan, with a warning.
+#[test]
+fn a_dry_run_says_what_the_remote_would_serve_and_writes_nothing() {
+    let r = Remote::dir();
+    let a = tiny_project(2);
+    r.ok(a.path(), &["run", "-q", "tiny.yaml"]);
+    let b = tiny_project(2);
+    let before = tree(b.path());
+    let (out, _) = r.ok(b.path(), &["run", "--dry-run", "tiny.yaml"]);
+    assert!(out.contains("6 stages, 0 to run, 6 cached"), "{out}");
+    assert!(
+        out.contains("6 of the hits above would be pulled from it:"),
+        "{out}"
+    );
+    assert_eq!(tree(b.path()), before, "a dry run wrote something");
+    // Without the remote the same project would run everything.
+    let o = seqpipe(b.path(), &["run", "--dry-run", "tiny.yaml"]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("6 to run, 0 cached"), "{out}");
+    // One stage changed here: the rest still comes from the remote, that one runs.
+    let (out, _) = r.ok(
+        b.path(),
+        &["run", "--dry-run", "tiny.yaml", "--set", "train.lr=0.5"],
+    );
+    assert!(out.contains("would be pulled from it"), "{out}");
+    assert!(!out.contains(" 0 to run"), "{out}");
+    // A remote that is not reachable: a warning, and this store's plan.
+    let gone = b.path().join("no-such-remote.txt");
+    std::fs::write(&gone, "a file, not a folder").unwrap();
+    let o = Command::new(BIN)
+        .args(["run", "--dry-run", "tiny.yaml", "--remote"])
+        .arg(&gone)
+        .current_dir(b.path())
+        .output()
+        .unwrap();
+    let (out, err) = (
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr),
+    );
+    assert!(o.status.success(), "{out}\n{err}");
+    assert!(out.contains("6 to run"), "{out}");
+    assert!(
+        out.contains("not reachable, so the plan above is this store's"),
+        "{out}"
+    );
+    assert!(err.contains("warning: remote"), "{err}");
+}
