@@ -116,6 +116,12 @@ impl Caches {
         u
     }
 
+    /// [`Caches::in_use`], read once per process.
+    pub fn current() -> &'static InUse {
+        static C: std::sync::OnceLock<InUse> = std::sync::OnceLock::new();
+        C.get_or_init(Caches::in_use)
+    }
+
     /// Whether a product may walk B in blocks of `kc` rows (all of `k` when `kc` is 0) of
     /// panels `nr` floats wide: the block fits in half of L2.
     pub fn fits(&self, kc: u32, k: usize, nr: usize) -> bool {

@@ -540,6 +540,9 @@ mod x86 {
         j1: usize,
     ) {
         let mr = ch.mr as usize;
+        if let Some(mc) = row_block(ch, packed, m, k) {
+            return block512_rows(ch, m, n, k, a, rs, cs, b, c, j0, j1, mc);
+        }
         let mut j = j0;
         while j < j1 {
             let w = (j1 - j).min(32);
@@ -601,6 +604,153 @@ mod x86 {
             }
             give_back(guard);
             j += w;
+        }
+    }
+
+    /// Rows per block for [`block512_rows`], or `None` for the panel-by-panel walk: a product
+    /// whose B is copied (not packed), with more rows than fit one block. A block of A
+    /// (`mc` rows × one k-block) is kept to a quarter of the L2, so that it stays there while
+    /// every panel of B runs over it.
+    fn row_block(ch: &Choice, packed: bool, m: usize, k: usize) -> Option<usize> {
+        if packed || ch.pack_min_rows == NEVER || m < ch.pack_min_rows as usize {
+            return None;
+        }
+        let kc = kc_for(ch, true, k);
+        let l2 = crate::nn::caches::Caches::current().caches.l2 as usize;
+        let mr = ch.mr as usize;
+        let mc = (l2 / 4 / (kc * 4)) / mr * mr;
+        (mc >= mr && m > mc).then_some(mc)
+    }
+
+    /// Rows [0, m), columns [j0, j1) of c = a·b for a large unpacked product, blocked for the
+    /// caches (GotoBLAS's order): per k-block, the block of every panel of B is copied once
+    /// ([kb × 32] each); per block of `mc` rows of A, every panel runs over those rows, so
+    /// the rows of A are read from memory once per k-block instead of once per panel. Each
+    /// element of C is still one FMA chain over k in order (the k-blocks in order, the
+    /// accumulators carried through C): the same bits as [`block512`]'s walk.
+    #[target_feature(enable = "avx512f")]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn block512_rows(
+        ch: &Choice,
+        m: usize,
+        n: usize,
+        k: usize,
+        a: *const f32,
+        rs: usize,
+        cs: usize,
+        b: *const f32,
+        c: *mut f32,
+        j0: usize,
+        j1: usize,
+        mc: usize,
+    ) {
+        let mr = ch.mr as usize;
+        let kc = kc_for(ch, true, k);
+        let panels = (j1 - j0).div_ceil(32);
+        let mut buf = PANEL.with(|p| std::mem::take(&mut *p.borrow_mut()));
+        let mut p0 = 0;
+        while p0 < k {
+            let kb = kc.min(k - p0);
+            {
+                let _p = super::super::profile::enter(super::super::profile::Phase::Packing);
+                buf.clear();
+                buf.resize(panels * kb * 32, 0.0);
+                for q in 0..panels {
+                    let j = j0 + q * 32;
+                    let w = (j1 - j).min(32);
+                    for p in 0..kb {
+                        std::ptr::copy_nonoverlapping(
+                            b.add((p0 + p) * n + j),
+                            buf.as_mut_ptr().add((q * kb + p) * 32),
+                            w,
+                        );
+                    }
+                }
+            }
+            let mut i0 = 0;
+            while i0 < m {
+                let i1 = (i0 + mc).min(m);
+                for q in 0..panels {
+                    let j = j0 + q * 32;
+                    let w = (j1 - j).min(32);
+                    let m0: u16 = if w >= 16 { 0xffff } else { (1u16 << w) - 1 };
+                    let m1: u16 = if w >= 32 {
+                        0xffff
+                    } else if w > 16 {
+                        (1u16 << (w - 16)) - 1
+                    } else {
+                        0
+                    };
+                    let bpk = buf.as_ptr().add(q * kb * 32);
+                    let mut i = i0;
+                    while i < i1 {
+                        let rows = (i1 - i).min(mr);
+                        tile512(
+                            rows,
+                            w == 32,
+                            p0 > 0,
+                            kb,
+                            a.add(i * rs + p0 * cs),
+                            rs,
+                            cs,
+                            bpk,
+                            32,
+                            c.add(i * n + j),
+                            n,
+                            m0,
+                            m1,
+                        );
+                        i += rows;
+                    }
+                }
+                i0 = i1;
+            }
+            p0 += kb;
+        }
+        give_back(Some(buf));
+    }
+
+    /// One micro-tile of `rows` (≤ 12) rows: [`k512`] with its constants chosen at run time.
+    #[target_feature(enable = "avx512f")]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn tile512(
+        rows: usize,
+        full: bool,
+        acc: bool,
+        kb: usize,
+        ap: *const f32,
+        rs: usize,
+        cs: usize,
+        bpk: *const f32,
+        ldb: usize,
+        cpt: *mut f32,
+        n: usize,
+        m0: u16,
+        m1: u16,
+    ) {
+        macro_rules! go {
+            ($f:literal, $acc:literal) => {
+                match rows {
+                    12 => k512::<12, $f, $acc>(kb, ap, rs, cs, bpk, ldb, cpt, n, m0, m1),
+                    11 => k512::<11, $f, $acc>(kb, ap, rs, cs, bpk, ldb, cpt, n, m0, m1),
+                    10 => k512::<10, $f, $acc>(kb, ap, rs, cs, bpk, ldb, cpt, n, m0, m1),
+                    9 => k512::<9, $f, $acc>(kb, ap, rs, cs, bpk, ldb, cpt, n, m0, m1),
+                    8 => k512::<8, $f, $acc>(kb, ap, rs, cs, bpk, ldb, cpt, n, m0, m1),
+                    7 => k512::<7, $f, $acc>(kb, ap, rs, cs, bpk, ldb, cpt, n, m0, m1),
+                    6 => k512::<6, $f, $acc>(kb, ap, rs, cs, bpk, ldb, cpt, n, m0, m1),
+                    5 => k512::<5, $f, $acc>(kb, ap, rs, cs, bpk, ldb, cpt, n, m0, m1),
+                    4 => k512::<4, $f, $acc>(kb, ap, rs, cs, bpk, ldb, cpt, n, m0, m1),
+                    3 => k512::<3, $f, $acc>(kb, ap, rs, cs, bpk, ldb, cpt, n, m0, m1),
+                    2 => k512::<2, $f, $acc>(kb, ap, rs, cs, bpk, ldb, cpt, n, m0, m1),
+                    _ => k512::<1, $f, $acc>(kb, ap, rs, cs, bpk, ldb, cpt, n, m0, m1),
+                }
+            };
+        }
+        match (full, acc) {
+            (true, false) => go!(true, false),
+            (true, true) => go!(true, true),
+            (false, false) => go!(false, false),
+            (false, true) => go!(false, true),
         }
     }
 
@@ -911,6 +1061,9 @@ mod tests {
             })
             .collect();
         shapes.push((37, 75, 400));
+        // Rows enough for the row-blocked walk of unpacked products (`row_block`) on L2 sizes
+        // up to 2 MiB, with a ragged last block and a ragged last panel.
+        shapes.push((1300, 45, 300));
         for (m, n, k) in shapes {
             let a: Vec<f32> = (0..m * k).map(|_| rng.gen_range(-1.0..1.0)).collect();
             let b: Vec<f32> = (0..k * n).map(|_| rng.gen_range(-1.0..1.0)).collect();

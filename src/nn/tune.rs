@@ -198,8 +198,7 @@ fn key() -> (String, String, String) {
 /// The caches the search sizes its candidates for (see `caches.rs`), and why an assumption
 /// was ignored, if one was.
 fn caches() -> &'static InUse {
-    static C: std::sync::OnceLock<InUse> = std::sync::OnceLock::new();
-    C.get_or_init(Caches::in_use)
+    Caches::current()
 }
 
 /// The cache file in `dir` for this CPU, ISA and version (a name seqpipe makes itself: a hash
