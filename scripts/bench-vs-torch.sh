@@ -23,7 +23,7 @@
 # Products against MKL (PRODUCTS=0 skips it): for each cell and hidden size of the 1-thread
 # cases, `seqpipe --threads 1 bench --breakdown` runs with an empty kernel cache, so every
 # product shape is tuned in this run and its chosen kernel timed alone on that shape (the
-# "GFLOP/s when chosen" of the kernel-choice lines: best of at least 3 runs over 2 ms). The
+# "GFLOP/s when chosen" of the kernel-choice lines: the best of 3 interleaved rounds of about 1 ms). The
 # same shapes are then timed with `torch.mm` on one thread (MKL; Aᵀ shapes as `a.t()` of a
 # [k×m] tensor, the layout seqpipe reads; best of at least 3 runs over 20 ms), and both are
 # printed beside the breakdown's products line, with the FLOP-weighted total of the shapes.

@@ -525,9 +525,10 @@ impl Store {
                 n += remove_dead(&dir, |_| true);
             }
         }
-        // A claim or take-over guard a killed process was writing (see `claim::create_whole`).
+        // A claim or take-over guard a killed process was writing or removing
+        // (`claim::create_whole`, `claim::remove_if_stale`).
         if let Ok(dir) = self.dir("claims", false) {
-            remove_dead(&dir, |n| n.contains(".tmp~"));
+            remove_dead(&dir, |n| n.contains(".tmp~") || n.contains(".gone~"));
         }
         // The announcements of runs that were killed (kill -9 runs no destructor).
         live_runs(&self.meta, true);
@@ -1029,9 +1030,10 @@ pub(crate) fn tagged_key_name(n: &str) -> bool {
 }
 
 /// `<key>.claim` and its take-over guard `<key>.takeover`.
-/// `<key>.claim`, `<key>.takeover`, or one being written: `<key>.claim.tmp~<owner tag>`.
+/// `<key>.claim`, `<key>.takeover`, or one being written or removed:
+/// `<key>.claim.tmp~<owner tag>`, `<key>.claim.gone~<owner tag>`.
 fn claim_name(n: &str) -> bool {
-    let n = match n.split_once(".tmp~") {
+    let n = match n.split_once(".tmp~").or_else(|| n.split_once(".gone~")) {
         Some((stem, tag)) if parse_tag(tag).is_some() => stem,
         Some(_) => return false,
         None => n,

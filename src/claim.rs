@@ -169,18 +169,14 @@ impl Claims {
                 // Someone else is taking it over; a guard left by a crash goes (its owner is a
                 // dead process here, or it is older than the timeout; one dated far in the
                 // future too: a skewed clock must not block the key for ever).
-                if guard_is_stale(&guard) {
-                    let _ = fs::remove_file(&guard);
-                }
+                remove_if_stale(&guard, guard_is_stale);
                 std::thread::sleep(Duration::from_millis(50));
                 return Ok(());
             }
             Err(e) => return Err(e),
         }
         // Re-check under the guard: the claim may have been replaced by a live one.
-        if is_stale(path, read_claim(path).as_ref()) {
-            let _ = fs::remove_file(path);
-        }
+        remove_if_stale(path, |p| is_stale(p, read_claim(p).as_ref()));
         let _ = fs::remove_file(&guard);
         Ok(())
     }
@@ -242,9 +238,7 @@ impl Claims {
             {
                 n += 1;
             }
-            if p.extension().is_some_and(|x| x == "takeover")
-                && guard_is_stale(&p)
-                && fs::remove_file(&p).is_ok()
+            if p.extension().is_some_and(|x| x == "takeover") && remove_if_stale(&p, guard_is_stale)
             {
                 n += 1;
             }
@@ -277,9 +271,48 @@ struct Guard {
     owner: Owner,
 }
 
+/// Remove `path` if `stale` judges it so, and only the file that was judged: its inode is
+/// noted first, it is renamed to a name of this process's (`<name>.gone~<owner tag>`), and
+/// when the renamed file is another one (a process replaced the stale file meanwhile) it is put
+/// back. Deleting by name after judging would remove a live claim or guard written between
+/// the two, and let two processes take one key. Returns whether the judged file went.
+fn remove_if_stale(path: &Path, stale: impl Fn(&Path) -> bool) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(before) = fs::symlink_metadata(path) else {
+        return false;
+    };
+    if !stale(path) {
+        return false;
+    }
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let aside = path.with_file_name(format!("{name}.gone~{}", Owner::me().tag()));
+    let _ = fs::remove_file(&aside); // ours, left by a kill; a link there goes itself
+    if fs::rename(path, &aside).is_err() {
+        return false;
+    }
+    // The inode and the modification time (an inode number can be reused at once by a file
+    // created right after another was deleted; a rename changes neither).
+    let id = |m: &fs::Metadata| (m.dev(), m.ino(), m.mtime(), m.mtime_nsec(), m.len());
+    let same = fs::symlink_metadata(&aside).is_ok_and(|m| id(&m) == id(&before));
+    if !same {
+        let _ = fs::hard_link(&aside, path); // back in place, unless a newer one is there
+    }
+    let _ = fs::remove_file(&aside);
+    same
+}
+
+/// Not a plain file at a claim's or guard's name (a link or a folder planted there): never
+/// read through, and stale at once, so that it cannot hold a key.
+fn not_plain(path: &Path) -> bool {
+    fs::symlink_metadata(path).is_ok_and(|m| !m.file_type().is_file())
+}
+
 /// Whether a take-over guard was left by a crash: its owner is a dead process of this machine,
 /// or (owner elsewhere or unreadable) it is older than the timeout or dated in the future.
 fn guard_is_stale(guard: &Path) -> bool {
+    if not_plain(guard) {
+        return true;
+    }
     let owner = crate::fsutil::read_bounded(guard, 64 << 10)
         .ok()
         .and_then(|b| serde_json::from_slice::<Guard>(&b).ok())
@@ -306,7 +339,16 @@ fn create_whole(path: &Path, bytes: &[u8]) -> std::io::Result<File> {
         let _ = fs::remove_file(&tmp); // a full disk: nothing is left behind
         return Err(e);
     }
-    let linked = fs::hard_link(&tmp, path);
+    let linked = fs::hard_link(&tmp, path).or_else(|e| {
+        // On NFS a link retried after its reply was lost says "exists" though it was made:
+        // the file's link count tells.
+        use std::os::unix::fs::MetadataExt;
+        if f.metadata().is_ok_and(|m| m.nlink() == 2) {
+            Ok(())
+        } else {
+            Err(e)
+        }
+    });
     let _ = fs::remove_file(&tmp);
     match linked {
         Ok(()) => Ok(f),
@@ -337,7 +379,7 @@ fn read_claim(path: &Path) -> Option<ClaimInfo> {
 /// How old a file's modification time is: `Ok(age)`, or `Err(ahead)` when it lies ahead of
 /// this host's clock.
 fn mtime_age(path: &Path) -> Option<Result<Duration, Duration>> {
-    let m = fs::metadata(path).ok()?.modified().ok()?;
+    let m = fs::symlink_metadata(path).ok()?.modified().ok()?;
     Some(match SystemTime::now().duration_since(m) {
         Ok(age) => Ok(age),
         Err(e) => Err(e.duration()),
@@ -390,6 +432,9 @@ pub fn take_warnings() -> Vec<String> {
 /// older than the timeout, or more than the timeout in the future (a clock skew, reported once).
 /// A claim being written (not yet readable) is stale only by age.
 fn is_stale(path: &Path, info: Option<&ClaimInfo>) -> bool {
+    if not_plain(path) {
+        return true;
+    }
     if let Some(alive) = info.and_then(|c| c.owner.alive_here()) {
         return !alive;
     }
@@ -612,6 +657,41 @@ mod tests {
         assert!(!guard_is_stale(&guard));
         fs::write(&guard, b"").unwrap();
         assert!(!guard_is_stale(&guard));
+    }
+
+    /// A stale file replaced by a live one between the judgment and the removal stays (the
+    /// live one): removal goes by the judged file, not by the name. A link planted at a claim's
+    /// name is stale at once and goes itself; its target stays.
+    #[test]
+    fn only_the_judged_file_is_removed_and_planted_links_hold_nothing() {
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path().join("k.takeover");
+        fs::write(&p, "stale").unwrap();
+        let elsewhere = t.path().join("elsewhere");
+        let removed = remove_if_stale(&p, |p| {
+            // Another process replaces it while we judge (the old one kept elsewhere, so that
+            // its inode number is not reused).
+            fs::rename(p, &elsewhere).unwrap();
+            fs::write(p, "live").unwrap();
+            true
+        });
+        assert!(!removed);
+        assert_eq!(fs::read_to_string(&p).unwrap(), "live");
+        fs::remove_file(&elsewhere).unwrap();
+        let names: Vec<_> = fs::read_dir(t.path()).unwrap().collect();
+        assert_eq!(names.len(), 1, "nothing set aside stays");
+        assert!(remove_if_stale(&p, |_| true));
+        assert!(!p.exists());
+
+        let c = Claims::new(t.path().join("claims"));
+        let i = info("b2");
+        fs::create_dir_all(t.path().join("claims")).unwrap();
+        let target = t.path().join("precious.txt");
+        fs::write(&target, "keep me").unwrap();
+        std::os::unix::fs::symlink(&target, c.path(&i.key)).unwrap();
+        assert!(!c.is_held(&i.key), "a link holds no key");
+        assert!(matches!(c.try_claim(&i).unwrap(), TryClaim::Got(_)));
+        assert_eq!(fs::read_to_string(&target).unwrap(), "keep me");
     }
 
     fn dead_pid() -> u32 {

@@ -8,7 +8,7 @@ use std::fmt;
 #[serde(rename_all = "snake_case")]
 pub enum Device {
     Cpu,
-    /// Only with the `cuda` build; otherwise constructors return an error.
+    /// Needs a build with the `cuda` feature.
     Cuda,
 }
 

@@ -55,30 +55,116 @@ mod tests {
         out
     }
 
-    /// The paths that follow `prefix` in `code`: `crate::a::b::C` gives `["a", "b", "C"]`.
-    fn paths<'a>(code: &'a str, prefix: &str) -> Vec<Vec<&'a str>> {
-        code.match_indices(prefix)
-            .filter(|(i, _)| {
-                !code[..*i]
-                    .chars()
-                    .next_back()
-                    .is_some_and(|c| c.is_alphanumeric() || c == '_' || c == ':' || c == '$')
-            })
-            .map(|(i, _)| {
-                let rest = &code[i + prefix.len()..];
-                let end = rest
-                    .find(|c: char| !(c.is_alphanumeric() || c == '_' || c == ':'))
-                    .unwrap_or(rest.len());
-                rest[..end].split("::").filter(|s| !s.is_empty()).collect()
-            })
-            .collect()
+    /// Every path in `code` that starts with `crate`, `super` or `self` (at a word's start),
+    /// with `use` groups expanded: `use super::{gru, super::math::f}` gives
+    /// `["super", "gru"]` and `["super", "super", "math", "f"]`.
+    fn paths(code: &str) -> Vec<Vec<String>> {
+        let bytes = code.as_bytes();
+        let ident = |c: u8| c.is_ascii_alphanumeric() || c == b'_';
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < bytes.len() {
+            if !matches!(bytes[i], b'c' | b's') {
+                i += 1;
+                continue;
+            }
+            let at_start =
+                i == 0 || !(ident(bytes[i - 1]) || bytes[i - 1] == b':' || bytes[i - 1] == b'$');
+            let rest = &code[i..];
+            let head = ["crate::", "super::", "self::"]
+                .into_iter()
+                .find(|h| rest.starts_with(h));
+            match head {
+                Some(h) if at_start => {
+                    let (trees, used) = tree(rest);
+                    out.extend(trees);
+                    i += used.max(h.len());
+                }
+                _ => i += 1,
+            }
+        }
+        out
     }
 
-    /// The module a path names: its longest prefix that is a module.
-    fn resolve(mods: &BTreeMap<String, String>, path: &[&str]) -> Option<String> {
-        (1..=path.len())
+    /// The paths of one use tree at the start of `s` (`a::b::{c, d::e}`), and the bytes read.
+    fn tree(s: &str) -> (Vec<Vec<String>>, usize) {
+        let b = s.as_bytes();
+        let skip_ws = |mut i: usize| {
+            while i < b.len() && b[i].is_ascii_whitespace() {
+                i += 1;
+            }
+            i
+        };
+        let mut i = skip_ws(0);
+        let start = i;
+        while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'_') {
+            i += 1;
+        }
+        if i == start {
+            // `*` or `{` with no name before it: the prefix itself.
+            return (vec![vec![]], i);
+        }
+        let seg = s[start..i].to_string();
+        let j = skip_ws(i);
+        if !s[j..].starts_with("::") {
+            return (vec![vec![seg]], i);
+        }
+        let k = skip_ws(j + 2);
+        if s[k..].starts_with('{') {
+            let mut out = Vec::new();
+            let mut p = k + 1;
+            loop {
+                p = skip_ws(p);
+                if p >= b.len() || b[p] == b'}' {
+                    break;
+                }
+                let (sub, used) = tree(&s[p..]);
+                out.extend(sub.into_iter().map(|mut v| {
+                    v.insert(0, seg.clone());
+                    v
+                }));
+                p = skip_ws(p + used.max(1));
+                if p < b.len() && b[p] == b',' {
+                    p += 1;
+                }
+            }
+            return (out, (p + 1).min(b.len()));
+        }
+        let (sub, used) = tree(&s[k..]);
+        let out = sub
+            .into_iter()
+            .map(|mut v| {
+                v.insert(0, seg.clone());
+                v
+            })
+            .collect();
+        (out, k + used)
+    }
+
+    /// The module a path names from module `here`: `crate`, `super` and `self` resolved, then
+    /// its longest prefix that is a module.
+    fn resolve(mods: &BTreeMap<String, String>, here: &[&str], path: &[String]) -> Option<String> {
+        let mut base: Vec<String> = match path.first().map(|s| s.as_str()) {
+            Some("crate") => vec![],
+            Some("self") => here.iter().map(|s| s.to_string()).collect(),
+            Some("super") => here[..here.len().checked_sub(1)?]
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+            _ => return None,
+        };
+        let mut rest = &path[1..];
+        while rest.first().is_some_and(|s| s == "super") {
+            base.pop()?;
+            rest = &rest[1..];
+        }
+        let full: Vec<String> = base
+            .into_iter()
+            .chain(rest.iter().filter(|s| *s != "self").cloned())
+            .collect();
+        (0..=full.len())
             .rev()
-            .map(|n| path[..n].join("::"))
+            .map(|n| full[..n].join("::"))
             .find(|m| mods.contains_key(m))
     }
 
@@ -90,13 +176,8 @@ mod tests {
             } else {
                 m.split("::").collect()
             };
-            let parent = &here[..here.len().saturating_sub(1)];
-            let mut named: Vec<Vec<&str>> = paths(code, "crate::");
-            for p in paths(code, "super::") {
-                named.push(parent.iter().copied().chain(p).collect());
-            }
-            for p in named {
-                let Some(to) = resolve(mods, &p) else {
+            for p in paths(code) {
+                let Some(to) = resolve(mods, &here, &p) else {
                     continue;
                 };
                 let is_ancestor = to.is_empty() || *m == to || m.starts_with(&format!("{to}::"));
@@ -147,7 +228,20 @@ mod tests {
         let e = edges(&mods);
         assert!(e.contains(&("owner".into(), "cache".into())));
         assert!(e.contains(&("cache".into(), "owner".into())));
-        let sub = super::tests::paths("x crate::nn::core::Rows; y super::gemm::Choice", "crate::");
-        assert_eq!(sub, vec![vec!["nn", "core", "Rows"]]);
+        let p = paths("x crate::nn::core::Rows; use super::{gemm::Choice, super::math::{f, g}};");
+        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            p,
+            vec![
+                s(&["crate", "nn", "core", "Rows"]),
+                s(&["super", "gemm", "Choice"]),
+                s(&["super", "super", "math", "f"]),
+                s(&["super", "super", "math", "g"]),
+            ]
+        );
+        // `super::super` from a cell climbs two modules.
+        let here = ["nn", "core", "forward"];
+        assert_eq!(resolve(&mods, &here, &p[2]).as_deref(), Some("nn::math"));
+        assert_eq!(resolve(&mods, &here, &p[1]).as_deref(), Some("nn::core"));
     }
 }

@@ -830,6 +830,9 @@ mod x86 {
         j1: usize,
     ) {
         let mr = ch.mr as usize;
+        if let Some(mc) = row_block(ch, packed, m, k) {
+            return block256_rows(ch, m, n, k, a, rs, cs, b, c, j0, j1, mc);
+        }
         let mut j = j0;
         while j < j1 {
             let w = (j1 - j).min(16);
@@ -877,6 +880,105 @@ mod x86 {
             give_back(guard);
             j += w;
         }
+    }
+
+    /// [`block512_rows`] for AVX2+FMA (16-column panels).
+    #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn block256_rows(
+        ch: &Choice,
+        m: usize,
+        n: usize,
+        k: usize,
+        a: *const f32,
+        rs: usize,
+        cs: usize,
+        b: *const f32,
+        c: *mut f32,
+        j0: usize,
+        j1: usize,
+        mc: usize,
+    ) {
+        let mr = ch.mr as usize;
+        let kc = kc_for(ch, true, k);
+        let panels = (j1 - j0).div_ceil(16);
+        let mut buf = PANEL.with(|p| std::mem::take(&mut *p.borrow_mut()));
+        let mut p0 = 0;
+        while p0 < k {
+            let kb = kc.min(k - p0);
+            {
+                let _p = super::super::profile::enter(super::super::profile::Phase::Packing);
+                buf.clear();
+                buf.resize(panels * kb * 16, 0.0);
+                for q in 0..panels {
+                    let j = j0 + q * 16;
+                    let w = (j1 - j).min(16);
+                    for p in 0..kb {
+                        std::ptr::copy_nonoverlapping(
+                            b.add((p0 + p) * n + j),
+                            buf.as_mut_ptr().add((q * kb + p) * 16),
+                            w,
+                        );
+                    }
+                }
+            }
+            let mut i0 = 0;
+            while i0 < m {
+                let i1 = (i0 + mc).min(m);
+                for q in 0..panels {
+                    let j = j0 + q * 16;
+                    let w = (j1 - j).min(16);
+                    let mk = |off: usize| {
+                        let mut v = [0i32; 8];
+                        for (x, y) in v.iter_mut().enumerate() {
+                            *y = if off + x < w { -1 } else { 0 };
+                        }
+                        _mm256_loadu_si256(v.as_ptr() as *const __m256i)
+                    };
+                    let (m0, m1) = (mk(0), mk(8));
+                    let bpk = buf.as_ptr().add(q * kb * 16);
+                    let mut i = i0;
+                    while i < i1 {
+                        let rows = (i1 - i).min(mr);
+                        let (ap, cpt) = (a.add(i * rs + p0 * cs), c.add(i * n + j));
+                        macro_rules! go {
+                            ($f:literal, $acc:literal) => {
+                                match rows {
+                                    6 => {
+                                        k256::<6, $f, $acc>(kb, ap, rs, cs, bpk, 16, cpt, n, m0, m1)
+                                    }
+                                    5 => {
+                                        k256::<5, $f, $acc>(kb, ap, rs, cs, bpk, 16, cpt, n, m0, m1)
+                                    }
+                                    4 => {
+                                        k256::<4, $f, $acc>(kb, ap, rs, cs, bpk, 16, cpt, n, m0, m1)
+                                    }
+                                    3 => {
+                                        k256::<3, $f, $acc>(kb, ap, rs, cs, bpk, 16, cpt, n, m0, m1)
+                                    }
+                                    2 => {
+                                        k256::<2, $f, $acc>(kb, ap, rs, cs, bpk, 16, cpt, n, m0, m1)
+                                    }
+                                    _ => {
+                                        k256::<1, $f, $acc>(kb, ap, rs, cs, bpk, 16, cpt, n, m0, m1)
+                                    }
+                                }
+                            };
+                        }
+                        match (w == 16, p0 > 0) {
+                            (true, false) => go!(true, false),
+                            (true, true) => go!(true, true),
+                            (false, false) => go!(false, false),
+                            (false, true) => go!(false, true),
+                        }
+                        i += rows;
+                    }
+                }
+                i0 = i1;
+            }
+            p0 += kb;
+        }
+        give_back(Some(buf));
     }
 
     #[target_feature(enable = "avx2,fma")]

@@ -77,14 +77,27 @@ impl Core {
             let Inputs::Tokens(x) = *inp else {
                 unreachable!()
             };
-            // A one-hot input selects a row of W_ih^T: one row per token with the bias added
-            // (the same sums as a product followed by the bias), which the steps' rows point
-            // into instead of a copy per row and step (T·B·GH floats written and read again).
-            let mut table = host.clone();
-            for row in table.chunks_exact_mut(gh) {
-                row.iter_mut().zip(&bias).for_each(|(a, &c)| *a += c);
+            // A one-hot input selects a row of W_ih^T, with the bias added (the same sums as a
+            // product followed by the bias): one row per token of the vocabulary that the
+            // steps' rows point into when there are more rows than tokens (training), else one
+            // row per row (generation: one token at a time).
+            let vocab = host.len() / gh;
+            if t * b >= vocab {
+                let mut table = host.clone();
+                for row in table.chunks_exact_mut(gh) {
+                    row.iter_mut().zip(&bias).for_each(|(a, &c)| *a += c);
+                }
+                return (Projection::Table { table, tokens: x }, None);
             }
-            return (Projection::Table { table, tokens: x }, None);
+            let mut gi = scratch::take(t * b * gh);
+            for (&tok, dst) in x.iter().zip(gi.chunks_exact_mut(gh)) {
+                let tok = tok as usize;
+                let row = &host[tok * gh..(tok + 1) * gh];
+                for ((d, &a), &c) in dst.iter_mut().zip(row).zip(&bias) {
+                    *d = a + c;
+                }
+            }
+            return (Projection::Rows(gi), None);
         }
         let mut gi = scratch::take(t * b * gh);
         let xin: Vec<f32> = if l > 0 {
