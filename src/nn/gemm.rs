@@ -546,14 +546,7 @@ mod x86 {
         let mut j = j0;
         while j < j1 {
             let w = (j1 - j).min(32);
-            let m0: u16 = if w >= 16 { 0xffff } else { (1u16 << w) - 1 };
-            let m1: u16 = if w >= 32 {
-                0xffff
-            } else if w > 16 {
-                (1u16 << (w - 16)) - 1
-            } else {
-                0
-            };
+            let (m0, m1) = masks512(w);
             let (bp, ldb, guard) = panel(ch, b, packed, m, n, k, j, w);
             // k in blocks of kc rows over a contiguous panel: one block of the panel stays in
             // L1 while every micro-tile of the rows runs over it; each tile's accumulators
@@ -565,39 +558,23 @@ mod x86 {
                 let bpk = bp.add(p0 * ldb);
                 let mut i = 0;
                 while i < m {
-                    let ap = a.add(i * rs + p0 * cs);
-                    let cpt = c.add(i * n + j);
                     let rows = (m - i).min(mr);
-                    macro_rules! go {
-                        ($f:literal, $acc:literal) => {
-                            match rows {
-                                12 => {
-                                    k512::<12, $f, $acc>(kb, ap, rs, cs, bpk, ldb, cpt, n, m0, m1)
-                                }
-                                11 => {
-                                    k512::<11, $f, $acc>(kb, ap, rs, cs, bpk, ldb, cpt, n, m0, m1)
-                                }
-                                10 => {
-                                    k512::<10, $f, $acc>(kb, ap, rs, cs, bpk, ldb, cpt, n, m0, m1)
-                                }
-                                9 => k512::<9, $f, $acc>(kb, ap, rs, cs, bpk, ldb, cpt, n, m0, m1),
-                                8 => k512::<8, $f, $acc>(kb, ap, rs, cs, bpk, ldb, cpt, n, m0, m1),
-                                7 => k512::<7, $f, $acc>(kb, ap, rs, cs, bpk, ldb, cpt, n, m0, m1),
-                                6 => k512::<6, $f, $acc>(kb, ap, rs, cs, bpk, ldb, cpt, n, m0, m1),
-                                5 => k512::<5, $f, $acc>(kb, ap, rs, cs, bpk, ldb, cpt, n, m0, m1),
-                                4 => k512::<4, $f, $acc>(kb, ap, rs, cs, bpk, ldb, cpt, n, m0, m1),
-                                3 => k512::<3, $f, $acc>(kb, ap, rs, cs, bpk, ldb, cpt, n, m0, m1),
-                                2 => k512::<2, $f, $acc>(kb, ap, rs, cs, bpk, ldb, cpt, n, m0, m1),
-                                _ => k512::<1, $f, $acc>(kb, ap, rs, cs, bpk, ldb, cpt, n, m0, m1),
-                            }
-                        };
-                    }
-                    match (w == 32, p0 > 0) {
-                        (true, false) => go!(true, false),
-                        (true, true) => go!(true, true),
-                        (false, false) => go!(false, false),
-                        (false, true) => go!(false, true),
-                    }
+                    let (ap, cpt) = (a.add(i * rs + p0 * cs), c.add(i * n + j));
+                    tile512(
+                        rows,
+                        w == 32,
+                        p0 > 0,
+                        kb,
+                        ap,
+                        rs,
+                        cs,
+                        bpk,
+                        ldb,
+                        cpt,
+                        n,
+                        m0,
+                        m1,
+                    );
                     i += rows;
                 }
                 p0 += kb;
@@ -651,36 +628,14 @@ mod x86 {
         let mut p0 = 0;
         while p0 < k {
             let kb = kc.min(k - p0);
-            {
-                let _p = super::super::profile::enter(super::super::profile::Phase::Packing);
-                buf.clear();
-                buf.resize(panels * kb * 32, 0.0);
-                for q in 0..panels {
-                    let j = j0 + q * 32;
-                    let w = (j1 - j).min(32);
-                    for p in 0..kb {
-                        std::ptr::copy_nonoverlapping(
-                            b.add((p0 + p) * n + j),
-                            buf.as_mut_ptr().add((q * kb + p) * 32),
-                            w,
-                        );
-                    }
-                }
-            }
+            pack_kblock(b, n, p0, kb, j0, j1, 32, &mut buf);
             let mut i0 = 0;
             while i0 < m {
                 let i1 = (i0 + mc).min(m);
                 for q in 0..panels {
                     let j = j0 + q * 32;
                     let w = (j1 - j).min(32);
-                    let m0: u16 = if w >= 16 { 0xffff } else { (1u16 << w) - 1 };
-                    let m1: u16 = if w >= 32 {
-                        0xffff
-                    } else if w > 16 {
-                        (1u16 << (w - 16)) - 1
-                    } else {
-                        0
-                    };
+                    let (m0, m1) = masks512(w);
                     let bpk = buf.as_ptr().add(q * kb * 32);
                     let mut i = i0;
                     while i < i1 {
@@ -712,6 +667,7 @@ mod x86 {
 
     /// One micro-tile of `rows` (≤ 12) rows: [`k512`] with its constants chosen at run time.
     #[target_feature(enable = "avx512f")]
+    #[inline]
     #[allow(clippy::too_many_arguments)]
     unsafe fn tile512(
         rows: usize,
@@ -751,6 +707,49 @@ mod x86 {
             (true, true) => go!(true, true),
             (false, false) => go!(false, false),
             (false, true) => go!(false, true),
+        }
+    }
+
+    /// The lane masks of a panel `w` columns wide (≤ 32): its two 16-lane halves.
+    fn masks512(w: usize) -> (u16, u16) {
+        let m0: u16 = if w >= 16 { 0xffff } else { (1u16 << w) - 1 };
+        let m1: u16 = if w >= 32 {
+            0xffff
+        } else if w > 16 {
+            (1u16 << (w - 16)) - 1
+        } else {
+            0
+        };
+        (m0, m1)
+    }
+
+    /// Rows [p0, p0 + kb) of B's columns [j0, j1), as `nr`-column panels ([kb × nr] each,
+    /// zero-padded) in `buf`: one k-block for the row-blocked walks.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn pack_kblock(
+        b: *const f32,
+        n: usize,
+        p0: usize,
+        kb: usize,
+        j0: usize,
+        j1: usize,
+        nr: usize,
+        buf: &mut Vec<f32>,
+    ) {
+        let _p = super::super::profile::enter(super::super::profile::Phase::Packing);
+        let panels = (j1 - j0).div_ceil(nr);
+        buf.clear();
+        buf.resize(panels * kb * nr, 0.0);
+        for q in 0..panels {
+            let j = j0 + q * nr;
+            let w = (j1 - j).min(nr);
+            for p in 0..kb {
+                std::ptr::copy_nonoverlapping(
+                    b.add((p0 + p) * n + j),
+                    buf.as_mut_ptr().add((q * kb + p) * nr),
+                    w,
+                );
+            }
         }
     }
 
@@ -836,14 +835,7 @@ mod x86 {
         let mut j = j0;
         while j < j1 {
             let w = (j1 - j).min(16);
-            let mk = |off: usize| {
-                let mut v = [0i32; 8];
-                for (q, x) in v.iter_mut().enumerate() {
-                    *x = if off + q < w { -1 } else { 0 };
-                }
-                _mm256_loadu_si256(v.as_ptr() as *const __m256i)
-            };
-            let (m0, m1) = (mk(0), mk(8));
+            let (m0, m1) = masks256(w);
             let (bp, ldb, guard) = panel(ch, b, packed, m, n, k, j, w);
             let kc = kc_for(ch, packed || guard.is_some(), k);
             let mut p0 = 0;
@@ -852,27 +844,23 @@ mod x86 {
                 let bpk = bp.add(p0 * ldb);
                 let mut i = 0;
                 while i < m {
-                    let ap = a.add(i * rs + p0 * cs);
-                    let cpt = c.add(i * n + j);
                     let rows = (m - i).min(mr);
-                    macro_rules! go {
-                        ($f:literal, $acc:literal) => {
-                            match rows {
-                                6 => k256::<6, $f, $acc>(kb, ap, rs, cs, bpk, ldb, cpt, n, m0, m1),
-                                5 => k256::<5, $f, $acc>(kb, ap, rs, cs, bpk, ldb, cpt, n, m0, m1),
-                                4 => k256::<4, $f, $acc>(kb, ap, rs, cs, bpk, ldb, cpt, n, m0, m1),
-                                3 => k256::<3, $f, $acc>(kb, ap, rs, cs, bpk, ldb, cpt, n, m0, m1),
-                                2 => k256::<2, $f, $acc>(kb, ap, rs, cs, bpk, ldb, cpt, n, m0, m1),
-                                _ => k256::<1, $f, $acc>(kb, ap, rs, cs, bpk, ldb, cpt, n, m0, m1),
-                            }
-                        };
-                    }
-                    match (w == 16, p0 > 0) {
-                        (true, false) => go!(true, false),
-                        (true, true) => go!(true, true),
-                        (false, false) => go!(false, false),
-                        (false, true) => go!(false, true),
-                    }
+                    let (ap, cpt) = (a.add(i * rs + p0 * cs), c.add(i * n + j));
+                    tile256(
+                        rows,
+                        w == 16,
+                        p0 > 0,
+                        kb,
+                        ap,
+                        rs,
+                        cs,
+                        bpk,
+                        ldb,
+                        cpt,
+                        n,
+                        m0,
+                        m1,
+                    );
                     i += rows;
                 }
                 p0 += kb;
@@ -906,71 +894,34 @@ mod x86 {
         let mut p0 = 0;
         while p0 < k {
             let kb = kc.min(k - p0);
-            {
-                let _p = super::super::profile::enter(super::super::profile::Phase::Packing);
-                buf.clear();
-                buf.resize(panels * kb * 16, 0.0);
-                for q in 0..panels {
-                    let j = j0 + q * 16;
-                    let w = (j1 - j).min(16);
-                    for p in 0..kb {
-                        std::ptr::copy_nonoverlapping(
-                            b.add((p0 + p) * n + j),
-                            buf.as_mut_ptr().add((q * kb + p) * 16),
-                            w,
-                        );
-                    }
-                }
-            }
+            pack_kblock(b, n, p0, kb, j0, j1, 16, &mut buf);
             let mut i0 = 0;
             while i0 < m {
                 let i1 = (i0 + mc).min(m);
                 for q in 0..panels {
                     let j = j0 + q * 16;
                     let w = (j1 - j).min(16);
-                    let mk = |off: usize| {
-                        let mut v = [0i32; 8];
-                        for (x, y) in v.iter_mut().enumerate() {
-                            *y = if off + x < w { -1 } else { 0 };
-                        }
-                        _mm256_loadu_si256(v.as_ptr() as *const __m256i)
-                    };
-                    let (m0, m1) = (mk(0), mk(8));
+                    let (m0, m1) = masks256(w);
                     let bpk = buf.as_ptr().add(q * kb * 16);
                     let mut i = i0;
                     while i < i1 {
                         let rows = (i1 - i).min(mr);
                         let (ap, cpt) = (a.add(i * rs + p0 * cs), c.add(i * n + j));
-                        macro_rules! go {
-                            ($f:literal, $acc:literal) => {
-                                match rows {
-                                    6 => {
-                                        k256::<6, $f, $acc>(kb, ap, rs, cs, bpk, 16, cpt, n, m0, m1)
-                                    }
-                                    5 => {
-                                        k256::<5, $f, $acc>(kb, ap, rs, cs, bpk, 16, cpt, n, m0, m1)
-                                    }
-                                    4 => {
-                                        k256::<4, $f, $acc>(kb, ap, rs, cs, bpk, 16, cpt, n, m0, m1)
-                                    }
-                                    3 => {
-                                        k256::<3, $f, $acc>(kb, ap, rs, cs, bpk, 16, cpt, n, m0, m1)
-                                    }
-                                    2 => {
-                                        k256::<2, $f, $acc>(kb, ap, rs, cs, bpk, 16, cpt, n, m0, m1)
-                                    }
-                                    _ => {
-                                        k256::<1, $f, $acc>(kb, ap, rs, cs, bpk, 16, cpt, n, m0, m1)
-                                    }
-                                }
-                            };
-                        }
-                        match (w == 16, p0 > 0) {
-                            (true, false) => go!(true, false),
-                            (true, true) => go!(true, true),
-                            (false, false) => go!(false, false),
-                            (false, true) => go!(false, true),
-                        }
+                        tile256(
+                            rows,
+                            w == 16,
+                            p0 > 0,
+                            kb,
+                            ap,
+                            rs,
+                            cs,
+                            bpk,
+                            16,
+                            cpt,
+                            n,
+                            m0,
+                            m1,
+                        );
                         i += rows;
                     }
                 }
@@ -979,6 +930,58 @@ mod x86 {
             p0 += kb;
         }
         give_back(Some(buf));
+    }
+
+    /// The lane masks of a panel `w` columns wide (≤ 16): its two 8-lane halves.
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn masks256(w: usize) -> (__m256i, __m256i) {
+        let mk = |off: usize| {
+            let mut v = [0i32; 8];
+            for (q, x) in v.iter_mut().enumerate() {
+                *x = if off + q < w { -1 } else { 0 };
+            }
+            _mm256_loadu_si256(v.as_ptr() as *const __m256i)
+        };
+        (mk(0), mk(8))
+    }
+
+    /// One micro-tile of `rows` (≤ 6) rows: [`k256`] with its constants chosen at run time.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn tile256(
+        rows: usize,
+        full: bool,
+        acc: bool,
+        kb: usize,
+        ap: *const f32,
+        rs: usize,
+        cs: usize,
+        bpk: *const f32,
+        ldb: usize,
+        cpt: *mut f32,
+        n: usize,
+        m0: __m256i,
+        m1: __m256i,
+    ) {
+        macro_rules! go {
+            ($f:literal, $acc:literal) => {
+                match rows {
+                    6 => k256::<6, $f, $acc>(kb, ap, rs, cs, bpk, ldb, cpt, n, m0, m1),
+                    5 => k256::<5, $f, $acc>(kb, ap, rs, cs, bpk, ldb, cpt, n, m0, m1),
+                    4 => k256::<4, $f, $acc>(kb, ap, rs, cs, bpk, ldb, cpt, n, m0, m1),
+                    3 => k256::<3, $f, $acc>(kb, ap, rs, cs, bpk, ldb, cpt, n, m0, m1),
+                    2 => k256::<2, $f, $acc>(kb, ap, rs, cs, bpk, ldb, cpt, n, m0, m1),
+                    _ => k256::<1, $f, $acc>(kb, ap, rs, cs, bpk, ldb, cpt, n, m0, m1),
+                }
+            };
+        }
+        match (full, acc) {
+            (true, false) => go!(true, false),
+            (true, true) => go!(true, true),
+            (false, false) => go!(false, false),
+            (false, true) => go!(false, true),
+        }
     }
 
     #[target_feature(enable = "avx2,fma")]
