@@ -779,35 +779,20 @@ fn dry_run(
     let link = open_link(project, remote, quiet)?;
     let mut on_remote = std::collections::HashSet::new();
     if let Some(link) = &link {
-        let mut missing: Vec<crate::key::Key> = l
-            .records
-            .iter()
-            .map(|r| r.key())
-            .filter(|k| !matches!(store.cached(k), plan::Cached::Yes))
-            .collect();
-        missing.sort();
-        missing.dedup();
-        let recs = link.records(&missing)?;
-        on_remote.extend(recs.into_iter().flatten().map(|e| e.entry.key));
+        let keys: Vec<crate::key::Key> = l.records.iter().map(|r| r.key()).collect();
+        on_remote.extend(
+            link.missing_records(&keys)?
+                .into_iter()
+                .map(|e| e.entry.key),
+        );
     }
-    let plan = plan::make_plan(
-        p,
-        &l.records,
-        &|k| match store.cached(k) {
-            plan::Cached::Yes => plan::Cached::Yes,
-            _ if on_remote.contains(k) => plan::Cached::Yes,
-            other => other,
-        },
-        targets,
-        force,
-    );
+    let (plan, served) =
+        crate::remote::plan_with_remote(store, &on_remote, p, &l.records, targets, force);
     print!("{}", PlanView(p, &plan));
     if let Some(link) = &link {
-        let pulled: Vec<&str> = plan
-            .steps
+        let pulled: Vec<&str> = served
             .iter()
-            .filter(|s| s.action == plan::Action::Hit && on_remote.contains(&s.key))
-            .map(|s| p.stages[s.stage].name.as_str())
+            .map(|&i| p.stages[plan.steps[i].stage].name.as_str())
             .collect();
         if link.is_down() {
             println!(

@@ -732,13 +732,8 @@ impl Link {
     /// Pull what a run of `keys` can take from the remote: the records of the keys the local
     /// store lacks, then (`wanted` decides, given which keys the remote has) the entries.
     /// Returns the count pulled.
-    pub fn pull_for(
-        &self,
-        keys: &[Key],
-        wanted: impl Fn(&HashSet<Key>) -> HashSet<Key>,
-        pipeline: &str,
-        out: &crate::progress::Output,
-    ) -> Result<usize> {
+    /// The remote's checked records of those `keys` this store does not serve (each once).
+    pub fn missing_records(&self, keys: &[Key]) -> Result<Vec<Fetched>> {
         let mut missing: Vec<Key> = keys
             .iter()
             .filter(|k| !matches!(self.store.lookup(k), Lookup::Hit(_)))
@@ -747,14 +742,26 @@ impl Link {
         missing.sort();
         missing.dedup();
         if missing.is_empty() {
+            return Ok(Vec::new());
+        }
+        Ok(self.records(&missing)?.into_iter().flatten().collect())
+    }
+
+    pub fn pull_for(
+        &self,
+        keys: &[Key],
+        wanted: impl Fn(&HashSet<Key>) -> HashSet<Key>,
+        pipeline: &str,
+        out: &crate::progress::Output,
+    ) -> Result<usize> {
+        let recs = self.missing_records(keys)?;
+        if recs.is_empty() {
             return Ok(0);
         }
-        let recs = self.records(&missing)?;
-        let on_remote: HashSet<Key> = recs.iter().flatten().map(|e| e.entry.key.clone()).collect();
+        let on_remote: HashSet<Key> = recs.iter().map(|e| e.entry.key.clone()).collect();
         let take = wanted(&on_remote);
         let entries: Vec<Fetched> = recs
             .into_iter()
-            .flatten()
             .filter(|e| take.contains(&e.entry.key))
             .collect();
         let got = self.pull(&entries, pipeline, out)?;
@@ -877,31 +884,44 @@ pub fn pull_for_plan(
     out: &crate::progress::Output,
 ) -> Result<usize> {
     let keys: Vec<Key> = records.iter().map(|r| r.key()).collect();
-    let store = &link.store;
     link.pull_for(
         &keys,
         |on_remote| {
-            use crate::plan::{make_plan, Action, Cached};
-            let plan = make_plan(
-                p,
-                records,
-                &|k| match store.cached(k) {
-                    Cached::Yes => Cached::Yes,
-                    _ if on_remote.contains(k) => Cached::Yes,
-                    other => other,
-                },
-                targets,
-                force,
-            );
-            plan.steps
-                .iter()
-                .filter(|s| s.action == Action::Hit && on_remote.contains(&s.key))
-                .map(|s| s.key.clone())
-                .collect()
+            let (plan, served) =
+                plan_with_remote(&link.store, on_remote, p, records, targets, force);
+            served.iter().map(|&i| plan.steps[i].key.clone()).collect()
         },
         &p.name,
         out,
     )
+}
+
+/// The plan a run makes when every key in `on_remote` counts as cached, and the steps of it
+/// that the remote would serve (hits this store lacks).
+pub fn plan_with_remote(
+    store: &Store,
+    on_remote: &HashSet<Key>,
+    p: &crate::pipeline::Pipeline,
+    records: &[crate::key::KeyRecord],
+    targets: &[usize],
+    force: &[usize],
+) -> (crate::plan::Plan, Vec<usize>) {
+    use crate::plan::{make_plan, Action, Cached};
+    let plan = make_plan(
+        p,
+        records,
+        &|k| match store.cached(k) {
+            Cached::Yes => Cached::Yes,
+            _ if on_remote.contains(k) => Cached::Yes,
+            other => other,
+        },
+        targets,
+        force,
+    );
+    let served = (0..plan.steps.len())
+        .filter(|&i| plan.steps[i].action == Action::Hit && on_remote.contains(&plan.steps[i].key))
+        .collect();
+    (plan, served)
 }
 
 /// What `gc --remote` did (or would do).
