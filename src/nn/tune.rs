@@ -17,7 +17,7 @@
 //! `MAX_FILE` bytes and `MAX_ENTRIES` entries, every entry checked to be a candidate that runs
 //! here; a file that does not parse or belongs to another CPU, ISA or version is ignored.
 
-use super::caches::{Caches, InUse};
+use super::caches::Caches;
 use super::gemm::{self, Choice, Kernel, Split, KCS, PACK_RULES};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -195,17 +195,11 @@ fn key() -> (String, String, String) {
     )
 }
 
-/// The caches the search sizes its candidates for (see `caches.rs`), and why an assumption
-/// was ignored, if one was.
-fn caches() -> &'static InUse {
-    Caches::current()
-}
-
 /// The cache file in `dir` for this CPU, ISA and version (a name seqpipe makes itself: a hash
 /// of the key, so machines of a cluster that share a home folder keep their own files).
 fn file_in(dir: &Path) -> PathBuf {
     let (cpu, isa, ver) = key();
-    let c = caches().caches;
+    let c = Caches::current().caches;
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in format!("{cpu}|{isa}|{ver}|{}|{}", c.l1d, c.l2).bytes() {
         h = (h ^ b as u64).wrapping_mul(0x100_0000_01b3);
@@ -217,7 +211,7 @@ fn file_in(dir: &Path) -> PathBuf {
 fn parse_file(bytes: &[u8]) -> Result<Vec<Entry>, String> {
     let f: File = serde_json::from_slice(bytes).map_err(|e| format!("does not parse: {e}"))?;
     let (cpu, isa, ver) = key();
-    let c = caches().caches;
+    let c = Caches::current().caches;
     if f.format != FORMAT || f.cpu != cpu || f.isa != isa || f.seqpipe != ver || f.caches != c {
         return Err(format!(
             "written for format {} / {} / {} / seqpipe {} / {}, not format {FORMAT} / {cpu} / {isa} / seqpipe {ver} / {c}",
@@ -285,7 +279,7 @@ fn save(s: &mut State) {
         cpu,
         isa,
         seqpipe,
-        caches: caches().caches,
+        caches: Caches::current().caches,
         entries,
     };
     let path = file_in(dir);
@@ -314,7 +308,7 @@ pub(crate) fn choice(shape: Shape) -> Choice {
     {
         return default;
     }
-    let (best, gflops) = tune(shape, &caches().caches);
+    let (best, gflops) = tune(shape, &Caches::current().caches);
     s.map.insert(shape, (best, gflops, Source::Tuned));
     save(&mut s);
     best
@@ -490,7 +484,7 @@ pub fn report() -> KernelReport {
     KernelReport {
         cpu: cpu_model(),
         isa: gemm::kernel_name().to_string(),
-        caches: match caches() {
+        caches: match Caches::current() {
             u if u.assumed => format!("{} (assumed)", u.caches),
             u => u.caches.to_string(),
         },
@@ -510,7 +504,7 @@ pub fn report() -> KernelReport {
                 source: src,
             })
             .collect(),
-        problem: match (&s.problem, &caches().problem) {
+        problem: match (&s.problem, &Caches::current().problem) {
             (Some(p), Some(c)) => Some(format!("{p}; {c}")),
             (p, c) => p.clone().or_else(|| c.clone()),
         },
